@@ -1,0 +1,5 @@
+"""``python -m zray`` is the same as the ``zray`` command."""
+
+from zray.cli import main
+
+main()

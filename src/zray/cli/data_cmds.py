@@ -1,0 +1,3 @@
+"""Data commands: simulate, prepare, inspect."""
+
+COMMANDS: list = []

@@ -1,0 +1,189 @@
+"""Photo-z metrics, defined once (DESIGN.md section 8); numpy only, no TensorFlow.
+
+Training (every epoch), tuning, evaluate and the benchmarks all call these,
+so a figure means the same thing everywhere.
+
+A binned PDF is treated as a histogram: probability uniform within each bin,
+so its CDF is piecewise linear between bin edges. Point values use bin
+centres (the reference code used left edges, a half-bin bias of 0.0011 at
+180 bins over 0-0.4); quantiles (median, 68% interval), PIT and CRPS use the
+piecewise-linear CDF, so they are exact for that histogram, not rounded to a
+bin.
+
+Conventions: ``pdf`` is ``(N, n_bins)`` (or one ``(n_bins,)`` row), rows are
+renormalised to sum to 1; ``dz = (z_phot - z_spec) / (1 + z_spec)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zray.bins import RedshiftBins
+
+#: Central 68.27% interval (Gaussian 1 sigma) for ``lo68``/``hi68``.
+_LO68, _HI68 = 0.5 - 0.682689492 / 2, 0.5 + 0.682689492 / 2
+POINT_ESTIMATES = ("mean", "median", "mode")
+
+
+def _rows(pdf, bins: RedshiftBins) -> np.ndarray:
+    p = np.atleast_2d(np.asarray(pdf, dtype=np.float64))
+    if p.shape[-1] != bins.n_bins:
+        raise ValueError(f"pdf has {p.shape[-1]} bins; expected {bins.n_bins}")
+    total = p.sum(axis=1, keepdims=True)
+    if np.any(total <= 0) or not np.all(np.isfinite(total)):
+        raise ValueError("every pdf row must have a positive, finite sum")
+    return p / total
+
+
+def _cdf_at_edges(p: np.ndarray) -> np.ndarray:
+    """CDF at the n_bins + 1 edges: 0 at the first, 1 at the last."""
+    cdf = np.zeros((p.shape[0], p.shape[1] + 1))
+    np.cumsum(p, axis=1, out=cdf[:, 1:])
+    cdf[:, -1] = 1.0  # remove round-off so quantiles near 1 stay inside the range
+    return cdf
+
+
+def quantile(pdf, bins: RedshiftBins, q: float) -> np.ndarray:
+    """Redshift at which each row's piecewise-linear CDF reaches ``q`` (0 < q < 1)."""
+    p = _rows(pdf, bins)
+    cdf = _cdf_at_edges(p)
+    # k: the bin where the CDF crosses q (cdf[k] < q <= cdf[k+1]); empty bins are skipped.
+    k = np.clip((cdf[:, 1:-1] < q).sum(axis=1), 0, bins.n_bins - 1)
+    rows = np.arange(p.shape[0])
+    mass = p[rows, k]
+    frac = np.where(mass > 0, (q - cdf[rows, k]) / np.where(mass > 0, mass, 1.0), 0.5)
+    return bins.edges[k] + np.clip(frac, 0.0, 1.0) * bins.width
+
+
+def point_estimates(pdf, bins: RedshiftBins) -> dict[str, np.ndarray]:
+    """Per-object ``mean``, ``median``, ``mode``, ``std``, ``lo68``, ``hi68``.
+
+    Mean, std and mode use bin centres; median and the central 68% interval
+    interpolate the CDF within a bin.
+    """
+    p = _rows(pdf, bins)
+    c = bins.centres
+    mean = p @ c
+    return {
+        "mean": mean,
+        "median": quantile(p, bins, 0.5),
+        "mode": c[np.argmax(p, axis=1)],
+        "std": np.sqrt(np.sum(p * (c - mean[:, None]) ** 2, axis=1)),
+        "lo68": quantile(p, bins, _LO68),
+        "hi68": quantile(p, bins, _HI68),
+    }
+
+
+def dz(z_phot, z_spec) -> np.ndarray:
+    """Normalised residual ``(z_phot - z_spec) / (1 + z_spec)``."""
+    z_spec = np.asarray(z_spec, dtype=np.float64)
+    return (np.asarray(z_phot, dtype=np.float64) - z_spec) / (1.0 + z_spec)
+
+
+def bias_mean(dz_values) -> float:
+    """Mean of dz (Pasquet et al.'s bias)."""
+    return float(np.mean(dz_values))
+
+
+def bias_median(dz_values) -> float:
+    """Median of dz (RAIL's bias)."""
+    return float(np.median(dz_values))
+
+
+def sigma_mad(dz_values) -> float:
+    """``1.4826 * median(|dz - median(dz)|)``: a Gaussian sigma robust to outliers."""
+    d = np.asarray(dz_values, dtype=np.float64)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
+def outlier_fraction(dz_values, threshold: float = 0.05) -> float:
+    """Fraction with ``|dz| > threshold`` (Pasquet's eta uses 0.05)."""
+    return float(np.mean(np.abs(np.asarray(dz_values, dtype=np.float64)) > threshold))
+
+
+def sigma_iqr(dz_values) -> float:
+    """Interquartile range of dz / 1.349 (a Gaussian sigma; RAIL's scatter)."""
+    q25, q75 = np.percentile(np.asarray(dz_values, dtype=np.float64), [25, 75])
+    return float((q75 - q25) / 1.349)
+
+
+def rail_outlier_rate(dz_values) -> float:
+    """RAIL's outlier rate: fraction with ``|dz| > max(0.06, 3 sigma_IQR)``."""
+    return outlier_fraction(dz_values, max(0.06, 3.0 * sigma_iqr(dz_values)))
+
+
+def pit(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
+    """Probability integral transform: each row's CDF at its ``z_spec``.
+
+    Linear within the bin holding ``z_spec``; 0 below the range, 1 above it.
+    A calibrated set of PDFs gives PIT values uniform on [0, 1].
+    """
+    p = _rows(pdf, bins)
+    cdf = _cdf_at_edges(p)
+    z = np.asarray(z_spec, dtype=np.float64).reshape(-1)
+    pos = np.clip((z - bins.z_min) / bins.width, 0.0, bins.n_bins)  # position in bins
+    k = np.minimum(np.floor(pos).astype(np.int64), bins.n_bins - 1)
+    rows = np.arange(p.shape[0])
+    return np.clip(cdf[rows, k] + p[rows, k] * (pos - k), 0.0, 1.0)
+
+
+def crps_values(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
+    """Per-object CRPS, ``integral (F(z) - H(z - z_spec))^2 dz``, exact for the binned CDF.
+
+    Within a bin F is linear, so the integral of F^2 (left of ``z_spec``) and
+    of (1 - F)^2 (right of it) over a piece with end values a, b and length L
+    is ``L (a^2 + a b + b^2) / 3`` in F or 1 - F. A ``z_spec`` outside the bin
+    range adds the distance to the range, where F is 0 or 1.
+    """
+    p = _rows(pdf, bins)
+    cdf = _cdf_at_edges(p)
+    z = np.asarray(z_spec, dtype=np.float64).reshape(-1, 1)
+    w = bins.width
+    left_len = np.clip(z - bins.edges[:-1], 0.0, w)  # part of each bin below z_spec
+    a, b = cdf[:, :-1], cdf[:, 1:]
+    c = a + (b - a) * left_len / w  # F at the split point
+    below = left_len * (a * a + a * c + c * c) / 3.0
+    ua, uc, ub = 1.0 - a, 1.0 - c, 1.0 - b
+    above = (w - left_len) * (uc * uc + uc * ub + ub * ub) / 3.0
+    outside = np.maximum(z - bins.z_max, 0.0) + np.maximum(bins.z_min - z, 0.0)
+    return (below + above).sum(axis=1) + outside[:, 0]
+
+
+def crps(pdf, bins: RedshiftBins, z_spec) -> float:
+    """Mean CRPS over the objects (lower is better; in units of redshift)."""
+    return float(np.mean(crps_values(pdf, bins, z_spec)))
+
+
+def pit_ks(pit_values) -> float:
+    """Kolmogorov-Smirnov statistic of PIT values against the uniform distribution."""
+    u = np.sort(np.asarray(pit_values, dtype=np.float64).reshape(-1))
+    n = u.size
+    i = np.arange(1, n + 1)
+    return float(max(np.max(i / n - u), np.max(u - (i - 1) / n)))
+
+
+def summary(pdf, bins: RedshiftBins, z_spec, point: str = "median") -> dict[str, float]:
+    """Headline metrics of a set of PDFs against spectroscopic redshifts.
+
+    ``point`` picks the point estimate behind the dz-based figures. The
+    default is the median: unlike the mode it is not quantised to bin
+    centres, and unlike the mean it is not dragged by a secondary peak, so it
+    gives the most stable sigma_MAD; "mean" and "mode" are there to compare
+    with papers that use them.
+    """
+    if point not in POINT_ESTIMATES:
+        raise ValueError(f"point must be one of {', '.join(POINT_ESTIMATES)}; got {point!r}")
+    z_spec = np.asarray(z_spec, dtype=np.float64).reshape(-1)
+    z_phot = point_estimates(pdf, bins)[point]
+    d = dz(z_phot, z_spec)
+    return {
+        "n": int(d.size),
+        "sigma_mad": sigma_mad(d),
+        "bias_mean": bias_mean(d),
+        "bias_median": bias_median(d),
+        "outlier_fraction": outlier_fraction(d),
+        "sigma_iqr": sigma_iqr(d),
+        "rail_outlier_rate": rail_outlier_rate(d),
+        "crps": crps(pdf, bins, z_spec),
+        "pit_ks": pit_ks(pit(pdf, bins, z_spec)),
+    }

@@ -1,0 +1,32 @@
+"""Shared fixtures: one real local Ray per test session, tiny simulated data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with this machine's CPUs and its own short temp folder."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="zr")  # short: Ray's socket paths have a length limit
+    ray.init(
+        num_cpus=os.cpu_count() or 2,
+        _temp_dir=temp_dir,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
