@@ -30,3 +30,17 @@ def ray_session():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sim_data(tmp_path_factory):
+    """~300 simulated galaxies at 32x32, made once per session (about 2 s).
+
+    Returns the dataset directory (shards, manifest.json, catalog.parquet).
+    Treat it as read-only: many tests share it.
+    """
+    from zray.data.simulate import simulate
+
+    out = tmp_path_factory.mktemp("sim") / "data"
+    simulate(out, 300, size=32, seed=0, workers=1, rows_per_shard=100, progress=False)
+    return out

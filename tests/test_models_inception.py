@@ -72,8 +72,12 @@ def test_only_average_pooling_with_same_padding(model):
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_branch_order_and_pooling_after_1x1(model, block):
-    expected = [f"{block}_d_1x1_prelu", f"{block}_b_5x5_prelu", f"{block}_a_3x3_prelu",
-                f"{block}_c_pool"]
+    expected = [
+        f"{block}_d_1x1_prelu",
+        f"{block}_b_5x5_prelu",
+        f"{block}_a_3x3_prelu",
+        f"{block}_c_pool",
+    ]
     if block == "i4":  # the last block has no 5x5 branch
         expected.remove("i4_b_5x5_prelu")
     assert _sources(model.get_layer(f"{block}_concat")) == expected

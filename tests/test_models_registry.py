@@ -23,6 +23,7 @@ from zray.models import (
 )
 
 SPEC = ModelSpec(image_size=16, n_bands=5, bins=RedshiftBins(0.0, 0.4, 24))
+TINY = {"filters": 2, "blocks": 1, "dense_units": 4}  # a cnn that builds in milliseconds
 
 
 def _batch(n: int = 4, seed: int = 0) -> dict:
@@ -67,8 +68,12 @@ def test_hyperparameters_are_saved_and_used(tmp_path):
     save_model(model, tmp_path / "m", "cnn", {"filters": 4, "blocks": 2, "dense_units": 8}, SPEC)
     loaded, info = load_model(tmp_path / "m")
     assert info.hyperparameters["filters"] == 4
+    save_model(loaded, tmp_path / "m", "cnn", info.hyperparameters, SPEC)  # replaces in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert loaded.get_layer("fc1").units == 8
-    np.testing.assert_array_equal(loaded.predict(_batch(), verbose=0), model.predict(_batch(), verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(_batch(), verbose=0), model.predict(_batch(), verbose=0)
+    )
 
 
 def test_unknown_model_lists_known_ones():
@@ -77,17 +82,19 @@ def test_unknown_model_lists_known_ones():
 
 
 def test_unknown_hyperparameter_is_named_with_the_valid_ones():
-    with pytest.raises(ZrayError, match=r"'inception' has no hyperparameter 'units'.*dense_units, dropout"):
+    with pytest.raises(
+        ZrayError, match=r"'inception' has no hyperparameter 'units'.*dense_units, dropout"
+    ):
         build_model("inception", {"units": 10}, SPEC)
 
 
 @pytest.mark.parametrize(
     ("hp", "message"),
     [
-        ({"dense_units": 12.5}, r"'dense_units' must be a int, got 12.5"),
+        ({"dense_units": 12.5}, r"'dense_units' must be of type int, got 12.5 \(float\)"),
         ({"dense_units": 0}, r"'dense_units' must be a positive integer, got 0"),
         ({"dropout": 1.0}, r"'dropout' must be in \[0, 1\), got 1.0"),
-        ({"dropout": "0.1"}, r"'dropout' must be a float"),
+        ({"dropout": "0.1"}, r"'dropout' must be of type float, got '0.1' \(str\)"),
     ],
 )
 def test_bad_hyperparameter_values_say_what_was_expected(hp, message):
@@ -107,8 +114,8 @@ def test_bad_spec_is_a_user_error():
 def test_missing_and_corrupt_files_are_named(tmp_path):
     with pytest.raises(ZrayError, match=r"model.json: not found"):
         load_model(tmp_path / "nowhere")
-    model = build_model("cnn", {"filters": 2, "blocks": 1, "dense_units": 4}, SPEC)
-    saved = save_model(model, tmp_path / "m", "cnn", {"filters": 2, "blocks": 1, "dense_units": 4}, SPEC)
+    model = build_model("cnn", TINY, SPEC)
+    saved = save_model(model, tmp_path / "m", "cnn", TINY, SPEC)
     weights = saved / "weights.weights.h5"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ZrayError, match=r"weights.weights.h5: checksum differs"):
@@ -125,8 +132,8 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
 
 
 def test_truncated_weights_without_checksum_are_named(tmp_path):
-    model = build_model("cnn", {"filters": 2, "blocks": 1, "dense_units": 4}, SPEC)
-    saved = save_model(model, tmp_path / "m", "cnn", {"filters": 2, "blocks": 1, "dense_units": 4}, SPEC)
+    model = build_model("cnn", TINY, SPEC)
+    saved = save_model(model, tmp_path / "m", "cnn", TINY, SPEC)
     info = json.loads((saved / "model.json").read_text())
     del info["weights_sha256"]
     (saved / "model.json").write_text(json.dumps(info))
@@ -138,7 +145,7 @@ def test_truncated_weights_without_checksum_are_named(tmp_path):
 
 def test_save_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    model = build_model("cnn", {"filters": 2, "blocks": 1, "dense_units": 4}, SPEC)
+    model = build_model("cnn", TINY, SPEC)
     with pytest.raises(ZrayError, match="is not a saved zray model"):
         save_model(model, tmp_path, "cnn", None, SPEC)
     assert (tmp_path / "precious.txt").exists()

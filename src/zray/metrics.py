@@ -143,7 +143,7 @@ def crps_values(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
     a, b = cdf[:, :-1], cdf[:, 1:]
     c = a + (b - a) * left_len / w  # F at the split point
     below = left_len * (a * a + a * c + c * c) / 3.0
-    ua, uc, ub = 1.0 - a, 1.0 - c, 1.0 - b
+    uc, ub = 1.0 - c, 1.0 - b
     above = (w - left_len) * (uc * uc + uc * ub + ub * ub) / 3.0
     outside = np.maximum(z - bins.z_max, 0.0) + np.maximum(bins.z_min - z, 0.0)
     return (below + above).sum(axis=1) + outside[:, 0]

@@ -45,9 +45,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from zray.cli import config_cmds, data_cmds, model_cmds
+    from zray.cli import config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds
 
-    for module in (config_cmds, data_cmds, model_cmds):
+    for module in (config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 

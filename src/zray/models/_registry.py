@@ -144,7 +144,7 @@ def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not ok:
-        raise invalid(model, key, f"a {expected.__name__}", value)
+        raise invalid(model, key, f"of type {expected.__name__}", value)
     return value
 
 

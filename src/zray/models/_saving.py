@@ -19,7 +19,12 @@ from typing import Any
 
 from zray import __version__
 from zray.errors import ZrayError
-from zray.models._registry import ModelSpec, build_model, resolve_hyperparameters
+from zray.models._registry import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    resolve_hyperparameters,
+)
 
 FORMAT_VERSION = 1
 INFO_FILE = "model.json"
@@ -43,8 +48,11 @@ def save_model(model, path, name: str, hp: dict | None, spec: ModelSpec) -> Path
     so an interrupted save never leaves a half-written model behind.
     """
     path = Path(path)
-    if path.exists() and not (path / INFO_FILE).is_file() and any(path.iterdir()):
-        raise ZrayError(f"{path}: exists and is not a saved zray model; expected a new or empty folder")
+    replaceable = path.is_dir() and ((path / INFO_FILE).is_file() or not any(path.iterdir()))
+    if path.exists() and not replaceable:
+        raise ZrayError(
+            f"{path}: exists and is not a saved zray model; expected a new or empty folder"
+        )
     hp = resolve_hyperparameters(name, hp)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -58,12 +66,15 @@ def save_model(model, path, name: str, hp: dict | None, spec: ModelSpec) -> Path
             "model": name,
             "hyperparameters": hp,
             "spec": spec.to_dict(),
+            "trainable_parameters": count_parameters(model),
             "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
         }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
         if path.exists():
-            shutil.rmtree(path)
+            path.rename(old)  # keep the previous model until the new one is in place
         tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -101,7 +112,9 @@ def load_model(path):
     if not weights.is_file():
         raise ZrayError(f"{weights}: not found; expected the weights saved beside {INFO_FILE}")
     if info.weights_sha256 and _sha256(weights) != info.weights_sha256:
-        raise ZrayError(f"{weights}: checksum differs from {INFO_FILE}; the file is corrupt or was replaced")
+        raise ZrayError(
+            f"{weights}: checksum differs from {INFO_FILE}; the file is corrupt or was replaced"
+        )
     model = build_model(info.name, info.hyperparameters, info.spec)
     try:
         model.load_weights(str(weights))

@@ -1,0 +1,43 @@
+"""Training commands: train."""
+
+from __future__ import annotations
+
+import click
+
+from zray.cli.config_cmds import set_option
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Folder for run outputs.")
+@click.option("--name", default=None, help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
+def train(file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None) -> None:
+    """Train one model at the search space's fixed values and search defaults.
+
+    Ray Data streams the shards into Ray Train TensorFlow workers (the
+    file's `resources`); each worker reads a disjoint part of every epoch.
+    A checkpoint is written every epoch; running the same command again
+    resumes from the last one.
+
+    \b
+    Example:
+      zray train search_spaces/quickstart.yaml --set fixed.epochs=2
+    """
+    from zray import config
+    from zray import train as training
+
+    space = config.load(file, overrides)
+    click.echo(f"zray: training {space.model} from {space.data.path} ({space.resources.num_workers} worker(s))")
+    summary = training.run(space, runs_dir=runs_dir, name=name)
+    m = summary["metrics"]
+    click.echo("")
+    click.echo(f"run         {summary['name']}  (identity {summary['identity']})")
+    click.echo(f"epochs      {m.get('epoch', 0)}  in {summary['wall_time_s']:.0f} s")
+    for key in ("loss", "val_loss", "val_sigma_mad", "val_bias", "val_outlier_fraction", "val_crps"):
+        if key in m:
+            click.echo(f"{key:<22}{m[key]:.5f}")
+    click.echo(f"checkpoint  {summary['checkpoint']}")
+
+
+COMMANDS = [train]

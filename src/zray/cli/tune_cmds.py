@@ -1,0 +1,62 @@
+"""Search commands: tune, status."""
+
+from __future__ import annotations
+
+import click
+
+from zray.cli.config_cmds import set_option
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--resume", is_flag=True, help="Continue the interrupted experiment of the same name.")
+@click.option("--name", default=None, help="Experiment name (default: the file's `name`); outputs go to RUNS/NAME.")
+@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Folder holding experiments.")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+def tune(file, overrides, resume, name, runs_dir, address) -> None:
+    """Search hyperparameters: Ray Tune trials proposed by Optuna.
+
+    Each trial is one Ray Train run of the file's model, reporting every
+    epoch; the scheduler (tune.scheduler) stops poor trials early. Trials are
+    checkpointed every epoch, so after Ctrl-C or a crash `--resume` finishes
+    the experiment without rerunning completed trials. The Optuna study is
+    kept in RUNS/NAME/optuna.db for `optuna-dashboard sqlite:///RUNS/NAME/optuna.db`.
+
+    \b
+    Examples:
+      zray tune search_spaces/quickstart.yaml
+      zray tune search_spaces/inception.yaml --set tune.num_samples=4
+      zray tune search_spaces/inception.yaml --resume
+    """
+    from zray import config
+    from zray import tune as search
+
+    space = config.load(file, overrides)
+    click.echo(
+        f"zray: {'resuming' if resume else 'starting'} search {name or space.name}: model {space.model}, "
+        f"{space.tune.num_samples} trials, scheduler {space.tune.scheduler.type}, "
+        f"searching {', '.join(space.search) or 'nothing'}"
+    )
+    summary = search.run(space, runs_dir=runs_dir, name=name, resume=resume, address=address)
+    click.echo("")
+    click.echo(search.format_summary(summary))
+    click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
+
+
+@click.command()
+@click.argument("experiment", type=click.Path(file_okay=False))
+@click.option("--top", default=5, show_default=True, help="How many of the best trials to list.")
+def status(experiment: str, top: int) -> None:
+    """Show the trials of a running or finished experiment, best first.
+
+    \b
+    Example:
+      zray status runs/quickstart
+    """
+    from zray import tune as search
+
+    click.echo(search.format_summary(search.status(experiment), top=top))
+
+
+COMMANDS = [tune, status]

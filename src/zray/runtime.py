@@ -1,0 +1,66 @@
+"""Starting or joining Ray the same way from every command."""
+
+from __future__ import annotations
+
+import os
+
+# Quiet TensorFlow's C++ start-up chatter in every process Ray starts.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
+# Ray Train propagates these from the driver to its workers: plain prints,
+# and no per-report log lines.
+TRAIN_ENV = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+}
+
+
+def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
+
+    A local Ray keeps its dashboard on (without it a finished trial's worker
+    reservation was seen never to be released, DESIGN.md section 6), bound to
+    127.0.0.1 unless asked otherwise. A Ray already initialised in this process
+    (a test session, a notebook) is used as it is.
+    """
+    import ray
+
+    for key, value in {**WORKER_ENV, **TRAIN_ENV}.items():
+        os.environ.setdefault(key, value)
+    quiet_logs()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+        return
+    ray.init(
+        include_dashboard=True,
+        dashboard_host=dashboard_host,
+        runtime_env={"env_vars": WORKER_ENV},
+        log_to_driver=True,
+    )
+
+
+def quiet_logs() -> None:
+    """Keep the terminal to zray's own progress lines.
+
+    Ray Data's progress bars and Ray Train's per-report INFO lines repeat for
+    every epoch and worker; TensorFlow logs every collective it sets up.
+    Called in the driver and in every training worker.
+    """
+    import logging
+
+    names = ["ray.data", "ray.train", "ray.tune", "tensorflow", "absl"]
+    # Some of Ray Train's loggers are named by file path, not module.
+    names += [n for n in logging.root.manager.loggerDict if "ray/train" in n]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except (ImportError, AttributeError):
+        pass

@@ -1,0 +1,473 @@
+"""One training run: Ray Data shards into Ray Train TensorFlow workers.
+
+The driver (``zray train``, or one Tune trial) reads the data's splits with
+Ray Data, scales the pixels once, keeps the result in Ray's object store when
+it fits (re-reading and decoding Parquet every epoch costs 5-10x, DESIGN.md
+section 6) and streams it otherwise. Ray Train splits the training split
+between the workers with ``streaming_split(equal=True)``: every epoch each
+worker sees its own disjoint part, all parts have the same number of rows, so
+every worker runs the same number of steps and the gradient all-reduce never
+waits on a worker that has run out of data.
+
+Each worker runs :func:`worker_loop`: a ``MultiWorkerMirroredStrategy``
+training step compiled with ``tf.function``, the learning-rate schedule,
+validation on rank 0 with the photo-z metrics, and a checkpoint every epoch
+holding weights, optimizer state, epoch, history, configuration and the data
+manifest's hash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray.bins import RedshiftBins
+from zray.errors import ZrayError
+
+STATE_FILE = "state.json"
+WEIGHTS_PREFIX = "tf/ckpt"
+# Keep a dataset in the object store when it takes at most this share of it.
+MATERIALIZE_FRACTION = 0.4
+
+
+@dataclass
+class TrainJob:
+    """Everything a worker needs, as plain data (it crosses process boundaries)."""
+
+    model: str
+    hyperparameters: dict[str, Any]
+    data_path: str
+    image_size: int
+    z_min: float
+    z_max: float
+    n_bins: int
+    manifest_hash: str
+    seed: int = 0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    record_ids_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bins(self) -> RedshiftBins:
+        return RedshiftBins(self.z_min, self.z_max, self.n_bins)
+
+
+def learning_rate(hp: dict[str, Any], epoch: int) -> float:
+    """The rate for ``epoch`` (0-based) under ``hp['lr_schedule']``."""
+    base = float(hp["learning_rate"])
+    epochs = int(hp["epochs"])
+    schedule = hp.get("lr_schedule", "constant")
+    if schedule == "step":
+        return base / float(hp.get("lr_drop_factor", 5.0)) if epoch >= epochs // 2 and epochs > 1 else base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    return base
+
+
+# ---------------------------------------------------------------------------
+# Driver side
+
+
+def prepare_datasets(data_path: str | Path, image_size: int, splits=("train", "val")) -> dict:
+    """Ray datasets per split, pixels scaled and cropped, kept in memory when they fit."""
+    import ray
+
+    from zray.data import pipeline
+    from zray.data.shards import read_manifest
+
+    manifest = read_manifest(data_path)
+    datasets = {}
+    store = ray.available_resources().get("object_store_memory", 0.0)
+    for split in splits:
+        n_rows = manifest.rows.get(split, 0)
+        if n_rows == 0:
+            raise ZrayError(f"{data_path}: the {split} split is empty; expected rows in it to train")
+        ds = pipeline.read_split(data_path, split)
+        ds = ds.map_batches(
+            _scale_and_crop,
+            fn_kwargs={"image_size": image_size},
+            batch_format="numpy",
+            batch_size=256,
+        )
+        if n_rows * image_size * image_size * 5 * 4 <= MATERIALIZE_FRACTION * store:
+            ds = ds.materialize()
+        datasets[split] = ds
+    return datasets
+
+
+def _scale_and_crop(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+    from zray.data import pipeline
+
+    out = pipeline.preprocess_batch(batch, augment=False, seed=None)
+    image = out["image"]
+    h = image.shape[1]
+    if h != image_size:
+        start = (h - image_size) // 2
+        image = image[:, start : start + image_size, start : start + image_size, :]
+    return {
+        "id": np.asarray(batch["id"], dtype=np.int64),
+        "image": np.ascontiguousarray(image, dtype=np.float32),
+        "ebv": np.asarray(batch["ebv"], dtype=np.float32),
+        "z_spec": np.asarray(batch["z_spec"], dtype=np.float32),
+    }
+
+
+def make_trainer(
+    job: TrainJob,
+    *,
+    datasets: dict,
+    storage_path: str | Path,
+    name: str,
+    gpus_per_worker: float = 0.0,
+    max_failures: int = 2,
+    callbacks: list | None = None,
+):
+    """A TensorflowTrainer for ``job``; run it with ``.fit()``."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    resources = {"CPU": job.cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    return TensorflowTrainer(
+        worker_loop,
+        train_loop_config=asdict(job),
+        scaling_config=ScalingConfig(
+            num_workers=job.num_workers,
+            use_gpu=gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute="val_sigma_mad",
+                checkpoint_score_order="min",
+            ),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The JSON half of a checkpoint: epoch, history, job and manifest hash."""
+    path = Path(checkpoint_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ZrayError(f"{path}: unreadable checkpoint state ({exc}); expected JSON written by zray") from None
+
+
+def load_checkpoint_model(checkpoint_dir: str | Path):
+    """Rebuild the model of a checkpoint and load its weights (no optimizer)."""
+    import tensorflow as tf
+
+    from zray.models import ModelSpec, build_model
+
+    state = read_state(checkpoint_dir)
+    job = TrainJob(**state["job"])
+    model = build_model(job.model, _model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
+    tf.train.Checkpoint(model=model).read(str(Path(checkpoint_dir) / WEIGHTS_PREFIX)).expect_partial()
+    return model, state
+
+
+# ---------------------------------------------------------------------------
+# Worker side
+
+
+def _model_hp(job: TrainJob) -> dict[str, Any]:
+    from zray.models import model_hyperparameters
+
+    names = model_hyperparameters(job.model)
+    return {k: v for k, v in job.hyperparameters.items() if k in names}
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """The per-worker training loop (runs inside a Ray Train worker)."""
+    import ray.train
+
+    from zray.models import ModelSpec, build_model, keras
+    from zray.runtime import quiet_logs
+
+    k = keras()
+    import tensorflow as tf
+
+    quiet_logs()
+
+    job = TrainJob(**config)
+    hp = job.hyperparameters
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = max(1, int(round(job.cpus_per_worker)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    except RuntimeError:
+        pass  # already initialised in this process (a restarted loop)
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build_model(job.model, _model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
+        optimizer = k.optimizers.Adam(learning_rate=float(hp["learning_rate"]))
+        optimizer.build(model.trainable_variables)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+
+    start_epoch, history = 0, []
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            state = read_state(directory)
+            if state["job"]["manifest_hash"] != job.manifest_hash:
+                raise ZrayError(
+                    f"{directory}: checkpoint was trained on data {state['job']['manifest_hash'][:12]}, "
+                    f"but {job.data_path} is {job.manifest_hash[:12]}; expected the same data to resume"
+                )
+            ckpt.read(os.path.join(directory, WEIGHTS_PREFIX)).assert_existing_objects_matched()
+            start_epoch = int(state["epoch"]) + 1
+            history = list(state["history"])
+    if job.record_ids_dir:
+        _record_start(job.record_ids_dir, rank, start_epoch, model)
+
+    n_bins = job.n_bins
+    bins = job.bins
+    batch_size = int(hp["batch_size"])
+    augment = bool(hp.get("augment", True))
+    edges_lo, width = float(bins.z_min), float(bins.width)
+
+    def labels_of(z):
+        idx = tf.cast(tf.floor((z - edges_lo) / width), tf.int32)
+        return tf.clip_by_value(idx, 0, n_bins - 1)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(image, ebv, z, seed, global_rows):
+        def step(image, ebv, z, seed):
+            if augment:
+                image = _dihedral(tf, image, seed)
+            with tf.GradientTape() as tape:
+                probs = model([image, ebv], training=True)
+                per_row = k.losses.sparse_categorical_crossentropy(labels_of(z), probs)
+                loss = tf.reduce_sum(per_row) / tf.cast(global_rows, tf.float32)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        per_replica = strategy.run(step, args=(image, ebv, z, seed))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    @tf.function(reduce_retracing=True)
+    def predict_step(image, ebv):
+        return model([image, ebv], training=False)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    epochs = int(hp["epochs"])
+
+    for epoch in range(start_epoch, epochs):
+        lr = learning_rate(hp, epoch)
+        optimizer.learning_rate.assign(lr)
+        t0 = time.perf_counter()
+        total_loss, steps, rows, seen = 0.0, 0, 0, []
+        for batch in train_shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=job.seed * 100_003 + epoch * 1009 + rank,
+            prefetch_batches=2,
+        ):
+            n = len(batch["id"])
+            seed = tf.constant([job.seed * 7919 + epoch, steps * 131 + rank], dtype=tf.int64)
+            loss = train_step(
+                tf.convert_to_tensor(batch["image"]),
+                tf.convert_to_tensor(batch["ebv"].reshape(-1, 1)),
+                tf.convert_to_tensor(batch["z_spec"]),
+                seed,
+                tf.constant(n * world, dtype=tf.int32),
+            )
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"training loss became {loss_value} at epoch {epoch + 1}, step {steps + 1} "
+                    f"(learning rate {lr:g}); the run diverged"
+                )
+            total_loss += loss_value
+            steps += 1
+            rows += n
+            if job.record_ids_dir:
+                seen.append(np.asarray(batch["id"]))
+        train_time = time.perf_counter() - t0
+
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": total_loss / max(steps, 1),
+            "lr": lr,
+            "steps": steps,
+            "train_rows": rows * world,
+            "epoch_time_s": train_time,
+            "train_images_per_s": rows * world / train_time if train_time > 0 else 0.0,
+        }
+        if job.record_ids_dir:
+            _record_ids(job.record_ids_dir, epoch, rank, seen, steps)
+        if rank == 0:
+            metrics.update(_validate(val_shard, predict_step, bins))
+            history.append(metrics)
+            print(_progress_line(metrics, epochs), flush=True)
+
+        with tempfile.TemporaryDirectory(prefix="zray-ckpt-") as tmp:
+            # Every worker writes (the save may use collectives); rank 0's is kept.
+            ckpt.write(os.path.join(tmp, WEIGHTS_PREFIX))
+            state = {"epoch": epoch, "history": history, "job": asdict(job), "metrics": metrics}
+            Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if job.extra.get("fail_after_epoch") == epoch:
+            # Fault injection for tests and scripts/chaos.py: a crash right
+            # after this epoch's checkpoint.
+            raise RuntimeError(f"injected failure after epoch {epoch + 1}")
+
+
+def _progress_line(m: dict[str, Any], epochs: int) -> str:
+    return (
+        f"zray: epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_sigma_mad {m['val_sigma_mad']:.4f}  val_bias {m['val_bias']:+.4f}  "
+        f"outliers {m['val_outlier_fraction']:.3f}  ({m['train_images_per_s']:.0f} img/s, lr {m['lr']:.2g})"
+    )
+
+
+def weights_checksum(model) -> float:
+    """Sum of every weight, in float64: equal weights give equal sums."""
+    return float(sum(np.asarray(w, dtype=np.float64).sum() for w in model.get_weights()))
+
+
+def _record_start(directory: str, rank: int, start_epoch: int, model) -> None:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"start_epoch": start_epoch, "weights_checksum": weights_checksum(model)}
+    (out / f"start-r{rank}-e{start_epoch}.json").write_text(json.dumps(record))
+
+
+def _dihedral(tf, image, seed):
+    """Random 90-degree rotations and flips: the 8 symmetries of a square, per image."""
+    n = tf.shape(image)[0]
+    draws = tf.random.stateless_uniform([3, n], seed=seed) < 0.5
+    t, fh, fw = draws[0], draws[1], draws[2]
+    shape = tf.stack([n, 1, 1, 1])
+    image = tf.where(tf.reshape(t, shape), tf.transpose(image, [0, 2, 1, 3]), image)
+    image = tf.where(tf.reshape(fh, shape), tf.reverse(image, [1]), image)
+    return tf.where(tf.reshape(fw, shape), tf.reverse(image, [2]), image)
+
+
+def _validate(val_shard, predict_step, bins: RedshiftBins) -> dict[str, float]:
+    from zray import metrics
+
+    pdfs, zs = [], []
+    for batch in val_shard.iter_batches(batch_size=512, batch_format="numpy", prefetch_batches=1):
+        pdfs.append(predict_step(batch["image"], batch["ebv"].reshape(-1, 1).astype(np.float32)).numpy())
+        zs.append(batch["z_spec"])
+    pdf = np.concatenate(pdfs).astype(np.float64)
+    z = np.concatenate(zs).astype(np.float64)
+    p_true = pdf[np.arange(len(z)), bins.index(z)]
+    summary = metrics.summary(pdf, bins, z)
+    return {
+        "val_loss": float(-np.mean(np.log(np.clip(p_true, 1e-7, 1.0)))),
+        "val_sigma_mad": summary["sigma_mad"],
+        "val_bias": summary["bias_mean"],
+        "val_bias_median": summary["bias_median"],
+        "val_outlier_fraction": summary["outlier_fraction"],
+        "val_crps": summary["crps"],
+        "val_rows": int(len(z)),
+    }
+
+
+def _record_ids(directory: str, epoch: int, rank: int, seen: list, steps: int) -> None:
+    """Debug evidence of what this worker received (used by the tests)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    np.save(out / f"ids-e{epoch}-r{rank}.npy", ids)
+    (out / f"steps-e{epoch}-r{rank}.txt").write_text(str(steps))
+
+
+# ---------------------------------------------------------------------------
+# The `zray train` entry point
+
+
+def job_for(space, hyperparameters: dict[str, Any], manifest_hash: str, **extra) -> TrainJob:
+    """The TrainJob of a search space at the given hyperparameters."""
+    data = space.data
+    return TrainJob(
+        model=space.model,
+        hyperparameters=dict(hyperparameters),
+        data_path=str(Path(data.path).resolve()),
+        image_size=data.image_size,
+        z_min=data.z_min,
+        z_max=data.z_max,
+        n_bins=data.n_bins,
+        manifest_hash=manifest_hash,
+        seed=space.tune.seed,
+        num_workers=space.resources.num_workers,
+        cpus_per_worker=space.resources.cpus_per_worker,
+        **extra,
+    )
+
+
+def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, **job_extra) -> dict[str, Any]:
+    """One training run of ``space`` at its default hyperparameters.
+
+    Started again with the same name and output, it resumes from the last
+    checkpoint (Ray Train restores its checkpoint manager from storage).
+    """
+    from zray.config import run_identity
+    from zray.data.source import ensure_data
+    from zray.runtime import init_ray
+
+    manifest = ensure_data(space)
+    hp = space.default_hyperparameters()
+    identity = run_identity(space.model, hp, manifest.hash)
+    name = name or f"{space.name}-train-{identity}"
+    init_ray()
+    datasets = prepare_datasets(space.data.path, space.data.image_size)
+    trainer = make_trainer(
+        job_for(space, hp, manifest.hash, **job_extra),
+        datasets=datasets,
+        storage_path=runs_dir,
+        name=name,
+        gpus_per_worker=space.resources.gpus_per_worker,
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    if result.error:
+        raise ZrayError(f"training run {name} failed: {_reason(result.error)}")
+    checkpoint = result.checkpoint
+    state = read_state(checkpoint.path) if checkpoint else {}
+    return {
+        "name": name,
+        "identity": identity,
+        "run_dir": str(Path(runs_dir).resolve() / name),
+        "checkpoint": checkpoint.path if checkpoint else None,
+        "metrics": state.get("metrics", {}),
+        "history": state.get("history", []),
+        "wall_time_s": time.perf_counter() - t0,
+        "hyperparameters": hp,
+    }
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost message of a (possibly wrapped) worker error."""
+    text = str(error).strip().splitlines()
+    for line in reversed(text):
+        if "Error" in line or "error" in line:
+            return line.strip()
+    return text[-1] if text else type(error).__name__

@@ -1,0 +1,417 @@
+"""The hyperparameter search: Ray Tune trials proposed by Optuna, stopped early by a scheduler.
+
+Each trial is a Tune function trainable that runs one Ray Train run (Ray
+Train V2's pattern: ``trainer.fit()`` inside the trial, its reports forwarded
+by ``TuneReportCallback``). The experiment lives in ``runs/NAME/``:
+
+- ``optuna.db``: the Optuna study (SQLite), for ``optuna-dashboard``;
+- ``trials/trial-IDENTITY/``: each trial's Ray Train run and checkpoints,
+  named by the run identity so a resumed trial finds its own checkpoints;
+- Ray Tune's experiment state, used by ``--resume``;
+- ``results.csv`` and ``best.json``: written at the end and by ``zray status``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zray.errors import ZrayError
+
+RESULTS_FILE = "results.csv"
+BEST_FILE = "best.json"
+SPACE_FILE = "search_space.json"
+STUDY_FILE = "optuna.db"
+TRIALS_DIR = "trials"
+
+
+def optuna_distributions(space) -> dict[str, Any]:
+    """The search section as Optuna distributions (what OptunaSearch takes)."""
+    import optuna.distributions as od
+
+    out: dict[str, Any] = {}
+    for key, dist in space.search.items():
+        if dist.type == "categorical":
+            out[key] = od.CategoricalDistribution(list(dist.choices))
+        elif dist.type == "int":
+            out[key] = od.IntDistribution(
+                int(dist.low), int(dist.high), log=dist.log, step=int(dist.step or 1)
+            )
+        else:
+            out[key] = od.FloatDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
+    return out
+
+
+def make_scheduler(space):
+    """ASHA, median stopping, or None, on the reported ``epoch``."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    s = space.tune.scheduler
+    epochs = int(space.default_hyperparameters()["epochs"])
+    if s.type == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            metric=space.tune.metric,
+            mode=space.tune.mode,
+            max_t=max(epochs, 1),
+            grace_period=min(s.grace_period, max(epochs, 1)),
+            reduction_factor=s.reduction_factor,
+        )
+    if s.type == "median":
+        return MedianStoppingRule(
+            time_attr="epoch",
+            metric=space.tune.metric,
+            mode=space.tune.mode,
+            grace_period=s.grace_period,
+            min_samples_required=s.min_samples_required,
+        )
+    return None
+
+
+def make_searcher(space, experiment_dir: Path):
+    """OptunaSearch over the space, seeded, with its study in ``optuna.db``."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = space.tune.seed
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if space.tune.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir.resolve() / STUDY_FILE}")
+    searcher = OptunaSearch(
+        space=optuna_distributions(space),
+        metric=space.tune.metric,
+        mode=space.tune.mode,
+        sampler=sampler,
+        study_name=space.name,
+        storage=storage,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
+
+
+@dataclass
+class _TrialContext:
+    """What the trial function needs; plain data, shipped to the trial's process."""
+
+    space_json: dict
+    base_hp: dict
+    manifest_hash: str
+    trials_dir: str
+    record_ids_dir: str | None = None
+
+
+def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
+    return {**ctx.base_hp, **{k: _plain(v) for k, v in config.items()}}
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def trial_name(identity: str, trial_id: str) -> str:
+    """``trial-IDENTITY-NNNNN``: the run identity, plus Tune's trial counter in case
+    the sampler proposes the same point twice. Tune's trial folder and the
+    trial's Ray Train run share it, so a resumed trial finds its checkpoints."""
+    return f"trial-{identity}-{trial_id.rsplit('_', 1)[-1]}"
+
+
+def trial_function(config: dict, ctx: _TrialContext) -> None:
+    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from zray.config import SearchSpace, run_identity
+    from zray.train import job_for, make_trainer, prepare_datasets
+
+    space = SearchSpace.model_validate(ctx.space_json)
+    hp = _trial_hp(ctx, config)
+    identity = run_identity(space.model, hp, ctx.manifest_hash)
+    name = trial_name(identity, tune.get_context().get_trial_id())
+    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir)
+    datasets = prepare_datasets(space.data.path, space.data.image_size)
+    trainer = make_trainer(
+        job,
+        datasets=datasets,
+        storage_path=ctx.trials_dir,
+        name=name,
+        gpus_per_worker=space.resources.gpus_per_worker,
+        max_failures=1,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def run(
+    space,
+    *,
+    runs_dir: str | Path = "runs",
+    name: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    record_ids_dir: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the search; return the summary that ``zray status`` also prints."""
+    from ray import tune
+
+    from zray.config import run_identity
+    from zray.data.source import ensure_data
+    from zray.runtime import init_ray
+
+    name = name or space.name
+    experiment_dir = (Path(runs_dir) / name).resolve()
+    state_exists = (experiment_dir / "tuner.pkl").exists()
+    if resume and not state_exists:
+        raise ZrayError(f"{experiment_dir}: nothing to resume (no Tune experiment state there); run without --resume")
+    if not resume and state_exists:
+        raise ZrayError(
+            f"{experiment_dir}: an experiment of that name exists; use --resume to continue it "
+            "or --name NEW for a fresh one"
+        )
+    if resume:
+        saved = json.loads((experiment_dir / SPACE_FILE).read_text())
+        if saved != space.model_dump(mode="json"):
+            raise ZrayError(
+                f"{experiment_dir / SPACE_FILE}: the search space differs from the one this experiment "
+                "started with; expected the same file and --set values to resume"
+            )
+
+    manifest = ensure_data(space)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(experiment_dir / SPACE_FILE, space.model_dump(mode="json"))
+    init_ray(address)
+
+    base_hp = space.default_hyperparameters()
+    for key in space.search:
+        base_hp.pop(key, None)
+    ctx = _TrialContext(
+        space_json=space.model_dump(mode="json"),
+        base_hp=base_hp,
+        manifest_hash=manifest.hash,
+        trials_dir=str(experiment_dir / TRIALS_DIR),
+        record_ids_dir=record_ids_dir,
+    )
+
+    def identity_of(trial) -> str:
+        identity = run_identity(space.model, _trial_hp(ctx, trial.config), manifest.hash)
+        return trial_name(identity, trial.trial_id)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, ctx=ctx), {"cpu": space.resources.trial_cpus}
+    )
+    t0 = time.perf_counter()
+    if resume:
+        tuner = tune.Tuner.restore(
+            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(space, experiment_dir),
+                scheduler=make_scheduler(space),
+                num_samples=space.tune.num_samples,
+                time_budget_s=space.tune.time_budget_s,
+                trial_name_creator=identity_of,
+                trial_dirname_creator=identity_of,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(experiment_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                verbose=1,
+            ),
+        )
+    tuner.fit()
+    summary = summarize(experiment_dir, space.tune.metric, space.tune.mode)
+    summary["wall_time_s"] = time.perf_counter() - t0
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# Results, read back from disk so `zray status` works on a running experiment
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+    return rows
+
+
+def trial_records(experiment_dir: Path, metric: str, mode: str) -> list[dict[str, Any]]:
+    """One record per trial: parameters, status, final and best metrics, best checkpoint."""
+    from zray.train import STATE_FILE
+
+    sign = 1.0 if mode == "min" else -1.0
+    records = []
+    for trial_dir in sorted(experiment_dir.glob("trial-*")):
+        params_file = trial_dir / "params.json"
+        if not params_file.exists():
+            continue
+        params = json.loads(params_file.read_text())
+        results = _read_jsonl(trial_dir / "result.json")
+        error_file = trial_dir / "error.txt"
+        error = _last_error_line(error_file.read_text()) if error_file.exists() else ""
+        final = results[-1] if results else {}
+        scored = [r for r in results if _finite(r.get(metric))]
+        best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
+        checkpoints = sorted((experiment_dir / TRIALS_DIR / trial_dir.name).glob(f"checkpoint_*/{STATE_FILE}"))
+        best_ckpt = _best_checkpoint(checkpoints, metric, sign)
+        records.append(
+            {
+                "trial": trial_dir.name,
+                "status": "error" if error else ("done" if final.get("done") else "running/stopped"),
+                "epochs": int(final.get("epoch", 0) or 0),
+                "params": params,
+                "final": {k: final.get(k) for k in _METRIC_KEYS if k in final},
+                "best": {k: best.get(k) for k in _METRIC_KEYS if k in best},
+                "best_checkpoint": best_ckpt,
+                "error": error,
+            }
+        )
+    return records
+
+
+_METRIC_KEYS = ("val_sigma_mad", "val_bias", "val_outlier_fraction", "val_crps", "val_loss", "loss", "epoch")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _best_checkpoint(state_files: list[Path], metric: str, sign: float) -> str | None:
+    best, best_value = None, math.inf
+    for state_file in state_files:
+        try:
+            metrics = json.loads(state_file.read_text()).get("metrics", {})
+        except (OSError, ValueError):
+            continue
+        value = metrics.get(metric)
+        if _finite(value) and sign * value < best_value:
+            best, best_value = str(state_file.parent), sign * value
+    return best
+
+
+def _last_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "failed"
+
+
+def summarize(experiment_dir: Path, metric: str, mode: str) -> dict[str, Any]:
+    """Write ``results.csv`` and ``best.json``; return the summary."""
+    experiment_dir = Path(experiment_dir)
+    records = trial_records(experiment_dir, metric, mode)
+    sign = 1.0 if mode == "min" else -1.0
+    ranked = sorted(
+        (r for r in records if _finite(r["best"].get(metric))), key=lambda r: sign * r["best"][metric]
+    )
+    param_names = sorted({k for r in records for k in r["params"]})
+    metric_names = [k for k in _METRIC_KEYS if k != "epoch"]
+    tmp = experiment_dir / (RESULTS_FILE + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["trial", "status", "epochs", *param_names]
+            + [f"final_{m}" for m in metric_names]
+            + [f"best_{m}" for m in metric_names]
+            + ["best_checkpoint", "error"]
+        )
+        for r in records:
+            writer.writerow(
+                [r["trial"], r["status"], r["epochs"], *(r["params"].get(p, "") for p in param_names)]
+                + [r["final"].get(m, "") for m in metric_names]
+                + [r["best"].get(m, "") for m in metric_names]
+                + [r["best_checkpoint"] or "", r["error"]]
+            )
+    tmp.replace(experiment_dir / RESULTS_FILE)
+    best = ranked[0] if ranked else None
+    summary = {
+        "experiment": str(experiment_dir),
+        "metric": metric,
+        "mode": mode,
+        "trials": records,
+        "ranked": ranked,
+        "best": best,
+        "best_checkpoint": best["best_checkpoint"] if best else None,
+    }
+    _write_json(
+        experiment_dir / BEST_FILE,
+        {"metric": metric, "mode": mode, "trial": best and best["trial"], "params": best and best["params"],
+         "metrics": best and best["best"], "checkpoint": best and best["best_checkpoint"]},
+    )
+    return summary
+
+
+def status(experiment_dir: str | Path) -> dict[str, Any]:
+    """The summary of a running or finished experiment."""
+    experiment_dir = Path(experiment_dir)
+    space_file = experiment_dir / SPACE_FILE
+    if not space_file.exists():
+        raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
+    space = json.loads(space_file.read_text())
+    return summarize(experiment_dir, space["tune"]["metric"], space["tune"]["mode"])
+
+
+def format_summary(summary: dict[str, Any], top: int = 5) -> str:
+    """The table printed at the end of a search and by ``zray status``."""
+    metric = summary["metric"]
+    records = summary["trials"]
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    lines = [
+        f"experiment  {summary['experiment']}",
+        "trials      " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
+    ]
+    ranked = summary["ranked"][:top]
+    if ranked:
+        params = sorted({k for r in ranked for k in r["params"]})
+        header = ["rank", "trial", *params, "sigma_mad", "bias", "outliers", "epochs"]
+        rows = []
+        for i, r in enumerate(ranked, 1):
+            b = r["best"]
+            rows.append(
+                [str(i), r["trial"], *(_fmt(r["params"].get(p)) for p in params),
+                 _fmt(b.get("val_sigma_mad")), _fmt(b.get("val_bias")),
+                 _fmt(b.get("val_outlier_fraction")), str(r["epochs"])]
+            )
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+        lines.append("")
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+        lines.append("")
+        lines.append(f"best {metric}: {_fmt(summary['best']['best'].get(metric))}  ({summary['best']['trial']})")
+        lines.append(f"best checkpoint: {summary['best_checkpoint']}")
+    failed = [r for r in records if r["status"] == "error"]
+    for r in failed:
+        lines.append(f"failed {r['trial']}: {r['error']}")
+    lines.append(f"results: {Path(summary['experiment']) / RESULTS_FILE}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+

@@ -1,0 +1,94 @@
+"""The reader: Ray Data per split, preprocessing and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zray.data import (
+    augment_codes,
+    load_arrays,
+    preprocess_batch,
+    read_manifest,
+    read_split,
+    scale_pixels,
+)
+from zray.errors import ZrayError
+
+
+def test_scale_pixels_formula():
+    x = np.array([-8.0, -1.0, 0.0, 3.0, 15.0], dtype=np.float32)
+    np.testing.assert_allclose(scale_pixels(x), np.sign(x) * (np.sqrt(np.abs(x) + 1) - 1), rtol=1e-6)
+    assert scale_pixels(x).dtype == np.float32
+
+
+def test_ray_reader_yields_what_was_written_for_every_split(ray_session, sim_data):
+    manifest = read_manifest(sim_data)
+    assert len(manifest.files("train")) > 1  # several shards are read, not one
+    for split in manifest.splits:
+        want = load_arrays(sim_data, split)
+        got = {k: [] for k in ("id", "image", "z_spec", "ebv")}
+        for batch in read_split(sim_data, split).iter_batches(batch_size=64, batch_format="numpy"):
+            assert batch["image"].dtype == np.float32 and batch["image"].shape[1:] == (5, 32, 32)
+            for k in got:
+                got[k].append(batch[k])
+        got = {k: np.concatenate(v) for k, v in got.items()}
+        assert len(got["id"]) == manifest.rows[split] == len(want["id"])
+        order, ref = np.argsort(got["id"]), np.argsort(want["id"])
+        for k in got:
+            np.testing.assert_array_equal(got[k][order], want[k][ref])
+
+
+def test_ray_map_batches_preprocess(ray_session, sim_data):
+    ds = read_split(sim_data, "val").map_batches(
+        preprocess_batch, fn_kwargs={"augment": False, "seed": None}, batch_format="numpy"
+    )
+    batch = next(iter(ds.iter_batches(batch_size=1000, batch_format="numpy")))
+    raw = load_arrays(sim_data, "val")
+    ref = raw["image"][np.argsort(raw["id"])]
+    got = batch["image"][np.argsort(batch["id"])]
+    assert got.shape == (len(raw["id"]), 32, 32, 5) and got.dtype == np.float32
+    np.testing.assert_allclose(got, scale_pixels(np.transpose(ref, (0, 2, 3, 1))), rtol=1e-6)
+
+
+def test_load_arrays_matches_simulated_catalogue(sim_data):
+    import pyarrow.parquet as pq
+
+    cat = pq.read_table(sim_data / "catalog.parquet").to_pandas().set_index("id")
+    for split in ("train", "val", "test"):
+        arrays = load_arrays(sim_data, split)
+        np.testing.assert_allclose(arrays["z_spec"], cat.loc[arrays["id"], "z"].to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(arrays["ebv"], cat.loc[arrays["id"], "ebv"].to_numpy(), rtol=1e-6)
+
+
+def _all_transforms(image):
+    out = []
+    for k in range(4):
+        r = np.rot90(image, k, axes=(0, 1))
+        out += [r, r[:, ::-1]]
+    return out
+
+
+def test_augmentation_is_a_reproducible_rotation_or_flip():
+    rng = np.random.default_rng(0)
+    batch = {"id": np.arange(64), "image": rng.normal(size=(64, 5, 8, 8)).astype(np.float32)}
+    plain = preprocess_batch(batch, augment=False)["image"]
+    a = preprocess_batch(batch, augment=True, seed=7)["image"]
+    b = preprocess_batch(batch, augment=True, seed=7)["image"]
+    c = preprocess_batch(batch, augment=True, seed=8)["image"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    for i in range(64):
+        assert any(np.array_equal(a[i], t) for t in _all_transforms(plain[i]))
+    turns, flips = augment_codes(batch["id"], 7)
+    assert set(turns.tolist()) == {0, 1, 2, 3} and set(flips.tolist()) == {0, 1}
+    # independent of batch boundaries: the second half alone gets the same transforms
+    half = {"id": batch["id"][32:], "image": batch["image"][32:]}
+    np.testing.assert_array_equal(preprocess_batch(half, augment=True, seed=7)["image"], a[32:])
+
+
+def test_read_split_errors(tmp_path, sim_data):
+    with pytest.raises(ZrayError, match="unknown split 'dev'"):
+        read_split(sim_data, "dev")
+    with pytest.raises(ZrayError, match="no manifest.json"):
+        read_split(tmp_path, "train")

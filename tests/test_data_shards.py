@@ -1,0 +1,191 @@
+"""The shard format: writing, splits, manifest, and validation of bad shards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from zray.bins import RedshiftBins
+from zray.data import assign_split, load_arrays, read_manifest, validate_dataset, write_dataset
+from zray.data.validate import inspect_dataset
+from zray.errors import ZrayError
+
+
+def _rows(n=40, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1000, 1000 + n, dtype=np.int64)
+    images = rng.normal(size=(n, 5, size, size)).astype(np.float32)
+    z = rng.uniform(0.01, 0.39, n)
+    ebv = rng.uniform(0, 0.1, n)
+    return ids, images, z, ebv
+
+
+def assert_nothing_left(out):
+    """Neither the output nor a temporary sibling of it may remain."""
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert leftovers == []
+
+
+def test_write_then_read_back_every_split(tmp_path):
+    ids, images, z, ebv = _rows()
+    mags = {"mag_r": np.linspace(14, 17, len(ids))}
+    m = write_dataset(tmp_path / "d", ids, images, z, ebv, mags, rows_per_shard=7)
+    assert m.image_shape == (5, 8, 8) and m.bands == ("u", "g", "r", "i", "z")
+    assert sum(m.rows.values()) == len(ids) and m.hash.startswith("sha256:")
+    assert all(sh.rows <= 7 for s in m.splits for sh in m.shards[s])
+    assert read_manifest(tmp_path / "d") == m
+    validate_dataset(tmp_path / "d")
+    split = assign_split(ids, 0)
+    for k, s in enumerate(m.splits):
+        got = load_arrays(tmp_path / "d", s, columns=("id", "image", "z_spec", "ebv", "mag_r"))
+        want = np.flatnonzero(split == k)
+        order = np.argsort(got["id"])
+        np.testing.assert_array_equal(got["id"][order], ids[want])
+        np.testing.assert_array_equal(got["image"][order], images[want])
+        np.testing.assert_allclose(got["z_spec"][order], z[want].astype(np.float32))
+        np.testing.assert_allclose(got["mag_r"][order], mags["mag_r"][want].astype(np.float32))
+    schema = pq.read_schema(m.files("train")[0])
+    assert str(schema.field("image").type).startswith("extension<arrow.fixed_shape_tensor")
+
+
+def test_split_depends_only_on_id_and_seed():
+    ids = np.arange(20_000)
+    split = assign_split(ids, seed=3)
+    np.testing.assert_array_equal(assign_split(ids[::-1], seed=3), split[::-1])
+    np.testing.assert_array_equal(assign_split(ids[5000:], seed=3), split[5000:])
+    assert not np.array_equal(assign_split(ids, seed=4), split)
+    fractions = np.bincount(split, minlength=3) / ids.size
+    np.testing.assert_allclose(fractions, [0.8, 0.1, 0.1], atol=0.01)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r[1].__setitem__((3, 2, 1, 1), np.nan), "row 3 (id 1003): image has NaN or infinite pixels"),
+        (lambda r: r[1].__setitem__((5, 0, 0, 0), np.inf), "row 5 (id 1005): image has NaN or infinite pixels"),
+        (lambda r: r[0].__setitem__(7, 1002), "id 1002 appears in rows 2 and 7; expected unique ids"),
+        (lambda r: r[2].__setitem__(4, 0.45), "row 4 (id 1004): z_spec 0.45 is outside the binning range"),
+        (lambda r: r[2].__setitem__(4, -0.01), "row 4 (id 1004): z_spec -0.01 is outside the binning range"),
+        (lambda r: r[3].__setitem__(6, np.nan), "row 6 (id 1006): ebv nan is invalid"),
+    ],
+)
+def test_bad_rows_are_refused_and_nothing_is_left(tmp_path, mutate, message):
+    rows = list(_rows())
+    mutate(rows)
+    with pytest.raises(ZrayError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        write_dataset(tmp_path / "d", *rows)
+    assert_nothing_left(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((4, 4, 8, 8), "images have 4 bands; expected 5"), ((4, 5, 8, 6), "expected square cutouts"),
+     ((4, 5, 8), "expected \\(N, 5, H, W\\)")],
+)
+def test_wrong_band_count_or_shape_is_refused(tmp_path, shape, message):
+    ids, _, z, ebv = _rows(4)
+    with pytest.raises(ZrayError, match=message):
+        write_dataset(tmp_path / "d", ids, np.zeros(shape, np.float32), z, ebv)
+    assert_nothing_left(tmp_path / "d")
+
+
+def test_custom_bins_limit_z(tmp_path):
+    ids, images, z, ebv = _rows()
+    with pytest.raises(ZrayError, match="expected 0.0 <= z < 0.2"):
+        write_dataset(tmp_path / "d", ids, images, z, ebv, bins=RedshiftBins(0.0, 0.2, 50))
+
+
+def test_existing_dataset_needs_overwrite(tmp_path):
+    rows = _rows()
+    first = write_dataset(tmp_path / "d", *rows)
+    with pytest.raises(ZrayError, match="already holds a dataset; pass --overwrite"):
+        write_dataset(tmp_path / "d", *rows)
+    rows2 = _rows(seed=1)
+    second = write_dataset(tmp_path / "d", *rows2, overwrite=True)
+    assert second.hash != first.hash and read_manifest(tmp_path / "d").hash == second.hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ZrayError, match="is not a zray dataset"):
+        write_dataset(tmp_path / "other", *rows, overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------- validation
+@pytest.fixture
+def dataset(tmp_path):
+    write_dataset(tmp_path / "d", *_rows(60), rows_per_shard=20)
+    return tmp_path / "d"
+
+
+def test_truncated_shard(dataset):
+    shard = dataset / "train-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ZrayError, match=r"train-00001.parquet: not a readable Parquet file"):
+        validate_dataset(dataset)
+
+
+def test_non_parquet_shard(dataset):
+    (dataset / "train-00000.parquet").write_text("id,image\n1,2\n")
+    with pytest.raises(ZrayError, match=r"train-00000.parquet: not a readable Parquet file"):
+        validate_dataset(dataset)
+
+
+def test_manifest_row_count_disagrees(dataset):
+    data = json.loads((dataset / "manifest.json").read_text())
+    data["splits"]["train"][0]["rows"] += 1
+    (dataset / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ZrayError, match=r"train-00000.parquet: holds 20 rows but the manifest says 21"):
+        validate_dataset(dataset)
+
+
+def test_manifest_hash_disagrees(dataset):
+    data = json.loads((dataset / "manifest.json").read_text())
+    data["hash"] = "sha256:" + "0" * 64
+    (dataset / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ZrayError, match=r"manifest.json: content hash sha256:0+ does not match"):
+        validate_dataset(dataset)
+
+
+def test_missing_shard_and_missing_manifest(dataset):
+    (dataset / "val-00000.parquet").unlink()
+    with pytest.raises(ZrayError, match=r"val-00000.parquet: shard listed in the manifest is missing"):
+        validate_dataset(dataset)
+    (dataset / "manifest.json").unlink()
+    with pytest.raises(ZrayError, match=r"no manifest.json; expected a dataset"):
+        validate_dataset(dataset)
+
+
+def test_manifest_not_json(dataset):
+    (dataset / "manifest.json").write_text("{oops")
+    with pytest.raises(ZrayError, match=r"manifest.json: not readable JSON"):
+        read_manifest(dataset)
+
+
+def test_shard_with_bad_rows_is_reported_with_file_and_row(dataset):
+    """A shard rewritten behind the manifest's back: NaN pixel, bad z, duplicate id."""
+    path = dataset / "train-00000.parquet"
+    table = pq.read_table(path)
+    ids = table.column("id").to_numpy().copy()
+    image = table.column("image").combine_chunks().to_numpy_ndarray().copy()
+    z = table.column("z_spec").to_numpy().copy()
+    image[2, 1, 0, 0] = np.nan
+    z[4] = 0.5
+    ids[6] = ids[5]
+    import pyarrow as pa
+
+    bad = table.set_column(0, "id", pa.array(ids))
+    bad = bad.set_column(1, "image", pa.FixedShapeTensorArray.from_numpy_ndarray(image))
+    bad = bad.set_column(2, "z_spec", pa.array(z))
+    pq.write_table(bad, path)
+    with pytest.raises(ZrayError, match=r"train-00000.parquet: row 2 \(id \d+\): image has NaN"):
+        validate_dataset(dataset)
+    report = inspect_dataset(dataset)
+    text = "\n".join(report.problems)
+    assert "row 4" in text and "z_spec 0.5 is outside the range" in text
+    assert f"row 6: id {ids[5]} duplicates a row of train-00000.parquet" in text
+    assert "content hash" in text

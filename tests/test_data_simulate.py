@@ -1,0 +1,104 @@
+"""The simulator: determinism, physical sanity, catalogue mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from zray.data import load_arrays, read_manifest, simulate, simulate_from_catalog, validate_dataset
+from zray.data.templates import colour_grid
+from zray.errors import ZrayError
+
+
+def test_sim_data_is_valid_and_complete(sim_data):
+    m = validate_dataset(sim_data)
+    assert m.total_rows == 300 and m.image_shape == (5, 32, 32) and m.pixel_scale == 0.396
+    assert set(m.columns) >= {"id", "image", "z_spec", "ebv", "mag_r"}
+    cat = pq.read_table(sim_data / "catalog.parquet")
+    assert cat.num_rows == 300
+    assert {"id", "z", "type", "mag_u", "mag_z", "r50_arcsec", "ebv"} <= set(cat.column_names)
+
+
+def test_same_seed_gives_identical_shards_whatever_the_workers(tmp_path, sim_data):
+    again = simulate(tmp_path / "a", 300, size=32, seed=0, workers=2, rows_per_shard=100, progress=False)
+    assert again.hash == read_manifest(sim_data).hash
+    for f in again.all_files():
+        assert f.read_bytes() == (sim_data / f.name).read_bytes()
+    other = simulate(tmp_path / "b", 40, size=16, seed=1, workers=1, progress=False)
+    first = simulate(tmp_path / "c", 40, size=16, seed=0, workers=1, progress=False)
+    assert other.hash != first.hash
+
+
+def test_population_is_sdss_like(sim_data):
+    cat = pq.read_table(sim_data / "catalog.parquet").to_pandas()
+    assert 0.07 < cat["z"].median() < 0.13 and cat["z"].max() < 0.4
+    assert (cat["mag_r"] < 17.77).all()
+    ur = cat["mag_u"] - cat["mag_r"]
+    assert 0.2 < (ur > 2.2).mean() < 0.8  # both red and blue populations
+    assert 0.015 < cat["ebv"].median() < 0.05
+
+
+def test_red_galaxy_colours_follow_the_template():
+    """DESIGN.md: red galaxies' g-r rises from about 0.8 at z~0.02 to about 1.4 at z~0.2."""
+    terms = colour_grid().colour_terms(np.array([0.02, 0.2]), np.zeros(2))
+    g_r = terms[:, 1] - terms[:, 2]
+    assert 0.7 < g_r[0] < 0.95 and 1.25 < g_r[1] < 1.5
+
+
+def test_images_are_bright_in_the_centre_and_in_nanomaggies(sim_data):
+    arrays = load_arrays(sim_data, "train")
+    cat = pq.read_table(sim_data / "catalog.parquet").to_pandas().set_index("id")
+    images = arrays["image"]
+    centre = images[:, 2, 12:20, 12:20].sum(axis=(1, 2))
+    edge = images[:, 2, :4, :4].sum(axis=(1, 2)) * 4
+    assert np.median(centre) > 10 * np.median(np.abs(edge))
+    # total r flux roughly matches the catalogue magnitude (extinction, aperture losses aside)
+    flux = images[:, 2].sum(axis=(1, 2))
+    mag = 22.5 - 2.5 * np.log10(np.clip(flux, 1e-3, None))
+    diff = mag - cat.loc[arrays["id"], "mag_r"].to_numpy()
+    assert 0.0 < np.median(diff) < 0.6
+
+
+def test_catalog_mode(tmp_path):
+    cat = pa.table({
+        "id": [11, 12, 13, 14],
+        "z": [0.05, 0.1, 0.15, 0.2],
+        "mag_u": [18.9, 19.8, 20.2, 19.5],
+        "mag_g": [17.2, 17.9, 18.3, 18.6],
+        "mag_r": [16.4, 17.0, 17.1, 17.9],
+        "mag_i": [16.0, 16.6, 16.7, 17.6],
+        "mag_z": [15.7, 16.4, 16.4, 17.4],
+    })
+    pcsv.write_csv(cat, tmp_path / "cat.csv")
+    m = simulate_from_catalog(tmp_path / "cat.csv", tmp_path / "out", size=16, workers=1, progress=False)
+    assert m.total_rows == 4 and m.image_shape == (5, 16, 16)
+    truth = pq.read_table(tmp_path / "out" / "catalog.parquet").to_pandas()
+    assert truth["id"].tolist() == [11, 12, 13, 14]
+    np.testing.assert_allclose(truth["mag_r"], cat["mag_r"].to_numpy())
+    assert truth["red"].iloc[0] and not truth["red"].iloc[3]  # u-r 2.5 red, 1.6 blue
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"drop": "mag_g"}, "cat.csv: missing column\\(s\\) mag_g"),
+        ({"z": [0.05, 0.45]}, "cat.csv: row 2 \\(id 2\\): z 0.45 is outside the binning range"),
+        ({"id": [3, 3]}, "cat.csv: rows 1 and 2 share id 3; expected unique ids"),
+        ({"mag_r": [17.0, None]}, "cat.csv: row 2 \\(id 2\\): mag_r is missing or not finite"),
+    ],
+)
+def test_bad_catalogue_for_simulation(tmp_path, change, message):
+    cols = {"id": [1, 2], "z": [0.05, 0.1], **{f"mag_{b}": [17.0, 17.5] for b in "ugriz"}}
+    for key, value in change.items():
+        if key == "drop":
+            cols.pop(value)
+        else:
+            cols[key] = value
+    pcsv.write_csv(pa.table(cols), tmp_path / "cat.csv")
+    with pytest.raises(ZrayError, match=message):
+        simulate_from_catalog(tmp_path / "cat.csv", tmp_path / "out", size=16, workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["cat.csv"]
