@@ -1,0 +1,209 @@
+"""FITS ingest (`zray prepare`) in both layouts, on FITS files made here with astropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+from astropy.io import fits
+
+from zray.data import load_arrays, prepare_dataset, validate_dataset
+from zray.data.ingest import normalise_band
+from zray.errors import ZrayError
+
+BANDS = "ugriz"
+SIZE = 16
+
+
+def _truth(i: int, shape=(20, 20)) -> np.ndarray:
+    """Five distinguishable planes: band k has values 1000*i + 100*k + pixel index."""
+    base = np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape) / 1000
+    return np.stack([1000 * i + 100 * k + base for k in range(5)]).astype(np.float32)
+
+
+def _crop(a: np.ndarray) -> np.ndarray:
+    y0, x0 = (a.shape[-2] - SIZE) // 2, (a.shape[-1] - SIZE) // 2
+    return a[..., y0: y0 + SIZE, x0: x0 + SIZE]
+
+
+def _write_cube(path, image, order="zruig", keywords=True):
+    planes = np.stack([image[BANDS.index(b)] for b in order])
+    hdu = fits.PrimaryHDU(planes)
+    if keywords:
+        for k, b in enumerate(order):
+            hdu.header[f"BAND{k + 1}"] = f"SDSS_{b}" if k % 2 else b
+    hdu.writeto(path)
+
+
+def _write_mef(path, image, order="gzuri", key="FILTER"):
+    hdus = [fits.PrimaryHDU()]
+    for b in order:
+        h = fits.ImageHDU(image[BANDS.index(b)])
+        if key:
+            h.header[key] = b.upper()
+        hdus.append(h)
+    fits.HDUList(hdus).writeto(path)
+
+
+def _write_catalog(path, rows: dict):
+    pcsv.write_csv(pa.table(rows), path)
+
+
+def _single_file_setup(tmp_path, n=6, writer=_write_cube):
+    images = tmp_path / "img"
+    images.mkdir()
+    for i in range(n):
+        writer(images / f"g{i}.fits", _truth(i))
+    rows = {"id": list(range(100, 100 + n)), "z_spec": [0.02 + 0.05 * i for i in range(n)],
+            "ebv": [0.03] * n, "file": [f"g{i}.fits" for i in range(n)]}
+    _write_catalog(tmp_path / "cat.csv", rows)
+    return rows
+
+
+def _per_band_setup(tmp_path, n=5):
+    images = tmp_path / "img"
+    images.mkdir()
+    rows = {"id": list(range(n)), "z_spec": [0.1] * n, "ebv": [0.02] * n}
+    for k, b in enumerate(BANDS):
+        rows[f"file_{b}"] = []
+        for i in range(n):
+            hdu = fits.PrimaryHDU(_truth(i)[k])
+            if i % 2:
+                hdu.header["FILTER"] = b
+            hdu.writeto(images / f"g{i}_{b}.fits")
+            rows[f"file_{b}"].append(f"g{i}_{b}.fits")
+    rows["mag_r"] = [17.0] * n
+    _write_catalog(tmp_path / "cat.csv", rows)
+    return rows
+
+
+def _check_roundtrip(out, ids):
+    validate_dataset(out)
+    seen = set()
+    for split in ("train", "val", "test"):
+        arrays = load_arrays(out, split)
+        for ident, image in zip(arrays["id"], arrays["image"]):
+            i = ids.index(int(ident))
+            np.testing.assert_array_equal(image, _crop(_truth(i)))
+            seen.add(int(ident))
+    assert seen == set(ids)
+
+
+@pytest.mark.parametrize("writer", [_write_cube, _write_mef], ids=["cube+BANDn", "mef+FILTER"])
+def test_single_file_layouts(tmp_path, writer):
+    rows = _single_file_setup(tmp_path, writer=writer)
+    m = prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    assert m.image_shape == (5, SIZE, SIZE) and m.total_rows == 6
+    _check_roundtrip(tmp_path / "out", rows["id"])
+
+
+def test_one_file_per_band_layout_and_parquet_catalogue(tmp_path):
+    rows = _per_band_setup(tmp_path)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(rows), tmp_path / "cat.parquet")
+    m = prepare_dataset(tmp_path / "cat.parquet", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    assert "mag_r" in m.columns
+    _check_roundtrip(tmp_path / "out", rows["id"])
+
+
+def test_band_names_are_normalised_not_guessed():
+    assert [normalise_band(v) for v in ("g", "G", "sdss_g", "SDSS g", "sdss-r'")] == ["g", "g", "g", "g", "r"]
+    assert normalise_band("V") is None and normalise_band("") is None and normalise_band("gr") is None
+
+
+def _expect_error(tmp_path, message, catalog="cat.csv"):
+    with pytest.raises(ZrayError, match=message):
+        prepare_dataset(tmp_path / catalog, tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_nan_pixels(tmp_path):
+    _single_file_setup(tmp_path)
+    bad = _truth(3)
+    bad[1, 10, 10] = np.nan
+    (tmp_path / "img" / "g3.fits").unlink()
+    _write_cube(tmp_path / "img" / "g3.fits", bad)
+    _expect_error(tmp_path, r"cat.csv: row 4 \(id 103\): .*g3.fits band g has NaN or infinite pixels")
+
+
+def test_wrong_band_count(tmp_path):
+    _single_file_setup(tmp_path)
+    (tmp_path / "img" / "g2.fits").unlink()
+    fits.PrimaryHDU(_truth(2)[:4]).writeto(tmp_path / "img" / "g2.fits")
+    _expect_error(tmp_path, r"row 3 \(id 102\): .*g2.fits holds 4 bands; expected 5")
+
+
+def test_mef_with_four_bands(tmp_path):
+    _single_file_setup(tmp_path, writer=lambda p, im: _write_mef(p, im, order="gzur"))
+    _expect_error(tmp_path, r"row 1 \(id 100\): .*g0.fits holds 4 bands \(g,z,u,r\); expected 5")
+
+
+def test_cutout_smaller_than_size(tmp_path):
+    _single_file_setup(tmp_path)
+    (tmp_path / "img" / "g1.fits").unlink()
+    _write_cube(tmp_path / "img" / "g1.fits", _truth(1, shape=(12, 30)))
+    _expect_error(tmp_path, r"row 2 \(id 101\): .*g1.fits: cutout is 12x30 pixels; expected at least 16x16")
+
+
+def test_cube_without_band_keywords(tmp_path):
+    _single_file_setup(tmp_path, writer=lambda p, im: _write_cube(p, im, keywords=False))
+    _expect_error(tmp_path, r"g0.fits header has no valid BAND1 keyword")
+
+
+def test_mef_without_filter_keywords(tmp_path):
+    _single_file_setup(tmp_path, writer=lambda p, im: _write_mef(p, im, key=None))
+    _expect_error(tmp_path, r"g0.fits HDU 1 has no FILTER or BAND keyword")
+
+
+def test_per_band_file_with_other_band_in_header(tmp_path):
+    _per_band_setup(tmp_path)
+    path = tmp_path / "img" / "g1_i.fits"
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["FILTER"] = "r"
+    _expect_error(tmp_path, r"row 2 \(id 1\): .*g1_i.fits header says band r but it is listed as file_i")
+
+
+def test_missing_fits_file(tmp_path):
+    _single_file_setup(tmp_path)
+    (tmp_path / "img" / "g4.fits").unlink()
+    _expect_error(tmp_path, r"cat.csv: row 5 \(id 104\): FITS file .*g4.fits not found")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_unreadable_fits_file(tmp_path, damage):
+    _single_file_setup(tmp_path)
+    path = tmp_path / "img" / "g2.fits"
+    data = b"this is not a FITS file at all" if damage == "garbage" else path.read_bytes()[:3000]
+    path.write_bytes(data)
+    _expect_error(tmp_path, r"row 3 \(id 102\): .*g2.fits is not a readable FITS file")
+
+
+def test_missing_catalogue_columns(tmp_path):
+    rows = _single_file_setup(tmp_path)
+    del rows["ebv"]
+    _write_catalog(tmp_path / "cat.csv", rows)
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; expected columns id, z_spec, ebv")
+    del rows["file"]
+    rows["ebv"] = [0.0] * 6
+    _write_catalog(tmp_path / "cat.csv", rows)
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) 'file' or file_u")
+
+
+def test_duplicate_ids_and_bad_redshift(tmp_path):
+    rows = _single_file_setup(tmp_path)
+    rows["id"][4] = rows["id"][1]
+    _write_catalog(tmp_path / "cat.csv", rows)
+    _expect_error(tmp_path, r"cat.csv: rows 2 and 5 share id 101; expected unique ids")
+    rows["id"][4] = 104
+    rows["z_spec"][3] = 0.41
+    _write_catalog(tmp_path / "cat.csv", rows)
+    _expect_error(tmp_path, r"cat.csv: row 4 \(id 103\): z_spec 0.41 is outside the binning range")
+
+
+def test_unknown_catalogue_format(tmp_path):
+    _single_file_setup(tmp_path)
+    (tmp_path / "cat.json").write_text("{}")
+    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'", catalog="cat.json")

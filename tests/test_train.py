@@ -1,0 +1,118 @@
+"""Training on real Ray Train TensorFlow workers, on tiny simulated data.
+
+One run (2 workers, 2 epochs) crashes after its first checkpoint and is
+restarted by Ray Train's failure handling; what each worker actually received
+is recorded and checked. A second ``zray train`` on the same output resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from zray import config
+from zray import train as training
+from zray.data.pipeline import load_arrays
+from zray.data.shards import read_manifest
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "name": "t",
+    "model": "cnn",
+    "fixed": {"epochs": 2, "batch_size": 32, "blocks": 2, "filters": 8, "dense_units": 32,
+              "learning_rate": 1.0e-3},
+    "resources": {"num_workers": 2, "cpus_per_worker": 0.45},
+}
+
+
+def space_file(tmp_path: Path, data: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "data": {"path": str(data), "image_size": 32}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def crashed_run(ray_session, sim_data, tmp_path_factory):
+    """A 2-worker run whose workers crash right after the epoch-1 checkpoint."""
+    tmp = tmp_path_factory.mktemp("train")
+    space = config.load(space_file(tmp, sim_data))
+    ids_dir = tmp / "ids"
+    summary = training.run(
+        space, runs_dir=tmp / "runs", name="crash", record_ids_dir=str(ids_dir),
+        extra={"fail_after_epoch": 0},
+    )
+    return {"tmp": tmp, "ids": ids_dir, "summary": summary, "space": space}
+
+
+def test_workers_get_disjoint_equal_parts_of_each_epoch(crashed_run, sim_data):
+    ids_dir = crashed_run["ids"]
+    train_ids = set(load_arrays(sim_data, "train", columns=("id",))["id"].tolist())
+    orders = []
+    for epoch in (0, 1):
+        parts = [np.load(ids_dir / f"ids-e{epoch}-r{rank}.npy") for rank in (0, 1)]
+        steps = [int((ids_dir / f"steps-e{epoch}-r{rank}.txt").read_text()) for rank in (0, 1)]
+        a, b = (set(p.tolist()) for p in parts)
+        assert len(a) == len(parts[0]) and len(b) == len(parts[1]), "a worker saw a row twice"
+        assert not a & b, f"epoch {epoch}: workers shared rows"
+        assert (a | b) <= train_ids
+        # Ray's equal split leaves out only the remainder of rows / workers.
+        assert len(train_ids - (a | b)) == len(train_ids) % 2
+        assert len(parts[0]) == len(parts[1])
+        assert steps[0] == steps[1] > 0
+        orders.append(parts[0])
+    assert not np.array_equal(orders[0], orders[1]), "the data was not reshuffled between epochs"
+
+
+def test_crash_resumes_from_last_checkpoint_with_saved_weights(crashed_run):
+    ids_dir = crashed_run["ids"]
+    summary = crashed_run["summary"]
+    # The restarted workers began at the second epoch ...
+    starts = sorted(p.name for p in ids_dir.glob("start-r0-*.json"))
+    assert starts == ["start-r0-e0.json", "start-r0-e1.json"]
+    resumed = json.loads((ids_dir / "start-r0-e1.json").read_text())
+    assert resumed["start_epoch"] == 1
+    # ... with exactly the weights of the epoch-1 checkpoint.
+    run_dir = Path(summary["run_dir"])
+    first = [d for d in run_dir.glob("checkpoint_*") if d.is_dir() and training.read_state(d)["epoch"] == 0]
+    assert len(first) == 1
+    model, state = training.load_checkpoint_model(first[0])
+    assert training.weights_checksum(model) == pytest.approx(resumed["weights_checksum"], rel=1e-12)
+    assert state["job"]["manifest_hash"] == read_manifest(crashed_run["space"].data.path).hash
+    # The history has each epoch once, in order, and the metrics are real numbers.
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    final = summary["metrics"]
+    for key in ("loss", "val_loss", "val_sigma_mad", "val_bias", "val_outlier_fraction", "val_crps"):
+        assert np.isfinite(final[key]), key
+    assert final["lr"] == pytest.approx(1e-3 / 5)  # the step schedule's drop at half the run
+
+
+def test_zray_train_again_on_same_output_resumes(crashed_run, ray_session):
+    """`zray train` with the same name continues the finished 2-epoch run to 3 epochs.
+
+    The command joins the test session's Ray through RAY_ADDRESS, as it would
+    join a cluster.
+    """
+    tmp = crashed_run["tmp"]
+    before = crashed_run["summary"]["history"]
+    path = space_file(tmp, Path(crashed_run["space"].data.path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "zray", "train", str(path), "--runs", str(tmp / "runs"),
+         "--name", "crash", "--set", "fixed.epochs=3"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "epochs      3" in proc.stdout
+    latest = max((tmp / "runs" / "crash").glob("checkpoint_*/"), key=lambda d: training.read_state(d)["epoch"])
+    history = training.read_state(latest)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[:2] == before  # carried over from the checkpoint, not retrained
