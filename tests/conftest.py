@@ -18,6 +18,9 @@ def ray_session():
     """A real local Ray with this machine's CPUs and its own short temp folder."""
     import ray
 
+    from zray.runtime import TRAIN_ENV, WORKER_ENV
+
+    os.environ.update(TRAIN_ENV)
     temp_dir = tempfile.mkdtemp(prefix="zr")  # short: Ray's socket paths have a length limit
     ray.init(
         num_cpus=os.cpu_count() or 2,
@@ -26,6 +29,7 @@ def ray_session():
         dashboard_host="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
+        runtime_env={"env_vars": {**WORKER_ENV, **TRAIN_ENV}},
     )
     yield ray
     ray.shutdown()

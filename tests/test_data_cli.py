@@ -21,7 +21,7 @@ def test_simulate_then_inspect(tmp_path):
     out = tmp_path / "sim"
     result = _run("simulate", "--n", 30, "--size", 16, "--workers", 1, "--out", out)
     assert result.exit_code == 0, result.output
-    assert f"wrote 30 simulated galaxies" in result.output and str(out) in result.output
+    assert "wrote 30 simulated galaxies" in result.output and str(out) in result.output
     result = _run("inspect", out)
     assert result.exit_code == 0, result.output
     assert "30 rows, 5 bands (u,g,r,i,z), 16x16 pixels" in result.output

@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ from zray.errors import ZrayError
 
 STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "tf/ckpt"
+# Cross-entropy over a few hundred bins starts near log(n_bins) ~ 5 and a
+# working run stays well below 50; past this the weights have blown up.
+DIVERGENCE_LOSS = 1.0e3
 # Keep a dataset in the object store when it takes at most this share of it.
 MATERIALIZE_FRACTION = 0.4
 
@@ -54,6 +57,9 @@ class TrainJob:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     record_ids_dir: str | None = None
+    # Where the run keeps its checkpoints; a diverged run leaves its reason
+    # there rather than raising (a retry would only diverge again).
+    run_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,7 +140,12 @@ def make_trainer(
     """A TensorflowTrainer for ``job``; run it with ``.fit()``."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.config import LoggingConfig
 
+    run_dir = Path(storage_path).resolve() / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)
+    job = replace(job, run_dir=str(run_dir))
     resources = {"CPU": job.cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
@@ -158,6 +169,7 @@ def make_trainer(
                 checkpoint_score_order="min",
             ),
             callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 
@@ -297,11 +309,15 @@ def worker_loop(config: dict[str, Any]) -> None:
                 tf.constant(n * world, dtype=tf.int32),
             )
             loss_value = float(loss)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"training loss became {loss_value} at epoch {epoch + 1}, step {steps + 1} "
+            if not math.isfinite(loss_value) or loss_value > DIVERGENCE_LOSS:
+                # The loss is all-reduced, so every worker stops at the same step.
+                reason = (
+                    f"training loss became {loss_value:.3g} at epoch {epoch + 1}, step {steps + 1} "
                     f"(learning rate {lr:g}); the run diverged"
                 )
+                if rank == 0 and job.run_dir:
+                    (Path(job.run_dir) / DIVERGED_FILE).write_text(reason)
+                return
             total_loss += loss_value
             steps += 1
             rows += n
@@ -336,6 +352,15 @@ def worker_loop(config: dict[str, Any]) -> None:
             # Fault injection for tests and scripts/chaos.py: a crash right
             # after this epoch's checkpoint.
             raise RuntimeError(f"injected failure after epoch {epoch + 1}")
+
+
+DIVERGED_FILE = "diverged.txt"
+
+
+def divergence(run_dir: str | Path) -> str | None:
+    """Why the run at ``run_dir`` diverged, or None."""
+    path = Path(run_dir) / DIVERGED_FILE
+    return path.read_text() if path.exists() else None
 
 
 def _progress_line(m: dict[str, Any], epochs: int) -> str:
@@ -450,6 +475,9 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, **job_
     result = trainer.fit()
     if result.error:
         raise ZrayError(f"training run {name} failed: {_reason(result.error)}")
+    reason = divergence(Path(runs_dir).resolve() / name)
+    if reason:
+        raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")
     checkpoint = result.checkpoint
     state = read_state(checkpoint.path) if checkpoint else {}
     return {

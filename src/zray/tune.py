@@ -129,7 +129,10 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from zray.config import SearchSpace, run_identity
-    from zray.train import job_for, make_trainer, prepare_datasets
+    from zray.runtime import quiet_logs
+    from zray.train import divergence, job_for, make_trainer, prepare_datasets
+
+    quiet_logs()
 
     space = SearchSpace.model_validate(ctx.space_json)
     hp = _trial_hp(ctx, config)
@@ -147,6 +150,9 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
         callbacks=[TuneReportCallback()],
     )
     trainer.fit()
+    reason = divergence(Path(ctx.trials_dir) / name)
+    if reason:
+        raise FloatingPointError(reason)
 
 
 def run(
@@ -230,7 +236,7 @@ def run(
             ),
         )
     tuner.fit()
-    summary = summarize(experiment_dir, space.tune.metric, space.tune.mode)
+    summary = summarize(experiment_dir)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
 
@@ -256,8 +262,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def trial_records(experiment_dir: Path, metric: str, mode: str) -> list[dict[str, Any]]:
-    """One record per trial: parameters, status, final and best metrics, best checkpoint."""
+def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
+    """One record per trial: parameters, status, final and best metrics, best checkpoint.
+
+    Status is ``error``, ``complete`` (all ``epochs`` run), ``stopped`` (ended
+    early by the scheduler) or ``unfinished`` (running, or interrupted).
+    """
     from zray.train import STATE_FILE
 
     sign = 1.0 if mode == "min" else -1.0
@@ -271,6 +281,16 @@ def trial_records(experiment_dir: Path, metric: str, mode: str) -> list[dict[str
         error_file = trial_dir / "error.txt"
         error = _last_error_line(error_file.read_text()) if error_file.exists() else ""
         final = results[-1] if results else {}
+        trained = int(final.get("epoch", 0) or 0)
+        target = int(params.get("epochs", epochs))
+        if error:
+            state = "error"
+        elif trained >= target:
+            state = "complete"
+        elif final.get("done"):
+            state = "stopped"
+        else:
+            state = "unfinished"
         scored = [r for r in results if _finite(r.get(metric))]
         best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
         checkpoints = sorted((experiment_dir / TRIALS_DIR / trial_dir.name).glob(f"checkpoint_*/{STATE_FILE}"))
@@ -278,8 +298,8 @@ def trial_records(experiment_dir: Path, metric: str, mode: str) -> list[dict[str
         records.append(
             {
                 "trial": trial_dir.name,
-                "status": "error" if error else ("done" if final.get("done") else "running/stopped"),
-                "epochs": int(final.get("epoch", 0) or 0),
+                "status": state,
+                "epochs": trained,
                 "params": params,
                 "final": {k: final.get(k) for k in _METRIC_KEYS if k in final},
                 "best": {k: best.get(k) for k in _METRIC_KEYS if k in best},
@@ -318,10 +338,18 @@ def _last_error_line(text: str) -> str:
     return lines[-1][:300] if lines else "failed"
 
 
-def summarize(experiment_dir: Path, metric: str, mode: str) -> dict[str, Any]:
+def summarize(experiment_dir: Path) -> dict[str, Any]:
     """Write ``results.csv`` and ``best.json``; return the summary."""
+    from zray.config import SearchSpace
+
     experiment_dir = Path(experiment_dir)
-    records = trial_records(experiment_dir, metric, mode)
+    space_file = experiment_dir / SPACE_FILE
+    if not space_file.exists():
+        raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
+    space = SearchSpace.model_validate(json.loads(space_file.read_text()))
+    metric, mode = space.tune.metric, space.tune.mode
+    epochs = int(space.default_hyperparameters()["epochs"])
+    records = trial_records(experiment_dir, metric, mode, epochs)
     sign = 1.0 if mode == "min" else -1.0
     ranked = sorted(
         (r for r in records if _finite(r["best"].get(metric))), key=lambda r: sign * r["best"][metric]
@@ -348,6 +376,7 @@ def summarize(experiment_dir: Path, metric: str, mode: str) -> dict[str, Any]:
     best = ranked[0] if ranked else None
     summary = {
         "experiment": str(experiment_dir),
+        "num_samples": space.tune.num_samples,
         "metric": metric,
         "mode": mode,
         "trials": records,
@@ -363,16 +392,6 @@ def summarize(experiment_dir: Path, metric: str, mode: str) -> dict[str, Any]:
     return summary
 
 
-def status(experiment_dir: str | Path) -> dict[str, Any]:
-    """The summary of a running or finished experiment."""
-    experiment_dir = Path(experiment_dir)
-    space_file = experiment_dir / SPACE_FILE
-    if not space_file.exists():
-        raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
-    space = json.loads(space_file.read_text())
-    return summarize(experiment_dir, space["tune"]["metric"], space["tune"]["mode"])
-
-
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:
     """The table printed at the end of a search and by ``zray status``."""
     metric = summary["metric"]
@@ -382,7 +401,8 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     lines = [
         f"experiment  {summary['experiment']}",
-        "trials      " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
+        f"trials      {len(records)} of {summary['num_samples']}: "
+        + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
     ]
     ranked = summary["ranked"][:top]
     if ranked:

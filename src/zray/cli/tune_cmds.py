@@ -56,7 +56,7 @@ def status(experiment: str, top: int) -> None:
     """
     from zray import tune as search
 
-    click.echo(search.format_summary(search.status(experiment), top=top))
+    click.echo(search.format_summary(search.summarize(experiment), top=top))
 
 
 COMMANDS = [tune, status]
