@@ -56,6 +56,9 @@ class TrainJob:
     seed: int = 0
     num_workers: int = 1
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    # float16 compute with float32 weights (tf_keras mixed_float16), on GPUs only.
+    mixed_precision: bool = False
     record_ids_dir: str | None = None
     # Where the run keeps its checkpoints; a diverged run leaves its reason
     # there rather than raising (a retry would only diverge again).
@@ -137,15 +140,26 @@ def make_trainer(
     max_failures: int = 2,
     callbacks: list | None = None,
 ):
-    """A TensorflowTrainer for ``job``; run it with ``.fit()``."""
+    """A TensorflowTrainer for ``job``; run it with ``.fit()``.
+
+    ``storage_path`` is a folder (shared by all nodes on a cluster) or an
+    object-store URI such as ``s3://bucket/zray/NAME/trials``.
+    """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
     from ray.train.v2.api.config import LoggingConfig
 
-    run_dir = Path(storage_path).resolve() / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)
-    job = replace(job, run_dir=str(run_dir))
+    from zray import storage as st
+
+    if st.is_uri(storage_path):
+        storage_path = str(storage_path)
+        run_dir = st.join(storage_path, name)
+    else:
+        storage_path = str(Path(storage_path).resolve())
+        run_dir = str(Path(storage_path) / name)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    st.remove(st.join(run_dir, DIVERGED_FILE))
+    job = replace(job, run_dir=run_dir, gpus_per_worker=float(gpus_per_worker))
     resources = {"CPU": job.cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
@@ -161,7 +175,7 @@ def make_trainer(
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,
@@ -230,10 +244,14 @@ def worker_loop(config: dict[str, Any]) -> None:
     except RuntimeError:
         pass  # already initialised in this process (a restarted loop)
 
+    mixed = set_precision(job, k, tf) == "mixed_float16"
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model(job.model, _model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
         optimizer = k.optimizers.Adam(learning_rate=float(hp["learning_rate"]))
+        if mixed:
+            # Scales the loss so float16 gradients do not underflow.
+            optimizer = k.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
@@ -272,7 +290,10 @@ def worker_loop(config: dict[str, Any]) -> None:
                 probs = model([image, ebv], training=True)
                 per_row = k.losses.sparse_categorical_crossentropy(labels_of(z), probs)
                 loss = tf.reduce_sum(per_row) / tf.cast(global_rows, tf.float32)
-            grads = tape.gradient(loss, model.trainable_variables)
+                scaled = optimizer.get_scaled_loss(loss) if mixed else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            if mixed:
+                grads = optimizer.get_unscaled_gradients(grads)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
@@ -316,7 +337,9 @@ def worker_loop(config: dict[str, Any]) -> None:
                     f"(learning rate {lr:g}); the run diverged"
                 )
                 if rank == 0 and job.run_dir:
-                    (Path(job.run_dir) / DIVERGED_FILE).write_text(reason)
+                    from zray import storage as st
+
+                    st.write_text(st.join(job.run_dir, DIVERGED_FILE), reason)
                 return
             total_loss += loss_value
             steps += 1
@@ -338,6 +361,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             _record_ids(job.record_ids_dir, epoch, rank, seen, steps)
         if rank == 0:
             metrics.update(_validate(val_shard, predict_step, bins))
+            # Which node trained (a string; Tune keeps it in result.json).
+            metrics["node_id"] = ray.get_runtime_context().get_node_id()
             history.append(metrics)
             print(_progress_line(metrics, epochs), flush=True)
 
@@ -358,9 +383,25 @@ DIVERGED_FILE = "diverged.txt"
 
 
 def divergence(run_dir: str | Path) -> str | None:
-    """Why the run at ``run_dir`` diverged, or None."""
-    path = Path(run_dir) / DIVERGED_FILE
-    return path.read_text() if path.exists() else None
+    """Why the run at ``run_dir`` (a folder or a URI) diverged, or None."""
+    from zray import storage as st
+
+    return st.read_text(st.join(str(run_dir), DIVERGED_FILE))
+
+
+def set_precision(job: TrainJob, k, tf) -> str:
+    """Set tf_keras' global dtype policy for ``job``; return its name.
+
+    ``mixed_float16`` only when the job asks for mixed precision and this
+    worker has a GPU (on CPUs float16 is slower, not faster); the models'
+    ``pdf`` softmax is float32 under either policy. Set before the model is
+    built: layers take the policy in force when they are created.
+    """
+    name = "float32"
+    if job.mixed_precision and job.gpus_per_worker > 0 and tf.config.list_physical_devices("GPU"):
+        name = "mixed_float16"
+    k.mixed_precision.set_global_policy(name)
+    return name
 
 
 def _progress_line(m: dict[str, Any], epochs: int) -> str:
@@ -444,6 +485,8 @@ def job_for(space, hyperparameters: dict[str, Any], manifest_hash: str, **extra)
         seed=space.tune.seed,
         num_workers=space.resources.num_workers,
         cpus_per_worker=space.resources.cpus_per_worker,
+        gpus_per_worker=space.resources.gpus_per_worker,
+        mixed_precision=space.resources.mixed_precision,
         **extra,
     )
 

@@ -9,6 +9,13 @@ by ``TuneReportCallback``). The experiment lives in ``runs/NAME/``:
   named by the run identity so a resumed trial finds its own checkpoints;
 - Ray Tune's experiment state, used by ``--resume``;
 - ``results.csv`` and ``best.json``: written at the end and by ``zray status``.
+
+The storage may also be an object-store URI (``--storage s3://bucket/zray``),
+as a multi-node cluster needs: Tune and Train then write ``URI/NAME/`` and the
+driver keeps only the Optuna study and a copy of the search space in its local
+``runs/NAME/``; fetch ``URI/NAME`` (``aws s3 sync``) to read it with
+``zray status``. A plain path on a multi-node cluster must be shared by every
+node (NFS); :func:`zray.cluster.check_storage` proves it before the search.
 """
 
 from __future__ import annotations
@@ -150,7 +157,7 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
         callbacks=[TuneReportCallback()],
     )
     trainer.fit()
-    reason = divergence(Path(ctx.trials_dir) / name)
+    reason = divergence(f"{ctx.trials_dir.rstrip('/')}/{name}")
     if reason:
         raise FloatingPointError(reason)
 
@@ -163,36 +170,58 @@ def run(
     resume: bool = False,
     address: str | None = None,
     record_ids_dir: str | None = None,
+    local_runs: str | Path = "runs",
+    on_check=None,
 ) -> dict[str, Any]:
-    """Run (or resume) the search; return the summary that ``zray status`` also prints."""
+    """Run (or resume) the search; return the summary that ``zray status`` also prints.
+
+    ``runs_dir`` is the storage: a folder, or an object-store URI (then the
+    driver's own files go to ``local_runs/NAME`` and the summary only names
+    where the results are). On a cluster of more than one node the storage
+    and data folders are checked to be shared before any trial starts;
+    ``on_check`` receives the line saying what was checked.
+    """
     from ray import tune
 
+    from zray import storage as st
+    from zray.cluster import check_storage
     from zray.config import run_identity
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
 
     name = name or space.name
-    experiment_dir = (Path(runs_dir) / name).resolve()
-    state_exists = (experiment_dir / "tuner.pkl").exists()
+    remote = st.is_uri(runs_dir)
+    if remote:
+        experiment_path = st.join(runs_dir, name)
+        experiment_dir = (Path(local_runs) / name).resolve()
+    else:
+        experiment_dir = (Path(runs_dir) / name).resolve()
+        experiment_path = str(experiment_dir)
+    state_exists = st.exists(st.join(experiment_path, "tuner.pkl"))
     if resume and not state_exists:
-        raise ZrayError(f"{experiment_dir}: nothing to resume (no Tune experiment state there); run without --resume")
+        raise ZrayError(f"{experiment_path}: nothing to resume (no Tune experiment state there); run without --resume")
     if not resume and state_exists:
         raise ZrayError(
-            f"{experiment_dir}: an experiment of that name exists; use --resume to continue it "
+            f"{experiment_path}: an experiment of that name exists; use --resume to continue it "
             "or --name NEW for a fresh one"
         )
     if resume:
-        saved = json.loads((experiment_dir / SPACE_FILE).read_text())
-        if saved != space.model_dump(mode="json"):
+        saved_text = st.read_text(st.join(experiment_path, SPACE_FILE))
+        if saved_text is None or json.loads(saved_text) != space.model_dump(mode="json"):
             raise ZrayError(
-                f"{experiment_dir / SPACE_FILE}: the search space differs from the one this experiment "
-                "started with; expected the same file and --set values to resume"
+                f"{st.join(experiment_path, SPACE_FILE)}: the search space differs from the one this "
+                "experiment started with; expected the same file and --set values to resume"
             )
 
     manifest = ensure_data(space)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     _write_json(experiment_dir / SPACE_FILE, space.model_dump(mode="json"))
+    if remote:
+        st.write_text(st.join(experiment_path, SPACE_FILE), json.dumps(space.model_dump(mode="json"), indent=1, sort_keys=True))
     init_ray(address)
+    checked = check_storage(runs_dir, data_path=space.data.path)
+    if checked and on_check:
+        on_check(checked)
 
     base_hp = space.default_hyperparameters()
     for key in space.search:
@@ -201,7 +230,7 @@ def run(
         space_json=space.model_dump(mode="json"),
         base_hp=base_hp,
         manifest_hash=manifest.hash,
-        trials_dir=str(experiment_dir / TRIALS_DIR),
+        trials_dir=st.join(experiment_path, TRIALS_DIR),
         record_ids_dir=record_ids_dir,
     )
 
@@ -215,7 +244,7 @@ def run(
     t0 = time.perf_counter()
     if resume:
         tuner = tune.Tuner.restore(
-            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     else:
         tuner = tune.Tuner(
@@ -230,12 +259,15 @@ def run(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(experiment_dir.parent),
+                storage_path=str(runs_dir) if remote else str(experiment_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 verbose=1,
             ),
         )
     tuner.fit()
+    if remote:
+        # Results live in the object store; `zray status` reads a local copy.
+        return {"experiment": experiment_path, "remote": True, "wall_time_s": time.perf_counter() - t0}
     summary = summarize(experiment_dir)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary

@@ -1,0 +1,65 @@
+"""Wall time of a search and the driver's overhead per trial.
+
+Runs a search (by default the quickstart) into a fresh folder and prints, per
+trial, its wall time as Tune saw it, the time spent inside training epochs,
+and the difference: the overhead of starting a Ray Train run, materialising
+the data and validating, per trial. Data simulation (first use) is timed apart.
+
+    python scripts/bench_tune.py                                  # search_spaces/quickstart.yaml
+    python scripts/bench_tune.py search_spaces/cnn.yaml --set tune.num_samples=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("space", nargs="?", default=str(Path(__file__).parents[1] / "search_spaces/quickstart.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--data", default=None, help="data folder (default: simulate into a fresh one)")
+    args = parser.parse_args()
+
+    from zray import config
+    from zray import tune as search
+    from zray.data.source import ensure_data
+
+    work = Path(tempfile.mkdtemp(prefix="zray-bench-tune-"))
+    overrides = list(args.overrides) + [f"data.path={args.data or work / 'data'}"]
+    space = config.load(args.space, overrides)
+
+    t0 = time.perf_counter()
+    ensure_data(space)
+    simulate_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary = search.run(space, runs_dir=work / "runs")
+    search_s = time.perf_counter() - t0
+
+    print(f"{'trial':<28}{'status':<11}{'epochs':>7}{'wall s':>9}{'in epochs s':>13}{'overhead s':>12}")
+    overheads = []
+    for record in summary["trials"]:
+        lines = (work / "runs" / space.name / record["trial"] / "result.json").read_text().splitlines()
+        results = [json.loads(x) for x in lines if x.strip()]
+        wall = results[-1]["time_total_s"] if results else float("nan")
+        in_epochs = sum(r.get("epoch_time_s", 0.0) for r in results)
+        overheads.append(wall - in_epochs)
+        print(f"{record['trial']:<28}{record['status']:<11}{record['epochs']:>7}{wall:>9.1f}{in_epochs:>13.1f}"
+              f"{wall - in_epochs:>12.1f}")
+    n = len(summary["trials"])
+    print()
+    print(f"simulation (first use)        {simulate_s:8.1f} s")
+    print(f"search wall time              {search_s:8.1f} s for {n} trials")
+    print(f"search wall time per trial    {search_s / max(n, 1):8.1f} s")
+    print(f"mean overhead per trial       {sum(overheads) / max(n, 1):8.1f} s  (trial wall time minus time in epochs)")
+    print(f"quickstart total              {simulate_s + search_s:8.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
