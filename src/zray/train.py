@@ -107,8 +107,13 @@ def prepare_datasets(data_path: str | Path, image_size: int, splits=("train", "v
             batch_format="numpy",
             batch_size=256,
         )
-        if n_rows * image_size * image_size * 5 * 4 <= MATERIALIZE_FRACTION * store:
+        size_mb = n_rows * image_size * image_size * 5 * 4 / 1e6
+        if size_mb * 1e6 <= MATERIALIZE_FRACTION * store:
             ds = ds.materialize()
+            how = "kept in Ray's object store"
+        else:
+            how = f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)"
+        print(f"zray: {split} split: {n_rows} rows, {size_mb:.0f} MB, {how}", flush=True)
         datasets[split] = ds
     return datasets
 
@@ -273,7 +278,8 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     n_bins = job.n_bins
     bins = job.bins
-    batch_size = int(hp["batch_size"])
+    # batch_size is the global batch, as in the papers: each worker takes its share.
+    batch_size = max(1, int(hp["batch_size"]) // world)
     augment = bool(hp.get("augment", True))
     edges_lo, width = float(bins.z_min), float(bins.width)
 
