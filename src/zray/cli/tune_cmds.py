@@ -11,23 +11,32 @@ from zray.cli.config_cmds import set_option
 @click.argument("file", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--resume", is_flag=True, help="Continue the interrupted experiment of the same name.")
-@click.option("--name", default=None, help="Experiment name (default: the file's `name`); outputs go to RUNS/NAME.")
-@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Folder holding experiments.")
+@click.option("--name", default=None, help="Experiment name (default: the file's `name`); outputs go to STORAGE/NAME.")
+@click.option(
+    "--storage", "--runs", "storage", default="runs", show_default=True,
+    help="Where experiments live: a folder (on a multi-node cluster one every node shares, e.g. NFS) "
+    "or an object-store URI such as s3://bucket/zray.",
+)
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
-def tune(file, overrides, resume, name, runs_dir, address) -> None:
+def tune(file, overrides, resume, name, storage, address) -> None:
     """Search hyperparameters: Ray Tune trials proposed by Optuna.
 
     Each trial is one Ray Train run of the file's model, reporting every
     epoch; the scheduler (tune.scheduler) stops poor trials early. Trials are
     checkpointed every epoch, so after Ctrl-C or a crash `--resume` finishes
     the experiment without rerunning completed trials. The Optuna study is
-    kept in RUNS/NAME/optuna.db for `optuna-dashboard sqlite:///RUNS/NAME/optuna.db`.
+    kept in STORAGE/NAME/optuna.db for `optuna-dashboard sqlite:///STORAGE/NAME/optuna.db`
+    (with a URI storage, in the local runs/NAME/).
+
+    On a cluster (--address or RAY_ADDRESS), trials run on every node; a
+    folder STORAGE must then be shared by all nodes, which is checked first.
 
     \b
     Examples:
       zray tune search_spaces/quickstart.yaml
       zray tune search_spaces/inception.yaml --set tune.num_samples=4
       zray tune search_spaces/inception.yaml --resume
+      RAY_ADDRESS=127.0.0.1:6379 zray tune search_spaces/inception.yaml --storage s3://my-bucket/zray
     """
     from zray import config
     from zray import tune as search
@@ -38,8 +47,18 @@ def tune(file, overrides, resume, name, runs_dir, address) -> None:
         f"{space.tune.num_samples} trials, scheduler {space.tune.scheduler.type}, "
         f"searching {', '.join(space.search) or 'nothing'}"
     )
-    summary = search.run(space, runs_dir=runs_dir, name=name, resume=resume, address=address)
+    summary = search.run(
+        space, runs_dir=storage, name=name, resume=resume, address=address,
+        on_check=lambda line: click.echo(f"zray: {line}"),
+    )
     click.echo("")
+    if summary.get("remote"):
+        where = summary["experiment"]
+        local = f"runs/{where.rstrip('/').rsplit('/', 1)[-1]}"
+        click.echo(f"results in {where}")
+        click.echo(f"fetch them with `aws s3 sync {where} {local}` (gs: `gsutil -m rsync -r`), then `zray status {local}`")
+        click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
+        return
     click.echo(search.format_summary(summary))
     click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
 

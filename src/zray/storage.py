@@ -1,0 +1,74 @@
+"""Where experiments live: a local (or NFS) folder, or an object-store URI.
+
+Ray Tune and Ray Train take either as ``storage_path``. zray's own small files
+(the search space, a run's divergence note) go through these helpers so the
+same code writes to ``runs/`` or to ``s3://bucket/zray``. URIs are opened with
+``pyarrow.fs`` (s3://, gs://, and file:// for tests); credentials come from
+the environment, as for Ray itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def is_uri(path) -> bool:
+    """True for ``scheme://...`` (s3, gs, file, ...), False for a plain path."""
+    return "://" in str(path)
+
+
+def join(base, *parts: str) -> str:
+    """``base/part/...`` for a URI or a path (a path is made absolute)."""
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return str(Path(base).resolve().joinpath(*parts))
+
+
+def _fs(uri: str):
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(uri)
+
+
+def write_text(path, text: str) -> None:
+    if is_uri(path):
+        filesystem, inner = _fs(str(path))
+        filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(inner) as out:
+            out.write(text.encode())
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def read_text(path) -> str | None:
+    """The file's text, or None when it does not exist."""
+    if is_uri(path):
+        from pyarrow import fs
+
+        filesystem, inner = _fs(str(path))
+        if filesystem.get_file_info(inner).type != fs.FileType.File:
+            return None
+        with filesystem.open_input_stream(inner) as stream:
+            return stream.read().decode()
+    path = Path(path)
+    return path.read_text() if path.is_file() else None
+
+
+def exists(path) -> bool:
+    if is_uri(path):
+        from pyarrow import fs
+
+        filesystem, inner = _fs(str(path))
+        return filesystem.get_file_info(inner).type != fs.FileType.NotFound
+    return Path(path).exists()
+
+
+def remove(path) -> None:
+    """Delete a file if it is there."""
+    if is_uri(path):
+        if exists(path):
+            filesystem, inner = _fs(str(path))
+            filesystem.delete_file(inner)
+        return
+    Path(path).unlink(missing_ok=True)
