@@ -45,9 +45,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from zray.cli import config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds
+    from zray.cli import config_cmds, data_cmds, export_cmds, model_cmds, train_cmds, tune_cmds
 
-    for module in (config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds):
+    for module in (config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds, export_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,119 @@
+"""Inference commands: export, predict, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--top-k", "top_k", type=int, default=1, show_default=True,
+              help="Export the K best trials as an ensemble averaging their PDFs.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+def export_cmd(run_dir, top_k, out, overwrite):
+    """Export the best trial(s) of a search as a bundle for inference.
+
+    RUN_DIR is an experiment folder of `zray tune` (runs/NAME; trials ranked
+    by the search's metric), a `zray train` run folder (its best checkpoint)
+    or one checkpoint folder. The bundle holds each model in a safe format
+    (architecture from code, weights in HDF5; no pickle) and bundle.json with
+    bins, band order, image size, preprocessing, validation metrics and
+    versions.
+
+    \b
+    Example:
+      zray export runs/quickstart --top-k 3 --out best/
+    """
+    from zray.export import export
+
+    info = export(run_dir, out, top_k=top_k, overwrite=overwrite)
+    click.echo(f"exported {len(info['members'])} model(s) from {run_dir} ({info['source']['kind']}) to {out}")
+    for member in info["members"]:
+        val = member["validation"]
+        figures = "  ".join(f"{k} {v:.5f}" for k, v in val.items() if k != "epoch" and isinstance(v, float))
+        click.echo(f"  {member['path']}: {member['model']} {member['trial'] or ''} epoch {member['epoch']}  {figures}")
+    b = info["bins"]
+    click.echo(
+        f"bins {b['n_bins']} over {b['z_min']} <= z < {b['z_max']}; image {info['image_size']}x{info['image_size']}, "
+        f"bands {','.join(info['bands'])}; next: zray predict {out} DATA --out pz.parquet"
+    )
+
+
+@click.command("predict")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Parquet file to write.")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="FITS folder, when INPUT is a catalogue (as for `zray prepare`).")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
+              help="Only these splits of a shard folder (repeatable; default: all).")
+@click.option("--no-pdf", is_flag=True, help="Write point estimates only, not the PDFs.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Galaxies per model call.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Ray actors holding the model (1 CPU each).")
+def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers):
+    """Photometric redshifts for every galaxy of INPUT with a bundle.
+
+    INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
+    catalogue (CSV/Parquet with id, ebv and FITS file columns, as `zray
+    prepare` takes) with --images. Writes per galaxy: id, z_spec when known,
+    z_mean, z_median, z_mode, z_std, z_lo68, z_hi68 (central 68% interval)
+    and pdf (n_bins probabilities). Streams through Ray Data, so memory
+    stays bounded.
+
+    \b
+    Examples:
+      zray predict best/ data/new --out pz.parquet
+      zray predict best/ galaxies.csv --images cutouts/ --out pz.parquet --no-pdf
+    """
+    from zray.predict import predict
+
+    if workers < 1:
+        raise click.BadParameter(f"must be a positive integer, but got {workers!r}", param_hint="--workers")
+    summary = predict(bundle, source, out, images=images, splits=splits or None, batch_size=batch_size,
+                      with_pdf=not no_pdf, workers=workers)
+    click.echo(
+        f"predicted {summary['rows']} galaxies with {summary['members']} model(s) in {summary['seconds']:.1f} s "
+        f"({summary['galaxies_per_s']:.0f} galaxies/s) -> {summary['out']}"
+    )
+
+
+@click.command("evaluate")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder to write (metrics.json, PNGs, index.html).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Labelled split to score.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Galaxies per model call.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report at --out.")
+def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
+    """Score a bundle on labelled data: metrics, plots and an HTML report.
+
+    Writes metrics.json (bias, sigma_MAD, outlier fractions, sigma_IQR, CRPS,
+    PIT KS; overall, by redshift and by r magnitude), predictions.parquet,
+    PNG figures and index.html, which opens offline in a browser.
+
+    \b
+    Example:
+      zray evaluate best/ data/sim --out report/
+    """
+    from zray.evaluate import evaluate
+
+    r = evaluate(bundle, data, out, split=split, batch_size=batch_size, overwrite=overwrite)
+    o = r["overall"]
+    click.echo(
+        f"{o['n']} galaxies ({split}): sigma_MAD {o['sigma_mad']:.5f}  bias {o['bias_mean']:+.5f} "
+        f"(median {o['bias_median']:+.5f})  outliers {o['outlier_fraction']:.4f}  "
+        f"CRPS {o['crps']:.5f}  PIT KS {o['pit_ks']:.3f}"
+    )
+    for note in r["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"report: {Path(r['out']) / 'index.html'}  ({r['seconds']:.1f} s)")
+
+
+COMMANDS = [export_cmd, predict_cmd, evaluate_cmd]

@@ -1,0 +1,206 @@
+"""``zray evaluate``: score a bundle on a labelled split and write a report folder.
+
+The report holds ``metrics.json`` (DESIGN.md section 8's metrics overall,
+by spectroscopic redshift and by r magnitude), ``predictions.parquet`` (what
+``zray predict`` would write for the split), the PNG figures and an offline
+``index.html``. Predictions come from :mod:`zray.predict`'s streaming path,
+so they are the ones ``zray predict`` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray import metrics as m
+from zray.errors import ZrayError
+
+N_Z_BINS = 8
+N_MAG_BINS = 6
+N_CONFUSION_BINS = 10
+MIN_ROWS = 2  # a bin's sigma_MAD needs at least two objects to mean anything
+FIGURES = (
+    ("zphot_vs_zspec.png", "Photometric against spectroscopic redshift (PDF median)"),
+    ("confusion_matrix.png", "Confusion matrix over redshift bins"),
+    ("pit_histogram.png", "PIT histogram"),
+    ("metrics_vs_z.png", "sigma_MAD and bias against spectroscopic redshift"),
+)
+MAG_FIGURE = ("metrics_vs_mag_r.png", "sigma_MAD and bias against r magnitude")
+
+
+def binned_metrics(values, z_spec, z_phot, pdf, bins, edges) -> list[dict[str, Any]]:
+    """Point-estimate metrics and CRPS of the objects in each ``[edges[i], edges[i+1])``."""
+    rows = []
+    values = np.asarray(values, dtype=np.float64)
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        sel = (values >= lo) & ((values <= hi) if last else (values < hi))
+        n = int(sel.sum())
+        if n < MIN_ROWS:
+            continue
+        d = m.dz(z_phot[sel], z_spec[sel])
+        rows.append({
+            "lo": float(lo), "hi": float(hi), "centre": float((lo + hi) / 2), "n": n,
+            "sigma_mad": m.sigma_mad(d), "bias_mean": m.bias_mean(d), "bias_median": m.bias_median(d),
+            "outlier_fraction": m.outlier_fraction(d), "crps": m.crps(pdf[sel], bins, z_spec[sel]),
+        })
+    return rows
+
+
+def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None, str]:
+    """r magnitudes by id: from the shards' ``mag_r``, else ``catalog.parquet`` beside them."""
+    if "mag_r" in columns:
+        return np.asarray(columns["mag_r"], dtype=np.float64), "mag_r column of the shards"
+    catalog = manifest.root / "catalog.parquet"
+    if not catalog.is_file():
+        return None, "no r magnitudes (no mag_r column in the shards, no catalog.parquet beside them): r-magnitude bins skipped"
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(catalog, columns=["id", "mag_r"])
+    except Exception as exc:  # pyarrow raises several types for a missing column or bad file
+        return None, f"{catalog}: no usable id and mag_r columns ({str(exc).splitlines()[0]}): r-magnitude bins skipped"
+    cat_ids = table.column("id").to_numpy()
+    order = np.argsort(cat_ids)
+    pos = np.clip(np.searchsorted(cat_ids[order], ids), 0, len(order) - 1)
+    found = cat_ids[order][pos] == ids
+    mags = np.where(found, table.column("mag_r").to_numpy().astype(np.float64)[order][pos], np.nan)
+    if not found.any():
+        return None, f"{catalog}: none of the evaluated ids are in it: r-magnitude bins skipped"
+    return mags, f"mag_r from {catalog}"
+
+
+def _edges(values, n: int, lo=None, hi=None) -> np.ndarray:
+    finite = values[np.isfinite(values)]
+    lo = float(np.min(finite)) if lo is None else lo
+    hi = float(np.max(finite)) if hi is None else hi
+    if hi <= lo:
+        hi = lo + 1e-3
+    return np.linspace(lo, hi, n + 1)
+
+
+def evaluate(
+    bundle_path,
+    data,
+    out,
+    *,
+    split: str = "test",
+    batch_size: int = 256,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the bundle on ``split`` of dataset ``data``; write the report to ``out``."""
+    from zray import plots
+    from zray.data.progress import Progress
+    from zray.data.shards import SPLITS, read_manifest
+    from zray.export import read_bundle
+    from zray.predict import POINT_COLUMNS, _arrow_table, iter_predictions
+    from zray.report import write_index
+
+    info = read_bundle(bundle_path)
+    manifest = read_manifest(data)
+    info.check_data(manifest)
+    if split not in SPLITS:
+        raise ZrayError(f"--split {split!r} is not a split; expected one of {', '.join(SPLITS)}")
+    if manifest.rows[split] == 0:
+        raise ZrayError(f"{manifest.root}: the {split} split is empty; expected labelled rows to evaluate")
+    out = Path(out)
+    if out.exists():
+        is_report = (out / "metrics.json").is_file()
+        if not (out.is_dir() and (not any(out.iterdir()) or (is_report and overwrite))):
+            hint = "use --overwrite to replace it" if is_report else "expected a new or empty folder"
+            raise ZrayError(f"{out}: already exists; {hint}")
+
+    t0 = time.perf_counter()
+    passthrough = ("z_spec",) + (("mag_r",) if "mag_r" in manifest.columns else ())
+    bar = Progress("evaluate", manifest.rows[split], enabled=progress)
+    parts: dict[str, list] = {}
+    for batch in iter_predictions(bundle_path, manifest, (split,), batch_size=batch_size,
+                                  passthrough=passthrough, workers=workers):
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value)
+        bar.update(len(batch["id"]))
+    cols = {k: np.concatenate(v) for k, v in parts.items()}
+    bins = info.bins
+    z_spec = cols["z_spec"].astype(np.float64)
+    pdf = cols["pdf"].astype(np.float64)
+    z_phot = cols["z_median"]
+    pit_values = m.pit(pdf, bins, z_spec)
+
+    overall = m.summary(pdf, bins, z_spec)
+    by_point = {p: m.sigma_mad(m.dz(cols[f"z_{p}"], z_spec)) for p in m.POINT_ESTIMATES}
+    upper = float(min(bins.z_max, max(np.quantile(z_spec, 0.995), np.quantile(z_phot, 0.995)) * 1.1))
+    binned = {"z_spec": binned_metrics(z_spec, z_spec, z_phot, pdf, bins,
+                                       _edges(z_spec, N_Z_BINS, lo=bins.z_min, hi=float(z_spec.max())))}
+    notes = []
+    mag_r, mag_note = _mag_r(manifest, cols["id"], cols)
+    if mag_r is not None:
+        ok = np.isfinite(mag_r)
+        binned["mag_r"] = binned_metrics(mag_r[ok], z_spec[ok], z_phot[ok], pdf[ok], bins,
+                                         _edges(mag_r[ok], N_MAG_BINS))
+    else:
+        binned["mag_r"] = []
+        notes.append(mag_note)
+
+    result = {
+        "bundle": str(Path(bundle_path).resolve()),
+        "data": str(manifest.root.resolve()),
+        "data_manifest_hash": manifest.hash,
+        "bundle_manifest_hash": info.manifest_hash,
+        "same_data_as_training": manifest.hash == info.manifest_hash,
+        "split": split,
+        "point_estimate": "median",
+        "bins": info.data["bins"],
+        "overall": overall,
+        "sigma_mad_by_point_estimate": by_point,
+        "binned": binned,
+        "r_magnitudes": mag_note,
+        "notes": notes,
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        import pyarrow.parquet as pq
+
+        keep = ["id", "z_spec", *POINT_COLUMNS, "pdf"]
+        pq.write_table(_arrow_table({k: cols[k] for k in keep}, bins.n_bins), tmp / "predictions.parquet")
+        plots.density(z_spec, z_phot, tmp / FIGURES[0][0], upper=upper)
+        plots.confusion(z_spec, z_phot, np.linspace(bins.z_min, upper, N_CONFUSION_BINS + 1), tmp / FIGURES[1][0])
+        plots.pit_histogram(pit_values, tmp / FIGURES[2][0], ks=overall["pit_ks"])
+        plots.binned(binned["z_spec"], tmp / FIGURES[3][0], xlabel="spectroscopic z")
+        figures = list(FIGURES)
+        if binned["mag_r"]:
+            plots.binned(binned["mag_r"], tmp / MAG_FIGURE[0], xlabel="r magnitude")
+            figures.append(MAG_FIGURE)
+        result["figures"] = [name for name, _ in figures]
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        members = ", ".join(f"{x['model']} ({x.get('trial') or 'run'})" for x in info.data["members"])
+        write_index(
+            tmp / "index.html",
+            title=f"zray evaluation: {Path(bundle_path).name} on {manifest.root.name} ({split})",
+            metrics=result, binned=binned, figures=figures, notes=notes,
+            provenance={"bundle": result["bundle"], "members": members, "data": result["data"],
+                        "split": split, "data manifest hash": manifest.hash,
+                        "same data as training": result["same_data_as_training"],
+                        "point estimate": "PDF median"},
+        )
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["out"] = str(out)
+    result["seconds"] = time.perf_counter() - t0
+    return result

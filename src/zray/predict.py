@@ -1,0 +1,236 @@
+"""Batch inference: a bundle over a dataset, streamed through Ray Data.
+
+Shards are read by Ray Data read tasks and fed, batch by batch, to a fixed
+pool of actors that each hold the bundle's models (loaded once per actor, on
+CPU); the driver writes each result batch to Parquet as it arrives. Only a
+few batches are in flight at a time, so memory stays bounded whatever the
+input size. ``zray predict`` and ``zray evaluate`` share this path, so both
+see the same predictions.
+
+The bundle folder must be readable by every Ray node (on a cluster: shared
+storage), as must the shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray.errors import ZrayError
+
+POINT_COLUMNS = ("z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68")
+_ESTIMATE_KEYS = ("mean", "median", "mode", "std", "lo68", "hi68")
+
+
+class Predictor:
+    """Ray Data callable class: raw shard batches in, point estimates (+ PDFs) out."""
+
+    def __init__(self, bundle_path: str, with_pdf: bool = True, passthrough: tuple[str, ...] = ()) -> None:
+        from zray.export import Bundle
+        from zray.runtime import quiet_logs
+
+        quiet_logs()
+        self.bundle = Bundle(bundle_path)
+        self.with_pdf = with_pdf
+        self.passthrough = passthrough
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from zray.metrics import point_estimates
+
+        pdf = self.bundle.predict(batch["image"], batch["ebv"], batch_size=max(len(batch["id"]), 1))
+        est = point_estimates(pdf, self.bundle.bins)
+        out = {"id": np.asarray(batch["id"], dtype=np.int64)}
+        for column, key in zip(POINT_COLUMNS, _ESTIMATE_KEYS):
+            out[column] = est[key]
+        for column in self.passthrough:
+            out[column] = np.asarray(batch[column])
+        if self.with_pdf:
+            out["pdf"] = pdf
+        return out
+
+
+def iter_predictions(
+    bundle_path,
+    manifest,
+    splits: tuple[str, ...],
+    *,
+    batch_size: int = 256,
+    with_pdf: bool = True,
+    passthrough: tuple[str, ...] = (),
+    workers: int = 1,
+    cpus_per_worker: float = 1.0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield result batches (numpy dicts) for the rows of ``splits``, in input order."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from zray.runtime import init_ray
+
+    files = [str(f) for s in splits for f in manifest.files(s)]
+    if not files:
+        raise ZrayError(f"{manifest.root}: split(s) {', '.join(splits)} hold no rows; expected data to predict on")
+    init_ray()
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.target_max_block_size
+    ctx.execution_options.preserve_order = True
+    # Blocks of about one batch (Ray's default is 128 MiB, thousands of small
+    # cutouts): results then arrive, and progress moves, batch by batch.
+    row_bytes = 4 * int(np.prod(manifest.image_shape)) + 64
+    ctx.target_max_block_size = max(1 << 20, batch_size * row_bytes)
+    try:
+        columns = ["id", "image", "ebv", *passthrough]
+        ds = ray.data.read_parquet(files).select_columns(columns)
+        ds = ds.map_batches(
+            Predictor,
+            fn_constructor_args=(str(Path(bundle_path).resolve()), with_pdf, tuple(passthrough)),
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=workers),
+            num_cpus=cpus_per_worker,
+        )
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    finally:
+        ctx.execution_options.preserve_order, ctx.target_max_block_size = saved
+
+
+@contextlib.contextmanager
+def open_input(source, *, images=None, bundle=None, progress: bool = True) -> Iterator[Any]:
+    """The manifest of ``source``: a shard folder, or a catalogue + FITS folder.
+
+    A catalogue is turned into shards in a temporary folder (removed on
+    exit) by ``zray prepare``'s code at the bundle's image size. A catalogue
+    without ``z_spec`` (new galaxies) is fine: a placeholder fills it and the
+    output leaves it out.
+    """
+    from zray.data.shards import read_manifest
+
+    source = Path(source)
+    if not source.exists():
+        raise ZrayError(f"{source}: no such file or folder; expected a shard folder or a catalogue file")
+    if source.is_dir():
+        if images is not None:
+            raise ZrayError(f"{source}: is a shard folder; --images is only for a catalogue file")
+        yield read_manifest(source), True
+        return
+    if images is None:
+        raise ZrayError(
+            f"{source}: is not a shard folder; a catalogue file needs --images DIR with its FITS cutouts"
+        )
+    import pyarrow.parquet as pq
+
+    from zray.data.catalog import read_catalog
+    from zray.data.ingest import prepare_dataset
+
+    table = read_catalog(source, ("id", "ebv"))
+    has_z = "z_spec" in table.column_names
+    tmp = Path(tempfile.mkdtemp(prefix="zray-predict-"))
+    try:
+        catalog = source
+        if not has_z:
+            catalog = tmp / f"{source.stem}.parquet"
+            z = np.full(table.num_rows, bundle.bins.z_min, dtype=np.float64)
+            pq.write_table(table.append_column("z_spec", [z]), catalog)
+        try:
+            manifest = prepare_dataset(
+                catalog, images, tmp / "data", size=bundle.image_size, bins=bundle.bins, progress=progress
+            )
+        except ZrayError as exc:
+            raise ZrayError(str(exc).replace(str(catalog), str(source))) from None
+        yield manifest, has_z
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _arrow_table(batch: dict[str, np.ndarray], n_bins: int):
+    import pyarrow as pa
+
+    columns = {}
+    for name, values in batch.items():
+        if name == "pdf":
+            flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+            columns[name] = pa.FixedSizeListArray.from_arrays(flat, n_bins)
+        else:
+            columns[name] = pa.array(values)
+    return pa.table(columns)
+
+
+def predict(
+    bundle_path,
+    source,
+    out,
+    *,
+    images=None,
+    splits: tuple[str, ...] | None = None,
+    batch_size: int = 256,
+    with_pdf: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every object of ``source`` with the bundle into Parquet file ``out``.
+
+    Columns: id, z_spec (when the input has it), z_mean, z_median, z_mode,
+    z_std, z_lo68, z_hi68 and ``pdf`` (a fixed-size list of n_bins float32)
+    unless ``with_pdf`` is false. The file's metadata records the bundle and
+    its bins. Written to a temporary name and renamed when complete.
+    """
+    import pyarrow.parquet as pq
+
+    from zray.data.progress import Progress
+    from zray.data.shards import SPLITS
+    from zray.export import read_bundle
+
+    info = read_bundle(bundle_path)
+    out = Path(out)
+    if out.is_dir():
+        raise ZrayError(f"{out}: is a folder; expected a .parquet file name for --out")
+    if batch_size < 1:
+        raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
+    splits = tuple(splits or SPLITS)
+    t0 = time.perf_counter()
+    with open_input(source, images=images, bundle=info, progress=progress) as (manifest, has_z):
+        info.check_data(manifest)
+        total = sum(manifest.rows[s] for s in splits)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        bar = Progress("predict", total, enabled=progress)
+        writer, first = None, None
+        try:
+            batches = iter_predictions(
+                bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
+                passthrough=("z_spec",) if has_z else (), workers=workers,
+            )
+            for batch in batches:
+                table = _arrow_table(batch, info.bins.n_bins)
+                if writer is None:
+                    meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
+                            "bands": list(info.bands), "source": str(source), "splits": list(splits)}
+                    schema = table.schema.with_metadata({"zray": json.dumps(meta)})
+                    writer = pq.ParquetWriter(tmp, schema)
+                writer.write_table(table.cast(writer.schema))
+                bar.update(table.num_rows)
+                if first is None:
+                    first = (time.perf_counter() - t0, bar.done)
+            if writer is None:
+                raise ZrayError(f"{source}: no rows to predict; expected a non-empty dataset")
+            writer.close()
+            writer = None
+            tmp.replace(out)
+        finally:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+    elapsed = time.perf_counter() - t0
+    # After the first batch: throughput without Ray's and the model's start-up.
+    steady = (bar.done - first[1]) / max(elapsed - first[0], 1e-9) if bar.done > first[1] else None
+    return {"rows": bar.done, "out": str(out), "seconds": elapsed, "first_batch_s": first[0],
+            "galaxies_per_s": bar.done / max(elapsed, 1e-9), "steady_galaxies_per_s": steady,
+            "members": len(info.member_dirs)}

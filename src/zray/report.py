@@ -1,0 +1,102 @@
+"""The evaluation report's ``index.html``: one self-contained page, no network.
+
+Styles and the small script are inline and images are referenced by relative
+paths, so the folder opens offline, from a file:// URL or after being copied
+elsewhere. Once the page has loaded, the script records on ``<body>`` how many
+images decoded (``data-images-loaded`` of ``data-images-total``); the tests
+read these with headless Chromium.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; }
+td.l, th.l { text-align: left; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 520px; border: 1px solid #ddd; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
+  }
+  document.body.dataset.imagesLoaded = ok;
+  document.body.dataset.imagesTotal = imgs.length;
+});
+"""
+
+METRIC_LABELS = {
+    "n": "galaxies",
+    "sigma_mad": "sigma_MAD",
+    "bias_mean": "bias (mean dz)",
+    "bias_median": "bias (median dz)",
+    "outlier_fraction": "outlier fraction |dz| > 0.05",
+    "sigma_iqr": "sigma_IQR",
+    "rail_outlier_rate": "RAIL outlier rate |dz| > max(0.06, 3 sigma_IQR)",
+    "crps": "CRPS (mean)",
+    "pit_ks": "PIT KS statistic",
+}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.5f}"
+    return html.escape(str(value))
+
+
+def _binned_table(rows: list[dict], label: str) -> str:
+    keys = ("n", "sigma_mad", "bias_mean", "bias_median", "outlier_fraction", "crps")
+    head = "".join(f"<th>{html.escape(METRIC_LABELS[k])}</th>" for k in keys)
+    body = "".join(
+        f"<tr><td class='l'>{r['lo']:.3f} - {r['hi']:.3f}</td>"
+        + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr><th class='l'>{html.escape(label)}</th>{head}</tr>{body}</table>"
+
+
+def write_index(path, *, title: str, metrics: dict, binned: dict, figures: list[tuple[str, str]],
+                notes: list[str], provenance: dict) -> Path:
+    """Write the report page; ``figures`` are (file name, caption) beside it."""
+    e = html.escape
+    overall = "".join(
+        f"<tr><td class='l'>{e(METRIC_LABELS.get(k, k))}</td><td>{_fmt(v)}</td></tr>"
+        for k, v in metrics["overall"].items()
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title><style>{_STYLE}</style>",
+        f"<script>{_SCRIPT}</script></head><body>",
+        f"<h1>{e(title)}</h1>",
+        "<p class='note'>" + "<br>".join(e(f"{k}: {v}") for k, v in provenance.items()) + "</p>",
+        "<h2>Metrics</h2>",
+        f"<table><tr><th class='l'>metric</th><th>value</th></tr>{overall}</table>",
+        "<h2>Figures</h2>",
+    ]
+    for name, caption in figures:
+        parts.append(f"<figure><img src='{e(name)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("<h2>Metrics by spectroscopic redshift</h2>")
+    parts.append(_binned_table(binned["z_spec"], "z_spec"))
+    if binned.get("mag_r"):
+        parts.append("<h2>Metrics by r magnitude</h2>")
+        parts.append(_binned_table(binned["mag_r"], "r mag"))
+    for note in notes:
+        parts.append(f"<p class='note'>{e(note)}</p>")
+    parts.append("<p class='note'>All figures and tables: <a href='metrics.json'>metrics.json</a>, "
+                 "per-object predictions: predictions.parquet.</p>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,352 @@
+"""Export, predict and evaluate, from one tiny real search.
+
+One module-scoped search (2 trials, 1 epoch, a tiny cnn) is exported as a
+1-member and a 2-member bundle; everything else is derived from those.
+Mismatch tests edit copies of the bundle and need no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import zray
+from zray import config
+from zray import tune as search
+from zray.cli import main
+from zray.data import load_arrays, preprocess_batch, read_manifest
+from zray.errors import ZrayError
+from zray.evaluate import FIGURES
+from zray.export import BUNDLE_FILE, read_bundle
+
+pytestmark = pytest.mark.slow
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def exported(ray_session, sim_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    space = {
+        "name": "exp",
+        "model": "cnn",
+        "data": {"path": str(sim_data), "image_size": 32},
+        "fixed": {"epochs": 1, "batch_size": 32, "blocks": 2, "filters": 8, "dense_units": 32},
+        "search": {"learning_rate": {"type": "categorical", "choices": [1.0e-3, 3.0e-3]}},
+        "tune": {"num_samples": 2, "max_concurrent": 1, "seed": 0},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
+    }
+    (tmp / "space.yaml").write_text(yaml.safe_dump(space))
+    summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs")
+    experiment = Path(summary["experiment"])
+    out = {"tmp": tmp, "experiment": experiment, "summary": summary}
+    for name, k in (("best", 1), ("ens", 2)):
+        result = _run("export", experiment, "--top-k", k, "--out", tmp / name)
+        assert result.exit_code == 0, result.output
+        out[name] = tmp / name
+    result = _run("predict", out["best"], sim_data, "--out", tmp / "pz.parquet", "--batch-size", 64)
+    assert result.exit_code == 0, result.output
+    out["predict_output"] = result.output
+    result = _run("evaluate", out["best"], sim_data, "--out", tmp / "report")
+    assert result.exit_code == 0, result.output
+    out["evaluate_output"] = result.output
+    out["report"] = tmp / "report"
+    return out
+
+
+# --- export --------------------------------------------------------------------------
+
+
+def test_bundle_records_what_predicting_needs(exported, sim_data):
+    info = json.loads((exported["best"] / BUNDLE_FILE).read_text())
+    ranked = exported["summary"]["ranked"]
+    assert info["format"] == 1
+    assert info["model_types"] == ["cnn"]
+    assert info["bins"] == {"z_min": 0.0, "z_max": 0.4, "n_bins": 180}
+    assert info["image_size"] == 32
+    assert info["bands"] == ["u", "g", "r", "i", "z"]
+    assert "sqrt(|x|+1)-1" in info["preprocessing"]["pixel_scaling"]
+    assert "channels last" in info["preprocessing"]["model_layout"]
+    assert info["data"]["manifest_hash"] == read_manifest(sim_data).hash
+    assert {"zray", "tensorflow", "ray"} <= set(info["versions"])
+    assert info["versions"]["zray"] == zray.__version__
+    [member] = info["members"]
+    assert member["trial"] == ranked[0]["trial"]
+    assert member["hyperparameters"] == {"filters": 8, "blocks": 2, "dense_units": 32, "dropout": 0.0}
+    assert member["validation"]["val_sigma_mad"] == pytest.approx(ranked[0]["best"]["val_sigma_mad"])
+    # Safe format only: JSON and HDF5, nothing pickled.
+    files = sorted(p.relative_to(exported["best"]).as_posix() for p in exported["best"].rglob("*") if p.is_file())
+    assert files == ["bundle.json", "members/m0/model.json", "members/m0/weights.weights.h5"]
+    # Nothing temporary left beside the bundle.
+    assert not [p for p in exported["tmp"].iterdir() if p.name.startswith(".")]
+    ens = json.loads((exported["ens"] / BUNDLE_FILE).read_text())
+    assert [m["trial"] for m in ens["members"]] == [r["trial"] for r in ranked[:2]]
+    assert ens["ensemble"] == "mean of member PDFs"
+
+
+def test_export_from_a_training_run_folder(exported, tmp_path):
+    trial = exported["summary"]["ranked"][0]
+    run_dir = Path(trial["best_checkpoint"]).parent
+    result = _run("export", run_dir, "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "b" / BUNDLE_FILE).read_text())
+    assert info["source"]["kind"] == "training run"
+    assert info["members"][0]["checkpoint"] == str(Path(trial["best_checkpoint"]).resolve())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-k", "3"], r"2 trial\(s\) have a scored checkpoint but --top-k is 3"),
+        (["--top-k", "0"], r"--top-k must be a positive integer, but got 0"),
+    ],
+)
+def test_export_refuses_bad_requests(exported, tmp_path, args, message):
+    result = _run("export", exported["experiment"], *args, "--out", tmp_path / "b")
+    assert result.exit_code == 1
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+def test_export_refuses_to_overwrite(exported, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    result = _run("export", exported["experiment"], "--out", tmp_path / "b")
+    assert result.exit_code == 1 and "already exists; expected a new or empty folder" in result.output
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+    result = _run("export", tmp_path, "--out", tmp_path / "c")
+    assert result.exit_code == 1 and "holds no zray checkpoint" in result.output
+
+
+# --- predict and evaluate agree ---------------------------------------------------------
+
+
+def test_predict_output_columns_and_summary(exported, sim_data):
+    table = pq.read_table(exported["tmp"] / "pz.parquet")
+    manifest = read_manifest(sim_data)
+    assert table.num_rows == manifest.total_rows
+    assert table.column_names == ["id", "z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68", "z_spec", "pdf"]
+    assert table.schema.field("pdf").type == pa.list_(pa.float32(), 180)
+    assert sorted(table.column("id").to_pylist()) == list(range(300))
+    pdf = np.stack(table.column("pdf").to_numpy(zero_copy_only=False))
+    assert np.allclose(pdf.sum(axis=1), 1.0, atol=1e-4)
+    lo, med, hi = (table.column(c).to_numpy() for c in ("z_lo68", "z_median", "z_hi68"))
+    assert np.all(lo <= med) and np.all(med <= hi)
+    meta = json.loads(table.schema.metadata[b"zray"])
+    assert meta["bins"]["n_bins"] == 180
+    assert f"predicted {manifest.total_rows} galaxies" in exported["predict_output"]
+    assert "galaxies/s" in exported["predict_output"] and "pz.parquet" in exported["predict_output"]
+    assert not [p for p in exported["tmp"].iterdir() if p.name.startswith(".")]
+
+
+def test_predict_matches_evaluate_and_the_python_api(exported, sim_data):
+    pz = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
+    ev = pq.read_table(exported["report"] / "predictions.parquet").to_pydict()
+    by_id = dict(zip(pz["id"], pz["z_median"]))
+    test = load_arrays(sim_data, "test")
+    assert sorted(ev["id"]) == sorted(test["id"].tolist())
+    assert np.array_equal(np.array(ev["z_median"]), np.array([by_id[i] for i in ev["id"]]))
+    # The Python API on raw arrays gives the same PDFs and medians.
+    from zray.metrics import point_estimates
+
+    bundle = zray.load(exported["best"])
+    pdf = bundle.predict(test["image"], test["ebv"])
+    med = point_estimates(pdf, bundle.bins)["median"]
+    expected = np.array([by_id[i] for i in test["id"].tolist()])
+    np.testing.assert_allclose(med, expected, atol=1e-5)
+    assert bundle.bins.n_bins == 180 and bundle.info.image_size == 32
+
+
+def test_predict_no_pdf_one_split(exported, sim_data, tmp_path):
+    result = _run("predict", exported["best"], sim_data, "--split", "val", "--no-pdf", "--out", tmp_path / "v.parquet")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "v.parquet")
+    assert "pdf" not in table.column_names
+    assert table.num_rows == read_manifest(sim_data).rows["val"]
+
+
+def test_ensemble_pdf_is_the_mean_of_its_members(exported, sim_data):
+    from zray.models import load_model
+
+    test = load_arrays(sim_data, "test")
+    ensemble = zray.load(exported["ens"]).predict(test["image"], test["ebv"])
+    x = preprocess_batch({"image": test["image"]})["image"]
+    ebv = test["ebv"].reshape(-1, 1)
+    members = [load_model(exported["ens"] / "members" / m)[0].predict([x, ebv], verbose=0) for m in ("m0", "m1")]
+    assert not np.allclose(members[0], members[1], atol=1e-4), "members should differ"
+    np.testing.assert_allclose(ensemble, (members[0] + members[1]) / 2, atol=1e-6)
+
+
+def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
+    from astropy.io import fits
+
+    test = load_arrays(sim_data, "test")
+    ids = test["id"][:4]
+    images = tmp_path / "img"
+    images.mkdir()
+    for i, image in zip(ids, test["image"][:4]):
+        hdu = fits.PrimaryHDU(image)
+        for k, b in enumerate("ugriz"):
+            hdu.header[f"BAND{k + 1}"] = b
+        hdu.writeto(images / f"g{i}.fits")
+    # New galaxies: no z_spec in the catalogue.
+    pq.write_table(pa.table({"id": ids, "ebv": test["ebv"][:4], "file": [f"g{i}.fits" for i in ids]}),
+                   tmp_path / "cat.parquet")
+    result = _run("predict", exported["best"], tmp_path / "cat.parquet", "--images", images, "--out", tmp_path / "c.parquet")
+    assert result.exit_code == 0, result.output
+    got = pq.read_table(tmp_path / "c.parquet").to_pydict()
+    assert "z_spec" not in got
+    pz = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
+    by_id = dict(zip(pz["id"], pz["z_median"]))
+    np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
+    assert sorted(got["id"]) == sorted(ids.tolist())
+
+
+# --- the report ---------------------------------------------------------------------
+
+
+def test_metrics_json(exported, sim_data):
+    metrics = json.loads((exported["report"] / "metrics.json").read_text())
+    overall = metrics["overall"]
+    for key in ("bias_mean", "bias_median", "sigma_mad", "outlier_fraction", "sigma_iqr",
+                "rail_outlier_rate", "crps", "pit_ks"):
+        assert np.isfinite(overall[key]), key
+    assert overall["n"] == read_manifest(sim_data).rows["test"]
+    assert metrics["same_data_as_training"] is True
+    assert metrics["binned"]["z_spec"] and all(r["n"] >= 2 for r in metrics["binned"]["z_spec"])
+    # Simulated data keeps r magnitudes in the shards (mag_r) or catalog.parquet.
+    assert metrics["binned"]["mag_r"], metrics["r_magnitudes"]
+    assert sum(r["n"] for r in metrics["binned"]["z_spec"]) <= overall["n"]
+    assert "sigma_MAD" in exported["evaluate_output"] and "index.html" in exported["evaluate_output"]
+
+
+def test_pngs_are_valid_and_the_index_references_each(exported):
+    import matplotlib.image
+
+    report = exported["report"]
+    index = (report / "index.html").read_text()
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert set(name for name, _ in FIGURES) <= set(pngs)
+    for name in pngs:
+        data = (report / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE, name
+        assert len(data) > 10_000, f"{name} is suspiciously small ({len(data)} bytes)"
+        h, w = matplotlib.image.imread(report / name).shape[:2]
+        assert h > 300 and w > 300, name
+        assert f"src='{name}'" in index, name
+    assert "http://" not in index and "https://" not in index, "the report must open offline"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_images_load_in_headless_chromium(exported):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed but CI is set; .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    index = exported["report"] / "index.html"
+    with tempfile.TemporaryDirectory(prefix="zray-chromium-") as profile:
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    dom = proc.stdout
+    assert "<body" in dom, proc.stderr[-2000:]
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    total = re.search(r'data-images-total="(\d+)"', dom)
+    assert loaded and total, "the page's load script did not run:\n" + proc.stderr[-2000:]
+    n_png = len(list(exported["report"].glob("*.png")))
+    assert int(total.group(1)) == n_png
+    assert int(loaded.group(1)) == n_png, f"only {loaded.group(1)} of {n_png} images loaded"
+
+
+# --- a bundle that does not fit, or is broken ------------------------------------------------
+
+
+def _edit(bundle: Path, tmp_path: Path, **changes) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    info = json.loads((copy / BUNDLE_FILE).read_text())
+    info.update(changes)
+    (copy / BUNDLE_FILE).write_text(json.dumps(info))
+    return copy
+
+
+def _break(kind: str, bundle: Path, tmp_path: Path) -> Path:
+    if kind == "bands":
+        return _edit(bundle, tmp_path, bands=["g", "u", "r", "i", "z"])
+    if kind == "size":
+        return _edit(bundle, tmp_path, image_size=64)
+    if kind == "format":
+        return _edit(bundle, tmp_path, format=99)
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    if kind == "missing":
+        (copy / BUNDLE_FILE).unlink()
+    elif kind == "garbage":
+        (copy / BUNDLE_FILE).write_text("{not json")
+    elif kind == "weights":
+        (copy / "members" / "m0" / "weights.weights.h5").unlink()
+    return copy
+
+
+BROKEN = {
+    "bands": r"manifest.json: bands are u,g,r,i,z but bundle .* expects g,u,r,i,z; expected data in the bundle's band order",
+    "size": r"manifest.json: images are 32x32 pixels but bundle .* needs at least 64x64",
+    "format": r"bundle.json: bundle format 99 is not supported by zray .*; expected format 1",
+    "missing": r"bundle.json: not found; expected a bundle written by `zray export`",
+    "garbage": r"bundle.json: unreadable \(.*\); expected JSON written by `zray export`",
+    "weights": r"m0/weights.weights.h5: not found; expected every member listed in .*bundle.json to be complete",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_mismatched_or_broken_bundle_is_refused(exported, sim_data, tmp_path, kind, command):
+    bundle = _break(kind, exported["best"], tmp_path)
+    out = tmp_path / "out" / ("pz.parquet" if command == "predict" else "report")
+    result = _run(command, bundle, sim_data, "--out", out)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zray: error: "), result.output
+    assert re.search(BROKEN[kind], lines[0]), lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["format", "missing", "garbage", "weights"])
+def test_python_api_refuses_a_broken_bundle(exported, tmp_path, kind):
+    bundle = _break(kind, exported["best"], tmp_path)
+    with pytest.raises(ZrayError, match=BROKEN[kind]):
+        zray.load(bundle)
+
+
+def test_python_api_refuses_images_that_do_not_fit(exported):
+    bundle = zray.load(exported["best"])
+    with pytest.raises(ZrayError, match=r"images are 16x16 pixels; expected at least 32x32"):
+        bundle.predict(np.zeros((2, 5, 16, 16), np.float32), np.zeros(2))
+    with pytest.raises(ZrayError, match=r"expected \(N, 5, H, W\) raw cutouts in band order u,g,r,i,z"):
+        bundle.predict(np.zeros((2, 32, 32, 5), np.float32), np.zeros(2))
+    assert read_bundle(exported["best"]).image_size == 32
