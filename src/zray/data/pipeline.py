@@ -1,0 +1,233 @@
+"""Reading shards for training and evaluation.
+
+Training reads through Ray Data (:func:`read_split`), which streams shards
+in read tasks, so memory stays bounded whatever the dataset size. The image
+column is a fixed-shape tensor, so batches arrive as (N, 5, H, W) arrays with
+no per-row decode. :func:`preprocess_batch` is the one numpy batch function
+that turns them into network input; evaluation and benchmarks that want plain
+numpy use :func:`load_arrays` and the same function, so both paths see
+identical pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zray.data.shards import _U64, BASE_COLUMNS, id_hash, read_manifest
+from zray.errors import ZrayError
+
+
+def scale_pixels(x: np.ndarray) -> np.ndarray:
+    """``sign(x) * (sqrt(|x| + 1) - 1)``: compresses the bright cores while
+    keeping the noise near zero almost linear (Lin et al. 2022)."""
+    return _scale_in_place(np.array(x, dtype=np.float32))
+
+
+def _scale_in_place(x: np.ndarray) -> np.ndarray:
+    """:func:`scale_pixels` on a float32 array we own, with one temporary."""
+    sign = np.sign(x)
+    np.abs(x, out=x)
+    x += np.float32(1)
+    np.sqrt(x, out=x)
+    x -= np.float32(1)
+    x *= sign
+    return x
+
+
+def augment_codes(ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (quarter turns 0-3, horizontal flip 0/1) from a hash of (seed, id).
+
+    Depending on the id rather than the position in a batch keeps the
+    augmentation reproducible however Ray Data splits or orders batches;
+    vary ``seed`` per epoch for fresh augmentations.
+    """
+    h = id_hash(ids, seed)
+    return (h & _U64(3)).astype(np.int8), ((h >> _U64(2)) & _U64(1)).astype(np.int8)
+
+
+def _augment(images: np.ndarray, turns: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Rotate/flip channels-last images (N, H, W, C) in place, grouped by code."""
+    for k in range(1, 4):
+        sel = np.flatnonzero(turns == k)
+        if sel.size:
+            images[sel] = np.rot90(images[sel], k, axes=(1, 2))
+    sel = np.flatnonzero(flips == 1)
+    if sel.size:
+        images[sel] = images[sel][:, :, ::-1]
+    return images
+
+
+def preprocess_batch(batch: dict, *, augment: bool = False, seed: int | None = None) -> dict:
+    """Network input from a raw batch: image (N,5,H,W) -> (N,H,W,5) float32, scaled.
+
+    With ``augment``, each image gets a random quarter turn and flip; with a
+    ``seed`` these are a function of (seed, id) and so reproducible, without
+    one they are fresh each call. Other columns pass through unchanged.
+    """
+    images = np.asarray(batch["image"])
+    if images.ndim != 4:
+        raise ZrayError(f"preprocess_batch: image batch has shape {images.shape}; expected (N, 5, H, W)")
+    out = dict(batch)
+    x = np.array(np.transpose(images, (0, 2, 3, 1)), dtype=np.float32, order="C", copy=True)
+    x = _scale_in_place(x)
+    if augment:
+        if seed is None or "id" not in batch:
+            rng = np.random.default_rng(seed)
+            turns = rng.integers(0, 4, len(x)).astype(np.int8)
+            flips = rng.integers(0, 2, len(x)).astype(np.int8)
+        else:
+            turns, flips = augment_codes(np.asarray(batch["id"]), seed)
+        x = _augment(x, turns, flips)
+    out["image"] = x
+    return out
+
+
+def read_split(root, split: str, columns=BASE_COLUMNS, files=None):
+    """A lazy, streaming ``ray.data.Dataset`` of one split's rows.
+
+    Columns default to id, image (N,5,H,W float32 in batches), z_spec and
+    ebv. Apply :func:`preprocess_batch` with ``ds.map_batches``. ``files``
+    (default: all the split's shards) narrows it to some of them, e.g. the
+    ones :class:`ShardCheck` kept.
+    """
+    import ray.data
+
+    if files is None:
+        files = read_manifest(root).files(split)
+    if not files:
+        raise ZrayError(f"{Path(root)}: split {split!r} has no rows; expected a non-empty split")
+    return ray.data.read_parquet([str(f) for f in files]).select_columns(list(columns))
+
+
+def load_arrays(root, split: str, columns=BASE_COLUMNS) -> dict[str, np.ndarray]:
+    """Read a whole split into numpy with pyarrow (raw images, (N, 5, H, W)).
+
+    For evaluation and benchmarks on data that fits in memory; training
+    streams through :func:`read_split` instead.
+    """
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(root)
+    files = manifest.files(split)
+    n = manifest.rows[split]
+    shape = tuple(manifest.image_shape)
+    out: dict[str, np.ndarray] = {}
+    for name in columns:
+        if name == "image":
+            out[name] = np.empty((n, *shape), dtype=np.float32)
+    pos = 0
+    for path in files:
+        table = pq.read_table(path, columns=list(columns))
+        for name in table.column_names:
+            col = table.column(name)
+            if name == "image":
+                at = pos
+                for chunk in col.chunks:  # copy chunk by chunk: no second full-size buffer
+                    out[name][at: at + len(chunk)] = chunk.to_numpy_ndarray()
+                    at += len(chunk)
+                continue
+            values = col.to_numpy()
+            if name not in out:
+                out[name] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+            out[name][pos: pos + table.num_rows] = values
+        pos += table.num_rows
+    for name in columns:  # an empty split still gets typed, empty columns
+        out.setdefault(name, np.empty(0, np.int64 if name == "id" else np.float32))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Corrupt shards: found by name, stopped on or, when asked, skipped and counted
+
+
+@dataclass
+class ShardCheck:
+    """Which shards of each split a run reads, and which it skipped as corrupt.
+
+    ``skipped`` holds ``(path, rows, reason)``; its rows are reported in every
+    epoch's metrics so a skip is never a silent loss.
+    """
+
+    root: Path
+    skip_corrupt: bool
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+    rows: dict[Path, int] = field(default_factory=dict)
+
+    @property
+    def rows_skipped(self) -> int:
+        return sum(rows for _, rows, _ in self.skipped)
+
+    def reject(self, split: str, path: Path, reason: str) -> None:
+        """Skip ``path`` (with ``skip_corrupt``) or stop with a sentence naming it."""
+        rows = self.rows.get(path, 0)
+        if not self.skip_corrupt:
+            raise ZrayError(
+                f"{path}: shard is corrupt ({reason}); expected a readable zray shard "
+                f"(rewrite the dataset, or set data.skip_corrupt: true to train without its {rows} rows)"
+            )
+        self.files[split] = [f for f in self.files[split] if f != path]
+        self.skipped.append((str(path), rows, reason))
+        print(f"zray: skipping corrupt shard {path} ({rows} rows): {reason}", flush=True)
+        if not self.files[split]:
+            raise ZrayError(f"{self.root}: every {split} shard is corrupt; expected at least one readable shard")
+
+
+def check_shards(root, splits=("train", "val"), *, skip_corrupt: bool = False) -> ShardCheck:
+    """Cheap preflight of every shard a run reads: its Parquet footer opens,
+    holds the manifest's row count and the base columns.
+
+    A damaged data page behind a sound footer is found later, when the rows
+    are read (:func:`find_unreadable`).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(root)
+    check = ShardCheck(Path(root), skip_corrupt)
+    for split in splits:
+        infos = manifest.shards[split]
+        check.files[split] = [Path(root) / info.file for info in infos]
+        for info in infos:
+            check.rows[Path(root) / info.file] = info.rows
+        for info in infos:
+            path = Path(root) / info.file
+            try:
+                meta = pq.ParquetFile(path).metadata
+                names = set(meta.schema.to_arrow_schema().names)
+            except FileNotFoundError:
+                check.reject(split, path, "missing")
+                continue
+            except (OSError, pa.ArrowException) as exc:
+                check.reject(split, path, f"unreadable footer: {_first_line(exc)}")
+                continue
+            if meta.num_rows != info.rows:
+                check.reject(split, path, f"holds {meta.num_rows} rows but the manifest says {info.rows}")
+            elif missing := [c for c in BASE_COLUMNS if c not in names]:
+                check.reject(split, path, f"columns {', '.join(missing)} missing")
+    return check
+
+
+def find_unreadable(files, columns=BASE_COLUMNS) -> tuple[Path, str] | None:
+    """The first of ``files`` whose rows cannot be decoded, with the reason, or None.
+
+    Reads one file at a time (memory bounded by a shard); used after a read
+    failed, to name the file at fault, and to screen shards before streaming.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            pq.read_table(path, columns=list(columns))
+        except (OSError, pa.ArrowException) as exc:
+            return Path(path), _first_line(exc)
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__

@@ -1,0 +1,535 @@
+"""The on-disk dataset format: Parquet shards per split plus ``manifest.json``.
+
+A dataset directory holds ``{split}-{k:05d}.parquet`` files for the splits
+train/val/test and a ``manifest.json`` that describes them (bands, image
+shape, pixel scale, split seed and fractions, rows per shard and split, the
+redshift range and a content hash). Images are stored as a pyarrow
+fixed-shape tensor column so readers (pyarrow, Ray Data) get ``(N, 5, H, W)``
+arrays back with no per-row decode.
+
+Writes are atomic: everything goes into a hidden temporary directory beside
+the destination which is renamed only once complete, so a crash or a bad row
+never leaves a half-written dataset behind.
+
+A row's split is a function of its ``id`` and the split seed only, so adding
+rows later never moves existing rows between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zray import __version__
+from zray.bins import RedshiftBins
+from zray.errors import ZrayError
+
+SCHEMA_VERSION = 1
+BANDS = ("u", "g", "r", "i", "z")
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+PIXEL_SCALE = 0.396  # arcsec per pixel, SDSS
+MANIFEST_NAME = "manifest.json"
+BASE_COLUMNS = ("id", "image", "z_spec", "ebv")
+DEFAULT_ROWS_PER_SHARD = 1000
+DEFAULT_BINS = RedshiftBins()  # Pasquet et al.: 180 bins over 0 <= z < 0.4
+_ROW_GROUP_ROWS = 256  # small row groups let readers stream within a shard
+
+_U64 = np.uint64
+_MASK53 = float(2**53)
+
+
+# --------------------------------------------------------------------- hashing
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fast, well-mixed 64-bit hash (wrapping uint64 arithmetic is intended)."""
+    x = x + _U64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def id_hash(ids, seed: int) -> np.ndarray:
+    """Hash of (id, seed) as uint64: the basis for splits and per-image augmentation.
+
+    Depends only on the id and the seed, never on row order or batch
+    boundaries, which is what keeps splits stable and augmentation
+    reproducible however the data is sharded.
+    """
+    ids = np.asarray(ids, dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        salt = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+        return _splitmix64(ids ^ salt)
+
+
+def assign_split(ids, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> np.ndarray:
+    """Index into :data:`SPLITS` for each id (0 train, 1 val, 2 test)."""
+    u = (id_hash(ids, seed) >> _U64(11)).astype(np.float64) / _MASK53
+    cuts = np.cumsum(np.asarray(fractions, dtype=np.float64))[:-1]
+    return np.searchsorted(cuts, u, side="right").astype(np.int8)
+
+
+def _check_fractions(fractions) -> tuple[float, float, float]:
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ZrayError(
+            f"split fractions must be three non-negative numbers (train, val, test) "
+            f"summing to 1, but got {fractions!r}"
+        )
+    return fr
+
+
+# -------------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard file (name relative to the dataset root) and its row count."""
+
+    file: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` says about a dataset; see :func:`read_manifest`."""
+
+    root: Path
+    bands: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    pixel_scale: float
+    split_seed: int
+    split_fractions: tuple[float, float, float]
+    z_range: tuple[float, float]
+    rows_per_shard: int
+    shards: Mapping[str, tuple[ShardInfo, ...]]
+    columns: tuple[str, ...]
+    hash: str
+    schema_version: int = SCHEMA_VERSION
+    source: Mapping = field(default_factory=dict)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split names, in order (train, val, test), including empty ones."""
+        return SPLITS
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows per split."""
+        return {s: sum(sh.rows for sh in self.shards.get(s, ())) for s in SPLITS}
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    def files(self, split: str) -> list[Path]:
+        """Absolute paths of the shard files of ``split``, in order."""
+        if split not in SPLITS:
+            raise ZrayError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return [self.root / sh.file for sh in self.shards.get(split, ())]
+
+    def all_files(self) -> list[Path]:
+        return [p for s in SPLITS for p in self.files(s)]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "bands": list(self.bands),
+            "image_shape": list(self.image_shape),
+            "pixel_scale": self.pixel_scale,
+            "units": "nanomaggies",
+            "split": {
+                "seed": self.split_seed,
+                "fractions": dict(zip(SPLITS, self.split_fractions)),
+            },
+            "z_range": list(self.z_range),
+            "rows_per_shard": self.rows_per_shard,
+            "rows": {"total": self.total_rows, **self.rows},
+            "splits": {
+                s: [{"file": sh.file, "rows": sh.rows} for sh in self.shards.get(s, ())]
+                for s in SPLITS
+            },
+            "columns": list(self.columns),
+            "hash": self.hash,
+            "source": dict(self.source),
+            "created_by": f"zray {__version__}",
+        }
+
+
+def read_manifest(root) -> Manifest:
+    """Read and check ``root/manifest.json``; errors name the field at fault."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ZrayError(f"{root}: no such dataset directory")
+    if not path.is_file():
+        raise ZrayError(
+            f"{root}: no {MANIFEST_NAME}; expected a dataset written by "
+            f"`zray simulate` or `zray prepare`"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZrayError(f"{path}: not readable JSON ({exc})") from None
+    try:
+        return _manifest_from_dict(root, data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ZrayError(f"{path}: missing or malformed field ({exc}); expected a zray manifest") from None
+
+
+def _manifest_from_dict(root: Path, data: dict) -> Manifest:
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise ZrayError(
+            f"{root / MANIFEST_NAME}: schema_version {version!r} is not supported; "
+            f"expected {SCHEMA_VERSION}"
+        )
+    shape = tuple(int(v) for v in data["image_shape"])
+    if len(shape) != 3:
+        raise ValueError(f"image_shape {shape} must have 3 entries")
+    splits = data["splits"]
+    shards = {
+        s: tuple(ShardInfo(str(e["file"]), int(e["rows"])) for e in splits.get(s, ()))
+        for s in SPLITS
+    }
+    fr = data["split"]["fractions"]
+    return Manifest(
+        root=root,
+        schema_version=version,
+        bands=tuple(data["bands"]),
+        image_shape=shape,  # type: ignore[arg-type]
+        pixel_scale=float(data["pixel_scale"]),
+        split_seed=int(data["split"]["seed"]),
+        split_fractions=tuple(float(fr[s]) for s in SPLITS),  # type: ignore[arg-type]
+        z_range=(float(data["z_range"][0]), float(data["z_range"][1])),
+        rows_per_shard=int(data["rows_per_shard"]),
+        shards=shards,
+        columns=tuple(data["columns"]),
+        hash=str(data["hash"]),
+        source=dict(data.get("source", {})),
+    )
+
+
+def content_hash(root: Path, files: list[str]) -> str:
+    """sha256 over each shard's name and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode())
+        h.update(b"\0")
+        with open(root / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def image_type(shape) -> pa.DataType:
+    """The Arrow type of the image column for a (5, H, W) shape."""
+    return pa.fixed_shape_tensor(pa.float32(), tuple(int(v) for v in shape))
+
+
+def shard_schema(image_shape, extra: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("image", image_type(image_shape), nullable=False),
+        pa.field("z_spec", pa.float32(), nullable=False),
+        pa.field("ebv", pa.float32(), nullable=False),
+    ]
+    fields += [pa.field(name, typ) for name, typ in (extra or {}).items()]
+    return pa.schema(fields)
+
+
+# ---------------------------------------------------------------------- writer
+def _prepare_destination(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber a finished dataset (unless asked) or anything that is not one."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ZrayError(f"{out}: exists and is not a directory; choose another --out")
+    is_dataset = (out / MANIFEST_NAME).is_file()
+    if is_dataset and not overwrite:
+        raise ZrayError(f"{out}: already holds a dataset; pass --overwrite to replace it")
+    if not is_dataset and any(out.iterdir()):
+        raise ZrayError(
+            f"{out}: exists, is not empty and is not a zray dataset; choose another --out"
+        )
+
+
+class DatasetWriter:
+    """Streams batches of rows into shards, then publishes the dataset atomically.
+
+    Use as a context manager: rows are validated as they arrive, shards are
+    written whenever a split has ``rows_per_shard`` rows buffered, and on a
+    clean exit the manifest is written and the temporary directory renamed to
+    ``out_dir``. On any exception the temporary directory is removed.
+    Memory stays bounded by about ``3 * rows_per_shard`` rows.
+    """
+
+    def __init__(
+        self,
+        out_dir,
+        *,
+        seed: int = 0,
+        fractions=DEFAULT_FRACTIONS,
+        rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+        bins: RedshiftBins = DEFAULT_BINS,
+        overwrite: bool = False,
+        source: Mapping | None = None,
+        label: str = "write_dataset",
+    ) -> None:
+        if int(rows_per_shard) < 1:
+            raise ZrayError(f"rows_per_shard must be >= 1, but got {rows_per_shard!r}")
+        self.out = Path(out_dir)
+        self.seed = int(seed)
+        self.fractions = _check_fractions(fractions)
+        self.rows_per_shard = int(rows_per_shard)
+        self.bins = bins
+        self.overwrite = overwrite
+        self.source = dict(source or {})
+        self.label = label
+        _prepare_destination(self.out, overwrite)
+        self.image_shape: tuple[int, int, int] | None = None
+        self.extra_types: dict[str, pa.DataType] | None = None
+        self._buffers: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
+        self._buffered = dict.fromkeys(SPLITS, 0)
+        self._shards: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
+        self._ids: set[int] = set()
+        self._rows_seen = 0
+        self._sidecars: dict[str, pa.Table] = {}
+        self._tmp: Path | None = None
+
+    # context management ------------------------------------------------
+    def __enter__(self) -> DatasetWriter:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+        self._tmp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            self.manifest = self._publish()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # rows ----------------------------------------------------------------
+    def add(self, ids, images, z_spec, ebv, extra_columns: Mapping | None = None) -> None:
+        """Validate and buffer one batch of rows (arrays of equal length)."""
+        if self._tmp is None:
+            raise RuntimeError("DatasetWriter.add called outside its `with` block")
+        ids, images, z_spec, ebv, extra = self._validate(ids, images, z_spec, ebv, extra_columns)
+        split_idx = assign_split(ids, self.seed, self.fractions)
+        table = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "image": pa.FixedShapeTensorArray.from_numpy_ndarray(images),
+                "z_spec": pa.array(z_spec, pa.float32()),
+                "ebv": pa.array(ebv, pa.float32()),
+                **{k: pa.array(v, self.extra_types[k]) for k, v in extra.items()},
+            },
+            schema=shard_schema(self.image_shape, self.extra_types),
+        )
+        for k, split in enumerate(SPLITS):
+            rows = np.flatnonzero(split_idx == k)
+            if rows.size:
+                self._buffers[split].append(table.take(pa.array(rows)))
+                self._buffered[split] += rows.size
+                while self._buffered[split] >= self.rows_per_shard:
+                    self._flush(split, self.rows_per_shard)
+
+    def add_sidecar(self, name: str, table: pa.Table) -> None:
+        """Write ``table`` as ``name`` (Parquet) into the dataset, e.g. the true catalogue."""
+        self._sidecars[name] = table
+
+    def _where(self, i: int, ids=None) -> str:
+        row = self._rows_seen + i
+        ident = f" (id {int(ids[i])})" if ids is not None else ""
+        return f"{self.label}: row {row}{ident}"
+
+    def _validate(self, ids, images, z_spec, ebv, extra_columns):
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ZrayError(
+                f"{self.label}: images have shape {images.shape}; expected (N, 5, H, W)"
+            )
+        n = images.shape[0]
+        ids = np.asarray(ids)
+        z_spec = np.asarray(z_spec, dtype=np.float64)
+        ebv = np.asarray(ebv, dtype=np.float64)
+        for name, arr in (("ids", ids), ("z_spec", z_spec), ("ebv", ebv)):
+            if arr.shape != (n,):
+                raise ZrayError(
+                    f"{self.label}: {name} has shape {arr.shape}; expected ({n},) to match the images"
+                )
+        if n and not np.issubdtype(ids.dtype, np.integer):
+            raise ZrayError(f"{self.label}: ids have dtype {ids.dtype}; expected integers")
+        ids = ids.astype(np.int64)
+        if images.shape[1] != len(BANDS):
+            raise ZrayError(
+                f"{self.label}: images have {images.shape[1]} bands; "
+                f"expected {len(BANDS)} ({','.join(BANDS)})"
+            )
+        if images.shape[2] != images.shape[3]:
+            raise ZrayError(
+                f"{self.label}: images are {images.shape[2]}x{images.shape[3]}; expected square cutouts"
+            )
+        shape = tuple(int(v) for v in images.shape[1:])
+        if self.image_shape is None:
+            self.image_shape = shape  # type: ignore[assignment]
+        elif shape != self.image_shape:
+            raise ZrayError(
+                f"{self.label}: rows from {self._rows_seen} have image shape {shape}; "
+                f"expected {self.image_shape} like the earlier rows"
+            )
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        bad = ~np.isfinite(images).reshape(n, -1).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ZrayError(f"{self._where(i, ids)}: image has NaN or infinite pixels; expected finite values")
+        bad = ~(np.isfinite(z_spec) & self.bins.contains(z_spec))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ZrayError(
+                f"{self._where(i, ids)}: z_spec {float(z_spec[i]):g} is outside the binning range; "
+                f"expected {self.bins.z_min} <= z < {self.bins.z_max}"
+            )
+        bad = ~(np.isfinite(ebv) & (ebv >= 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ZrayError(f"{self._where(i, ids)}: ebv {float(ebv[i]):g} is invalid; expected a finite E(B-V) >= 0")
+        self._check_ids(ids)
+        extra = self._extra(extra_columns or {}, n)
+        self._rows_seen += n
+        return ids, images, z_spec, ebv, extra
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][0]
+            rows = np.flatnonzero(ids == dup)[:2] + self._rows_seen
+            raise ZrayError(f"{self.label}: id {int(dup)} appears in rows {rows[0]} and {rows[1]}; expected unique ids")
+        seen = [int(v) for v in uniq if int(v) in self._ids]
+        if seen:
+            i = int(np.flatnonzero(ids == seen[0])[0])
+            raise ZrayError(f"{self._where(i, ids)}: id {seen[0]} was already written; expected unique ids")
+        self._ids.update(int(v) for v in uniq)
+
+    def _extra(self, extra_columns: Mapping, n: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name, values in extra_columns.items():
+            if name in BASE_COLUMNS:
+                raise ZrayError(f"{self.label}: extra column {name!r} clashes with a built-in column")
+            arr = np.asarray(values)
+            if arr.shape != (n,):
+                raise ZrayError(f"{self.label}: extra column {name!r} has shape {arr.shape}; expected ({n},)")
+            if np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(np.float32)
+            out[name] = arr
+        types = {k: pa.from_numpy_dtype(v.dtype) if v.dtype.kind != "U" else pa.string() for k, v in out.items()}
+        if self.extra_types is None:
+            self.extra_types = types
+        elif types != self.extra_types:
+            raise ZrayError(
+                f"{self.label}: extra columns {sorted(types)} differ from the earlier rows' "
+                f"{sorted(self.extra_types)}; expected the same columns in every batch"
+            )
+        return out
+
+    # shards --------------------------------------------------------------
+    def _flush(self, split: str, rows: int) -> None:
+        table = pa.concat_tables(self._buffers[split])
+        head, rest = table.slice(0, rows), table.slice(rows)
+        name = f"{split}-{len(self._shards[split]):05d}.parquet"
+        pq.write_table(
+            head,
+            self._tmp / name,
+            row_group_size=_ROW_GROUP_ROWS,
+            compression={c: ("none" if c == "image" else "snappy") for c in head.column_names},
+        )
+        self._shards[split].append(ShardInfo(name, head.num_rows))
+        self._buffers[split] = [rest] if rest.num_rows else []
+        self._buffered[split] = rest.num_rows
+
+    def _publish(self) -> Manifest:
+        if self._rows_seen == 0:
+            raise ZrayError(f"{self.label}: no rows to write; expected at least one galaxy")
+        for split in SPLITS:
+            if self._buffered[split]:
+                self._flush(split, self._buffered[split])
+        for name, table in self._sidecars.items():
+            pq.write_table(table, self._tmp / name)
+        files = [sh.file for s in SPLITS for sh in self._shards[s]]
+        manifest = Manifest(
+            root=self.out,
+            bands=BANDS,
+            image_shape=self.image_shape,  # type: ignore[arg-type]
+            pixel_scale=PIXEL_SCALE,
+            split_seed=self.seed,
+            split_fractions=self.fractions,
+            z_range=(float(self.bins.z_min), float(self.bins.z_max)),
+            rows_per_shard=self.rows_per_shard,
+            shards={s: tuple(v) for s, v in self._shards.items()},
+            columns=tuple(shard_schema(self.image_shape, self.extra_types).names),
+            hash=content_hash(self._tmp, files),
+            source=self.source,
+        )
+        (self._tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        _prepare_destination(self.out, self.overwrite)  # re-check: it may have appeared meanwhile
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{secrets.token_hex(4)}"
+            self.out.rename(old)
+        self._tmp.rename(self.out)
+        self._tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+
+
+def write_dataset(
+    out_dir,
+    ids,
+    images,
+    z_spec,
+    ebv,
+    extra_columns: Mapping | None = None,
+    *,
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    bins: RedshiftBins = DEFAULT_BINS,
+    overwrite: bool = False,
+    source: Mapping | None = None,
+) -> Manifest:
+    """Validate every row and write a complete dataset to ``out_dir`` atomically.
+
+    ``images`` is (N, 5, H, W) float in nanomaggies, bands u,g,r,i,z; square
+    cutouts. ``extra_columns`` maps names (e.g. ``mag_r``) to length-N arrays.
+    An existing dataset at ``out_dir`` is an error unless ``overwrite``.
+    For data that does not fit in memory use :class:`DatasetWriter`.
+    """
+    with DatasetWriter(
+        out_dir,
+        seed=seed,
+        fractions=fractions,
+        rows_per_shard=rows_per_shard,
+        bins=bins,
+        overwrite=overwrite,
+        source=source,
+    ) as writer:
+        writer.add(ids, images, z_spec, ebv, extra_columns)
+    return writer.manifest

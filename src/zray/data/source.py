@@ -1,0 +1,40 @@
+"""Finding an experiment's data, or simulating it on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zray.data.shards import MANIFEST_NAME, Manifest, read_manifest
+from zray.errors import ZrayError
+
+
+def ensure_data(space) -> Manifest:
+    """The manifest of ``space.data.path``; simulated there first if the file asks for it.
+
+    A search space with ``data.simulate: {n, seed}`` (the quickstart) gets its
+    data generated once and cached at ``data.path``; later runs reuse it.
+    """
+    data = space.data
+    root = Path(data.path)
+    if not (root / MANIFEST_NAME).exists():
+        if data.simulate is None:
+            raise ZrayError(
+                f"{root}: no dataset there ({MANIFEST_NAME} missing); expected shards from "
+                f"`zray simulate --out {root}` or `zray prepare CATALOG --images DIR --out {root}`"
+            )
+        from zray.data.simulate import simulate
+
+        print(
+            f"zray: simulating {data.simulate.n} galaxies at {data.image_size}x{data.image_size} "
+            f"into {root} (first use; cached for later runs)",
+            flush=True,
+        )
+        simulate(n=data.simulate.n, out=root, size=data.image_size, seed=data.simulate.seed)
+    manifest = read_manifest(root)
+    size = manifest.image_shape[-1]
+    if size < data.image_size:
+        raise ZrayError(
+            f"{root}: images are {size}x{size} pixels but data.image_size is {data.image_size}; "
+            f"expected data.image_size <= {size} (larger cutouts are centre-cropped)"
+        )
+    return manifest
