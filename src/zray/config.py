@@ -141,6 +141,9 @@ class DataConfig(_Strict):
     z_max: float = 0.4
     n_bins: PosInt = 180
     simulate: SimulateSpec | None = None
+    # Train without shards found corrupt (reporting their rows as skipped)
+    # instead of stopping at the first one.
+    skip_corrupt: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -35,6 +35,7 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
         return
     ray.init(
+        address="local",  # never join some other `ray start` cluster on this machine by accident
         include_dashboard=True,
         dashboard_host=dashboard_host,
         runtime_env={"env_vars": WORKER_ENV},

@@ -18,9 +18,11 @@ manifest's hash.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -63,6 +65,13 @@ class TrainJob:
     # Where the run keeps its checkpoints; a diverged run leaves its reason
     # there rather than raising (a retry would only diverge again).
     run_dir: str | None = None
+    # Rows of shards skipped as corrupt (data.skip_corrupt), reported every epoch.
+    rows_skipped: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    # Fault injection for tests and scripts/chaos.py: {"fail_after_epoch": N}
+    # raises after epoch N's (0-based) checkpoint; {"kill_at": {"epoch": E,
+    # "step": S, "rank": R}} SIGKILLs rank R's process before step S of epoch
+    # E (both 1-based), once per run (a marker in run_dir stops the retry).
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,30 +95,56 @@ def learning_rate(hp: dict[str, Any], epoch: int) -> float:
 # Driver side
 
 
-def prepare_datasets(data_path: str | Path, image_size: int, splits=("train", "val")) -> dict:
-    """Ray datasets per split, pixels scaled and cropped, kept in memory when they fit."""
+def prepare_datasets(
+    data_path: str | Path, image_size: int, splits=("train", "val"), shards=None
+) -> dict:
+    """Ray datasets per split, pixels scaled and cropped, kept in memory when they fit.
+
+    ``shards`` (a :class:`zray.data.pipeline.ShardCheck`, default: a strict
+    footer check of every shard) says which files to read; a shard whose rows
+    turn out undecodable stops the run naming it, or with ``skip_corrupt`` is
+    dropped and counted in ``shards.skipped``.
+    """
     import ray
 
     from zray.data import pipeline
     from zray.data.shards import read_manifest
 
     manifest = read_manifest(data_path)
+    for split in splits:
+        if manifest.rows.get(split, 0) == 0:
+            raise ZrayError(f"{data_path}: the {split} split is empty; expected rows in it to train")
+    if shards is None:
+        shards = pipeline.check_shards(data_path, splits)
     datasets = {}
     store = ray.available_resources().get("object_store_memory", 0.0)
     for split in splits:
         n_rows = manifest.rows.get(split, 0)
-        if n_rows == 0:
-            raise ZrayError(f"{data_path}: the {split} split is empty; expected rows in it to train")
-        ds = pipeline.read_split(data_path, split)
-        ds = ds.map_batches(
-            _scale_and_crop,
-            fn_kwargs={"image_size": image_size},
-            batch_format="numpy",
-            batch_size=256,
-        )
         size_mb = n_rows * image_size * image_size * 5 * 4 / 1e6
-        if size_mb * 1e6 <= MATERIALIZE_FRACTION * store:
-            ds = ds.materialize()
+        in_memory = size_mb * 1e6 <= MATERIALIZE_FRACTION * store
+        if not in_memory and shards.skip_corrupt:
+            # Streamed rows are read inside the workers, too late to drop a
+            # file: screen every shard once now.
+            while bad := pipeline.find_unreadable(shards.files[split]):
+                shards.reject(split, *bad)
+        while True:
+            ds = pipeline.read_split(data_path, split, files=shards.files[split]).map_batches(
+                _scale_and_crop,
+                fn_kwargs={"image_size": image_size},
+                batch_format="numpy",
+                batch_size=256,
+            )
+            if not in_memory:
+                break
+            try:
+                ds = ds.materialize()
+                break
+            except Exception:
+                bad = pipeline.find_unreadable(shards.files[split])
+                if bad is None:
+                    raise
+                shards.reject(split, *bad)  # raises unless skip_corrupt
+        if in_memory:
             how = "kept in Ray's object store"
         else:
             how = f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)"
@@ -193,6 +228,35 @@ def make_trainer(
     )
 
 
+def checkpoint_complete(checkpoint_dir: str | Path) -> bool:
+    """True when ``checkpoint_dir`` holds a whole checkpoint: ``state.json``
+    parses and every file it lists is there with its recorded size.
+
+    A checkpoint copy cut short (a full disk, a killed process) fails this;
+    zray never picks such a folder to resume, report or export from.
+    """
+    directory = Path(checkpoint_dir)
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+        # Checkpoints from before the file list was recorded: the index suffices.
+        files = state.get("files") or {WEIGHTS_PREFIX + ".index": (directory / (WEIGHTS_PREFIX + ".index")).stat().st_size}
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not any(name.startswith(WEIGHTS_PREFIX + ".index") for name in files):
+        return False
+    for name, size in files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's whole checkpoints (see :func:`checkpoint_complete`), oldest epoch first."""
+    found = [d for d in Path(run_dir).glob("checkpoint_*") if d.is_dir() and checkpoint_complete(d)]
+    return sorted(found, key=lambda d: read_state(d)["epoch"])
+
+
 def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """The JSON half of a checkpoint: epoch, history, job and manifest hash."""
     path = Path(checkpoint_dir) / STATE_FILE
@@ -208,6 +272,11 @@ def load_checkpoint_model(checkpoint_dir: str | Path):
 
     from zray.models import ModelSpec, build_model
 
+    if not checkpoint_complete(checkpoint_dir):
+        raise ZrayError(
+            f"{checkpoint_dir}: incomplete checkpoint (state.json or a weights file missing or cut "
+            "short); expected a whole checkpoint written by zray"
+        )
     state = read_state(checkpoint_dir)
     job = TrainJob(**state["job"])
     model = build_model(job.model, _model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
@@ -261,7 +330,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
     start_epoch, history = 0, []
-    restored = ray.train.get_checkpoint()
+    restored = latest_checkpoint(ray.train.get_checkpoint(), job.run_dir)
     if restored is not None:
         with restored.as_directory() as directory:
             state = read_state(directory)
@@ -313,19 +382,27 @@ def worker_loop(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
     epochs = int(hp["epochs"])
+    kill_at = job.extra.get("kill_at")
+    if restored is not None and start_epoch >= epochs and history:
+        # Already trained to the end: the process that was to hear the last
+        # report (a Tune driver killed just then) hears it again, or a resumed
+        # trial would end with no metric at all.
+        ray.train.report(history[-1])
 
     for epoch in range(start_epoch, epochs):
         lr = learning_rate(hp, epoch)
         optimizer.learning_rate.assign(lr)
         t0 = time.perf_counter()
         total_loss, steps, rows, seen = 0.0, 0, 0, []
-        for batch in train_shard.iter_batches(
+        for batch in _named_failures(job, train_shard.iter_batches(
             batch_size=batch_size,
             batch_format="numpy",
             local_shuffle_buffer_size=4 * batch_size,
             local_shuffle_seed=job.seed * 100_003 + epoch * 1009 + rank,
             prefetch_batches=2,
-        ):
+        )):
+            if kill_at:
+                _maybe_kill(job, kill_at, epoch, steps, rank, world)
             n = len(batch["id"])
             seed = tf.constant([job.seed * 7919 + epoch, steps * 131 + rank], dtype=tf.int64)
             loss = train_step(
@@ -360,6 +437,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             "lr": lr,
             "steps": steps,
             "train_rows": rows * world,
+            "rows_skipped": job.rows_skipped,
+            "restored_epochs": start_epoch,
             "epoch_time_s": train_time,
             "train_images_per_s": rows * world / train_time if train_time > 0 else 0.0,
         }
@@ -375,10 +454,14 @@ def worker_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="zray-ckpt-") as tmp:
             # Every worker writes (the save may use collectives); rank 0's is kept.
             ckpt.write(os.path.join(tmp, WEIGHTS_PREFIX))
-            state = {"epoch": epoch, "history": history, "job": asdict(job), "metrics": metrics}
+            state = {
+                "epoch": epoch, "history": history, "job": asdict(job), "metrics": metrics,
+                # What a whole copy holds: checkpoint_complete() checks it.
+                "files": _file_sizes(tmp),
+            }
             Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload_checkpoint)
         if job.extra.get("fail_after_epoch") == epoch:
             # Fault injection for tests and scripts/chaos.py: a crash right
             # after this epoch's checkpoint.
@@ -386,6 +469,144 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 DIVERGED_FILE = "diverged.txt"
+
+
+def latest_checkpoint(registered, run_dir: str | None):
+    """The checkpoint to resume from: Ray Train's latest registered one, or a
+    later whole one in ``run_dir``.
+
+    Ray registers a checkpoint when its controller collects the report, which
+    it does on a poll; a worker killed between its upload and that poll leaves
+    a whole checkpoint Ray does not know about, and Ray would restart a whole
+    epoch (or the run) earlier. zray's checkpoints prove their own
+    completeness (:func:`checkpoint_complete`), so the later one is safe to
+    use. Only for a local or shared folder; on an object store Ray's choice
+    stands.
+    """
+    import ray.train
+
+    from zray import storage as st
+
+    if not run_dir or st.is_uri(run_dir) or not Path(run_dir).is_dir():
+        return registered
+    found = complete_checkpoints(run_dir)
+    if not found:
+        return registered
+    newest = found[-1]
+    if registered is not None:
+        with registered.as_directory() as directory:
+            if int(read_state(directory)["epoch"]) >= int(read_state(newest)["epoch"]):
+                return registered
+    return ray.train.Checkpoint.from_directory(str(newest))
+
+
+def _file_sizes(directory: str) -> dict[str, int]:
+    root = Path(directory)
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def upload_checkpoint(checkpoint, checkpoint_dir_name: str):
+    """Copy a worker's checkpoint into the run's storage, whole or not at all.
+
+    Ray Train's own upload copies file by file into the final folder, so a
+    failed copy (a full disk) leaves a partial ``checkpoint_*`` behind. Here
+    the copy goes to a hidden ``.checkpoint_*.partial`` sibling that is
+    renamed when complete (a plain rename on a local or NFS folder; on an
+    object store, where there is no rename, :func:`checkpoint_complete`
+    still tells a whole copy from a cut one). A failed copy is removed and
+    becomes one sentence naming the folder; the previous checkpoint is
+    untouched.
+    """
+    import pyarrow.fs as pafs
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    fs = storage.storage_filesystem
+    check = getattr(storage, "_check_validation_file", None)
+    if check is not None:
+        check()  # storage reachable from this node (multi-node: shared)
+    dest = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    parent, base = dest.rsplit("/", 1)
+    staging = f"{parent}/.{base}.partial"
+    try:
+        if fs.get_file_info(staging).type != pafs.FileType.NotFound:
+            fs.delete_dir(staging)
+        fs.create_dir(staging)
+        pafs.copy_files(
+            checkpoint.path, staging, source_filesystem=checkpoint.filesystem, destination_filesystem=fs
+        )
+        want = _file_sizes(checkpoint.path)
+        got = {
+            info.path[len(staging) + 1:]: info.size
+            for info in fs.get_file_info(pafs.FileSelector(staging, recursive=True))
+            if info.type == pafs.FileType.File
+        }
+        if got != want:
+            # A copy cut short without an error (seen on a full disk): never publish it.
+            short = sum(want.values()) - sum(v or 0 for v in got.values())
+            raise OSError(errno.ENOSPC if _disk_full(parent, short) else errno.EIO,
+                          f"copy incomplete ({len(got)} of {len(want)} files, {short} bytes short)")
+        fs.move(staging, dest)
+    except OSError as exc:
+        try:
+            fs.delete_dir(staging)
+        except OSError:
+            pass
+        text = str(exc)
+        if exc.errno == errno.ENOSPC or "errno 28" in text.lower() or "No space left" in text:
+            raise ZrayError(
+                f"{dest}: no space left on device while writing the checkpoint; the previous "
+                "checkpoint is kept; expected free space in the storage folder (free some, or "
+                "give another --runs/--storage)"
+            ) from None
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        raise ZrayError(f"{dest}: cannot write the checkpoint ({first}); the previous checkpoint is kept") from None
+    return ray.train.Checkpoint(path=dest, filesystem=fs)
+
+
+def _disk_full(folder: str, needed: int) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < max(needed, 1)
+    except OSError:
+        return False
+
+
+def _named_failures(job: TrainJob, batches):
+    """Pass ``batches`` through; a read that fails names the corrupt shard.
+
+    A streamed dataset decodes Parquet inside this worker, so this is where a
+    damaged data page surfaces; the files are re-read one by one to name it.
+    """
+    try:
+        yield from batches
+    except Exception:
+        from zray.data.pipeline import find_unreadable
+        from zray.data.shards import read_manifest
+
+        files = [f for f in read_manifest(job.data_path).files("train") if str(f) not in job.skipped_files]
+        bad = find_unreadable(files)
+        if bad is None:
+            raise
+        raise ZrayError(
+            f"{bad[0]}: shard is corrupt ({bad[1]}); expected a readable zray shard (rewrite the "
+            "dataset, or set data.skip_corrupt: true to train without it)"
+        ) from None
+
+
+def _maybe_kill(job: TrainJob, kill_at: dict, epoch: int, steps: int, rank: int, world: int) -> None:
+    """Fault injection: SIGKILL this worker's process at ``kill_at``, on the first attempt only."""
+    from zray import storage as st
+
+    target_rank = int(kill_at.get("rank", world - 1))
+    if (rank, epoch + 1, steps + 1) != (target_rank, int(kill_at["epoch"]), int(kill_at["step"])):
+        return
+    marker = st.join(job.run_dir or tempfile.gettempdir(), f"killed-e{epoch + 1}-s{steps + 1}-r{rank}")
+    if st.exists(marker):
+        return
+    st.write_text(marker, str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def divergence(run_dir: str | Path) -> str | None:
@@ -497,13 +718,17 @@ def job_for(space, hyperparameters: dict[str, Any], manifest_hash: str, **extra)
     )
 
 
-def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, **job_extra) -> dict[str, Any]:
+def run(
+    space, *, runs_dir: str | Path = "runs", name: str | None = None, max_failures: int = 2,
+    dashboard_host: str = "127.0.0.1", **job_extra,
+) -> dict[str, Any]:
     """One training run of ``space`` at its default hyperparameters.
 
     Started again with the same name and output, it resumes from the last
     checkpoint (Ray Train restores its checkpoint manager from storage).
     """
     from zray.config import run_identity
+    from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
 
@@ -511,19 +736,27 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, **job_
     hp = space.default_hyperparameters()
     identity = run_identity(space.model, hp, manifest.hash)
     name = name or f"{space.name}-train-{identity}"
-    init_ray()
-    datasets = prepare_datasets(space.data.path, space.data.image_size)
+    # Footer check of every shard before Ray starts: a broken file is named at once.
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    init_ray(dashboard_host=dashboard_host)
+    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
     trainer = make_trainer(
-        job_for(space, hp, manifest.hash, **job_extra),
+        job_for(space, hp, manifest.hash, **skipped_fields(shards), **job_extra),
         datasets=datasets,
         storage_path=runs_dir,
         name=name,
         gpus_per_worker=space.resources.gpus_per_worker,
+        max_failures=max_failures,
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
-    if result.error:
-        raise ZrayError(f"training run {name} failed: {_reason(result.error)}")
+    run_dir = str(Path(runs_dir).resolve() / name)
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as exc:  # Ray Train raises its TrainingFailedError from fit()
+        error = exc
+    if error:
+        raise ZrayError(f"training run {name} failed: {failure_reason(error, run_dir)}") from None
     reason = divergence(Path(runs_dir).resolve() / name)
     if reason:
         raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")
@@ -538,7 +771,32 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, **job_
         "history": state.get("history", []),
         "wall_time_s": time.perf_counter() - t0,
         "hyperparameters": hp,
+        "rows_skipped": shards.rows_skipped,
+        "skipped": shards.skipped,
     }
+
+
+def skipped_fields(shards) -> dict[str, Any]:
+    """The TrainJob fields that carry a ShardCheck's skipped shards to the workers."""
+    return {"rows_skipped": shards.rows_skipped, "skipped_files": [p for p, _, _ in shards.skipped]}
+
+
+def failure_reason(error: BaseException, run_dir: str) -> str:
+    """One sentence for a failed run: a worker's :class:`ZrayError` as it was
+    raised (Ray wraps it in traceback text), a full disk under ``run_dir``
+    wherever Ray met it (its controller also writes there), else the
+    innermost error line."""
+    text = str(error).strip().splitlines()
+    for line in reversed(text):
+        if "ZrayError: " in line:
+            return line.split("ZrayError: ", 1)[1].strip()
+    if any("No space left on device" in line or "errno 28" in line.lower() for line in text):
+        return (
+            f"{run_dir}: no space left on device while writing the run's checkpoints; the last "
+            "whole checkpoint is kept; expected free space in the storage folder (free some, or "
+            "give another --runs/--storage)"
+        )
+    return _reason(error)
 
 
 def _reason(error: BaseException) -> str:

@@ -8,7 +8,9 @@ by ``TuneReportCallback``). The experiment lives in ``runs/NAME/``:
 - ``trials/trial-IDENTITY/``: each trial's Ray Train run and checkpoints,
   named by the run identity so a resumed trial finds its own checkpoints;
 - Ray Tune's experiment state, used by ``--resume``;
-- ``results.csv`` and ``best.json``: written at the end and by ``zray status``.
+- ``results.csv`` and ``best.json``: written at the end and by ``zray status``;
+- ``lost/``: folders of trials a killed driver started but Tune had not yet
+  saved (the resumed search proposed those points again), kept for inspection.
 
 The storage may also be an object-store URI (``--storage s3://bucket/zray``),
 as a multi-node cluster needs: Tune and Train then write ``URI/NAME/`` and the
@@ -35,6 +37,7 @@ BEST_FILE = "best.json"
 SPACE_FILE = "search_space.json"
 STUDY_FILE = "optuna.db"
 TRIALS_DIR = "trials"
+LOST_DIR = "lost"
 
 
 def optuna_distributions(space) -> dict[str, Any]:
@@ -84,7 +87,8 @@ def make_searcher(space, experiment_dir: Path):
     """OptunaSearch over the space, seeded, with its study in ``optuna.db``."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from zray._optuna_search import ResumableOptunaSearch
 
     seed = space.tune.seed
     sampler = (
@@ -93,7 +97,7 @@ def make_searcher(space, experiment_dir: Path):
         else optuna.samplers.RandomSampler(seed=seed)
     )
     storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir.resolve() / STUDY_FILE}")
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=optuna_distributions(space),
         metric=space.tune.metric,
         mode=space.tune.mode,
@@ -136,8 +140,16 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from zray.config import SearchSpace, run_identity
+    from zray.data.pipeline import check_shards
     from zray.runtime import quiet_logs
-    from zray.train import divergence, job_for, make_trainer, prepare_datasets
+    from zray.train import (
+        divergence,
+        failure_reason,
+        job_for,
+        make_trainer,
+        prepare_datasets,
+        skipped_fields,
+    )
 
     quiet_logs()
 
@@ -145,8 +157,9 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     hp = _trial_hp(ctx, config)
     identity = run_identity(space.model, hp, ctx.manifest_hash)
     name = trial_name(identity, tune.get_context().get_trial_id())
-    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir)
-    datasets = prepare_datasets(space.data.path, space.data.image_size)
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
+    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir, **skipped_fields(shards))
     trainer = make_trainer(
         job,
         datasets=datasets,
@@ -156,7 +169,10 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
         max_failures=1,
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
+        raise RuntimeError(failure_reason(exc, f"{ctx.trials_dir.rstrip('/')}/{name}")) from None
     reason = divergence(f"{ctx.trials_dir.rstrip('/')}/{name}")
     if reason:
         raise FloatingPointError(reason)
@@ -172,6 +188,7 @@ def run(
     record_ids_dir: str | None = None,
     local_runs: str | Path = "runs",
     on_check=None,
+    dashboard_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """Run (or resume) the search; return the summary that ``zray status`` also prints.
 
@@ -186,6 +203,7 @@ def run(
     from zray import storage as st
     from zray.cluster import check_storage
     from zray.config import run_identity
+    from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
 
@@ -198,7 +216,8 @@ def run(
         experiment_dir = (Path(runs_dir) / name).resolve()
         experiment_path = str(experiment_dir)
     state_exists = st.exists(st.join(experiment_path, "tuner.pkl"))
-    if resume and not state_exists:
+    started = st.exists(st.join(experiment_path, SPACE_FILE)) or (experiment_dir / SPACE_FILE).exists()
+    if resume and not state_exists and not started:
         raise ZrayError(f"{experiment_path}: nothing to resume (no Tune experiment state there); run without --resume")
     if not resume and state_exists:
         raise ZrayError(
@@ -214,11 +233,21 @@ def run(
             )
 
     manifest = ensure_data(space)
+    # Footer check of every shard before anything is written or started; each
+    # trial checks again (and skips, with data.skip_corrupt) when it reads.
+    check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    if started and not state_exists:
+        # Stopped before Tune saved its state the first time: nothing of the
+        # search can be restored, so it starts again, without the leftovers.
+        print(f"zray: {experiment_path} has no saved Tune state (stopped before its first save); "
+              "starting the search again", flush=True)
+        _clear_unsaved(experiment_path, experiment_dir)
+        resume = False
     experiment_dir.mkdir(parents=True, exist_ok=True)
     _write_json(experiment_dir / SPACE_FILE, space.model_dump(mode="json"))
     if remote:
         st.write_text(st.join(experiment_path, SPACE_FILE), json.dumps(space.model_dump(mode="json"), indent=1, sort_keys=True))
-    init_ray(address)
+    init_ray(address, dashboard_host=dashboard_host)
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
@@ -243,9 +272,15 @@ def run(
     )
     t0 = time.perf_counter()
     if resume:
-        tuner = tune.Tuner.restore(
-            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
+        try:
+            tuner = tune.Tuner.restore(
+                experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False
+            )
+        except Exception as exc:  # Tune raises several types for unreadable state
+            raise ZrayError(
+                f"{experiment_path}: the saved Tune state cannot be restored ({_first_line(exc)}); "
+                "expected the state of a search started by zray tune (start again with --name NEW)"
+            ) from None
     else:
         tuner = tune.Tuner(
             trainable,
@@ -264,13 +299,95 @@ def run(
                 verbose=1,
             ),
         )
-    tuner.fit()
+    grid = tuner.fit()
+    close_orphans(experiment_dir, space.name)
     if remote:
         # Results live in the object store; `zray status` reads a local copy.
         return {"experiment": experiment_path, "remote": True, "wall_time_s": time.perf_counter() - t0}
+    moved = set_aside_lost_trials(experiment_dir, {Path(r.path).name for r in grid if r.path})
+    if moved:
+        print(f"zray: set aside {len(moved)} trial folder(s) Tune had not saved before its driver "
+              f"stopped (their points were proposed again): {experiment_dir / LOST_DIR}", flush=True)
     summary = summarize(experiment_dir)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _clear_unsaved(experiment_path: str, experiment_dir: Path) -> None:
+    """Remove what a search stopped before its first Tune save left behind:
+    trial folders and the Optuna study (left there, they would be counted as trials)."""
+    import shutil
+
+    from zray import storage as st
+
+    if st.is_uri(experiment_path):
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(experiment_path)
+        for info in filesystem.get_file_info(fs.FileSelector(inner, allow_not_found=True)):
+            name = info.path.rsplit("/", 1)[-1]
+            if name.startswith("trial-") or name == TRIALS_DIR:
+                filesystem.delete_dir(info.path)
+    else:
+        for path in [*experiment_dir.glob("trial-*"), experiment_dir / TRIALS_DIR]:
+            shutil.rmtree(path, ignore_errors=True)
+    (experiment_dir / STUDY_FILE).unlink(missing_ok=True)
+
+
+def set_aside_lost_trials(experiment_dir: Path, known: set[str]) -> list[str]:
+    """Move trial folders that are not among Tune's trials into ``lost/``; return their names.
+
+    Tune saves its experiment state every few seconds; a driver killed after
+    a trial started but before the next save leaves that trial's folder
+    behind while the restored Tune (and its restored searcher) never heard of
+    it and proposes the point again under a new trial. Left in place the
+    folder would count as a trial twice; moved aside it stays for inspection.
+    """
+    lost: list[str] = []
+    if not known:
+        return lost  # nothing to compare against: move nothing
+    for folder in sorted(Path(experiment_dir).glob("trial-*")):
+        if folder.name in known or not folder.is_dir():
+            continue
+        target = Path(experiment_dir) / LOST_DIR
+        target.mkdir(exist_ok=True)
+        folder.rename(target / folder.name)
+        run = Path(experiment_dir) / TRIALS_DIR / folder.name
+        if run.is_dir():
+            (target / TRIALS_DIR).mkdir(exist_ok=True)
+            run.rename(target / TRIALS_DIR / folder.name)
+        lost.append(folder.name)
+    return lost
+
+
+def close_orphans(experiment_dir: Path, study_name: str) -> int:
+    """Mark Optuna trials still RUNNING after the search as FAIL; return how many.
+
+    A driver killed mid-search leaves the trials it had asked Optuna for in
+    state RUNNING; Tune re-runs its own trials after ``--resume`` under their
+    original Optuna numbers, so whatever is still RUNNING once ``fit``
+    returns was never run to the end and must not count as a trial.
+    """
+    import optuna
+
+    path = Path(experiment_dir) / STUDY_FILE
+    if not path.exists():
+        return 0
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    closed = 0
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        closed += 1
+    return closed
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +417,7 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
     Status is ``error``, ``complete`` (all ``epochs`` run), ``stopped`` (ended
     early by the scheduler) or ``unfinished`` (running, or interrupted).
     """
-    from zray.train import STATE_FILE
+    from zray.train import STATE_FILE, checkpoint_complete
 
     sign = 1.0 if mode == "min" else -1.0
     records = []
@@ -325,7 +442,10 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
             state = "unfinished"
         scored = [r for r in results if _finite(r.get(metric))]
         best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
-        checkpoints = sorted((experiment_dir / TRIALS_DIR / trial_dir.name).glob(f"checkpoint_*/{STATE_FILE}"))
+        checkpoints = sorted(
+            p for p in (experiment_dir / TRIALS_DIR / trial_dir.name).glob(f"checkpoint_*/{STATE_FILE}")
+            if checkpoint_complete(p.parent)
+        )
         best_ckpt = _best_checkpoint(checkpoints, metric, sign)
         records.append(
             {

@@ -15,6 +15,23 @@ def set_option(func):
     return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
 
 
+def run_options(func):
+    """Options shared by the commands that train: --skip-corrupt, --dashboard-host."""
+    func = click.option(
+        "--dashboard-host", default="127.0.0.1", show_default=True,
+        help="Interface the Ray dashboard of a local Ray listens on (0.0.0.0 exposes it to the network).",
+    )(func)
+    return click.option(
+        "--skip-corrupt", is_flag=True,
+        help="Train without shards found corrupt, reporting their rows as skipped "
+        "(same as --set data.skip_corrupt=true); by default a corrupt shard stops the run.",
+    )(func)
+
+
+def with_skip(overrides: tuple[str, ...], skip_corrupt: bool) -> tuple[str, ...]:
+    return (*overrides, "data.skip_corrupt=true") if skip_corrupt else overrides
+
+
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @set_option

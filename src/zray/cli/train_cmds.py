@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from zray.cli.config_cmds import set_option
+from zray.cli.config_cmds import run_options, set_option, with_skip
 
 
 @click.command()
@@ -12,7 +12,10 @@ from zray.cli.config_cmds import set_option
 @set_option
 @click.option("--runs", "runs_dir", default="runs", show_default=True, help="Folder for run outputs.")
 @click.option("--name", default=None, help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
-def train(file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None) -> None:
+@run_options
+def train(
+    file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None, skip_corrupt: bool, dashboard_host: str
+) -> None:
     """Train one model at the search space's fixed values and search defaults.
 
     Ray Data streams the shards into Ray Train TensorFlow workers (the
@@ -27,9 +30,9 @@ def train(file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None
     from zray import config
     from zray import train as training
 
-    space = config.load(file, overrides)
+    space = config.load(file, with_skip(overrides, skip_corrupt))
     click.echo(f"zray: training {space.model} from {space.data.path} ({space.resources.num_workers} worker(s))")
-    summary = training.run(space, runs_dir=runs_dir, name=name)
+    summary = training.run(space, runs_dir=runs_dir, name=name, dashboard_host=dashboard_host)
     m = summary["metrics"]
     click.echo("")
     click.echo(f"run         {summary['name']}  (identity {summary['identity']})")
@@ -37,6 +40,9 @@ def train(file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None
     for key in ("loss", "val_loss", "val_sigma_mad", "val_bias", "val_outlier_fraction", "val_crps"):
         if key in m:
             click.echo(f"{key:<22}{m[key]:.5f}")
+    if summary["skipped"]:
+        files = ", ".join(path for path, _, _ in summary["skipped"])
+        click.echo(f"rows skipped  {summary['rows_skipped']} in {len(summary['skipped'])} corrupt shard(s): {files}")
     click.echo(f"checkpoint  {summary['checkpoint']}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from zray.cli.config_cmds import set_option
+from zray.cli.config_cmds import run_options, set_option, with_skip
 
 
 @click.command()
@@ -18,7 +18,8 @@ from zray.cli.config_cmds import set_option
     "or an object-store URI such as s3://bucket/zray.",
 )
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
-def tune(file, overrides, resume, name, storage, address) -> None:
+@run_options
+def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboard_host) -> None:
     """Search hyperparameters: Ray Tune trials proposed by Optuna.
 
     Each trial is one Ray Train run of the file's model, reporting every
@@ -41,7 +42,7 @@ def tune(file, overrides, resume, name, storage, address) -> None:
     from zray import config
     from zray import tune as search
 
-    space = config.load(file, overrides)
+    space = config.load(file, with_skip(overrides, skip_corrupt))
     click.echo(
         f"zray: {'resuming' if resume else 'starting'} search {name or space.name}: model {space.model}, "
         f"{space.tune.num_samples} trials, scheduler {space.tune.scheduler.type}, "
@@ -49,7 +50,7 @@ def tune(file, overrides, resume, name, storage, address) -> None:
     )
     summary = search.run(
         space, runs_dir=storage, name=name, resume=resume, address=address,
-        on_check=lambda line: click.echo(f"zray: {line}"),
+        on_check=lambda line: click.echo(f"zray: {line}"), dashboard_host=dashboard_host,
     )
     click.echo("")
     if summary.get("remote"):

@@ -1,0 +1,234 @@
+"""A catalogue of bad inputs, one per case, across every command.
+
+Each case builds its bad input in a fresh folder, runs the command in-process
+(click's CliRunner) and checks the contract of DESIGN.md section 2: a non-zero
+exit, one sentence naming the file/field/value and what was expected, no
+traceback, and nothing new written (no output, no temporary siblings). None of
+these starts Ray: every input is refused before it would be.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+import yaml
+from astropy.io import fits
+from click.testing import CliRunner
+
+from zray.cli import main
+from zray.data.shards import read_manifest
+
+SPACE = {
+    "name": "bad",
+    "model": "cnn",
+    "fixed": {"epochs": 1, "batch_size": 32, "blocks": 2, "dense_units": 32},
+    "resources": {"num_workers": 1, "cpus_per_worker": 0.9},
+}
+
+
+# --- builders -----------------------------------------------------------------------
+
+
+def space(tmp: Path, data_path: Path | str | None = None, text: str | None = None, **changes) -> str:
+    path = tmp / "space.yaml"
+    if text is None:
+        raw = {**SPACE, "data": {"path": str(data_path or tmp / "nodata"), "image_size": 32}, **changes}
+        text = yaml.safe_dump(raw)
+    path.write_text(text)
+    return str(path)
+
+
+def dataset(tmp: Path, sim_data: Path) -> Path:
+    return Path(shutil.copytree(sim_data, tmp / "data"))
+
+
+def fits_setup(tmp: Path, n: int = 3, *, image=None, rows=None, damage=None) -> list[str]:
+    """A catalogue and one FITS cube per galaxy; ``damage(images_dir)`` breaks something."""
+    images = tmp / "img"
+    images.mkdir()
+    for i in range(n):
+        cube = np.full((5, 20, 20), 1.0 + i, np.float32) if image is None else image
+        hdu = fits.PrimaryHDU(cube)
+        for k, b in enumerate("ugriz"):
+            hdu.header[f"BAND{k + 1}"] = b
+        hdu.writeto(images / f"g{i}.fits")
+    table = {"id": list(range(100, 100 + n)), "z_spec": [0.05 + 0.05 * i for i in range(n)],
+             "ebv": [0.03] * n, "file": [f"g{i}.fits" for i in range(n)]}
+    table.update(rows or {})
+    pcsv.write_csv(pa.table(table), tmp / "cat.csv")
+    if damage:
+        damage(images)
+    return ["prepare", str(tmp / "cat.csv"), "--images", str(images), "--out", str(tmp / "out"), "--size", "16"]
+
+
+def first_train_shard(data: Path) -> Path:
+    return read_manifest(data).files("train")[0]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def bundle(tmp: Path, content: str | None) -> Path:
+    path = tmp / "bundle"
+    path.mkdir()
+    if content is not None:
+        (path / "bundle.json").write_text(content)
+    return path
+
+
+# --- the catalogue: id -> (setup(tmp, sim_data) -> argv, words of the error sentence) -----
+# (a tuple: the sentence's words, then words expected elsewhere in the output)
+
+CASES = {
+    # search spaces (zray validate / train / tune)
+    "space-missing-file": (lambda t, d: ["validate", str(t / "nope.yaml")], "nope.yaml: no such file; expected a search-space YAML"),
+    "space-invalid-yaml": (lambda t, d: ["validate", space(t, text="name: [unclosed\n")], "invalid YAML"),
+    "space-not-a-mapping": (lambda t, d: ["validate", space(t, text="- a\n- b\n")], "expected a mapping of sections"),
+    "space-missing-section": (lambda t, d: ["validate", space(t, text="name: x\nmodel: cnn\n")], "required section 'data' is missing"),
+    "space-unknown-key": (lambda t, d: ["validate", space(t, tune={"num_sample": 3})], "tune.num_sample: unknown key; did you mean 'num_samples'?"),
+    "space-unknown-model": (lambda t, d: ["validate", space(t, model="resnet")], "model: unknown model 'resnet'; known models: cnn, inception"),
+    "space-low-above-high": (
+        lambda t, d: ["validate", space(t, search={"learning_rate": {"type": "float", "low": 1e-2, "high": 1e-4}})],
+        "search.learning_rate.low: `low <= high` must hold, got low=0.01, high=0.0001"),
+    "space-categorical-without-choices": (
+        lambda t, d: ["validate", space(t, search={"filters": {"type": "categorical"}})],
+        "search.filters.choices: must be a non-empty list"),
+    "space-zero-epochs": (lambda t, d: ["validate", space(t, fixed={**SPACE["fixed"], "epochs": 0})], "fixed.epochs: must be > 0"),
+    "space-num-samples-not-int": (lambda t, d: ["validate", space(t, tune={"num_samples": "three"})],
+                                  "tune.num_samples: expected a valid integer, got 'three'"),
+    "space-z-range": (lambda t, d: ["validate", space(t, data={"path": "x", "z_min": 0.5, "z_max": 0.4})], "data.z_max: must be > z_min (0.5), got 0.4"),
+    "space-skip-corrupt-not-bool": (
+        lambda t, d: ["validate", space(t, data={"path": "x", "skip_corrupt": "often"})],
+        "data.skip_corrupt: expected a valid boolean"),
+    # command-line values
+    "set-without-equals": (lambda t, d: ["validate", space(t), "--set", "fixed.epochs"], "--set fixed.epochs: expected KEY=VALUE"),
+    "set-unknown-key": (lambda t, d: ["validate", space(t), "--set", "tune.speed=3"],
+                        "--set tune.speed=3: unknown key tune.speed; did you mean 'seed'?"),
+    "set-bad-type": (lambda t, d: ["validate", space(t), "--set", "tune.num_samples=many"],
+                     "--set tune.num_samples=many: tune.num_samples: expected a valid integer, got 'many'"),
+    "simulate-without-n": (lambda t, d: ["simulate", "--out", str(t / "out")], "--n is required unless --catalog is given"),
+    "simulate-size-not-int": (lambda t, d: ["simulate", "--n", "10", "--size", "big", "--out", str(t / "out")], "'big' is not a valid integer"),
+    "export-top-k-zero": (lambda t, d: ["export", str(t), "--top-k", "0", "--out", str(t / "out")], "--top-k must be a positive integer"),
+    "status-not-an-experiment": (lambda t, d: ["status", str(t)], "not a zray experiment (search_space.json missing)"),
+    # data for train / tune
+    "train-no-dataset": (lambda t, d: ["train", space(t), "--runs", str(t / "runs")], "nodata: no dataset there"),
+    "train-image-size-too-big": (
+        lambda t, d: ["train", space(t, data={"path": str(dataset(t, d)), "image_size": 64}), "--runs", str(t / "runs")],
+        "images are 32x32 pixels but data.image_size is 64"),
+    "tune-resume-nothing": (
+        lambda t, d: ["tune", space(t, dataset(t, d)), "--runs", str(t / "runs"), "--resume"],
+        "runs/bad: nothing to resume (no Tune experiment state there); run without --resume"),
+    # shards
+    "train-truncated-shard": (
+        lambda t, d: (truncate(first_train_shard(dataset(t, d))),
+                      ["train", space(t, t / "data"), "--runs", str(t / "runs")])[1],
+        "train-00000.parquet: shard is corrupt (unreadable footer"),
+    "tune-truncated-shard": (
+        lambda t, d: (truncate(first_train_shard(dataset(t, d))),
+                      ["tune", space(t, t / "data"), "--runs", str(t / "runs")])[1],
+        "train-00000.parquet: shard is corrupt (unreadable footer"),
+    "inspect-missing-folder": (lambda t, d: ["inspect", str(t / "nowhere")], "nowhere: no such dataset directory"),
+    "inspect-manifest-not-json": (
+        lambda t, d: ((dataset(t, d) / "manifest.json").write_text("{not json"), ["inspect", str(t / "data")])[1],
+        "manifest.json: not readable JSON"),
+    "inspect-truncated-shard": (
+        lambda t, d: (truncate(first_train_shard(dataset(t, d))), ["inspect", str(t / "data")])[1],
+        ("2 problem(s) found; see the list above", "train-00000.parquet: not a readable Parquet file")),
+    # catalogues and FITS files (zray prepare)
+    "catalog-missing-file": (
+        lambda t, d: ["prepare", str(t / "none.csv"), "--images", str(t), "--out", str(t / "out")],
+        "none.csv: catalogue file not found"),
+    "catalog-space-separated": (
+        lambda t, d: ((t / "cat.txt").write_text("id z\n"), ["prepare", str(t / "cat.txt"), "--images", str(t),
+                                                             "--out", str(t / "out")])[1],
+        "cat.txt: missing column(s) id, z_spec, ebv; expected columns id, z_spec, ebv"),
+    "catalog-missing-column": (
+        lambda t, d: ((t / "cat.csv").write_text("id,ebv,file\n1,0.03,a.fits\n"),
+                      ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],
+        "cat.csv: missing column(s) z_spec; expected columns id, z_spec, ebv"),
+    "catalog-duplicate-ids": (lambda t, d: fits_setup(t, rows={"id": [7, 7, 8]}), "rows 1 and 2 share id 7; expected unique ids"),
+    "catalog-z-out-of-range": (lambda t, d: fits_setup(t, rows={"z_spec": [0.1, 0.9, 0.2]}),
+                               "row 2 (id 101): z_spec 0.9 is outside the binning range; expected 0.0 <= z < 0.4"),
+    "fits-missing-file": (lambda t, d: fits_setup(t, damage=lambda img: (img / "g1.fits").unlink()),
+                          "row 2 (id 101): FITS file"),
+    "fits-not-fits": (lambda t, d: fits_setup(t, damage=lambda img: (img / "g2.fits").write_bytes(b"garbage" * 100)),
+                      "g2.fits is not a readable FITS file"),
+    "fits-wrong-band-count": (lambda t, d: fits_setup(t, image=np.ones((4, 20, 20), np.float32)),
+                              "g0.fits holds 4 bands; expected 5 (u,g,r,i,z)"),
+    "fits-nan-pixels": (lambda t, d: fits_setup(t, image=np.full((5, 20, 20), np.nan, np.float32)),
+                         "g0.fits band u has NaN or infinite pixels; expected finite values"),
+    # bundles (zray export / predict / evaluate)
+    "export-missing-run": (lambda t, d: ["export", str(t / "runs" / "x"), "--out", str(t / "out")], "no such folder"),
+    "predict-missing-bundle": (
+        lambda t, d: ["predict", str(t / "nob"), str(dataset(t, d)), "--out", str(t / "pz.parquet")], "no such bundle directory"),
+    "predict-bundle-without-json": (
+        lambda t, d: ["predict", str(bundle(t, None)), str(dataset(t, d)), "--out", str(t / "pz.parquet")],
+        "bundle.json: not found"),
+    "predict-bundle-json-garbage": (
+        lambda t, d: ["predict", str(bundle(t, "{oops")), str(dataset(t, d)), "--out", str(t / "pz.parquet")],
+        "bundle.json: unreadable"),
+    "evaluate-bundle-json-a-list": (
+        lambda t, d: ["evaluate", str(bundle(t, "[1, 2]")), str(dataset(t, d)), "--out", str(t / "report")],
+        "bundle.json: holds list"),
+    "evaluate-bundle-no-members": (
+        lambda t, d: ["evaluate", str(bundle(t, json.dumps({"format": 1, "members": []}))), str(dataset(t, d)),
+                      "--out", str(t / "report")], "bundle.json: missing or malformed field 'bins'"),
+}
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_sentence_and_leaves_nothing(case, tmp_path, sim_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    setup, expected = CASES[case]
+    expected, *elsewhere = (expected,) if isinstance(expected, str) else expected
+    work = tmp_path / "w"
+    work.mkdir()
+    argv = setup(work, sim_data)
+    before = _tree(tmp_path)
+    result = CliRunner().invoke(main, argv)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:  # click's own usage errors
+        assert expected in result.output, result.output
+    else:
+        errors = [line for line in result.output.splitlines() if line.startswith("zray: error: ")]
+        assert len(errors) == 1, result.output
+        assert expected in errors[0], errors[0]
+    for words in elsewhere:  # e.g. the problem list printed above the sentence
+        assert words in result.output, result.output
+    # Nothing new anywhere: no output, no temporary sibling, no half-written folder.
+    assert _tree(tmp_path) == before, sorted(_tree(tmp_path) - before)
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) >= 30
+
+
+def test_no_code_path_unpickles_or_deserialises_user_files():
+    """Bundles, checkpoints, shards and catalogues are read as numbers and JSON only:
+    no pickle, no NumPy object arrays, no Keras model deserialisation (which can
+    run a saved Lambda layer's code)."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "zray"
+    banned = re.compile(r"\b(c?pickle|cloudpickle|dill|joblib)\b|allow_pickle\s*=\s*True|"
+                        r"models\.load_model|model_from_json|model_from_config|from_config\(|safe_mode\s*=\s*False")
+    hits = [f"{path.relative_to(src)}:{n}: {line.strip()}"
+            for path in src.rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1)
+            if banned.search(line) and not line.lstrip().startswith(("#", '"""')) and "no pickle" not in line
+            and "nothing is unpickled" not in line]
+    assert not hits, hits
