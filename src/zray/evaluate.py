@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from zray import metrics as m
+from zray.atomic import publish_dir
 from zray.errors import ZrayError
 
 N_Z_BINS = 8
@@ -194,11 +195,7 @@ def evaluate(
                         "same data as training": result["same_data_as_training"],
                         "point estimate": "PDF median"},
         )
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["out"] = str(out)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from zray import __version__
+from zray.atomic import publish_dir
 from zray.bins import RedshiftBins
 from zray.errors import ZrayError
 
@@ -367,11 +368,7 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False) -> dict[str
             "versions": _versions(),
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**info, "path": str(out)}

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zray import __version__
+from zray.atomic import publish_dir
 from zray.bins import RedshiftBins
 from zray.errors import ZrayError
 
@@ -489,14 +490,8 @@ class DatasetWriter:
         )
         (self._tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         _prepare_destination(self.out, self.overwrite)  # re-check: it may have appeared meanwhile
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{secrets.token_hex(4)}"
-            self.out.rename(old)
-        self._tmp.rename(self.out)
+        publish_dir(self._tmp, self.out)
         self._tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return manifest
 
 

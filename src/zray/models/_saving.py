@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zray import __version__
+from zray.atomic import publish_dir
 from zray.errors import ZrayError
 from zray.models._registry import (
     ModelSpec,
@@ -70,11 +71,7 @@ def save_model(model, path, name: str, hp: dict | None, spec: ModelSpec) -> Path
             "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
         }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            path.rename(old)  # keep the previous model until the new one is in place
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
