@@ -8,3 +8,23 @@ class ZrayError(Exception):
     says what was expected, e.g. ``data/x/train-00000.parquet: row 17: image has
     NaN pixels; expected finite values``. The CLI prints it and exits 1.
     """
+
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, for quoting inside a sentence."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def last_error_line(text: str, limit: int = 300) -> str:
+    """The innermost error line of a (possibly wrapped) traceback text.
+
+    Ray wraps a worker's exception in its own traceback text; the line that
+    names the original error is the last one mentioning an error.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:limit]
+    return lines[-1][:limit] if lines else "failed"

@@ -32,13 +32,15 @@ from typing import Any
 import numpy as np
 
 from zray.bins import RedshiftBins
-from zray.errors import ZrayError
+from zray.errors import ZrayError, last_error_line
 
 STATE_FILE = "state.json"
 WEIGHTS_PREFIX = "tf/ckpt"
 # Cross-entropy over a few hundred bins starts near log(n_bins) ~ 5 and a
 # working run stays well below 50; past this the weights have blown up.
 DIVERGENCE_LOSS = 1.0e3
+# A diverged run leaves its reason in this file of its run folder.
+DIVERGED_FILE = "diverged.txt"
 # Keep a dataset in the object store when it takes at most this share of it.
 MATERIALIZE_FRACTION = 0.4
 
@@ -468,9 +470,6 @@ def worker_loop(config: dict[str, Any]) -> None:
             raise RuntimeError(f"injected failure after epoch {epoch + 1}")
 
 
-DIVERGED_FILE = "diverged.txt"
-
-
 def latest_checkpoint(registered, run_dir: str | None):
     """The checkpoint to resume from: Ray Train's latest registered one, or a
     later whole one in ``run_dir``.
@@ -796,13 +795,4 @@ def failure_reason(error: BaseException, run_dir: str) -> str:
             "whole checkpoint is kept; expected free space in the storage folder (free some, or "
             "give another --runs/--storage)"
         )
-    return _reason(error)
-
-
-def _reason(error: BaseException) -> str:
-    """The innermost message of a (possibly wrapped) worker error."""
-    text = str(error).strip().splitlines()
-    for line in reversed(text):
-        if "Error" in line or "error" in line:
-            return line.strip()
-    return text[-1] if text else type(error).__name__
+    return last_error_line(str(error))

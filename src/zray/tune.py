@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line, last_error_line
 
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
@@ -278,7 +278,7 @@ def run(
             )
         except Exception as exc:  # Tune raises several types for unreadable state
             raise ZrayError(
-                f"{experiment_path}: the saved Tune state cannot be restored ({_first_line(exc)}); "
+                f"{experiment_path}: the saved Tune state cannot be restored ({first_line(exc)}); "
                 "expected the state of a search started by zray tune (start again with --name NEW)"
             ) from None
     else:
@@ -311,11 +311,6 @@ def run(
     summary = summarize(experiment_dir)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _clear_unsaved(experiment_path: str, experiment_dir: Path) -> None:
@@ -428,7 +423,7 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
         params = json.loads(params_file.read_text())
         results = _read_jsonl(trial_dir / "result.json")
         error_file = trial_dir / "error.txt"
-        error = _last_error_line(error_file.read_text()) if error_file.exists() else ""
+        error = last_error_line(error_file.read_text()) if error_file.exists() else ""
         final = results[-1] if results else {}
         trained = int(final.get("epoch", 0) or 0)
         target = int(params.get("epochs", epochs))
@@ -480,14 +475,6 @@ def _best_checkpoint(state_files: list[Path], metric: str, sign: float) -> str |
         if _finite(value) and sign * value < best_value:
             best, best_value = str(state_file.parent), sign * value
     return best
-
-
-def _last_error_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line[:300]
-    return lines[-1][:300] if lines else "failed"
 
 
 def summarize(experiment_dir: Path) -> dict[str, Any]:

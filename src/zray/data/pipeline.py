@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from zray.data.shards import _U64, BASE_COLUMNS, id_hash, read_manifest
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 
 
 def scale_pixels(x: np.ndarray) -> np.ndarray:
@@ -202,7 +202,7 @@ def check_shards(root, splits=("train", "val"), *, skip_corrupt: bool = False) -
                 check.reject(split, path, "missing")
                 continue
             except (OSError, pa.ArrowException) as exc:
-                check.reject(split, path, f"unreadable footer: {_first_line(exc)}")
+                check.reject(split, path, f"unreadable footer: {first_line(exc, 160)}")
                 continue
             if meta.num_rows != info.rows:
                 check.reject(split, path, f"holds {meta.num_rows} rows but the manifest says {info.rows}")
@@ -224,10 +224,5 @@ def find_unreadable(files, columns=BASE_COLUMNS) -> tuple[Path, str] | None:
         try:
             pq.read_table(path, columns=list(columns))
         except (OSError, pa.ArrowException) as exc:
-            return Path(path), _first_line(exc)
+            return Path(path), first_line(exc, 160)
     return None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
