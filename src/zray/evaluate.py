@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from zray import baselines
 from zray import metrics as m
 from zray.atomic import publish_dir
 from zray.errors import ZrayError
@@ -35,8 +36,13 @@ FIGURES = (
 MAG_FIGURE = ("metrics_vs_mag_r.png", "sigma_MAD and bias against r magnitude")
 
 
-def binned_metrics(values, z_spec, z_phot, pdf, bins, edges) -> list[dict[str, Any]]:
-    """Point-estimate metrics and CRPS of the objects in each ``[edges[i], edges[i+1])``."""
+def binned_metrics(values, z_spec, z_phot, pdf, bins, edges, reference=None) -> list[dict[str, Any]]:
+    """Point-estimate metrics and CRPS of the objects in each ``[edges[i], edges[i+1])``.
+
+    ``reference`` maps a baseline's name to its predictions for the same
+    objects; each bin then also holds ``sigma_mad_NAME`` and
+    ``outlier_fraction_NAME``.
+    """
     rows = []
     values = np.asarray(values, dtype=np.float64)
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
@@ -51,6 +57,10 @@ def binned_metrics(values, z_spec, z_phot, pdf, bins, edges) -> list[dict[str, A
             "sigma_mad": m.sigma_mad(d), "bias_mean": m.bias_mean(d), "bias_median": m.bias_median(d),
             "outlier_fraction": m.outlier_fraction(d), "crps": m.crps(pdf[sel], bins, z_spec[sel]),
         })
+        for name, z_ref in (reference or {}).items():
+            d_ref = m.dz(z_ref[sel], z_spec[sel])
+            rows[-1][f"sigma_mad_{name}"] = m.sigma_mad(d_ref)
+            rows[-1][f"outlier_fraction_{name}"] = m.outlier_fraction(d_ref)
     return rows
 
 
@@ -75,6 +85,19 @@ def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None,
     if not found.any():
         return None, f"{catalog}: none of the evaluated ids are in it: r-magnitude bins skipped"
     return mags, f"mag_r from {catalog}"
+
+
+def _baseline_predictions(manifest, split: str, ids) -> tuple[dict | None, str]:
+    """The reference predictors' redshifts for the evaluated galaxies, or None and why not."""
+    if split == "train":
+        return None, "reference predictors not shown: they are fitted on the train split, so score val or test"
+    try:
+        reference = baselines.predictions(manifest.root, ids)
+    except ZrayError as exc:
+        return None, f"reference predictors not shown: {exc}"
+    if reference is None:
+        return None, "reference predictors not shown: the evaluated galaxies are not all in the dataset's val/test splits"
+    return reference, ""
 
 
 def _edges(values, n: int, lo=None, hi=None) -> np.ndarray:
@@ -136,16 +159,19 @@ def evaluate(
     pit_values = m.pit(pdf, bins, z_spec)
 
     overall = m.summary(pdf, bins, z_spec)
+    reference, reference_note = _baseline_predictions(manifest, split, cols["id"])
     by_point = {p: m.sigma_mad(m.dz(cols[f"z_{p}"], z_spec)) for p in m.POINT_ESTIMATES}
     upper = float(min(bins.z_max, max(np.quantile(z_spec, 0.995), np.quantile(z_phot, 0.995)) * 1.1))
     binned = {"z_spec": binned_metrics(z_spec, z_spec, z_phot, pdf, bins,
-                                       _edges(z_spec, N_Z_BINS, lo=bins.z_min, hi=float(z_spec.max())))}
-    notes = []
+                                       _edges(z_spec, N_Z_BINS, lo=bins.z_min, hi=float(z_spec.max())),
+                                       reference)}
+    notes = [reference_note] if reference_note else []
     mag_r, mag_note = _mag_r(manifest, cols["id"], cols)
     if mag_r is not None:
         ok = np.isfinite(mag_r)
         binned["mag_r"] = binned_metrics(mag_r[ok], z_spec[ok], z_phot[ok], pdf[ok], bins,
-                                         _edges(mag_r[ok], N_MAG_BINS))
+                                         _edges(mag_r[ok], N_MAG_BINS),
+                                         {k: v[ok] for k, v in (reference or {}).items()})
     else:
         binned["mag_r"] = []
         notes.append(mag_note)
@@ -160,6 +186,8 @@ def evaluate(
         "point_estimate": "median",
         "bins": info.data["bins"],
         "overall": overall,
+        "baselines": {name: baselines.point_metrics(z_ref, z_spec) for name, z_ref in (reference or {}).items()},
+        "baseline_names": dict(baselines.NAMES),
         "sigma_mad_by_point_estimate": by_point,
         "binned": binned,
         "r_magnitudes": mag_note,

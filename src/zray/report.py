@@ -47,6 +47,10 @@ METRIC_LABELS = {
 }
 
 
+# The baselines' point metrics under the names of the model's overall metrics.
+_BASELINE_KEYS = {"bias_mean": "bias"}
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -55,9 +59,14 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _binned_table(rows: list[dict], label: str) -> str:
-    keys = ("n", "sigma_mad", "bias_mean", "bias_median", "outlier_fraction", "crps")
-    head = "".join(f"<th>{html.escape(METRIC_LABELS[k])}</th>" for k in keys)
+def _binned_table(rows: list[dict], label: str, names: dict) -> str:
+    keys = ["n", "sigma_mad", "bias_mean", "bias_median", "outlier_fraction", "crps"]
+    labels = [METRIC_LABELS[k] for k in keys]
+    for name, title in names.items():
+        if rows and f"sigma_mad_{name}" in rows[0]:
+            keys += [f"sigma_mad_{name}", f"outlier_fraction_{name}"]
+            labels += [f"sigma_MAD, {title}", f"outlier fraction, {title}"]
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in labels)
     body = "".join(
         f"<tr><td class='l'>{r['lo']:.3f} - {r['hi']:.3f}</td>"
         + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys) + "</tr>"
@@ -70,10 +79,16 @@ def write_index(path, *, title: str, metrics: dict, binned: dict, figures: list[
                 notes: list[str], provenance: dict) -> Path:
     """Write the report page; ``figures`` are (file name, caption) beside it."""
     e = html.escape
+    names = metrics.get("baseline_names", {})
+    reference = metrics.get("baselines") or {}
+    shown = [n for n in names if n in reference]
     overall = "".join(
-        f"<tr><td class='l'>{e(METRIC_LABELS.get(k, k))}</td><td>{_fmt(v)}</td></tr>"
+        f"<tr><td class='l'>{e(METRIC_LABELS.get(k, k))}</td><td>{_fmt(v)}</td>"
+        + "".join(f"<td>{_fmt(reference[n].get(_BASELINE_KEYS.get(k, k)))}</td>" for n in shown)
+        + "</tr>"
         for k, v in metrics["overall"].items()
     )
+    overall_head = "<th>zray</th>" + "".join(f"<th>{e(names[n])}</th>" for n in shown)
     parts = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
@@ -82,16 +97,20 @@ def write_index(path, *, title: str, metrics: dict, binned: dict, figures: list[
         f"<h1>{e(title)}</h1>",
         "<p class='note'>" + "<br>".join(e(f"{k}: {v}") for k, v in provenance.items()) + "</p>",
         "<h2>Metrics</h2>",
-        f"<table><tr><th class='l'>metric</th><th>value</th></tr>{overall}</table>",
+        "<p class='note'>Reference predictors, fitted on the dataset's train split and scored on "
+        "the same galaxies: the training median redshift for every galaxy, and a 10-nearest-"
+        "neighbour regression on dereddened aperture colours measured from the cutouts. A network "
+        "should beat both.</p>" if shown else "",
+        f"<table><tr><th class='l'>metric</th>{overall_head}</tr>{overall}</table>",
         "<h2>Figures</h2>",
     ]
     for name, caption in figures:
         parts.append(f"<figure><img src='{e(name)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
     parts.append("<h2>Metrics by spectroscopic redshift</h2>")
-    parts.append(_binned_table(binned["z_spec"], "z_spec"))
+    parts.append(_binned_table(binned["z_spec"], "z_spec", names))
     if binned.get("mag_r"):
         parts.append("<h2>Metrics by r magnitude</h2>")
-        parts.append(_binned_table(binned["mag_r"], "r mag"))
+        parts.append(_binned_table(binned["mag_r"], "r mag", names))
     for note in notes:
         parts.append(f"<p class='note'>{e(note)}</p>")
     parts.append("<p class='note'>All figures and tables: <a href='metrics.json'>metrics.json</a>, "

@@ -75,10 +75,88 @@ class TrainJob:
     # "step": S, "rank": R}} SIGKILLs rank R's process before step S of epoch
     # E (both 1-based), once per run (a marker in run_dir stops the retry).
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the whole job is, for the time estimate printed early in the first
+    # epoch (see :func:`estimate_line`): {"trials", "concurrent", "train_rows",
+    # "val_rows", "what"}; empty for no estimate.
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bins(self) -> RedshiftBins:
         return RedshiftBins(self.z_min, self.z_max, self.n_bins)
+
+
+# Fixed cost of one Ray Train run on top of its epochs (worker start-up,
+# TensorFlow import, dataset planning), as measured on 2 cores.
+RUN_OVERHEAD_S = 20.0
+# Seconds of steady training the estimate waits for.
+ESTIMATE_AFTER_S = 10.0
+# The estimate, kept beside a search's run folders once printed.
+ESTIMATE_FILE = "estimate.txt"
+
+
+def estimate_line(job: TrainJob, images_per_s: float) -> str:
+    """The time estimate from the first steps' speed, with the overrides that shorten it.
+
+    An upper bound: every trial runs all its epochs (a scheduler such as ASHA
+    stops poor trials earlier), validation runs at about three times the
+    training speed, and each run pays :data:`RUN_OVERHEAD_S` of start-up.
+    """
+    plan, hp = job.plan, job.hyperparameters
+    epochs = int(hp["epochs"])
+    rate = max(images_per_s, 1e-6)
+    epoch_s = plan["train_rows"] / rate + plan.get("val_rows", 0) / (3 * rate)
+    run_s = epochs * epoch_s + RUN_OVERHEAD_S
+    trials = int(plan.get("trials", 1))
+    waves = math.ceil(trials / max(int(plan.get("concurrent", 1)), 1))
+    total = waves * run_s
+    text = (f"zray: estimate: {rate:.0f} img/s here, so an epoch takes about {_duration(epoch_s)} "
+            f"and one run of {epochs} epochs about {_duration(run_s)}")
+    if trials > 1:
+        text += f"; the search of {trials} trials at most about {_duration(total)}"
+    if total > 15 * 60:
+        short_epochs = max(2, epochs // 3)
+        flags = f"--set fixed.epochs={short_epochs}"
+        short_total = short_epochs * epoch_s + RUN_OVERHEAD_S
+        if trials > 1:
+            short_trials = max(2, trials // 4)
+            flags += f" --set tune.num_samples={short_trials}"
+            short_total *= math.ceil(short_trials / max(int(plan.get("concurrent", 1)), 1))
+        text += f". Shorter (about {_duration(short_total)}): {flags}"
+        if plan.get("simulated_n", 0) > 2000:
+            text += f" --set data.simulate.n=2000 --set data.path={plan['data_path']}-small"
+    return text
+
+
+def _announce_estimate(job: TrainJob, images_per_s: float) -> None:
+    """Print the estimate, and leave it beside the run folders so the search's
+    later trials do not repeat it."""
+    from zray import storage as st
+
+    line = estimate_line(job, images_per_s)
+    print(line, flush=True)
+    if job.run_dir:
+        parent = job.run_dir.rstrip("/").rsplit("/", 1)[0]
+        st.write_text(st.join(parent, ESTIMATE_FILE), line + "\n")
+
+
+def plan_of(space, manifest, trials: int = 1, concurrent: int = 1) -> dict[str, Any]:
+    """The :attr:`TrainJob.plan` of ``space`` on the dataset of ``manifest``."""
+    simulate = space.data.simulate
+    return {
+        "trials": trials, "concurrent": concurrent,
+        "train_rows": manifest.rows["train"], "val_rows": manifest.rows["val"],
+        "simulated_n": simulate.n if simulate else 0, "data_path": str(space.data.path),
+    }
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def learning_rate(hp: dict[str, Any], epoch: int) -> float:
@@ -354,9 +432,17 @@ def worker_loop(config: dict[str, Any]) -> None:
     augment = bool(hp.get("augment", True))
     edges_lo, width = float(bins.z_min), float(bins.width)
 
-    def labels_of(z):
+    label_sigma = float(hp.get("label_sigma", 0.0))
+    centres = tf.constant(bins.centres, dtype=tf.float32)
+
+    def loss_per_row(z, probs):
+        """Cross-entropy against the one-hot bin of z, or a Gaussian of width label_sigma."""
+        if label_sigma > 0:
+            target = tf.exp(-0.5 * tf.square((centres[None, :] - z[:, None]) / label_sigma))
+            target = target / tf.reduce_sum(target, axis=1, keepdims=True)
+            return k.losses.categorical_crossentropy(target, probs)
         idx = tf.cast(tf.floor((z - edges_lo) / width), tf.int32)
-        return tf.clip_by_value(idx, 0, n_bins - 1)
+        return k.losses.sparse_categorical_crossentropy(tf.clip_by_value(idx, 0, n_bins - 1), probs)
 
     @tf.function(reduce_retracing=True)
     def train_step(image, ebv, z, seed, global_rows):
@@ -365,7 +451,7 @@ def worker_loop(config: dict[str, Any]) -> None:
                 image = _dihedral(tf, image, seed)
             with tf.GradientTape() as tape:
                 probs = model([image, ebv], training=True)
-                per_row = k.losses.sparse_categorical_crossentropy(labels_of(z), probs)
+                per_row = loss_per_row(tf.cast(z, tf.float32), probs)
                 loss = tf.reduce_sum(per_row) / tf.cast(global_rows, tf.float32)
                 scaled = optimizer.get_scaled_loss(loss) if mixed else loss
             grads = tape.gradient(scaled, model.trainable_variables)
@@ -396,6 +482,9 @@ def worker_loop(config: dict[str, Any]) -> None:
         optimizer.learning_rate.assign(lr)
         t0 = time.perf_counter()
         total_loss, steps, rows, seen = 0.0, 0, 0, []
+        # Time estimate: once, on rank 0, from the first epoch's steady speed.
+        estimate_due = bool(job.plan) and rank == 0 and epoch == 0
+        steady_t0, steady_rows = None, 0
         for batch in _named_failures(job, train_shard.iter_batches(
             batch_size=batch_size,
             batch_format="numpy",
@@ -429,9 +518,20 @@ def worker_loop(config: dict[str, Any]) -> None:
             total_loss += loss_value
             steps += 1
             rows += n
+            if estimate_due:
+                if steady_t0 is None:
+                    steady_t0 = time.perf_counter()  # after the first step, which traces the graph
+                else:
+                    steady_rows += n
+                    elapsed = time.perf_counter() - steady_t0
+                    if elapsed >= ESTIMATE_AFTER_S:
+                        _announce_estimate(job, steady_rows * world / elapsed)
+                        estimate_due = False
             if job.record_ids_dir:
                 seen.append(np.asarray(batch["id"]))
         train_time = time.perf_counter() - t0
+        if estimate_due and steady_rows:  # a short first epoch: estimate from all of it
+            _announce_estimate(job, steady_rows * world / (time.perf_counter() - steady_t0))
 
         metrics = {
             "epoch": epoch + 1,
@@ -726,12 +826,14 @@ def run(
     Started again with the same name and output, it resumes from the last
     checkpoint (Ray Train restores its checkpoint manager from storage).
     """
+    from zray import baselines
     from zray.config import run_identity
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
 
     manifest = ensure_data(space)
+    table = baselines.ensure(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     hp = space.default_hyperparameters()
     identity = run_identity(space.model, hp, manifest.hash)
     name = name or f"{space.name}-train-{identity}"
@@ -740,7 +842,7 @@ def run(
     init_ray(dashboard_host=dashboard_host)
     datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
     trainer = make_trainer(
-        job_for(space, hp, manifest.hash, **skipped_fields(shards), **job_extra),
+        job_for(space, hp, manifest.hash, plan=plan_of(space, manifest), **skipped_fields(shards), **job_extra),
         datasets=datasets,
         storage_path=runs_dir,
         name=name,
@@ -772,6 +874,7 @@ def run(
         "hyperparameters": hp,
         "rows_skipped": shards.rows_skipped,
         "skipped": shards.skipped,
+        "baselines": table,
     }
 
 

@@ -117,6 +117,8 @@ class _TrialContext:
     manifest_hash: str
     trials_dir: str
     record_ids_dir: str | None = None
+    # For the time estimate printed by the search's first trial.
+    plan: dict | None = None
 
 
 def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
@@ -139,10 +141,12 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from zray import storage as st
     from zray.config import SearchSpace, run_identity
     from zray.data.pipeline import check_shards
     from zray.runtime import quiet_logs
     from zray.train import (
+        ESTIMATE_FILE,
         divergence,
         failure_reason,
         job_for,
@@ -156,10 +160,14 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     space = SearchSpace.model_validate(ctx.space_json)
     hp = _trial_hp(ctx, config)
     identity = run_identity(space.model, hp, ctx.manifest_hash)
-    name = trial_name(identity, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    name = trial_name(identity, trial_id)
     shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
     datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
-    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir, **skipped_fields(shards))
+    # The first trial to train tells how long the search will take.
+    first = not st.exists(st.join(ctx.trials_dir, ESTIMATE_FILE))
+    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
+                  plan=ctx.plan if first else {}, **skipped_fields(shards))
     trainer = make_trainer(
         job,
         datasets=datasets,
@@ -200,12 +208,14 @@ def run(
     """
     from ray import tune
 
+    from zray import baselines
     from zray import storage as st
     from zray.cluster import check_storage
     from zray.config import run_identity
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
+    from zray.train import plan_of
 
     name = name or space.name
     remote = st.is_uri(runs_dir)
@@ -233,6 +243,7 @@ def run(
             )
 
     manifest = ensure_data(space)
+    baselines.ensure(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     # Footer check of every shard before anything is written or started; each
     # trial checks again (and skips, with data.skip_corrupt) when it reads.
     check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
@@ -261,6 +272,7 @@ def run(
         manifest_hash=manifest.hash,
         trials_dir=st.join(experiment_path, TRIALS_DIR),
         record_ids_dir=record_ids_dir,
+        plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
     )
 
     def identity_of(trial) -> str:
@@ -479,6 +491,7 @@ def _best_checkpoint(state_files: list[Path], metric: str, sign: float) -> str |
 
 def summarize(experiment_dir: Path) -> dict[str, Any]:
     """Write ``results.csv`` and ``best.json``; return the summary."""
+    from zray import baselines
     from zray.config import SearchSpace
 
     experiment_dir = Path(experiment_dir)
@@ -522,6 +535,7 @@ def summarize(experiment_dir: Path) -> dict[str, Any]:
         "ranked": ranked,
         "best": best,
         "best_checkpoint": best["best_checkpoint"] if best else None,
+        "baselines": baselines.load(space.data.path),
     }
     _write_json(
         experiment_dir / BEST_FILE,
@@ -533,6 +547,7 @@ def summarize(experiment_dir: Path) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:
     """The table printed at the end of a search and by ``zray status``."""
+    from zray import baselines
     metric = summary["metric"]
     records = summary["trials"]
     counts: dict[str, int] = {}
@@ -562,6 +577,18 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
         lines.append("")
         lines.append(f"best {metric}: {_fmt(summary['best']['best'].get(metric))}  ({summary['best']['trial']})")
         lines.append(f"best checkpoint: {summary['best_checkpoint']}")
+    table = summary.get("baselines")
+    if table:
+        lines.append("")
+        lines.extend(baselines.format_table(table, "val"))
+        if ranked:
+            best_sigma = summary["best"]["best"].get("val_sigma_mad")
+            lines.append(f"best trial's sigma_mad: {baselines.compare(best_sigma, table, 'val')}")
+        constant = table["splits"].get("val", {}).get("constant", {}).get("sigma_mad")
+        useless = [r["trial"] for r in summary["ranked"]
+                   if constant is not None and r["best"].get("val_sigma_mad", 0.0) >= constant]
+        if useless:
+            lines.append(f"no better than the constant predictor: {', '.join(useless)}")
     failed = [r for r in records if r["status"] == "error"]
     for r in failed:
         lines.append(f"failed {r['trial']}: {r['error']}")

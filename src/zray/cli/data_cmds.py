@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from zray.errors import ZrayError
+from zray.paths import click_absolute
 
 
 def _split_summary(manifest) -> str:
@@ -29,12 +30,12 @@ def _percentiles(z) -> str:
 
 @click.command("simulate")
 @click.option("--n", "n", type=int, default=None, help="Number of galaxies (required unless --catalog).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Output dataset directory (created; must not hold a dataset unless --overwrite).")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size in pixels (0.396\"/pixel).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed: same seed, same dataset.")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: all CPU cores).")
-@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
               help="CSV/Parquet with id, z, dereddened mag_u..mag_z [, ebv]: render these galaxies.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 def simulate_cmd(n, out, size, seed, workers, catalog, overwrite):
@@ -71,10 +72,10 @@ def simulate_cmd(n, out, size, seed, workers, catalog, overwrite):
 
 
 @click.command("prepare")
-@click.argument("catalog", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--images", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.argument("catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute)
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Directory the catalogue's FITS paths are relative to.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Output dataset directory.")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size; larger cutouts are centre-cropped.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
@@ -102,7 +103,7 @@ def prepare_cmd(catalog, images, out, size, seed, overwrite):
 
 
 @click.command("inspect")
-@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("root", type=click.Path(path_type=Path), callback=click_absolute)
 @click.option("--max-problems", type=int, default=20, show_default=True, help="Problems to list at most.")
 def inspect_cmd(root, max_problems):
     """Summarise a dataset and check it: rows per split, image shape, z

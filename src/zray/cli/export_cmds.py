@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from zray.paths import click_absolute
+
 
 @click.command("export")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path), callback=click_absolute)
 @click.option("--top-k", "top_k", type=int, default=1, show_default=True,
               help="Export the K best trials as an ensemble averaging their PDFs.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--out", type=click.Path(path_type=Path), callback=click_absolute, required=True, help="Bundle folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 def export_cmd(run_dir, top_k, out, overwrite):
     """Export the best trial(s) of a search as a bundle for inference.
@@ -43,11 +45,11 @@ def export_cmd(run_dir, top_k, out, overwrite):
 
 
 @click.command("predict")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.argument("bundle", type=click.Path(path_type=Path), callback=click_absolute)
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path), callback=click_absolute)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Parquet file to write.")
-@click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, default=None,
               help="FITS folder, when INPUT is a catalogue (as for `zray prepare`).")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Only these splits of a shard folder (repeatable; default: all).")
@@ -83,9 +85,9 @@ def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers
 
 
 @click.command("evaluate")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.argument("bundle", type=click.Path(path_type=Path), callback=click_absolute)
+@click.argument("data", type=click.Path(path_type=Path), callback=click_absolute)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Report folder to write (metrics.json, PNGs, index.html).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Labelled split to score.")
@@ -111,6 +113,12 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
         f"(median {o['bias_median']:+.5f})  outliers {o['outlier_fraction']:.4f}  "
         f"CRPS {o['crps']:.5f}  PIT KS {o['pit_ks']:.3f}"
     )
+    for name, b in r["baselines"].items():
+        click.echo(
+            f"  reference {r['baseline_names'][name]:<30} sigma_MAD {b['sigma_mad']:.5f}  "
+            f"bias {b['bias']:+.5f}  outliers {b['outlier_fraction']:.4f}  "
+            f"(zray: {o['sigma_mad'] / max(b['sigma_mad'], 1e-12):.2f}x its sigma_MAD)"
+        )
     for note in r["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"report: {Path(r['out']) / 'index.html'}  ({r['seconds']:.1f} s)")

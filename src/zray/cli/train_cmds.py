@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from zray.cli.config_cmds import run_options, set_option, with_skip
+from zray.paths import click_absolute
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @set_option
-@click.option("--runs", "runs_dir", default="runs", show_default=True, help="Folder for run outputs.")
+@click.option("--runs", "runs_dir", default="runs", show_default=True, callback=click_absolute, help="Folder for run outputs.")
 @click.option("--name", default=None, help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
 @run_options
 def train(
@@ -27,7 +28,7 @@ def train(
     Example:
       zray train search_spaces/quickstart.yaml --set fixed.epochs=2
     """
-    from zray import config
+    from zray import baselines, config
     from zray import train as training
 
     space = config.load(file, with_skip(overrides, skip_corrupt))
@@ -44,6 +45,12 @@ def train(
         files = ", ".join(path for path, _, _ in summary["skipped"])
         click.echo(f"rows skipped  {summary['rows_skipped']} in {len(summary['skipped'])} corrupt shard(s): {files}")
     click.echo(f"checkpoint  {summary['checkpoint']}")
+    table = summary.get("baselines")
+    if table:
+        click.echo("")
+        for line in baselines.format_table(table, "val"):
+            click.echo(line)
+        click.echo(f"this run's val_sigma_mad: {baselines.compare(m.get('val_sigma_mad'), table, 'val')}")
 
 
 COMMANDS = [train]

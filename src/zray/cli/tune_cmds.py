@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from zray.cli.config_cmds import run_options, set_option, with_skip
+from zray.errors import ZrayError
+from zray.paths import click_absolute
 
 
 @click.command()
@@ -13,7 +15,7 @@ from zray.cli.config_cmds import run_options, set_option, with_skip
 @click.option("--resume", is_flag=True, help="Continue the interrupted experiment of the same name.")
 @click.option("--name", default=None, help="Experiment name (default: the file's `name`); outputs go to STORAGE/NAME.")
 @click.option(
-    "--storage", "--runs", "storage", default="runs", show_default=True,
+    "--storage", "--runs", "storage", default="runs", show_default=True, callback=click_absolute,
     help="Where experiments live: a folder (on a multi-node cluster one every node shares, e.g. NFS) "
     "or an object-store URI such as s3://bucket/zray.",
 )
@@ -62,10 +64,15 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboar
         return
     click.echo(search.format_summary(summary))
     click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
+    finished = [r for r in summary["trials"] if r["status"] in ("complete", "stopped")]
+    if not finished:
+        failed = [r for r in summary["trials"] if r["status"] == "error"]
+        reason = f"; the first failed with: {failed[0]['error']}" if failed else ""
+        raise ZrayError(f"no trial of {space.name} completed ({len(summary['trials'])} started){reason}")
 
 
 @click.command()
-@click.argument("experiment", type=click.Path(file_okay=False))
+@click.argument("experiment", type=click.Path(file_okay=False), callback=click_absolute)
 @click.option("--top", default=5, show_default=True, help="How many of the best trials to list.")
 def status(experiment: str, top: int) -> None:
     """Show the trials of a running or finished experiment, best first.

@@ -20,15 +20,16 @@ def inputs(spec):
     return image, ebv
 
 
-def pdf_head(features, ebv, spec, dense_units: int, n_dense: int, dropout: float):
-    """Flatten, join E(B-V), ``n_dense`` ReLU layers, then logits and softmax over the bins.
+def pdf_head(features, ebv, spec, dense_units: int, n_dense: int, dropout: float, extra=()):
+    """Flatten, join E(B-V) (and any ``extra`` feature vectors), ``n_dense`` ReLU
+    layers, then logits and softmax over the bins.
 
     E(B-V) joins after the convolutions, as in Pasquet et al. 2019: it is a
     property of the line of sight, not of any pixel.
     """
     layers = keras().layers
     x = layers.Flatten(name="flatten")(features)
-    x = layers.Concatenate(name="join_ebv")([x, ebv])
+    x = layers.Concatenate(name="join_ebv")([x, ebv, *extra])
     for i in range(1, n_dense + 1):
         x = layers.Dense(dense_units, activation="relu", name=f"fc{i}")(x)
         if dropout > 0:

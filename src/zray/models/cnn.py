@@ -21,18 +21,27 @@ from zray.models._registry import invalid, register
 def build(hp: dict, spec):
     """Build the baseline: ``blocks`` x (conv, conv, pool), filters doubling each block."""
     check_dense("cnn", hp)
-    for key in ("filters", "blocks"):
-        if hp[key] < 1:
-            raise invalid("cnn", key, "a positive integer", hp[key])
-    layers = keras().layers
+    check_conv("cnn", hp)
     image, ebv = inputs(spec)
-    x = image
-    for i in range(hp["blocks"]):
-        filters = hp["filters"] * 2**i
-        for j in (1, 2):
-            x = layers.Conv2D(
-                filters, 3, padding="same", activation="relu", name=f"block{i}_conv{j}"
-            )(x)
-        x = layers.AveragePooling2D(2, padding="same", name=f"block{i}_pool")(x)
+    x = conv_blocks(image, hp["filters"], hp["blocks"])
     pdf = pdf_head(x, ebv, spec, hp["dense_units"], n_dense=1, dropout=hp["dropout"])
     return keras().Model(inputs=[image, ebv], outputs=pdf, name="cnn")
+
+
+def check_conv(model: str, hp: dict) -> None:
+    """Range checks of the convolutional blocks' hyperparameters."""
+    for key in ("filters", "blocks"):
+        if hp[key] < 1:
+            raise invalid(model, key, "a positive integer", hp[key])
+
+
+def conv_blocks(x, filters: int, blocks: int):
+    """``blocks`` x (3x3 conv, 3x3 conv, 2x2 average pooling), filters doubling each block."""
+    layers = keras().layers
+    for i in range(blocks):
+        for j in (1, 2):
+            x = layers.Conv2D(
+                filters * 2**i, 3, padding="same", activation="relu", name=f"block{i}_conv{j}"
+            )(x)
+        x = layers.AveragePooling2D(2, padding="same", name=f"block{i}_pool")(x)
+    return x

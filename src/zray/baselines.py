@@ -1,0 +1,229 @@
+"""Two reference predictors that every zray figure is read against.
+
+A sigma_MAD means little on its own: 0.03 is excellent for some samples and
+useless for others. So zray always shows, on the same galaxies, what two
+predictors that need no network reach:
+
+- **constant**: every galaxy gets the training split's median redshift. A
+  model no better than this has learned nothing.
+- **kNN**: the mean redshift of the 10 nearest training galaxies in the space
+  of dereddened aperture colours (u-g, g-r, r-i, i-z) measured from the
+  cutouts themselves (:mod:`zray.photometry`). This is the
+  classic ten-line photometric redshift an astronomer would try first.
+
+Both are fitted on the ``train`` split only and scored on ``val`` and
+``test``. They are computed once per dataset and kept beside its manifest:
+``baselines.json`` (the figures) and ``baselines.parquet`` (each galaxy's two
+predictions, for scoring subsets such as the bins of ``zray evaluate``),
+both tied to the manifest's content hash so a changed dataset is recomputed.
+
+    >>> from zray import baselines
+    >>> table = baselines.ensure("data/quickstart")      # doctest: +SKIP
+    >>> table["splits"]["val"]["knn"]["sigma_mad"]       # doctest: +SKIP
+    0.0176
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray import metrics as m
+from zray.data.shards import BANDS, read_manifest
+from zray.errors import ZrayError
+from zray.photometry import APERTURE_ARCSEC, aperture_magnitudes, colours
+
+__all__ = [
+    "BASELINES_FILE",
+    "NAMES",
+    "ensure",
+    "load",
+    "point_metrics",
+    "predictions",
+    "compare",
+]
+
+BASELINES_FILE = "baselines.json"
+PREDICTIONS_FILE = "baselines.parquet"
+K_NEIGHBOURS = 10
+SCORED_SPLITS = ("val", "test")
+# Display names, in the order tables list them.
+NAMES = {"constant": "constant (training median z)", "knn": "kNN(10) on aperture colours"}
+
+
+def _split_photometry(manifest, split: str) -> dict[str, np.ndarray]:
+    """ids, z_spec and aperture magnitudes of a split, read shard by shard."""
+    import pyarrow.parquet as pq
+
+    ids, zs, mags = [], [], []
+    for path in manifest.files(split):
+        table = pq.read_table(path, columns=["id", "image", "z_spec", "ebv"])
+        images = np.concatenate([c.to_numpy_ndarray() for c in table.column("image").chunks]) \
+            if table.num_rows else np.zeros((0, *manifest.image_shape), np.float32)
+        ids.append(table.column("id").to_numpy())
+        zs.append(table.column("z_spec").to_numpy().astype(np.float64))
+        mags.append(aperture_magnitudes(images, table.column("ebv").to_numpy(), manifest.pixel_scale,
+                                        manifest.bands))
+    if not ids:
+        return {"id": np.zeros(0, np.int64), "z_spec": np.zeros(0), "mags": np.zeros((0, len(BANDS)))}
+    return {"id": np.concatenate(ids), "z_spec": np.concatenate(zs), "mags": np.concatenate(mags)}
+
+
+def _knn(train_x: np.ndarray, train_z: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    k = min(k, len(train_x))
+    _, idx = cKDTree(train_x).query(x, k=k)
+    idx = idx.reshape(len(x), k)
+    return train_z[idx].mean(axis=1)
+
+
+def point_metrics(z_phot, z_spec) -> dict[str, float]:
+    """The point-estimate figures shown for a baseline (and compared with a model's)."""
+    d = m.dz(z_phot, z_spec)
+    return {"n": int(len(d)), "sigma_mad": m.sigma_mad(d), "bias": m.bias_mean(d),
+            "outlier_fraction": m.outlier_fraction(d)}
+
+
+def _compute(manifest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if list(manifest.bands) != list(BANDS):
+        raise ZrayError(f"{manifest.root}: bands {','.join(manifest.bands)}; the baselines expect "
+                        f"{','.join(BANDS)}")
+    if manifest.rows["train"] < 2:
+        raise ZrayError(f"{manifest.root}: the train split has {manifest.rows['train']} rows; the "
+                        "baselines need at least 2 to fit")
+    train = _split_photometry(manifest, "train")
+    median_z = float(np.median(train["z_spec"]))
+    table: dict[str, Any] = {
+        "manifest_hash": manifest.hash,
+        "train_rows": int(len(train["z_spec"])),
+        "median_z": median_z,
+        "k": K_NEIGHBOURS,
+        "aperture_arcsec": APERTURE_ARCSEC,
+        "features": "dereddened aperture colours u-g, g-r, r-i, i-z",
+        "names": NAMES,
+        "splits": {},
+    }
+    rows: dict[str, list] = {"id": [], "split": [], "z_constant": [], "z_knn": []}
+    train_x = colours(train["mags"])
+    for split in SCORED_SPLITS:
+        if manifest.rows[split] == 0:
+            continue
+        part = _split_photometry(manifest, split)
+        z_const = np.full(len(part["id"]), median_z)
+        z_knn = _knn(train_x, train["z_spec"], colours(part["mags"]), K_NEIGHBOURS)
+        table["splits"][split] = {
+            "constant": point_metrics(z_const, part["z_spec"]),
+            "knn": point_metrics(z_knn, part["z_spec"]),
+        }
+        rows["id"].append(part["id"])
+        rows["split"].append(np.full(len(part["id"]), split))
+        rows["z_constant"].append(z_const)
+        rows["z_knn"].append(z_knn)
+    return table, {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+
+
+def load(root) -> dict[str, Any] | None:
+    """The dataset's stored baselines, or None when absent or computed for other data.
+
+    Reads only; never computes or writes (``zray status`` uses it).
+    """
+    path = Path(root) / BASELINES_FILE
+    try:
+        table = json.loads(path.read_text())
+        manifest = read_manifest(root)
+    except (OSError, ValueError, ZrayError):
+        return None
+    return table if table.get("manifest_hash") == manifest.hash else None
+
+
+def ensure(root, say=None) -> dict[str, Any]:
+    """The dataset's baselines: read from beside the manifest, or computed once and kept there.
+
+    A dataset folder that cannot be written (read-only data) still gets its
+    baselines, recomputed each time.
+    """
+    table = load(root)
+    if table is not None and (Path(root) / PREDICTIONS_FILE).is_file():
+        return table
+    manifest = read_manifest(root)
+    if say:
+        say(f"computing the reference predictors for {manifest.root} (once per dataset)")
+    table, rows = _compute(manifest)
+    try:
+        _write(Path(root), table, rows)
+    except OSError:
+        pass  # read-only dataset: use them without keeping them
+    return table
+
+
+def _write(root: Path, table: dict, rows: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    suffix = f".tmp-{os.getpid()}"
+    parquet_tmp = root / (PREDICTIONS_FILE + suffix)
+    json_tmp = root / (BASELINES_FILE + suffix)
+    try:
+        pq.write_table(pa.table({k: pa.array(v) for k, v in rows.items()}), parquet_tmp)
+        json_tmp.write_text(json.dumps(table, indent=1) + "\n")
+        parquet_tmp.replace(root / PREDICTIONS_FILE)
+        json_tmp.replace(root / BASELINES_FILE)  # last: it is what says "done"
+    finally:
+        parquet_tmp.unlink(missing_ok=True)
+        json_tmp.unlink(missing_ok=True)
+
+
+def predictions(root, ids: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Each baseline's prediction for the galaxies ``ids`` (in that order), or None if not all known."""
+    import pyarrow.parquet as pq
+
+    ensure(root)
+    try:
+        table = pq.read_table(Path(root) / PREDICTIONS_FILE)
+    except OSError:
+        return None
+    known = table.column("id").to_numpy()
+    order = np.argsort(known)
+    pos = np.clip(np.searchsorted(known[order], ids), 0, max(len(known) - 1, 0))
+    if len(known) == 0 or not np.all(known[order][pos] == ids):
+        return None
+    rows = order[pos]
+    return {name: table.column(f"z_{name}").to_numpy()[rows] for name in NAMES}
+
+
+def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = "val") -> str:
+    """One phrase placing a model's sigma_MAD against the baselines, e.g.
+    ``0.45x the constant predictor's, 1.2x the kNN's``; empty without baselines."""
+    if table is None or sigma_mad is None or split not in table.get("splits", {}):
+        return ""
+    ref = table["splits"][split]
+    parts = []
+    for name, label in (("constant", "constant predictor's"), ("knn", "kNN's")):
+        base = ref[name]["sigma_mad"]
+        if base > 0:
+            parts.append(f"{sigma_mad / base:.2f}x the {label}")
+    text = ", ".join(parts)
+    if sigma_mad >= ref["constant"]["sigma_mad"]:
+        text += " -- NO BETTER THAN THE CONSTANT PREDICTOR: the network learned nothing"
+    return text
+
+
+def format_table(table: dict[str, Any] | None, split: str = "val") -> list[str]:
+    """Lines listing both baselines on ``split``, for the summaries."""
+    if table is None or split not in table.get("splits", {}):
+        return []
+    ref = table["splits"][split]
+    n = ref["constant"]["n"]
+    lines = [f"reference predictors on the same {n} {'validation' if split == 'val' else split} galaxies:"]
+    for name, label in NAMES.items():
+        r = ref[name]
+        if name == "constant":
+            label = f"constant (training median z = {table['median_z']:.3f})"
+        lines.append(f"  {label:<38} sigma_mad {r['sigma_mad']:.4f}  bias {r['bias']:+.4f}  "
+                     f"outliers {r['outlier_fraction']:.3f}")
+    return lines

@@ -1,0 +1,128 @@
+"""README.md is executable: its commands, as a new user types them, in a fresh copy.
+
+The commands are read from README.md itself (never copied into this file), run
+from the root of a copy of the repository with relative paths, in the order a
+user follows them: the quickstart search, then the walk-through of every
+command in the Commands table on the quickstart's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+ZRAY = Path(sys.executable).with_name("zray")
+
+pytestmark = pytest.mark.slow
+
+
+def code_block(heading: str) -> str:
+    """The first ```bash block under the ``## heading`` section of README.md."""
+    text = README.read_text()
+    match = re.search(rf"^## {re.escape(heading)}.*?^```bash\n(.*?)^```", text, re.M | re.S)
+    assert match, f"README.md has no ```bash block under '## {heading}'"
+    return match.group(1)
+
+
+def commands(block: str) -> list[str]:
+    """The block's commands: continuation lines joined, comments and blanks dropped."""
+    joined = block.replace("\\\n", " ")
+    lines = [line.split(" #", 1)[0].strip() for line in joined.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def zray_argv(command: str) -> list[str]:
+    """The ``zray ...`` part of a shell command line (``a && b && .venv/bin/zray x``),
+    run with this test environment's ``zray``."""
+    for part in command.split("&&"):
+        argv = shlex.split(part)
+        if argv and Path(argv[0]).name == "zray":
+            return [str(ZRAY), *argv[1:]]
+    raise AssertionError(f"no zray command in README line: {command}")
+
+
+def table_commands() -> set[str]:
+    """The subcommands listed in README.md's Commands table."""
+    text = README.read_text()
+    section = text.split("\n## Commands", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `zray (\w+)", section, re.M))
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The repository's own files (what a clone holds) copied to ``dest``."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def run(argv: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """A fresh copy with the README's quickstart search run in it (about 3-4 minutes)."""
+    copy = fresh_copy(tmp_path_factory.mktemp("clone") / "zray")
+    line = commands(code_block("Quickstart"))
+    assert len(line) == 1, "the quickstart is one command"
+    done = run(zray_argv(line[0]), cwd=copy, timeout=900)
+    return copy, done
+
+
+def test_readme_quickstart_runs_in_a_fresh_copy_and_learns(quickstart):
+    copy, done = quickstart
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    # Relative paths of the search space landed under the copy, not elsewhere.
+    assert (copy / "data" / "quickstart" / "manifest.json").is_file()
+    best = json.loads((copy / "runs" / "quickstart" / "best.json").read_text())
+    assert best["trial"] and Path(best["checkpoint"]).is_dir()
+    assert Path(best["checkpoint"]).is_relative_to(copy)
+    # The summary shows the reference predictors, and the network beat the constant one clearly.
+    assert "reference predictors on the same" in done.stdout
+    table = json.loads((copy / "data" / "quickstart" / "baselines.json").read_text())
+    constant = table["splits"]["val"]["constant"]
+    assert best["metrics"]["val_sigma_mad"] < 0.8 * constant["sigma_mad"], done.stdout[-2000:]
+    assert best["metrics"]["val_outlier_fraction"] < constant["outlier_fraction"]
+    assert "NO BETTER THAN THE CONSTANT" not in done.stdout
+
+
+def test_readme_walkthrough_runs_every_command(quickstart):
+    copy, done = quickstart
+    assert done.returncode == 0, "the quickstart failed; see the test above"
+    lines = commands(code_block("Walk-through"))
+    used = {shlex.split(line)[1] for line in lines} | {"tune"}  # tune: the quickstart
+    missing = table_commands() - used - {"prepare"}  # prepare needs the user's FITS files
+    assert not missing, f"README walk-through does not show: {sorted(missing)}"
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "zray", line
+        result = run([str(ZRAY), *argv[1:]], cwd=copy, timeout=600)
+        assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
+    # What the walk-through says it writes is there, under the copy.
+    assert (copy / "best" / "bundle.json").is_file()
+    import pyarrow.parquet as pq
+
+    assert pq.read_metadata(copy / "pz.parquet").num_rows > 0
+    metrics = json.loads((copy / "report" / "metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"constant", "knn"}
+    assert (copy / "report" / "index.html").is_file()
+    assert (copy / "data" / "small" / "manifest.json").is_file()
+    assert any((copy / "runs").glob("quickstart-train-*/checkpoint_*"))
