@@ -98,6 +98,8 @@ BAD_CASES = [
     (("search.learning_rate.step", 0.1), "search.learning_rate.step: cannot be combined with log: true"),
     (("resources.cpus_per_worker", 0), "resources.cpus_per_worker: expected greater than 0, got 0"),
     (("data.z_max", -1.0), "data.z_max: must be > z_min (0), got -1"),
+    (("fixed.label_sigma", -0.01), "fixed.label_sigma: must be >= 0, got -0.01"),
+    (("search.label_sigma", {"type": "float", "low": -0.01, "high": 0.02}), "search.label_sigma.low: must be >= 0, got -0.01"),
 ]
 
 

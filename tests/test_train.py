@@ -116,3 +116,22 @@ def test_zray_train_again_on_same_output_resumes(crashed_run, ray_session):
     history = training.read_state(latest)["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[:2] == before  # carried over from the checkpoint, not retrained
+
+
+def test_time_estimate_names_totals_and_shorter_overrides():
+    from zray.train import TrainJob, estimate_line
+
+    job = TrainJob(model="inception", hyperparameters={"epochs": 30}, data_path="/d", image_size=64,
+                   z_min=0.0, z_max=0.4, n_bins=180, manifest_hash="h",
+                   plan={"trials": 20, "concurrent": 1, "train_rows": 8000, "val_rows": 1000,
+                         "simulated_n": 10000, "data_path": "/w/data/sim"})
+    line = estimate_line(job, images_per_s=40.0)
+    # 8000/40 + 1000/120 = 208 s an epoch; 30 epochs + 20 s start-up = 6,270 s a run; 20 runs = 34.8 h.
+    assert "40 img/s here, so an epoch takes about 3 min" in line
+    assert "one run of 30 epochs about 1.7 h" in line
+    assert "the search of 20 trials at most about 34.8 h" in line
+    assert "--set fixed.epochs=10 --set tune.num_samples=5" in line
+    assert "--set data.simulate.n=2000 --set data.path=/w/data/sim-small" in line
+    quick = TrainJob(**{**job.__dict__, "plan": {**job.plan, "trials": 1, "simulated_n": 0}})
+    short = estimate_line(quick, images_per_s=100000.0)
+    assert "Shorter" not in short and "search" not in short

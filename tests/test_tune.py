@@ -200,7 +200,11 @@ def test_failing_trial_is_recorded_and_search_completes(ray_session, sim_data, t
         search={"learning_rate": {"type": "categorical", "choices": [1.0e-3, 1.0e12]}},
         tune={"num_samples": 2, "seed": 0},
     )
-    summary = search.run(config.load(path), runs_dir=tmp_path / "runs")
+    result = CliRunner().invoke(main, ["tune", str(path), "--runs", str(tmp_path / "runs")])
+    # Some trials completed: the search succeeded, and lists the failure.
+    assert result.exit_code == 0, result.output
+    assert "failed trial-" in result.output and "diverged" in result.output
+    summary = search.summarize(tmp_path / "runs" / "diverge")
     statuses = sorted(r["status"] for r in summary["trials"])
     assert statuses == ["complete", "error"], summary["trials"]
     failed = next(r for r in summary["trials"] if r["status"] == "error")
@@ -224,3 +228,17 @@ def test_tune_without_data_names_the_folder(tmp_path):
     assert result.exit_code == 1
     assert f"{tmp_path / 'nowhere'}: no dataset there" in result.output
     assert not (tmp_path / "runs" / "nodata").exists()
+
+
+@pytest.mark.slow
+def test_tune_exits_non_zero_with_one_sentence_when_every_trial_fails(ray_session, sim_data, tmp_path):
+    path = write_space(
+        tmp_path, sim_data, name="allfail",
+        fixed={**BASE["fixed"], "epochs": 1, "learning_rate": 1.0e12},
+        tune={"num_samples": 1, "seed": 0},
+    )
+    result = CliRunner().invoke(main, ["tune", str(path), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("zray: error: no trial of allfail completed (1 started); the first failed with: ")
+    assert "diverged" in last and "Traceback" not in result.output
