@@ -93,7 +93,7 @@ CASES = {
     "space-not-a-mapping": (lambda t, d: ["validate", space(t, text="- a\n- b\n")], "expected a mapping of sections"),
     "space-missing-section": (lambda t, d: ["validate", space(t, text="name: x\nmodel: cnn\n")], "required section 'data' is missing"),
     "space-unknown-key": (lambda t, d: ["validate", space(t, tune={"num_sample": 3})], "tune.num_sample: unknown key; did you mean 'num_samples'?"),
-    "space-unknown-model": (lambda t, d: ["validate", space(t, model="resnet")], "model: unknown model 'resnet'; known models: cnn, inception"),
+    "space-unknown-model": (lambda t, d: ["validate", space(t, model="resnet")], "model: unknown model 'resnet'; known models: cnn, cnn_phot, inception"),
     "space-low-above-high": (
         lambda t, d: ["validate", space(t, search={"learning_rate": {"type": "float", "low": 1e-2, "high": 1e-4}})],
         "search.learning_rate.low: `low <= high` must hold, got low=0.01, high=0.0001"),

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 import zray
 from zray import config
+from zray.calibration import temper
 from zray import tune as search
 from zray.cli import main
 from zray.data import load_arrays, preprocess_batch, read_manifest
@@ -192,7 +193,33 @@ def test_ensemble_pdf_is_the_mean_of_its_members(exported, sim_data):
     ebv = test["ebv"].reshape(-1, 1)
     members = [load_model(exported["ens"] / "members" / m)[0].predict([x, ebv], verbose=0) for m in ("m0", "m1")]
     assert not np.allclose(members[0], members[1], atol=1e-4), "members should differ"
-    np.testing.assert_allclose(ensemble, (members[0] + members[1]) / 2, atol=1e-6)
+    temperature = json.loads((exported["ens"] / BUNDLE_FILE).read_text())["calibration"]["temperature"]
+    np.testing.assert_allclose(ensemble, temper((members[0] + members[1]) / 2, temperature), atol=1e-6)
+
+
+def test_calibration_temperature_round_trips_through_the_bundle(exported, sim_data, tmp_path):
+    result = _run("export", exported["experiment"], "--top-k", 2, "--out", tmp_path / "raw", "--no-calibrate")
+    assert result.exit_code == 0, result.output
+    raw_info = json.loads((tmp_path / "raw" / BUNDLE_FILE).read_text())
+    assert "calibration" not in raw_info
+    info = json.loads((exported["ens"] / BUNDLE_FILE).read_text())
+    cal = info["calibration"]
+    val = load_arrays(sim_data, "val")
+    assert cal["n"] == len(val["id"]) and cal["fitted_on"].startswith("val split of")
+    assert cal["temperature"] != 1.0 and cal["nll_after"] <= cal["nll_before"]
+    # What the bundle predicts is the uncalibrated ensemble, tempered by the recorded temperature.
+    test = load_arrays(sim_data, "test")
+    raw = zray.load(tmp_path / "raw").predict(test["image"], test["ebv"])
+    calibrated = zray.load(exported["ens"]).predict(test["image"], test["ebv"])
+    np.testing.assert_allclose(calibrated, temper(raw, cal["temperature"]), atol=1e-6)
+    # Refitting on the same validation galaxies gives the recorded value.
+    from zray.calibration import fit_temperature
+    from zray.metrics import pit, pit_ks
+
+    raw_val = zray.load(tmp_path / "raw").predict(val["image"], val["ebv"]).astype(np.float64)
+    bins = zray.load(exported["ens"]).bins
+    assert fit_temperature(raw_val, bins, val["z_spec"]) == pytest.approx(cal["temperature"], rel=1e-3)
+    assert pit_ks(pit(temper(raw_val, cal["temperature"]), bins, val["z_spec"])) == pytest.approx(cal["pit_ks_after"])
 
 
 def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):

@@ -34,7 +34,7 @@ import numpy as np
 
 from zray import metrics as m
 from zray.data.shards import BANDS, read_manifest
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 from zray.photometry import APERTURE_ARCSEC, aperture_magnitudes, colours
 
 __all__ = [
@@ -57,11 +57,16 @@ NAMES = {"constant": "constant (training median z)", "knn": "kNN(10) on aperture
 
 def _split_photometry(manifest, split: str) -> dict[str, np.ndarray]:
     """ids, z_spec and aperture magnitudes of a split, read shard by shard."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     ids, zs, mags = [], [], []
     for path in manifest.files(split):
-        table = pq.read_table(path, columns=["id", "image", "z_spec", "ebv"])
+        try:
+            table = pq.read_table(path, columns=["id", "image", "z_spec", "ebv"])
+        except (OSError, pa.ArrowException) as exc:
+            raise ZrayError(f"{path}: unreadable shard ({first_line(exc, 160)}); expected a readable "
+                            "zray shard to fit the reference predictors") from None
         images = np.concatenate([c.to_numpy_ndarray() for c in table.column("image").chunks]) \
             if table.num_rows else np.zeros((0, *manifest.image_shape), np.float32)
         ids.append(table.column("id").to_numpy())
@@ -125,6 +130,16 @@ def _compute(manifest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         rows["z_constant"].append(z_const)
         rows["z_knn"].append(z_knn)
     return table, {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+
+
+def ensure_or_none(root, say) -> dict[str, Any] | None:
+    """:func:`ensure`, or None with one line through ``say`` when the data cannot give them
+    (a corrupt shard that a run skips, an empty train split): a run goes on without them."""
+    try:
+        return ensure(root, say=say)
+    except ZrayError as exc:
+        say(f"reference predictors not shown: {exc}")
+        return None
 
 
 def load(root) -> dict[str, Any] | None:

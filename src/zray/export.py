@@ -151,6 +151,8 @@ class Bundle:
                     "expected every member to match the bundle"
                 )
             self.models.append(model)
+        # Fitted at export (zray.calibration); 1.0 leaves the PDFs as the members give them.
+        self.temperature = float(self.info.data.get("calibration", {}).get("temperature", 1.0))
 
     @property
     def bins(self) -> RedshiftBins:
@@ -190,7 +192,10 @@ class Bundle:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def predict_scaled(self, x, ebv) -> np.ndarray:
-        """PDFs ``(N, n_bins)`` for preprocessed images; the members' mean for an ensemble."""
+        """PDFs ``(N, n_bins)`` for preprocessed images: the members' mean for an
+        ensemble, tempered by the bundle's calibration temperature."""
+        from zray.calibration import temper
+
         ebv = np.asarray(ebv, dtype=np.float32).reshape(-1, 1)
         if len(ebv) != len(x):
             raise ZrayError(f"ebv has {len(ebv)} values for {len(x)} images; expected one per image")
@@ -198,7 +203,10 @@ class Bundle:
         for model in self.models:
             p = np.asarray(model.predict_on_batch([x, ebv]), dtype=np.float64)
             pdf = p if pdf is None else pdf + p
-        return (pdf / len(self.models)).astype(np.float32)
+        pdf /= len(self.models)
+        if self.temperature != 1.0:
+            pdf = temper(pdf, self.temperature)
+        return pdf.astype(np.float32)
 
     def predict(self, images, ebv, batch_size: int = 256) -> np.ndarray:
         """PDFs ``(N, n_bins)`` (float32) for raw cutouts; see the class docstring."""
@@ -304,11 +312,46 @@ def _bands_of(data_path: str) -> tuple[tuple[str, ...], str]:
         return tuple(BANDS), "zray default (training data manifest not found)"
 
 
-def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False) -> dict[str, Any]:
+# Validation rows used to fit the temperature, at most (the fit is one number).
+CALIBRATION_ROWS = 20_000
+
+
+def _calibrate(bundle_dir: Path, info: dict) -> dict[str, Any]:
+    """Fit the PDF temperature of the bundle at ``bundle_dir`` on its training data's val split."""
+    from zray import calibration
+    from zray.data import load_arrays
+    from zray.data.shards import read_manifest
+
+    data = info["data"]
+    try:
+        manifest = read_manifest(data["path"])
+    except ZrayError as exc:
+        return {"temperature": 1.0, "note": f"not calibrated: {exc}"}
+    if manifest.hash != data["manifest_hash"]:
+        return {"temperature": 1.0, "note": f"not calibrated: {data['path']} changed since training"}
+    if manifest.rows["val"] < 10:
+        return {"temperature": 1.0, "note": f"not calibrated: {data['path']} has too few val rows"}
+    val = load_arrays(data["path"], "val")
+    rows = slice(0, CALIBRATION_ROWS)
+    pdf = Bundle(bundle_dir).predict(val["image"][rows], val["ebv"][rows]).astype(np.float64)
+    z = val["z_spec"][rows].astype(np.float64)
+    bins = RedshiftBins(**info["bins"])
+    fitted = calibration.report(pdf, bins, z, calibration.fit_temperature(pdf, bins, z))
+    return {**fitted, "fitted_on": f"val split of {data['path']}"}
+
+
+def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: bool = True) -> dict[str, Any]:
     """Export the ``top_k`` best checkpoints of ``run_dir`` as a bundle at ``out``.
 
-    The bundle is written under a temporary name beside ``out`` and renamed
-    when complete. Returns ``bundle.json``'s contents plus ``path``.
+    With ``calibrate``, one PDF temperature is fitted on the validation split
+    of the training data (:mod:`zray.calibration`) and recorded in
+    ``bundle.json``; every prediction from the bundle applies it. The bundle
+    is written under a temporary name beside ``out`` and renamed when
+    complete. Returns ``bundle.json``'s contents plus ``path``.
+
+    >>> info = export("runs/quickstart", "best", top_k=2)   # doctest: +SKIP
+    >>> info["calibration"]["temperature"]                  # doctest: +SKIP
+    0.83
     """
     from zray.models import ModelSpec, save_model
     from zray.train import TrainJob, _model_hp, load_checkpoint_model
@@ -368,6 +411,9 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False) -> dict[str
             "versions": _versions(),
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if calibrate:
+            info["calibration"] = _calibrate(tmp, info)
+            (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -29,18 +29,42 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
         os.environ.setdefault(key, value)
     quiet_logs()
     if ray.is_initialized():
+        pin_address()
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
-        return
-    ray.init(
-        address="local",  # never join some other `ray start` cluster on this machine by accident
-        include_dashboard=True,
-        dashboard_host=dashboard_host,
-        runtime_env={"env_vars": WORKER_ENV},
-        log_to_driver=True,
-    )
+    else:
+        ray.init(
+            address="local",  # never join some other `ray start` cluster on this machine by accident
+            include_dashboard=True,
+            dashboard_host=dashboard_host,
+            runtime_env={"env_vars": WORKER_ENV},
+            log_to_driver=True,
+        )
+    pin_address()
+
+
+def pin_address() -> None:
+    """Make the processes Ray Train starts from here find this Ray, not another one.
+
+    Ray Train removes a finished run's worker reservation (placement group)
+    from a helper actor that looks its cluster up by ``RAY_ADDRESS``, or,
+    without it, by scanning the machine; with two Rays on one machine (a
+    search and a `zray predict`, a notebook, a test session) the scan fails,
+    the reservation is never released and the next trial waits for CPUs
+    forever. Call in every process that starts a Ray Train run (the `zray
+    train` driver, each Tune trial), once connected.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    try:  # Ray Train passes the variables it lists on to its controller and helpers
+        from ray.train.v2._internal import constants
+
+        constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    except (ImportError, AttributeError):
+        pass
 
 
 def quiet_logs() -> None:

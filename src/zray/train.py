@@ -833,12 +833,12 @@ def run(
     from zray.runtime import init_ray
 
     manifest = ensure_data(space)
-    table = baselines.ensure(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     hp = space.default_hyperparameters()
     identity = run_identity(space.model, hp, manifest.hash)
     name = name or f"{space.name}-train-{identity}"
     # Footer check of every shard before Ray starts: a broken file is named at once.
     shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    table = baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     init_ray(dashboard_host=dashboard_host)
     datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
     trainer = make_trainer(

@@ -144,7 +144,7 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     from zray import storage as st
     from zray.config import SearchSpace, run_identity
     from zray.data.pipeline import check_shards
-    from zray.runtime import quiet_logs
+    from zray.runtime import pin_address, quiet_logs
     from zray.train import (
         ESTIMATE_FILE,
         divergence,
@@ -156,6 +156,7 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     )
 
     quiet_logs()
+    pin_address()
 
     space = SearchSpace.model_validate(ctx.space_json)
     hp = _trial_hp(ctx, config)
@@ -243,10 +244,10 @@ def run(
             )
 
     manifest = ensure_data(space)
-    baselines.ensure(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     # Footer check of every shard before anything is written or started; each
     # trial checks again (and skips, with data.skip_corrupt) when it reads.
     check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     if started and not state_exists:
         # Stopped before Tune saved its state the first time: nothing of the
         # search can be restored, so it starts again, without the leftovers.

@@ -15,7 +15,9 @@ from zray.paths import click_absolute
               help="Export the K best trials as an ensemble averaging their PDFs.")
 @click.option("--out", type=click.Path(path_type=Path), callback=click_absolute, required=True, help="Bundle folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
-def export_cmd(run_dir, top_k, out, overwrite):
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Fit one PDF temperature on the training data's validation split (PIT closer to uniform).")
+def export_cmd(run_dir, top_k, out, overwrite, calibrate):
     """Export the best trial(s) of a search as a bundle for inference.
 
     RUN_DIR is an experiment folder of `zray tune` (runs/NAME; trials ranked
@@ -31,12 +33,20 @@ def export_cmd(run_dir, top_k, out, overwrite):
     """
     from zray.export import export
 
-    info = export(run_dir, out, top_k=top_k, overwrite=overwrite)
+    info = export(run_dir, out, top_k=top_k, overwrite=overwrite, calibrate=calibrate)
     click.echo(f"exported {len(info['members'])} model(s) from {run_dir} ({info['source']['kind']}) to {out}")
     for member in info["members"]:
         val = member["validation"]
         figures = "  ".join(f"{k} {v:.5f}" for k, v in val.items() if k != "epoch" and isinstance(v, float))
         click.echo(f"  {member['path']}: {member['model']} {member['trial'] or ''} epoch {member['epoch']}  {figures}")
+    cal = info.get("calibration")
+    if cal and "note" in cal:
+        click.echo(f"PDF temperature 1 ({cal['note']})")
+    elif cal:
+        click.echo(
+            f"PDF temperature {cal['temperature']:.3f} fitted on {cal['n']} validation galaxies: "
+            f"PIT KS {cal['pit_ks_before']:.3f} -> {cal['pit_ks_after']:.3f}"
+        )
     b = info["bins"]
     click.echo(
         f"bins {b['n_bins']} over {b['z_min']} <= z < {b['z_max']}; image {info['image_size']}x{info['image_size']}, "
