@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 import zray
 from zray import config
-from zray.calibration import temper
 from zray import tune as search
+from zray.calibration import temper
 from zray.cli import main
 from zray.data import load_arrays, preprocess_batch, read_manifest
 from zray.errors import ZrayError
