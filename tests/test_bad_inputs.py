@@ -1,7 +1,7 @@
 """A catalogue of bad inputs, one per case, across every command.
 
 Each case builds its bad input in a fresh folder, runs the command in-process
-(click's CliRunner) and checks the contract of DESIGN.md section 2: a non-zero
+(click's CliRunner) and checks the contract every command keeps: a non-zero
 exit, one sentence naming the file/field/value and what was expected, no
 traceback, and nothing new written (no output, no temporary siblings). None of
 these starts Ray: every input is refused before it would be.

@@ -42,7 +42,7 @@ def test_population_is_sdss_like(sim_data):
 
 
 def test_red_galaxy_colours_follow_the_template():
-    """DESIGN.md: red galaxies' g-r rises from about 0.8 at z~0.02 to about 1.4 at z~0.2."""
+    """The simulator's sanity check: red galaxies' g-r rises from about 0.8 at z~0.02 to about 1.4 at z~0.2."""
     terms = colour_grid().colour_terms(np.array([0.02, 0.2]), np.zeros(2))
     g_r = terms[:, 1] - terms[:, 2]
     assert 0.7 < g_r[0] < 0.95 and 1.25 < g_r[1] < 1.5

@@ -214,6 +214,18 @@ def test_failing_trial_is_recorded_and_search_completes(ray_session, sim_data, t
     assert summary["best_checkpoint"]
     rows = _results(tmp_path / "runs" / "diverge")
     assert {r["status"] for r in rows} == {"complete", "error"}
+    # The Optuna study tells the same story, read with Optuna's own API.
+    study = optuna.load_study(study_name="diverge", storage=f"sqlite:///{tmp_path / 'runs' / 'diverge' / 'optuna.db'}")
+    states = {t.params["learning_rate"]: t for t in study.trials}
+    assert states[1e12].state == optuna.trial.TrialState.FAIL
+    good = states[1e-3]
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    best_row = next(r for r in rows if r["status"] == "complete")
+    assert good.value == pytest.approx(float(best_row["best_val_sigma_mad"]))
+    assert sorted(good.intermediate_values) == [1, 2]  # every epoch, at step = epoch
+    assert good.user_attrs["zray_trial"] == best_row["trial"]
+    assert good.user_attrs["zray_best_checkpoint"] == best_row["best_checkpoint"]
+    assert study.best_trial.number == good.number
 
 
 def test_status_of_a_folder_that_is_not_an_experiment(tmp_path):
@@ -239,6 +251,6 @@ def test_tune_exits_non_zero_with_one_sentence_when_every_trial_fails(ray_sessio
     )
     result = CliRunner().invoke(main, ["tune", str(path), "--runs", str(tmp_path / "runs")])
     assert result.exit_code == 1, result.output
-    last = result.output.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("zray: error: no trial of allfail completed (1 started); the first failed with: ")
     assert "diverged" in last and "Traceback" not in result.output

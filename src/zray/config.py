@@ -1,6 +1,6 @@
 """The search-space YAML: its schema, ``--set`` overrides and the run identity.
 
-One YAML per model type describes a whole experiment (DESIGN.md section 7)::
+One YAML per model type describes a whole experiment (docs/architecture.md, section 2)::
 
     name: inception-sdss
     model: inception

@@ -1,6 +1,6 @@
 """``zray evaluate``: score a bundle on a labelled split and write a report folder.
 
-The report holds ``metrics.json`` (DESIGN.md section 8's metrics overall,
+The report holds ``metrics.json`` (the metrics of docs/architecture.md section 6, overall,
 by spectroscopic redshift and by r magnitude), ``predictions.parquet`` (what
 ``zray predict`` would write for the split), the PNG figures and an offline
 ``index.html``. Predictions come from :mod:`zray.predict`'s streaming path,

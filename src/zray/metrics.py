@@ -1,4 +1,4 @@
-"""Photo-z metrics, defined once (DESIGN.md section 8); numpy only, no TensorFlow.
+"""Photo-z metrics, defined once (docs/architecture.md, section 6); numpy only, no TensorFlow.
 
 Training (every epoch), tuning, evaluate and the benchmarks all call these,
 so a figure means the same thing everywhere.

@@ -69,15 +69,60 @@ def iter_predictions(
     workers: int = 1,
     cpus_per_worker: float = 1.0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield result batches (numpy dicts) for the rows of ``splits``, in input order."""
+    """Yield result batches (numpy dicts) for the rows of ``splits``, in input order.
+
+    Up to :data:`IN_PROCESS_ROWS` rows (and one worker, no Ray already
+    running) are predicted in this process: starting Ray and its actors costs
+    more than predicting a few thousand galaxies. Larger inputs stream through
+    Ray Data actors with bounded memory.
+    """
+    files = [str(f) for s in splits for f in manifest.files(s)]
+    if not files:
+        raise ZrayError(f"{manifest.root}: split(s) {', '.join(splits)} hold no rows; expected data to predict on")
+    rows = sum(manifest.rows[s] for s in splits)
+    if workers == 1 and rows <= IN_PROCESS_ROWS and not _ray_running():
+        yield from _predict_in_process(bundle_path, files, batch_size, with_pdf, passthrough)
+        return
+    yield from _predict_with_ray(bundle_path, manifest, files, batch_size=batch_size, with_pdf=with_pdf,
+                                 passthrough=passthrough, workers=workers, cpus_per_worker=cpus_per_worker)
+
+
+# Inputs up to this many rows are predicted without Ray (see iter_predictions).
+IN_PROCESS_ROWS = 20_000
+
+
+def _ray_running() -> bool:
+    """A Ray this process is connected to, or one RAY_ADDRESS names: use it."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
+
+
+def _predict_in_process(bundle_path, files, batch_size, with_pdf, passthrough) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    predictor = Predictor(str(Path(bundle_path).resolve()), with_pdf, tuple(passthrough))
+    columns = ["id", "image", "ebv", *passthrough]
+    for path in files:
+        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+            batch = {}
+            for name in columns:
+                column = record_batch.column(name)
+                batch[name] = column.to_numpy_ndarray() if name == "image" else column.to_numpy()
+            yield predictor(batch)
+
+
+def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, passthrough, workers,
+                      cpus_per_worker) -> Iterator[dict]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from zray.runtime import init_ray
 
-    files = [str(f) for s in splits for f in manifest.files(s)]
-    if not files:
-        raise ZrayError(f"{manifest.root}: split(s) {', '.join(splits)} hold no rows; expected data to predict on")
     init_ray()
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.target_max_block_size

@@ -19,7 +19,7 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
 
     A local Ray keeps its dashboard on (without it a finished trial's worker
-    reservation was seen never to be released, DESIGN.md section 6), bound to
+    reservation was seen never to be released, docs/architecture.md section 2), bound to
     127.0.0.1 unless asked otherwise. A Ray already initialised in this process
     (a test session, a notebook) is used as it is.
     """
@@ -28,8 +28,7 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
     for key, value in {**WORKER_ENV, **TRAIN_ENV}.items():
         os.environ.setdefault(key, value)
     quiet_logs()
-    if ray.is_initialized():
-        pin_address()
+    if ray.is_initialized():  # the caller's Ray (a notebook, a test session): leave its setup alone
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -2,8 +2,8 @@
 
 The driver (``zray train``, or one Tune trial) reads the data's splits with
 Ray Data, scales the pixels once, keeps the result in Ray's object store when
-it fits (re-reading and decoding Parquet every epoch costs 5-10x, DESIGN.md
-section 6) and streams it otherwise. Ray Train splits the training split
+it fits (re-reading and decoding Parquet every epoch costs 5-10x,
+docs/architecture.md section 2) and streams it otherwise. Ray Train splits the training split
 between the workers with ``streaming_split(equal=True)``: every epoch each
 worker sees its own disjoint part, all parts have the same number of rows, so
 every worker runs the same number of steps and the gradient all-reduce never
@@ -134,7 +134,7 @@ def _announce_estimate(job: TrainJob, images_per_s: float) -> None:
 
     line = estimate_line(job, images_per_s)
     print(line, flush=True)
-    if job.run_dir:
+    if job.run_dir and int(job.plan.get("trials", 1)) > 1:
         parent = job.run_dir.rstrip("/").rsplit("/", 1)[0]
         st.write_text(st.join(parent, ESTIMATE_FILE), line + "\n")
 

@@ -83,8 +83,9 @@ def make_scheduler(space):
     return None
 
 
-def make_searcher(space, experiment_dir: Path):
-    """OptunaSearch over the space, seeded, with its study in ``optuna.db``."""
+def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
+    """OptunaSearch over the space, seeded, with its study in ``optuna.db``: a faithful
+    record of the search (see :mod:`zray._optuna_search`)."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -104,6 +105,8 @@ def make_searcher(space, experiment_dir: Path):
         sampler=sampler,
         study_name=space.name,
         storage=storage,
+        epochs=int(space.default_hyperparameters()["epochs"]),
+        experiment_dir=str(experiment_dir) if trials_local else None,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
 
@@ -298,7 +301,7 @@ def run(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, experiment_dir),
+                search_alg=make_searcher(space, experiment_dir, trials_local=not remote),
                 scheduler=make_scheduler(space),
                 num_samples=space.tune.num_samples,
                 time_budget_s=space.tune.time_budget_s,

@@ -4,7 +4,7 @@ Everything here is vectorised numpy driven by one generator seeded in the
 driver, so the catalogue (and therefore every image) depends only on the seed,
 never on how many processes later render it.
 
-Facts used (DESIGN.md section 4):
+Facts used (docs/architecture.md, section 8):
 - Luminosity function: Blanton et al. (2003) r-band Schechter, M* - 5 log h =
   -20.44, alpha = -1.05, with luminosity evolution Q = 1.6 mag per unit z.
 - Selection: 14.5 < r < 17.77 after extinction correction, z < 0.4, in a

@@ -1,7 +1,7 @@
 """The one place that imports Keras, so every model speaks legacy Keras 2.
 
 Ray's TensorFlow workers set ``TF_USE_LEGACY_KERAS=1`` because Keras 3 breaks
-``model.fit`` under ``MultiWorkerMirroredStrategy`` (DESIGN.md section 6).
+``model.fit`` under ``MultiWorkerMirroredStrategy`` (docs/architecture.md, section 2).
 Building, saving and loading with the same flavour everywhere (workers,
 export, predict) keeps one weights format throughout.
 """

@@ -1,6 +1,6 @@
 """Pasquet et al. 2019 (A&A 621, A26) Inception network, translated exactly.
 
-The facts (DESIGN.md section 5) come from the authors' public code; an
+The facts (docs/architecture.md, section 4) come from the authors' public code; an
 earlier translation got them wrong, so tests check the parameter count
 (27,596,372 at 64x64x5 with 180 bins) and the structure layer by layer.
 Layer names say where each layer sits: ``i2_b_5x5`` is block I2's branch (b)
