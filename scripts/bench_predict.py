@@ -74,7 +74,8 @@ def main() -> None:
         # Streaming path (what `zray predict` runs), end to end, twice: the
         # second run has Ray's worker processes warm.
         first = predict(tmp / "bundle", tmp / "data", tmp / "pz.parquet", batch_size=args.batch_size, progress=False)
-        stream = predict(tmp / "bundle", tmp / "data", tmp / "pz.parquet", batch_size=args.batch_size, progress=False)
+        stream = predict(tmp / "bundle", tmp / "data", tmp / "pz.parquet", batch_size=args.batch_size,
+                         progress=False, overwrite=True)
         n = stream["rows"]
 
         # In memory: the model's own predict on the same preprocessed arrays.

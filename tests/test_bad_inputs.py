@@ -86,7 +86,23 @@ def bundle(tmp: Path, content: str | None) -> Path:
 # --- the catalogue: id -> (setup(tmp, sim_data) -> argv, words of the error sentence) -----
 # (a tuple: the sentence's words, then words expected elsewhere in the output)
 
+DUPLICATED_KEY = """name: dup
+model: cnn
+data: {path: data}
+search:
+  learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+fixed: {epochs: 2}
+search:
+  filters: {type: int, low: 8, high: 16}
+"""
+
 CASES = {
+    "space-duplicated-key": (lambda t, d: ["validate", space(t, text=DUPLICATED_KEY)],
+                             "line 7, column 1: invalid YAML (key 'search' appears twice (lines 4 and 7); expected each key once)"),
+    "space-one-bin": (lambda t, d: ["validate", space(t, data={"path": "x", "n_bins": 1})],
+                      "data.n_bins: expected greater than or equal to 2, got 1"),
+    "simulate-zero-workers": (lambda t, d: ["simulate", "--n", "5", "--out", str(t / "sim"), "--workers", "0"],
+                              "Invalid value for '--workers': 0 is not in the range x>=1"),
     # search spaces (zray validate / train / tune)
     "space-missing-file": (lambda t, d: ["validate", str(t / "nope.yaml")], "nope.yaml: no such file; expected a search-space YAML"),
     "space-invalid-yaml": (lambda t, d: ["validate", space(t, text="name: [unclosed\n")], "invalid YAML"),

@@ -337,6 +337,11 @@ def _break(kind: str, bundle: Path, tmp_path: Path) -> Path:
         (copy / BUNDLE_FILE).write_text("{not json")
     elif kind == "weights":
         (copy / "members" / "m0" / "weights.weights.h5").unlink()
+    elif kind == "corrupt-weights":
+        weights = copy / "members" / "m0" / "weights.weights.h5"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte: the file still opens
+        weights.write_bytes(bytes(data))
     return copy
 
 
@@ -347,6 +352,8 @@ BROKEN = {
     "missing": r"bundle.json: not found; expected a bundle written by `zray export`",
     "garbage": r"bundle.json: unreadable \(.*\); expected JSON written by `zray export`",
     "weights": r"m0/weights.weights.h5: not found; expected every member listed in .*bundle.json to be complete",
+    # Found in the driver, before any Ray actor loads the model.
+    "corrupt-weights": r"m0/weights.weights.h5: checksum differs from model.json; the file is corrupt or was replaced",
 }
 
 
@@ -363,7 +370,7 @@ def test_mismatched_or_broken_bundle_is_refused(exported, sim_data, tmp_path, ki
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("kind", ["format", "missing", "garbage", "weights"])
+@pytest.mark.parametrize("kind", ["format", "missing", "garbage", "weights", "corrupt-weights"])
 def test_python_api_refuses_a_broken_bundle(exported, tmp_path, kind):
     bundle = _break(kind, exported["best"], tmp_path)
     with pytest.raises(ZrayError, match=BROKEN[kind]):
@@ -377,3 +384,16 @@ def test_python_api_refuses_images_that_do_not_fit(exported):
     with pytest.raises(ZrayError, match=r"expected \(N, 5, H, W\) raw cutouts in band order u,g,r,i,z"):
         bundle.predict(np.zeros((2, 32, 32, 5), np.float32), np.zeros(2))
     assert read_bundle(exported["best"]).image_size == 32
+
+
+def test_predict_refuses_to_replace_an_existing_output(exported, sim_data, tmp_path):
+    out = tmp_path / "pz.parquet"
+    shutil.copy(exported["tmp"] / "pz.parquet", out)
+    before = out.read_bytes()
+    result = _run("predict", exported["best"], sim_data, "--split", "val", "--out", out)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"zray: error: {out}: already exists; use --overwrite to replace it, or another --out"
+    assert out.read_bytes() == before  # an earlier, larger predictions file is not silently lost
+    result = _run("predict", exported["best"], sim_data, "--split", "val", "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert pq.read_metadata(out).num_rows == read_manifest(sim_data).rows["val"]

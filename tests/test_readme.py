@@ -102,6 +102,31 @@ def test_readme_quickstart_runs_in_a_fresh_copy_and_learns(quickstart):
     assert best["metrics"]["val_sigma_mad"] < 0.8 * constant["sigma_mad"], done.stdout[-2000:]
     assert best["metrics"]["val_outlier_fraction"] < constant["outlier_fraction"]
     assert "NO BETTER THAN THE CONSTANT" not in done.stdout
+    # A quiet terminal: zray's lines, not the chatter of the processes Ray starts.
+    for noise in ("cuInit", "RayDeprecationWarning", "Progress bars disabled", "driver_artifacts",
+                  "╭", "I0000", "oneDNN", "A new study created", "(pid="):
+        assert noise not in output, f"{noise!r} in the quickstart's output"
+    assert output.count("zray: trial ") == 3  # one line per finished trial
+    assert "zray: estimate: " in done.stdout
+
+
+def test_tensorboard_events_hold_one_point_per_epoch_per_trial(quickstart):
+    copy, done = quickstart
+    assert done.returncode == 0, "the quickstart failed; see the test above"
+    import tensorflow as tf
+
+    experiment = copy / "runs" / "quickstart"
+    trials = sorted(experiment.glob("trial-*"))
+    assert len(trials) == 3
+    for trial in trials:
+        epochs = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines()]
+        steps: dict[str, list[int]] = {}
+        for event_file in trial.glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+                for value in event.summary.value:
+                    steps.setdefault(value.tag.rsplit("/", 1)[-1], []).append(event.step)
+        for tag in ("val_sigma_mad", "loss", "lr", "train_images_per_s"):
+            assert sorted(steps[tag]) == list(range(1, len(epochs) + 1)), (trial.name, tag)
 
 
 def test_readme_walkthrough_runs_every_command(quickstart):

@@ -135,3 +135,15 @@ def test_time_estimate_names_totals_and_shorter_overrides():
     quick = TrainJob(**{**job.__dict__, "plan": {**job.plan, "trials": 1, "simulated_n": 0}})
     short = estimate_line(quick, images_per_s=100000.0)
     assert "Shorter" not in short and "search" not in short
+
+
+def test_make_trainer_keeps_the_jobs_gpu_count_unless_told(tmp_path):
+    from zray.train import TrainJob, make_trainer
+
+    job = TrainJob(model="cnn", hyperparameters={"epochs": 1}, data_path="/d", image_size=32, z_min=0.0,
+                   z_max=0.4, n_bins=180, manifest_hash="h", gpus_per_worker=1.0)
+    trainer = make_trainer(job, datasets={}, storage_path=tmp_path, name="r")
+    assert trainer.train_loop_config["gpus_per_worker"] == 1.0
+    assert trainer.scaling_config.use_gpu
+    cpu_only = make_trainer(job, datasets={}, storage_path=tmp_path, name="r", gpus_per_worker=0.0)
+    assert cpu_only.train_loop_config["gpus_per_worker"] == 0.0 and not cpu_only.scaling_config.use_gpu

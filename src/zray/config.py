@@ -145,7 +145,7 @@ class DataConfig(_Strict):
     image_size: PosInt = 64
     z_min: float = 0.0
     z_max: float = 0.4
-    n_bins: PosInt = 180
+    n_bins: Annotated[StrictInt, Field(ge=2)] = 180
     simulate: SimulateSpec | None = None
     # Train without shards found corrupt (reporting their rows as skipped)
     # instead of stopping at the first one.
@@ -239,7 +239,20 @@ class SearchSpace(_Strict):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` as a string; users mean a float."""
+    """YAML 1.1 reads ``1e-4`` as a string; users mean a float. A key given twice
+    in one mapping (two ``search:`` blocks) is refused: plain YAML keeps the last
+    one and silently drops the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); expected each key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -88,8 +88,9 @@ class BundleInfo:
             )
 
 
-def read_bundle(path) -> BundleInfo:
-    """Read and check ``bundle.json`` and that every member's files are there."""
+def read_bundle(path, verify: bool = True) -> BundleInfo:
+    """Read and check ``bundle.json``, that every member's files are there and (with
+    ``verify``) that their weights match the recorded checksums; no TensorFlow."""
     path = Path(path)
     file = path / BUNDLE_FILE
     if not path.is_dir():
@@ -119,12 +120,14 @@ def read_bundle(path) -> BundleInfo:
         ) from None
     if not members:
         raise ZrayError(f"{file}: lists no members; expected at least one model")
-    from zray.models._saving import INFO_FILE, WEIGHTS_FILE
+    from zray.models._saving import INFO_FILE, WEIGHTS_FILE, check_weights
 
     for member in members:
         for name in (INFO_FILE, WEIGHTS_FILE):
             if not (member / name).is_file():
                 raise ZrayError(f"{member / name}: not found; expected every member listed in {file} to be complete")
+        if verify:
+            check_weights(member)
     return BundleInfo(path, data, bins, bands, image_size, members)
 
 
@@ -141,7 +144,7 @@ class Bundle:
     def __init__(self, path) -> None:
         from zray.models import load_model
 
-        self.info = read_bundle(path)
+        self.info = read_bundle(path, verify=False)  # load_model checks each member's weights
         self.models = []
         for member in self.info.member_dirs:
             model, minfo = load_model(member)

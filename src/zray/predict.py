@@ -219,6 +219,7 @@ def predict(
     with_pdf: bool = True,
     workers: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict every object of ``source`` with the bundle into Parquet file ``out``.
 
@@ -237,6 +238,8 @@ def predict(
     out = Path(out)
     if out.is_dir():
         raise ZrayError(f"{out}: is a folder; expected a .parquet file name for --out")
+    if out.exists() and not overwrite:
+        raise ZrayError(f"{out}: already exists; use --overwrite to replace it, or another --out")
     if batch_size < 1:
         raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
     splits = tuple(splits or SPLITS)

@@ -30,9 +30,15 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
     quiet_logs()
     if ray.is_initialized():  # the caller's Ray (a notebook, a test session): leave its setup alone
         return
+    import logging
+
+    from zray.console import is_verbose, quiet_worker_output
+
+    level = logging.INFO if is_verbose() else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True,
+                 logging_level=level)
     else:
         ray.init(
             address="local",  # never join some other `ray start` cluster on this machine by accident
@@ -40,8 +46,10 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
             dashboard_host=dashboard_host,
             runtime_env={"env_vars": WORKER_ENV},
             log_to_driver=True,
+            logging_level=level,
         )
     pin_address()
+    quiet_worker_output()
 
 
 def pin_address() -> None:
@@ -75,11 +83,22 @@ def quiet_logs() -> None:
     """
     import logging
 
+    from zray.console import is_verbose
+
     names = ["ray.data", "ray.train", "ray.tune", "tensorflow", "absl"]
     # Some of Ray Train's loggers are named by file path, not module.
-    names += [n for n in logging.root.manager.loggerDict if "ray/train" in n]
+    names += [n for n in logging.root.manager.loggerDict if "ray/train" in n or n.startswith("ray.data")]
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not is_verbose():
+        # Said on every start and not actionable on a laptop; README explains tokens for clusters.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        try:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created ..."
+        except ImportError:
+            pass
     try:
         from ray.data import DataContext
 

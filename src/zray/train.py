@@ -79,6 +79,8 @@ class TrainJob:
     # epoch (see :func:`estimate_line`): {"trials", "concurrent", "train_rows",
     # "val_rows", "what"}; empty for no estimate.
     plan: dict[str, Any] = field(default_factory=dict)
+    # Rows of the training split (for the progress line inside an epoch).
+    train_rows: int = 0
 
     @property
     def bins(self) -> RedshiftBins:
@@ -256,11 +258,13 @@ def make_trainer(
     datasets: dict,
     storage_path: str | Path,
     name: str,
-    gpus_per_worker: float = 0.0,
+    gpus_per_worker: float | None = None,
     max_failures: int = 2,
     callbacks: list | None = None,
 ):
     """A TensorflowTrainer for ``job``; run it with ``.fit()``.
+
+    ``gpus_per_worker`` overrides the job's own (``job.gpus_per_worker``) when given.
 
     ``storage_path`` is a folder (shared by all nodes on a cluster) or an
     object-store URI such as ``s3://bucket/zray/NAME/trials``.
@@ -279,6 +283,8 @@ def make_trainer(
         run_dir = str(Path(storage_path) / name)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     st.remove(st.join(run_dir, DIVERGED_FILE))
+    if gpus_per_worker is None:
+        gpus_per_worker = job.gpus_per_worker
     job = replace(job, run_dir=run_dir, gpus_per_worker=float(gpus_per_worker))
     resources = {"CPU": job.cpus_per_worker}
     if gpus_per_worker:
@@ -485,6 +491,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         # Time estimate: once, on rank 0, from the first epoch's steady speed.
         estimate_due = bool(job.plan) and rank == 0 and epoch == 0
         steady_t0, steady_rows = None, 0
+        last_progress = t0
         for batch in _named_failures(job, train_shard.iter_batches(
             batch_size=batch_size,
             batch_format="numpy",
@@ -518,6 +525,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             total_loss += loss_value
             steps += 1
             rows += n
+            if rank == 0 and job.train_rows:
+                last_progress = _progress_inside_epoch(job, epoch, epochs, rows * world, t0, last_progress)
             if estimate_due:
                 if steady_t0 is None:
                     steady_t0 = time.perf_counter()  # after the first step, which traces the graph
@@ -730,6 +739,26 @@ def set_precision(job: TrainJob, k, tf) -> str:
     return name
 
 
+# A progress line inside an epoch once it has run this long, then this often.
+PROGRESS_AFTER_S = 3.0
+
+
+def _progress_inside_epoch(job: TrainJob, epoch: int, epochs: int, rows: int, t0: float, last: float) -> float:
+    """Print ``zray: progress ...`` (rows, img/s, ETA) every few seconds; return when it last did.
+
+    The driver shows these in place on a terminal and drops them elsewhere
+    (:mod:`zray.console`).
+    """
+    now = time.perf_counter()
+    if now - last < PROGRESS_AFTER_S or now - t0 < PROGRESS_AFTER_S:
+        return last
+    rate = rows / max(now - t0, 1e-9)
+    eta = max(job.train_rows - rows, 0) / max(rate, 1e-9)
+    print(f"zray: progress epoch {epoch + 1}/{epochs}  {rows}/{job.train_rows} rows  {rate:.0f} img/s  "
+          f"ETA {_duration(eta)}", flush=True)
+    return now
+
+
 def _progress_line(m: dict[str, Any], epochs: int) -> str:
     return (
         f"zray: epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
@@ -879,8 +908,9 @@ def run(
 
 
 def skipped_fields(shards) -> dict[str, Any]:
-    """The TrainJob fields that carry a ShardCheck's skipped shards to the workers."""
-    return {"rows_skipped": shards.rows_skipped, "skipped_files": [p for p, _, _ in shards.skipped]}
+    """The TrainJob fields a ShardCheck fills: the skipped shards, and the rows trained on."""
+    return {"rows_skipped": shards.rows_skipped, "skipped_files": [p for p, _, _ in shards.skipped],
+            "train_rows": sum(shards.rows.get(f, 0) for f in shards.files.get("train", []))}
 
 
 def failure_reason(error: BaseException, run_dir: str) -> str:

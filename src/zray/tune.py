@@ -214,8 +214,10 @@ def run(
 
     from zray import baselines
     from zray import storage as st
+    from zray._tune_progress import TrialLines
     from zray.cluster import check_storage
     from zray.config import run_identity
+    from zray.console import is_verbose
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
@@ -312,7 +314,9 @@ def run(
                 name=name,
                 storage_path=str(runs_dir) if remote else str(experiment_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                verbose=1,
+                verbose=1 if is_verbose() else 0,
+                callbacks=[TrialLines(space.tune.metric, space.tune.mode,
+                                      space.default_hyperparameters()["epochs"])],
             ),
         )
     grid = tuner.fit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -15,8 +16,20 @@ def set_option(func):
     return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
 
 
+def _verbose(ctx, param, value):
+    if value:
+        from zray.console import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+    return value
+
+
 def run_options(func):
-    """Options shared by the commands that train: --skip-corrupt, --dashboard-host."""
+    """Options shared by the commands that train: --skip-corrupt, --dashboard-host, --verbose."""
+    func = click.option(
+        "--verbose", is_flag=True, expose_value=False, callback=_verbose,
+        help="Also show what Ray's processes print (TensorFlow start-up, Ray Data notes) and Tune's tables.",
+    )(func)
     func = click.option(
         "--dashboard-host", default="127.0.0.1", show_default=True,
         help="Interface the Ray dashboard of a local Ray listens on (0.0.0.0 exposes it to the network).",

@@ -34,7 +34,8 @@ def _percentiles(z) -> str:
               help="Output dataset directory (created; must not hold a dataset unless --overwrite).")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size in pixels (0.396\"/pixel).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed: same seed, same dataset.")
-@click.option("--workers", type=int, default=None, help="Worker processes (default: all CPU cores).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: all CPU cores).")
 @click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
               help="CSV/Parquet with id, z, dereddened mag_u..mag_z [, ebv]: render these galaxies.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")

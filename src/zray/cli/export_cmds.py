@@ -67,7 +67,8 @@ def export_cmd(run_dir, top_k, out, overwrite, calibrate):
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Galaxies per model call.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Ray actors holding the model (1 CPU each).")
-def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers, overwrite):
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 
     INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
@@ -87,7 +88,7 @@ def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers
     if workers < 1:
         raise click.BadParameter(f"must be a positive integer, but got {workers!r}", param_hint="--workers")
     summary = predict(bundle, source, out, images=images, splits=splits or None, batch_size=batch_size,
-                      with_pdf=not no_pdf, workers=workers)
+                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite)
     click.echo(
         f"predicted {summary['rows']} galaxies with {summary['members']} model(s) in {summary['seconds']:.1f} s "
         f"({summary['galaxies_per_s']:.0f} galaxies/s) -> {summary['out']}"

@@ -102,8 +102,12 @@ def read_info(path) -> ModelInfo:
     return ModelInfo(name, hp, spec, data.get("weights_sha256"))
 
 
-def load_model(path):
-    """Rebuild the saved model from the registry and load its weights: ``(model, info)``."""
+def check_weights(path) -> ModelInfo:
+    """``model.json`` read and the weights file checked against its checksum; no TensorFlow.
+
+    Cheap enough to run in a driver before any Ray worker loads the model, so
+    a corrupt file is one sentence, not pages of remote tracebacks.
+    """
     info = read_info(path)
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
@@ -112,6 +116,13 @@ def load_model(path):
         raise ZrayError(
             f"{weights}: checksum differs from {INFO_FILE}; the file is corrupt or was replaced"
         )
+    return info
+
+
+def load_model(path):
+    """Rebuild the saved model from the registry and load its weights: ``(model, info)``."""
+    info = check_weights(path)
+    weights = Path(path) / WEIGHTS_FILE
     model = build_model(info.name, info.hyperparameters, info.spec)
     try:
         model.load_weights(str(weights))
