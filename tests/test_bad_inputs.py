@@ -248,3 +248,13 @@ def test_no_code_path_unpickles_or_deserialises_user_files():
             if banned.search(line) and not line.lstrip().startswith(("#", '"""')) and "no pickle" not in line
             and "nothing is unpickled" not in line]
     assert not hits, hits
+
+
+def test_debug_shows_the_traceback_behind_the_sentence(tmp_path):
+    quiet = CliRunner().invoke(main, ["inspect", str(tmp_path / "nothing")])
+    loud = CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "nothing")])
+    sentence = f"zray: error: {tmp_path / 'nothing'}: no such dataset directory"
+    assert quiet.exit_code == loud.exit_code == 1
+    assert quiet.output.strip() == sentence and "Traceback" not in quiet.output
+    assert "Traceback (most recent call last)" in loud.output and "read_manifest" in loud.output
+    assert loud.output.strip().splitlines()[-1] == sentence

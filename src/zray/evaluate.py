@@ -21,7 +21,7 @@ import numpy as np
 from zray import baselines
 from zray import metrics as m
 from zray.atomic import publish_dir
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 
 N_Z_BINS = 8
 N_MAG_BINS = 6
@@ -76,7 +76,7 @@ def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None,
     try:
         table = pq.read_table(catalog, columns=["id", "mag_r"])
     except Exception as exc:  # pyarrow raises several types for a missing column or bad file
-        return None, f"{catalog}: no usable id and mag_r columns ({str(exc).splitlines()[0]}): r-magnitude bins skipped"
+        return None, f"{catalog}: no usable id and mag_r columns ({first_line(exc)}): r-magnitude bins skipped"
     cat_ids = table.column("id").to_numpy()
     order = np.argsort(cat_ids)
     pos = np.clip(np.searchsorted(cat_ids[order], ids), 0, len(order) - 1)

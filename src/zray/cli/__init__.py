@@ -16,12 +16,17 @@ from zray.errors import ZrayError
 
 
 class _Group(click.Group):
-    """Turns :class:`ZrayError` into one line on stderr and exit status 1."""
+    """Turns :class:`ZrayError` into one line on stderr and exit status 1
+    (with ``--debug``, the traceback that sentence stands for first)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ZrayError as exc:
+            if ctx.params.get("debug"):
+                import traceback
+
+                traceback.print_exc()
             click.echo(f"zray: error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
@@ -31,7 +36,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="zray")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback behind an error's one-sentence message.")
+def main(debug: bool) -> None:
     """zray: photometric redshifts from galaxy image cutouts, on Ray.
 
     \b
@@ -40,7 +46,8 @@ def main() -> None:
       zray validate search_spaces/inception.yaml
       zray tune search_spaces/quickstart.yaml
 
-    Run `zray COMMAND --help` for each command's options and an example.
+    Run `zray COMMAND --help` for each command's options and an example;
+    `zray --debug COMMAND ...` shows the traceback behind an error.
     """
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from zray.bins import RedshiftBins
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 
 
 def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
@@ -34,7 +34,7 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
         else:
             raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv or .parquet")
     except (OSError, pa.ArrowException) as exc:
-        raise ZrayError(f"{path}: not a readable catalogue ({str(exc).splitlines()[0]})") from None
+        raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise ZrayError(

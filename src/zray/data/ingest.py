@@ -32,7 +32,7 @@ from zray.bins import RedshiftBins
 from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog, where
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, DatasetWriter, Manifest
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 
 BAND_KEYS = ("FILTER", "BAND")
 PER_BAND_COLUMNS = tuple(f"file_{b}" for b in BANDS)
@@ -68,7 +68,7 @@ def _open(path: Path, label: str):
     except Exception as exc:  # astropy raises many types for corrupt files
         if hdul is not None:
             hdul.close()
-        raise ZrayError(f"{label}: {path} is not a readable FITS file ({str(exc).splitlines()[0][:120]})") from None
+        raise ZrayError(f"{label}: {path} is not a readable FITS file ({first_line(exc, 120)})") from None
     return hdul
 
 

@@ -25,7 +25,7 @@ from zray.data.shards import (
     image_type,
     read_manifest,
 )
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _read_shard(path: Path, manifest: Manifest, rows: int, problem) -> pa.Table 
         schema = pf.schema_arrow
         table = pf.read()
     except (OSError, pa.ArrowException) as exc:
-        problem(f"{path}: not a readable Parquet file ({_short(exc)}); expected a zray shard")
+        problem(f"{path}: not a readable Parquet file ({first_line(exc)}); expected a zray shard")
         return None
     for name in BASE_COLUMNS:
         if name not in schema.names:
@@ -162,6 +162,3 @@ def _check_rows(path, table: pa.Table, manifest: Manifest, split: str, seen_ids:
             seen_ids[ident] = path.name
     return z, ebv
 
-
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
