@@ -20,7 +20,7 @@ PIT KS statistic, training time) and, with ``--out FILE.json``, writes it as
 JSON rows with name, kind (baseline|zray), sigma_mad, bias,
 outlier_fraction, crps, pit_ks and train_s.
 
-    python scripts/bench_accuracy.py                              # ~30-40 min on 2 cores
+    python scripts/bench_accuracy.py                              # ~35 min on 2 cores
     python scripts/bench_accuracy.py --budget quick               # a few minutes: checks the protocol
     python scripts/bench_accuracy.py --n 50000 --size 64 --budget large   # a bigger machine
     python scripts/bench_accuracy.py --train data/mine --test data/mine-test --out acc.json
@@ -46,13 +46,15 @@ import numpy as np
 BUDGETS = {
     "quick": {
         "cnn_phot": ["tune.num_samples=2", "fixed.epochs=4"],
-        "cnn": ["tune.num_samples=1", "fixed.epochs=3"],
+        "cnn": ["tune.num_samples=1", "fixed.epochs=3", "search.filters.high=32", "search.blocks.high=3"],
         "inception": ["tune.num_samples=1", "fixed.epochs=1", "fixed.batch_size=64"],
     },
     "default": {
         "cnn_phot": ["tune.num_samples=4", "fixed.epochs=30"],
-        "cnn": ["tune.num_samples=3", "fixed.epochs=20", "fixed.label_sigma=0.01"],
-        "inception": ["tune.num_samples=1", "fixed.epochs=3", "fixed.batch_size=64", "fixed.label_sigma=0.01"],
+        # The cnn space reaches 64 filters x 4 blocks: ~100 img/s here, 20 min a trial. Kept small.
+        "cnn": ["tune.num_samples=2", "fixed.epochs=15", "fixed.label_sigma=0.01",
+                "search.filters.high=32", "search.blocks.high=3"],
+        "inception": ["tune.num_samples=1", "fixed.epochs=2", "fixed.batch_size=64", "fixed.label_sigma=0.01"],
     },
     "large": {
         "cnn_phot": ["tune.num_samples=12", "fixed.epochs=40"],
@@ -159,7 +161,7 @@ def score(name, kind, z_phot, z_spec, bins, pdf, train_s) -> dict:
 
 
 def zray_rows(label: str, model: str, overrides: list[str], data: Path, test: dict, work: Path,
-              size: int, bins, note: str = "") -> list[dict]:
+              size: int, bins, note: str = "", reuse: bool = False) -> list[dict]:
     from zray import config, metrics
     from zray import tune as search
     from zray.export import export, load
@@ -168,11 +170,18 @@ def zray_rows(label: str, model: str, overrides: list[str], data: Path, test: di
     sets = [f"name=bench-{label}", f"data.path={data}", f"data.image_size={size}", *overrides]
     space = config.load(repo / "search_spaces" / SPACES[model], sets)
     runs = work / "runs"
-    shutil.rmtree(runs / space.name, ignore_errors=True)
+    record = runs / space.name / "bench.json"
     print(f"\n== {label}: {space.tune.num_samples} trial(s) of {model}, --set {' '.join(overrides)}", flush=True)
-    t0 = time.perf_counter()
-    summary = search.run(space, runs_dir=runs)
-    train_s = time.perf_counter() - t0
+    if reuse and record.is_file():
+        summary = search.summarize(runs / space.name)
+        train_s = json.loads(record.read_text())["train_s"]
+        print(f"reusing the finished search in {runs / space.name}", flush=True)
+    else:
+        shutil.rmtree(runs / space.name, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = search.run(space, runs_dir=runs)
+        train_s = time.perf_counter() - t0
+        record.write_text(json.dumps({"train_s": train_s, "overrides": overrides}))
     finished = [r for r in summary["ranked"] if r.get("best_checkpoint")]
     rows = []
     for k in sorted({1, min(TOP_K, len(finished))}):
@@ -218,6 +227,8 @@ def main() -> None:
     ap.add_argument("--test", type=Path, help="your test shards (all splits scored)")
     ap.add_argument("--work", type=Path, default=Path("bench/accuracy"), help="working folder")
     ap.add_argument("--out", type=Path, help="also write the table here as JSON")
+    ap.add_argument("--reuse", action="store_true",
+                    help="score searches already finished in --work instead of running them again")
     args = ap.parse_args()
     if bool(args.train) != bool(args.test):
         ap.error("--train and --test go together")
@@ -237,12 +248,13 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         note = " (token budget on CPU)" if model == "inception" and args.budget != "large" else ""
-        rows += zray_rows(model, model, budget[model], data, test, args.work.resolve(), size, bins, note)
+        rows += zray_rows(model, model, budget[model], data, test, args.work.resolve(), size, bins, note,
+                          reuse=args.reuse)
         print_table(rows, len(test["id"]))
     for variant in args.variant:
         name, _, sets = variant.partition("=")
         rows += zray_rows(f"cnn_phot-{name}", "cnn_phot", budget["cnn_phot"] + sets.split(","), data, test,
-                          args.work.resolve(), size, bins)
+                          args.work.resolve(), size, bins, reuse=args.reuse)
         print_table(rows, len(test["id"]))
     print(f"\nbudget {args.budget}: {json.dumps(budget)}")
     print(f"total {time.perf_counter() - t_start:.0f} s")

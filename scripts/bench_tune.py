@@ -41,22 +41,32 @@ def main() -> int:
     summary = search.run(space, runs_dir=work / "runs")
     search_s = time.perf_counter() - t0
 
-    print(f"{'trial':<28}{'status':<11}{'epochs':>7}{'wall s':>9}{'in epochs s':>13}{'overhead s':>12}")
-    overheads = []
+    print(f"{'trial':<28}{'status':<11}{'epochs':>7}{'wall s':>9}{'in epochs s':>13}{'overhead s':>12}"
+          f"{'start-up s':>12}{'per epoch s':>13}")
+    overheads, startups, per_epoch = [], [], []
     for record in summary["trials"]:
         lines = (work / "runs" / space.name / record["trial"] / "result.json").read_text().splitlines()
         results = [json.loads(x) for x in lines if x.strip()]
         wall = results[-1]["time_total_s"] if results else float("nan")
         in_epochs = sum(r.get("epoch_time_s", 0.0) for r in results)
         overheads.append(wall - in_epochs)
+        # Between two epochs' training: validation, checkpoint, report. Before the
+        # first: starting the Ray Train run (controller, workers, TensorFlow, data).
+        gaps = sorted(r["time_this_iter_s"] - r.get("epoch_time_s", 0.0) for r in results[1:])
+        gap = gaps[len(gaps) // 2] if gaps else 0.0
+        startup = results[0]["time_this_iter_s"] - results[0].get("epoch_time_s", 0.0) - gap if results else 0.0
+        startups.append(startup)
+        per_epoch.append(gap)
         print(f"{record['trial']:<28}{record['status']:<11}{record['epochs']:>7}{wall:>9.1f}{in_epochs:>13.1f}"
-              f"{wall - in_epochs:>12.1f}")
+              f"{wall - in_epochs:>12.1f}{startup:>12.1f}{gap:>13.2f}")
     n = len(summary["trials"])
     print()
     print(f"simulation (first use)        {simulate_s:8.1f} s")
     print(f"search wall time              {search_s:8.1f} s for {n} trials")
     print(f"search wall time per trial    {search_s / max(n, 1):8.1f} s")
     print(f"mean overhead per trial       {sum(overheads) / max(n, 1):8.1f} s  (trial wall time minus time in epochs)")
+    print(f"  of which start-up           {sum(startups) / max(n, 1):8.1f} s  (before the first epoch trains)")
+    print(f"  and between epochs          {sum(per_epoch) / max(n, 1):8.2f} s an epoch  (validation, checkpoint, report)")
     print(f"quickstart total              {simulate_s + search_s:8.1f} s")
     return 0
 

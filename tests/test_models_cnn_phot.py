@@ -30,6 +30,14 @@ def test_photometry_layer_equals_the_numpy_measurement(sim_data):
     # A centred circular aperture: the dihedral augmentation leaves the photometry unchanged.
     turned = np.ascontiguousarray(np.rot90(scaled, 1, axes=(1, 2))[:, :, ::-1])
     np.testing.assert_allclose(photometry_features(turned, raw["ebv"][:, None]).numpy(), features, atol=1e-4)
+    # Three apertures: the standard one first, then half and twice its radius.
+    three = photometry_features(scaled, raw["ebv"][:, None].astype("float32"), apertures=3).numpy()
+    assert three.shape == (len(raw["id"]), 15)
+    np.testing.assert_allclose(three[:, :5], features, atol=1e-6)
+    wide = aperture_magnitudes(raw["image"], raw["ebv"], pixel_scale=0.396 / 2.0)
+    np.testing.assert_allclose(three[:, 10:14], colours(wide), atol=2e-4)
+    # Galaxies are extended: twice the radius collects more light, a brighter r magnitude.
+    assert np.mean(three[:, 14] < three[:, 4]) > 0.95
 
 
 def test_the_photometry_branch_joins_the_head():

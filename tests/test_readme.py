@@ -133,6 +133,9 @@ def test_readme_walkthrough_runs_every_command(quickstart):
     copy, done = quickstart
     assert done.returncode == 0, "the quickstart failed; see the test above"
     lines = commands(code_block("Walk-through"))
+    # The block starts in the quickstart's environment; here that is this test's `zray`.
+    assert lines[0] == "source .venv/bin/activate", lines[0]
+    lines = lines[1:]
     used = {shlex.split(line)[1] for line in lines} | {"tune"}  # tune: the quickstart
     missing = table_commands() - used - {"prepare"}  # prepare needs the user's FITS files
     assert not missing, f"README walk-through does not show: {sorted(missing)}"

@@ -122,6 +122,10 @@ class _TrialContext:
     record_ids_dir: str | None = None
     # For the time estimate printed by the search's first trial.
     plan: dict | None = None
+    # The splits, read and scaled once by the driver for every trial (Ray
+    # datasets travel by reference), and what the shard check skipped.
+    datasets: dict | None = None
+    skipped: dict | None = None
 
 
 def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
@@ -166,12 +170,15 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     identity = run_identity(space.model, hp, ctx.manifest_hash)
     trial_id = tune.get_context().get_trial_id()
     name = trial_name(identity, trial_id)
-    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
-    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
+    datasets, skipped = getattr(ctx, "datasets", None), getattr(ctx, "skipped", None)
+    if datasets is None:  # read here when the driver did not (a state saved by an older zray)
+        shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+        datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
+        skipped = skipped_fields(shards)
     # The first trial to train tells how long the search will take.
     first = not st.exists(st.join(ctx.trials_dir, ESTIMATE_FILE))
     job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
-                  plan=ctx.plan if first else {}, **skipped_fields(shards))
+                  plan=ctx.plan if first else {}, **skipped)
     trainer = make_trainer(
         job,
         datasets=datasets,
@@ -221,7 +228,7 @@ def run(
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
-    from zray.train import plan_of
+    from zray.train import plan_of, prepare_datasets, skipped_fields
 
     name = name or space.name
     remote = st.is_uri(runs_dir)
@@ -272,6 +279,10 @@ def run(
     base_hp = space.default_hyperparameters()
     for key in space.search:
         base_hp.pop(key, None)
+    # Read and scale the data once for all trials: a trial then starts with its
+    # Ray Train run, not with Ray Data planning and reading the shards again.
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
     ctx = _TrialContext(
         space_json=space.model_dump(mode="json"),
         base_hp=base_hp,
@@ -279,6 +290,8 @@ def run(
         trials_dir=st.join(experiment_path, TRIALS_DIR),
         record_ids_dir=record_ids_dir,
         plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
+        datasets=datasets,
+        skipped=skipped_fields(shards),
     )
 
     def identity_of(trial) -> str:

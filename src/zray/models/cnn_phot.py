@@ -6,7 +6,8 @@ discover from pixels. This model measures them directly, inside the network,
 from the same cutout: aperture fluxes, SDSS asinh magnitudes, dereddening
 with the E(B-V) input, then the colours u-g, g-r, r-i, i-z and the r
 magnitude (:mod:`zray.photometry`, the same measurement as the kNN reference
-predictor). A small dense branch on these joins the convolutional features
+predictor), in one aperture or, with ``apertures: 2`` or ``3``, also in
+half and twice that radius (colour gradients and concentration). A small dense branch on these joins the convolutional features
 before the PDF head (as in GaZNet, Li et al. 2022, which fed a network both
 images and photometry).
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from zray.data.population import EXTINCTION_R
-from zray.data.shards import BANDS
+from zray.data.shards import BANDS, PIXEL_SCALE
 from zray.models._backend import keras
 from zray.models._layers import check_dense, inputs, pdf_head
 from zray.models._registry import invalid, register
@@ -33,23 +34,33 @@ from zray.photometry import SOFTENING, aperture_mask
 R_CENTRE, R_SCALE = 17.0, 2.0
 
 
-def photometry_features(image, ebv):
-    """(N, 5) features [u-g, g-r, r-i, i-z, (r - 17) / 2] of scaled cutouts (N, H, W, 5)."""
+# Aperture radii as multiples of the standard 3 arcsec: the first is the kNN
+# reference's; more apertures add colour gradients and light concentration,
+# which carry the galaxy's angular size.
+APERTURE_SCALES = (1.0, 0.5, 2.0)
+
+
+def photometry_features(image, ebv, apertures: int = 1):
+    """(N, 5 * apertures) features of scaled cutouts (N, H, W, 5): per aperture
+    [u-g, g-r, r-i, i-z, (r - 17) / 2], dereddened."""
     import tensorflow as tf
 
     image = tf.cast(image, tf.float32)
     ebv = tf.cast(ebv, tf.float32)
-    mask = aperture_mask(int(image.shape[1]), int(image.shape[2])).astype(np.float32)
     flux_image = tf.sign(image) * (tf.square(tf.abs(image) + 1.0) - 1.0)  # undo scale_pixels
-    flux = tf.reduce_sum(flux_image * mask[None, :, :, None], axis=[1, 2])
     b = np.array([SOFTENING[x] for x in BANDS], dtype=np.float32)
-    mags = 22.5 - 2.5 / np.log(10.0) * (tf.asinh(flux / (2.0 * b)) + np.log(b))
-    mags = mags - ebv * np.array([EXTINCTION_R[x] for x in BANDS], dtype=np.float32)
-    colours = mags[:, :-1] - mags[:, 1:]
-    return tf.concat([colours, (mags[:, 2:3] - R_CENTRE) / R_SCALE], axis=1)
+    extinction = np.array([EXTINCTION_R[x] for x in BANDS], dtype=np.float32)
+    features = []
+    for scale in APERTURE_SCALES[:apertures]:
+        mask = aperture_mask(int(image.shape[1]), int(image.shape[2]),
+                             pixel_scale=PIXEL_SCALE / scale).astype(np.float32)
+        flux = tf.reduce_sum(flux_image * mask[None, :, :, None], axis=[1, 2])
+        mags = 22.5 - 2.5 / np.log(10.0) * (tf.asinh(flux / (2.0 * b)) + np.log(b)) - ebv * extinction
+        features += [mags[:, :-1] - mags[:, 1:], (mags[:, 2:3] - R_CENTRE) / R_SCALE]
+    return tf.concat(features, axis=1)
 
 
-def aperture_photometry(name: str = "aperture_photometry"):
+def aperture_photometry(apertures: int = 1, name: str = "aperture_photometry"):
     """A weightless layer: inputs [image, ebv] -> :func:`photometry_features`.
 
     The class is made on first use so that importing the registry does not
@@ -59,13 +70,17 @@ def aperture_photometry(name: str = "aperture_photometry"):
     if _LAYER_CLASS is None:
 
         class AperturePhotometry(keras().layers.Layer):
+            def __init__(self, apertures: int = 1, **kwargs):
+                super().__init__(**kwargs)
+                self.apertures = apertures
+
             def call(self, inputs):
                 image, ebv = inputs
-                return photometry_features(image, ebv)
+                return photometry_features(image, ebv, self.apertures)
 
         _LAYER_CLASS = AperturePhotometry
     # float32 whatever the global policy: magnitudes under float16 lose a tenth of a magnitude.
-    return _LAYER_CLASS(name=name, dtype="float32", trainable=False)
+    return _LAYER_CLASS(apertures=apertures, name=name, dtype="float32", trainable=False)
 
 
 _LAYER_CLASS = None
@@ -73,7 +88,8 @@ _LAYER_CLASS = None
 
 @register(
     "cnn_phot",
-    hyperparameters={"filters": 16, "blocks": 2, "dense_units": 128, "dropout": 0.0, "phot_units": 64},
+    hyperparameters={"filters": 16, "blocks": 2, "dense_units": 128, "dropout": 0.0, "phot_units": 64,
+                     "apertures": 1},
     description="small CNN plus a dense branch on aperture colours measured from the cutout",
 )
 def build(hp: dict, spec):
@@ -82,12 +98,14 @@ def build(hp: dict, spec):
     check_conv("cnn_phot", hp)
     if hp["phot_units"] < 1:
         raise invalid("cnn_phot", "phot_units", "a positive integer", hp["phot_units"])
+    if not 1 <= hp["apertures"] <= len(APERTURE_SCALES):
+        raise invalid("cnn_phot", "apertures", f"1 to {len(APERTURE_SCALES)}", hp["apertures"])
     if spec.n_bands != len(BANDS):
         raise invalid("cnn_phot", "n_bands", f"{len(BANDS)} bands ({','.join(BANDS)})", spec.n_bands)
     layers = keras().layers
     image, ebv = inputs(spec)
     x = conv_blocks(image, hp["filters"], hp["blocks"])
-    p = aperture_photometry()([image, ebv])
+    p = aperture_photometry(hp["apertures"])([image, ebv])
     for i in (1, 2):
         p = layers.Dense(hp["phot_units"], activation="relu", name=f"phot_fc{i}")(p)
     pdf = pdf_head(x, ebv, spec, hp["dense_units"], n_dense=1, dropout=hp["dropout"], extra=[p])
