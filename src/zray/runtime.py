@@ -93,6 +93,11 @@ def quiet_logs() -> None:
     if not is_verbose():
         # Said on every start and not actionable on a laptop; README explains tokens for clusters.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # "Progress bars disabled": zray disabled them, on purpose.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # Tune's new output engine prints its start block and a TensorBoard hint into
+        # Ray's temporary folder even when silent; the legacy one at verbosity 0 does not.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         try:
             import optuna
 
