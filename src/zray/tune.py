@@ -316,7 +316,8 @@ def run(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, experiment_dir, trials_local=not remote),
+                # Nothing to search: Tune repeats the fixed configuration num_samples times.
+                search_alg=make_searcher(space, experiment_dir, trials_local=not remote) if space.search else None,
                 scheduler=make_scheduler(space),
                 num_samples=space.tune.num_samples,
                 time_budget_s=space.tune.time_budget_s,
