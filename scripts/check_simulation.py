@@ -20,34 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from zray.data import BANDS, PIXEL_SCALE, load_arrays, read_manifest
-from zray.data.population import EXTINCTION_R
+from zray.baselines import knn_predict
+from zray.data import BANDS, load_arrays, read_manifest
 from zray.data.simulate import catalog_path, simulate
 from zray.data.templates import colour_grid
 from zray.metrics import dz, outlier_fraction, sigma_mad
-
-APERTURE_ARCSEC = 3.0  # radius: the SDSS fibre diameter, about the size of an MGS galaxy's core
-# SDSS asinh softening per band (nanomaggies): keeps faint u-band fluxes finite.
-SOFTENING = dict(zip(BANDS, (0.14, 0.09, 0.12, 0.18, 0.74)))
-
-
-def aperture_magnitudes(images: np.ndarray, ebv: np.ndarray) -> np.ndarray:
-    """(N, 5) dereddened asinh magnitudes in a centred circular aperture."""
-    size = images.shape[-1]
-    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
-    mask = np.hypot(yy, xx) <= APERTURE_ARCSEC / PIXEL_SCALE
-    flux = (images * mask).sum(axis=(2, 3))  # nanomaggies
-    b = np.array([SOFTENING[x] for x in BANDS])
-    mags = 22.5 - 2.5 / np.log(10) * (np.arcsinh(flux / (2 * b)) + np.log(b))
-    return mags - np.outer(ebv, [EXTINCTION_R[x] for x in BANDS])
-
-
-def knn_predict(train_x, train_z, test_x, k: int) -> np.ndarray:
-    """Mean redshift of the k nearest training galaxies in colour space."""
-    from scipy.spatial import cKDTree
-
-    _, idx = cKDTree(train_x).query(test_x, k=k)
-    return train_z[idx].mean(axis=1)
+from zray.photometry import aperture_magnitudes
 
 
 def colour_plot(z, mags, red, path: Path) -> None:

@@ -19,7 +19,6 @@ scheduler stopped a trial is missing. Here:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 TRIALS_DIR = "trials"
-STATE_FILE = "state.json"
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -94,19 +92,6 @@ class ResumableOptunaSearch(OptunaSearch):
         return found[0] if found else None
 
     def _best_checkpoint(self, folder: Path | None) -> str | None:
-        from zray.train import checkpoint_complete
+        from zray.tune import best_checkpoint
 
-        if folder is None:
-            return None
-        sign = 1.0 if self._mode == "min" else -1.0
-        best, best_value = None, math.inf
-        for state_file in folder.glob(f"checkpoint_*/{STATE_FILE}"):
-            if not checkpoint_complete(state_file.parent):
-                continue
-            try:
-                value = json.loads(state_file.read_text()).get("metrics", {}).get(self._metric)
-            except (OSError, ValueError):
-                continue
-            if isinstance(value, (int, float)) and math.isfinite(value) and sign * value < best_value:
-                best, best_value = str(state_file.parent), sign * value
-        return best
+        return best_checkpoint(folder, self._metric, self._mode) if folder else None

@@ -41,6 +41,7 @@ __all__ = [
     "BASELINES_FILE",
     "NAMES",
     "ensure",
+    "knn_predict",
     "load",
     "point_metrics",
     "predictions",
@@ -78,7 +79,8 @@ def _split_photometry(manifest, split: str) -> dict[str, np.ndarray]:
     return {"id": np.concatenate(ids), "z_spec": np.concatenate(zs), "mags": np.concatenate(mags)}
 
 
-def _knn(train_x: np.ndarray, train_z: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+def knn_predict(train_x: np.ndarray, train_z: np.ndarray, x: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
+    """Mean redshift of the ``k`` nearest training galaxies in feature space."""
     from scipy.spatial import cKDTree
 
     k = min(k, len(train_x))
@@ -120,7 +122,7 @@ def _compute(manifest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             continue
         part = _split_photometry(manifest, split)
         z_const = np.full(len(part["id"]), median_z)
-        z_knn = _knn(train_x, train["z_spec"], colours(part["mags"]), K_NEIGHBOURS)
+        z_knn = knn_predict(train_x, train["z_spec"], colours(part["mags"]), K_NEIGHBOURS)
         table["splits"][split] = {
             "constant": point_metrics(z_const, part["z_spec"]),
             "knn": point_metrics(z_knn, part["z_spec"]),

@@ -258,7 +258,7 @@ def run(
     manifest = ensure_data(space)
     # Footer check of every shard before anything is written or started; each
     # trial checks again (and skips, with data.skip_corrupt) when it reads.
-    check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
     baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     if started and not state_exists:
         # Stopped before Tune saved its state the first time: nothing of the
@@ -281,7 +281,6 @@ def run(
         base_hp.pop(key, None)
     # Read and scale the data once for all trials: a trial then starts with its
     # Ray Train run, not with Ray Data planning and reading the shards again.
-    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
     datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
     ctx = _TrialContext(
         space_json=space.model_dump(mode="json"),
@@ -446,7 +445,6 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
     Status is ``error``, ``complete`` (all ``epochs`` run), ``stopped`` (ended
     early by the scheduler) or ``unfinished`` (running, or interrupted).
     """
-    from zray.train import STATE_FILE, checkpoint_complete
 
     sign = 1.0 if mode == "min" else -1.0
     records = []
@@ -471,11 +469,7 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
             state = "unfinished"
         scored = [r for r in results if _finite(r.get(metric))]
         best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
-        checkpoints = sorted(
-            p for p in (experiment_dir / TRIALS_DIR / trial_dir.name).glob(f"checkpoint_*/{STATE_FILE}")
-            if checkpoint_complete(p.parent)
-        )
-        best_ckpt = _best_checkpoint(checkpoints, metric, sign)
+        best_ckpt = best_checkpoint(experiment_dir / TRIALS_DIR / trial_dir.name, metric, mode)
         records.append(
             {
                 "trial": trial_dir.name,
@@ -498,9 +492,15 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _best_checkpoint(state_files: list[Path], metric: str, sign: float) -> str | None:
+def best_checkpoint(run_dir: Path, metric: str, mode: str) -> str | None:
+    """The whole checkpoint of a trial's run folder that is best by ``metric``, or None."""
+    from zray.train import STATE_FILE, checkpoint_complete
+
+    sign = 1.0 if mode == "min" else -1.0
     best, best_value = None, math.inf
-    for state_file in state_files:
+    for state_file in sorted(Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}")):
+        if not checkpoint_complete(state_file.parent):
+            continue
         try:
             metrics = json.loads(state_file.read_text()).get("metrics", {})
         except (OSError, ValueError):
