@@ -162,9 +162,9 @@ def score(name, kind, z_phot, z_spec, bins, pdf, train_s) -> dict:
 
 def zray_rows(label: str, model: str, overrides: list[str], data: Path, test: dict, work: Path,
               size: int, bins, note: str = "", reuse: bool = False) -> list[dict]:
-    from zray import config, metrics
-    from zray import tune as search
-    from zray.export import export, load
+    from zray import config, metrics, search
+    from zray.bundle import load
+    from zray.export import export
 
     repo = Path(__file__).resolve().parents[1]
     sets = [f"name=bench-{label}", f"data.path={data}", f"data.image_size={size}", *overrides]

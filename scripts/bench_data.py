@@ -69,7 +69,7 @@ def pyarrow_rate(root: Path, batch: int) -> float:
                 "image": rb.column("image").to_numpy_ndarray(),
                 "z_spec": rb.column("z_spec").to_numpy(),
                 "ebv": rb.column("ebv").to_numpy(),
-            }, augment=True, seed=0)
+            })
             rows += len(out["image"])
     return rows / (time.perf_counter() - t0)
 
@@ -80,7 +80,7 @@ def ray_rate(root: Path, batch: int, prefetch: int = 1) -> float:
 
     t0 = time.perf_counter()
     ds = read_split(root, "train").map_batches(
-        preprocess_batch, fn_kwargs={"augment": True, "seed": 0}, batch_format="numpy", batch_size=batch
+        preprocess_batch, batch_format="numpy", batch_size=batch
     )
     batches = ds.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=prefetch)
     rows = sum(len(b["image"]) for b in batches)
@@ -117,7 +117,7 @@ def main() -> None:
         ry_prefetch = max(ray_rate(root, args.batch, prefetch=4) for _ in range(2))
         ray.shutdown()
     print(f"reader on {args.rows} rows of 5x{args.size}x{args.size} ({mb:.0f} MiB), batch {args.batch}, "
-          f"with preprocess + augment:")
+          f"with preprocess:")
     print(f"  pyarrow -> numpy (1 process): {pa_rate:,.0f} rows/s")
     print(f"  zray reader (Ray Data, {args.cpus} CPUs): {ry_rate:,.0f} rows/s; "
           f"with prefetch_batches=4: {ry_prefetch:,.0f} rows/s")

@@ -57,8 +57,9 @@ def main() -> None:
     import numpy as np
     import ray
 
+    from zray.bundle import load
     from zray.data import load_arrays, simulate, write_dataset
-    from zray.export import export, load
+    from zray.export import export
     from zray.predict import IN_PROCESS_ROWS, predict
 
     with tempfile.TemporaryDirectory(prefix="zray-bench-") as tmp:
@@ -66,7 +67,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if args.random:
             rng = np.random.default_rng(1)
-            manifest = write_dataset(tmp / "data", np.arange(args.n), rng.normal(0, 1, (args.n, 5, 32, 32)).astype("float32"),
+            images = rng.normal(0, 1, (args.n, 5, 32, 32)).astype("float32")
+            manifest = write_dataset(tmp / "data", np.arange(args.n), images,
                                      rng.uniform(0.01, 0.39, args.n), rng.uniform(0, 0.1, args.n))
         else:
             manifest = simulate(tmp / "data", args.n, size=32, seed=1, workers=os.cpu_count(), progress=False)

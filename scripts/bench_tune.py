@@ -26,8 +26,7 @@ def main() -> int:
     parser.add_argument("--data", default=None, help="data folder (default: simulate into a fresh one)")
     args = parser.parse_args()
 
-    from zray import config
-    from zray import tune as search
+    from zray import config, search
     from zray.data.source import ensure_data
 
     work = Path(tempfile.mkdtemp(prefix="zray-bench-tune-"))
@@ -66,7 +65,8 @@ def main() -> int:
     print(f"search wall time per trial    {search_s / max(n, 1):8.1f} s")
     print(f"mean overhead per trial       {sum(overheads) / max(n, 1):8.1f} s  (trial wall time minus time in epochs)")
     print(f"  of which start-up           {sum(startups) / max(n, 1):8.1f} s  (before the first epoch trains)")
-    print(f"  and between epochs          {sum(per_epoch) / max(n, 1):8.2f} s an epoch  (validation, checkpoint, report)")
+    print(f"  and between epochs          {sum(per_epoch) / max(n, 1):8.2f} s an epoch  "
+          "(validation, checkpoint, report)")
     print(f"quickstart total              {simulate_s + search_s:8.1f} s")
     return 0
 

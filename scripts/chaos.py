@@ -145,7 +145,8 @@ def run_chaos(
                     try:
                         os.kill(victim, signal.SIGKILL)
                         faults["worker_kills"] += 1
-                        print(f"chaos: launch {launch}: killed Ray Train worker {victim} at {elapsed:.1f} s", flush=True)
+                        print(f"chaos: launch {launch}: killed Ray Train worker {victim} at {elapsed:.1f} s",
+                              flush=True)
                     except ProcessLookupError:
                         pass
                     kill_worker_at = None
@@ -192,7 +193,7 @@ def audit(experiment: Path, *, data: Path, num_workers: int = 1) -> dict:
     """What the finished search kept: trials, duplicates, and rows lost per epoch."""
     import optuna
 
-    from zray import tune as search
+    from zray import search
     from zray.data.shards import read_manifest
     from zray.train import complete_checkpoints, read_state
 

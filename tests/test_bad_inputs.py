@@ -116,7 +116,7 @@ CASES = {
     "space-categorical-without-choices": (
         lambda t, d: ["validate", space(t, search={"filters": {"type": "categorical"}})],
         "search.filters.choices: must be a non-empty list"),
-    "space-zero-epochs": (lambda t, d: ["validate", space(t, fixed={**SPACE["fixed"], "epochs": 0})], "fixed.epochs: must be > 0"),
+    "space-zero-epochs": (lambda t, d: ["validate", space(t, fixed={**SPACE["fixed"], "epochs": 0})], "fixed.epochs: expected a whole number >= 1, got 0"),
     "space-num-samples-not-int": (lambda t, d: ["validate", space(t, tune={"num_samples": "three"})],
                                   "tune.num_samples: expected a valid integer, got 'three'"),
     "space-z-range": (lambda t, d: ["validate", space(t, data={"path": "x", "z_min": 0.5, "z_max": 0.4})], "data.z_max: must be > z_min (0.5), got 0.4"),

@@ -9,8 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from zray import baselines
-from zray import tune as search
+from zray import baselines, search
 from zray.data import load_arrays, read_manifest
 from zray.evaluate import binned_metrics
 

@@ -112,6 +112,15 @@ def test_gpus_per_worker_reach_scaling_config(tmp_path):
     assert not (tmp_path / "remote").exists()
 
 
+def test_checkpoints_are_kept_by_the_search_metric(tmp_path):
+    """Ray keeps the two checkpoints best by the job's metric, not always by val_sigma_mad."""
+    default = make_trainer(_job(), datasets={}, storage_path=tmp_path, name="default")
+    assert default.run_config.checkpoint_config.checkpoint_score_attribute == "val_sigma_mad"
+    crps = make_trainer(_job(metric="val_crps", mode="min"), datasets={}, storage_path=tmp_path, name="crps")
+    assert crps.run_config.checkpoint_config.checkpoint_score_attribute == "val_crps"
+    assert crps.run_config.checkpoint_config.checkpoint_score_order == "min"
+
+
 def test_resources_config_flows_into_the_job(tmp_path):
     from zray import config
     from zray.train import job_for
@@ -124,13 +133,14 @@ def test_resources_config_flows_into_the_job(tmp_path):
     space = config.load(path)
     job = job_for(space, space.default_hyperparameters(), "0" * 16)
     assert job.gpus_per_worker == 1 and job.mixed_precision is True and job.num_workers == 2
+    assert (job.metric, job.mode) == ("val_sigma_mad", "min")
 
 
 def test_mixed_precision_only_on_gpus_and_pdf_stays_float32():
     import tensorflow as tf
 
     from zray.models import ModelSpec, build_model, keras
-    from zray.train import set_precision
+    from zray.train.steps import set_precision
 
     k = keras()
 
@@ -172,8 +182,7 @@ def test_mixed_precision_only_on_gpus_and_pdf_stays_float32():
 @pytest.mark.slow
 def test_search_with_uri_storage(ray_session, sim_data, tmp_path):
     """Tune and Train write to a URI (file:// here, as s3:// on a cluster); the driver keeps optuna.db."""
-    from zray import config
-    from zray import tune as search
+    from zray import config, search
 
     path = _two_node_space(tmp_path, sim_data, "uri")
     space = config.load(path, ["tune.num_samples=1", "resources.cpus_per_worker=0.9"])

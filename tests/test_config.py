@@ -98,8 +98,22 @@ BAD_CASES = [
     (("search.learning_rate.step", 0.1), "search.learning_rate.step: cannot be combined with log: true"),
     (("resources.cpus_per_worker", 0), "resources.cpus_per_worker: expected greater than 0, got 0"),
     (("data.z_max", -1.0), "data.z_max: must be > z_min (0), got -1"),
-    (("fixed.label_sigma", -0.01), "fixed.label_sigma: must be >= 0, got -0.01"),
-    (("search.label_sigma", {"type": "float", "low": -0.01, "high": 0.02}), "search.label_sigma.low: must be >= 0, got -0.01"),
+    (("fixed.label_sigma", -0.01), "fixed.label_sigma: expected a number >= 0, got -0.01"),
+    (("search.label_sigma", {"type": "float", "low": -0.01, "high": 0.02}),
+     "search.label_sigma.low: expected a number >= 0, got -0.01"),
+    # Declared constraints apply to search choices and bounds as to fixed values
+    # (a misspelt schedule once validated and then trained at a constant rate).
+    (("search.lr_schedule", {"type": "categorical", "choices": ["step", "cosin"]}),
+     "search.lr_schedule.choices: expected one of 'constant', 'step', 'cosine', got 'cosin'"),
+    (("fixed.lr_schedule", "cosin"), "fixed.lr_schedule: expected one of 'constant', 'step', 'cosine', got 'cosin'"),
+    (("search.lr_drop_factor", {"type": "float", "low": 0.5, "high": 4.0}),
+     "search.lr_drop_factor.low: expected a number >= 1, got 0.5"),
+    (("search.batch_size", {"type": "int", "low": 0, "high": 64}), "search.batch_size.low: expected a whole number >= 1, got 0"),
+    (("fixed.lr_drop_factor", 0.0), "fixed.lr_drop_factor: expected a number >= 1, got 0.0"),
+    # One declaration of the metrics and their directions.
+    (("tune.metric", "val_sigma"), "tune.metric: unknown metric 'val_sigma'; expected one of val_sigma_mad, "
+                                   "val_outlier_fraction, val_crps, val_loss"),
+    (("tune.mode", "max"), "tune.mode: val_sigma_mad is better when lower; expected 'min', got 'max'"),
 ]
 
 

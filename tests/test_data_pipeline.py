@@ -1,4 +1,4 @@
-"""The reader: Ray Data per split, preprocessing and augmentation."""
+"""The reader: Ray Data per split and preprocessing (augmentation: tests/test_train_steps.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from zray.data import (
-    augment_codes,
     load_arrays,
     preprocess_batch,
     read_manifest,
@@ -41,7 +40,7 @@ def test_ray_reader_yields_what_was_written_for_every_split(ray_session, sim_dat
 
 def test_ray_map_batches_preprocess(ray_session, sim_data):
     ds = read_split(sim_data, "val").map_batches(
-        preprocess_batch, fn_kwargs={"augment": False, "seed": None}, batch_format="numpy"
+        preprocess_batch, batch_format="numpy"
     )
     batch = next(iter(ds.iter_batches(batch_size=1000, batch_format="numpy")))
     raw = load_arrays(sim_data, "val")
@@ -59,32 +58,6 @@ def test_load_arrays_matches_simulated_catalogue(sim_data):
         arrays = load_arrays(sim_data, split)
         np.testing.assert_allclose(arrays["z_spec"], cat.loc[arrays["id"], "z"].to_numpy(), rtol=1e-6)
         np.testing.assert_allclose(arrays["ebv"], cat.loc[arrays["id"], "ebv"].to_numpy(), rtol=1e-6)
-
-
-def _all_transforms(image):
-    out = []
-    for k in range(4):
-        r = np.rot90(image, k, axes=(0, 1))
-        out += [r, r[:, ::-1]]
-    return out
-
-
-def test_augmentation_is_a_reproducible_rotation_or_flip():
-    rng = np.random.default_rng(0)
-    batch = {"id": np.arange(64), "image": rng.normal(size=(64, 5, 8, 8)).astype(np.float32)}
-    plain = preprocess_batch(batch, augment=False)["image"]
-    a = preprocess_batch(batch, augment=True, seed=7)["image"]
-    b = preprocess_batch(batch, augment=True, seed=7)["image"]
-    c = preprocess_batch(batch, augment=True, seed=8)["image"]
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    for i in range(64):
-        assert any(np.array_equal(a[i], t) for t in _all_transforms(plain[i]))
-    turns, flips = augment_codes(batch["id"], 7)
-    assert set(turns.tolist()) == {0, 1, 2, 3} and set(flips.tolist()) == {0, 1}
-    # independent of batch boundaries: the second half alone gets the same transforms
-    half = {"id": batch["id"][32:], "image": batch["image"][32:]}
-    np.testing.assert_array_equal(preprocess_batch(half, augment=True, seed=7)["image"], a[32:])
 
 
 def test_read_split_errors(tmp_path, sim_data):

@@ -83,7 +83,8 @@ def test_bad_rows_are_refused_and_nothing_is_left(tmp_path, mutate, message):
 
 @pytest.mark.parametrize(
     "shape, message",
-    [((4, 4, 8, 8), "images have 4 bands; expected 5"), ((4, 5, 8, 6), "expected square cutouts"),
+    [((4, 4, 8, 8), r"images have shape \(4, 4, 8, 8\); expected \(N, 5, H, W\) raw cutouts in band order u,g,r,i,z"),
+     ((4, 5, 8, 6), "expected square cutouts"),
      ((4, 5, 8), "expected \\(N, 5, H, W\\)")],
 )
 def test_wrong_band_count_or_shape_is_refused(tmp_path, shape, message):

@@ -23,14 +23,13 @@ import yaml
 from click.testing import CliRunner
 
 import zray
-from zray import config
-from zray import tune as search
+from zray import config, search
+from zray.bundle import BUNDLE_FILE, read_bundle
 from zray.calibration import temper
 from zray.cli import main
 from zray.data import load_arrays, preprocess_batch, read_manifest
 from zray.errors import ZrayError
 from zray.evaluate import FIGURES
-from zray.export import BUNDLE_FILE, read_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import json
 import optuna
 import optuna.distributions as od
 
-from zray._optuna_search import ResumableOptunaSearch
+from zray.search.optuna_study import ResumableOptunaSearch
 
 
 def _searcher(tmp_path, epochs=3):

@@ -17,8 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from zray import config
-from zray import tune as search
+from zray import config, search
 from zray.cli import main
 
 BASE = {
@@ -174,10 +173,19 @@ def test_results_table_best_checkpoint_and_status(killed_and_resumed):
     assert (checkpoint / "state.json").exists() and (checkpoint / "tf").is_dir()
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["metrics"]["val_sigma_mad"] == pytest.approx(float(best_row["best_val_sigma_mad"]))
+    # `zray status` only reads: without results.csv/best.json it shows the same
+    # table and writes neither back (it used to rewrite both).
+    saved = {name: (experiment / name).read_bytes() for name in (search.RESULTS_FILE, search.BEST_FILE)}
+    for name in saved:
+        (experiment / name).unlink()
+    before = sorted((p.relative_to(experiment), p.stat().st_mtime_ns) for p in experiment.rglob("*"))
     result = CliRunner().invoke(main, ["status", str(experiment)])
     assert result.exit_code == 0, result.output
     assert "3 of 3: 3 complete" in result.output
     assert best["trial"] in result.output and str(checkpoint) in result.output
+    assert sorted((p.relative_to(experiment), p.stat().st_mtime_ns) for p in experiment.rglob("*")) == before
+    for name, data in saved.items():
+        (experiment / name).write_bytes(data)
 
 
 @pytest.mark.slow

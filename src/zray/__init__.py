@@ -7,9 +7,9 @@ def load(path):
     """Load an export bundle: ``zray.load("best/").predict(images, ebv)`` -> PDFs.
 
     ``images`` are raw cutouts ``(N, 5, H, W)`` in nanomaggies as in the
-    shards (the bundle scales and crops them); see :class:`zray.export.Bundle`.
+    shards (the bundle scales and crops them); see :class:`zray.bundle.Bundle`.
     TensorFlow is imported here, not by ``import zray``.
     """
-    from zray.export import load as _load
+    from zray.bundle import load as _load
 
     return _load(path)

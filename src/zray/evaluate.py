@@ -70,7 +70,8 @@ def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None,
         return np.asarray(columns["mag_r"], dtype=np.float64), "mag_r column of the shards"
     catalog = manifest.root / "catalog.parquet"
     if not catalog.is_file():
-        return None, "no r magnitudes (no mag_r column in the shards, no catalog.parquet beside them): r-magnitude bins skipped"
+        return None, ("no r magnitudes (no mag_r column in the shards, no catalog.parquet beside them): "
+                      "r-magnitude bins skipped")
     import pyarrow.parquet as pq
 
     try:
@@ -96,7 +97,8 @@ def _baseline_predictions(manifest, split: str, ids) -> tuple[dict | None, str]:
     except ZrayError as exc:
         return None, f"reference predictors not shown: {exc}"
     if reference is None:
-        return None, "reference predictors not shown: the evaluated galaxies are not all in the dataset's val/test splits"
+        return None, ("reference predictors not shown: the evaluated galaxies are not all in the dataset's "
+                      "val/test splits")
     return reference, ""
 
 
@@ -122,9 +124,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the bundle on ``split`` of dataset ``data``; write the report to ``out``."""
     from zray import plots
+    from zray.bundle import read_bundle
     from zray.data.progress import Progress
     from zray.data.shards import SPLITS, read_manifest
-    from zray.export import read_bundle
     from zray.predict import POINT_COLUMNS, _arrow_table, iter_predictions
     from zray.report import write_index
 

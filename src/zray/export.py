@@ -12,12 +12,12 @@ bundle from someone else can be loaded without trusting it. An ensemble's
 PDF is the mean of its members' PDFs.
 
 ``bundle.json`` records the preprocessing (pixel scaling, channel order,
-centre crop), band order, image size and redshift bins, so :func:`load`
-takes raw cutouts exactly as the shards hold them; and provenance: the
+centre crop), band order, image size and redshift bins, so
+:func:`zray.bundle.load` takes raw cutouts exactly as the shards hold them; and provenance: the
 experiment, each member's trial, checkpoint and validation metrics, the
 training data's manifest hash and the versions of zray, TensorFlow and Ray.
 
-Reading a bundle (:func:`read_bundle`) needs no TensorFlow; every problem
+Reading a bundle (:mod:`zray.bundle`) needs no TensorFlow; every problem
 with it (missing or unreadable ``bundle.json``, an unknown format version,
 missing member weights) and every mismatch with the data (band order, image
 size) is a :class:`~zray.errors.ZrayError` naming the file and what was
@@ -39,195 +39,8 @@ import numpy as np
 from zray import __version__
 from zray.atomic import publish_dir
 from zray.bins import RedshiftBins
+from zray.bundle import BUNDLE_FILE, FORMAT_VERSION, MEMBERS_DIR, PREPROCESSING, Bundle
 from zray.errors import ZrayError
-
-FORMAT_VERSION = 1
-BUNDLE_FILE = "bundle.json"
-MEMBERS_DIR = "members"
-PREPROCESSING = {
-    "pixel_scaling": "asinh-like sqrt scaling sign(x)(sqrt(|x|+1)-1) of nanomaggies",
-    "input_layout": "raw images (N, bands, H, W) in nanomaggies, as in the shards",
-    "model_layout": "channels last (N, image_size, image_size, bands)",
-    "crop": "centre crop to image_size x image_size after scaling",
-    "ebv": "E(B-V) as a second input of shape (N, 1)",
-}
-
-
-# ---------------------------------------------------------------------------
-# Reading
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """The checked contents of ``bundle.json``; reading it needs no TensorFlow."""
-
-    path: Path
-    data: dict[str, Any]
-    bins: RedshiftBins
-    bands: tuple[str, ...]
-    image_size: int
-    member_dirs: tuple[Path, ...]
-
-    @property
-    def manifest_hash(self) -> str | None:
-        return self.data.get("data", {}).get("manifest_hash")
-
-    def check_data(self, manifest) -> None:
-        """Refuse data whose band order or image size does not fit this bundle."""
-        where = manifest.root / "manifest.json"
-        if tuple(manifest.bands) != self.bands:
-            raise ZrayError(
-                f"{where}: bands are {','.join(manifest.bands)} but bundle {self.path} expects "
-                f"{','.join(self.bands)}; expected data in the bundle's band order"
-            )
-        h, w = manifest.image_shape[-2:]
-        if min(h, w) < self.image_size:
-            raise ZrayError(
-                f"{where}: images are {h}x{w} pixels but bundle {self.path} needs at least "
-                f"{self.image_size}x{self.image_size}; expected cutouts at least as large as the training ones"
-            )
-
-
-def read_bundle(path, verify: bool = True) -> BundleInfo:
-    """Read and check ``bundle.json``, that every member's files are there and (with
-    ``verify``) that their weights match the recorded checksums; no TensorFlow."""
-    path = Path(path)
-    file = path / BUNDLE_FILE
-    if not path.is_dir():
-        raise ZrayError(f"{path}: no such bundle directory; expected the --out folder of `zray export`")
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ZrayError(f"{file}: not found; expected a bundle written by `zray export`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ZrayError(f"{file}: unreadable ({exc}); expected JSON written by `zray export`") from None
-    if not isinstance(data, dict):
-        raise ZrayError(f"{file}: holds {type(data).__name__}; expected a JSON object written by `zray export`")
-    if data.get("format") != FORMAT_VERSION:
-        raise ZrayError(
-            f"{file}: bundle format {data.get('format')!r} is not supported by zray {__version__}; "
-            f"expected format {FORMAT_VERSION}"
-        )
-    try:
-        b = data["bins"]
-        bins = RedshiftBins(float(b["z_min"]), float(b["z_max"]), int(b["n_bins"]))
-        bands = tuple(str(x) for x in data["bands"])
-        image_size = int(data["image_size"])
-        members = tuple(path / str(m["path"]) for m in data["members"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ZrayError(
-            f"{file}: missing or malformed field {exc}; expected bins, bands, image_size and members"
-        ) from None
-    if not members:
-        raise ZrayError(f"{file}: lists no members; expected at least one model")
-    from zray.models._saving import INFO_FILE, WEIGHTS_FILE, check_weights
-
-    for member in members:
-        for name in (INFO_FILE, WEIGHTS_FILE):
-            if not (member / name).is_file():
-                raise ZrayError(f"{member / name}: not found; expected every member listed in {file} to be complete")
-        if verify:
-            check_weights(member)
-    return BundleInfo(path, data, bins, bands, image_size, members)
-
-
-class Bundle:
-    """A loaded bundle: ``predict(images, ebv)`` returns PDFs over ``bins``.
-
-    ``images`` are raw cutouts as the shards hold them, ``(N, bands, H, W)``
-    in nanomaggies with H, W >= ``image_size``; the bundle applies the
-    training preprocessing (pixel scaling, channels last, centre crop).
-    ``ebv`` is E(B-V), shape ``(N,)`` or ``(N, 1)``. Use
-    :meth:`predict_scaled` for images already preprocessed.
-    """
-
-    def __init__(self, path) -> None:
-        from zray.models import load_model
-
-        self.info = read_bundle(path, verify=False)  # load_model checks each member's weights
-        self.models = []
-        for member in self.info.member_dirs:
-            model, minfo = load_model(member)
-            if minfo.spec.bins != self.info.bins or minfo.spec.image_size != self.info.image_size:
-                raise ZrayError(
-                    f"{member}: model bins or image size differ from {self.info.path / BUNDLE_FILE}; "
-                    "expected every member to match the bundle"
-                )
-            self.models.append(model)
-        # Fitted at export (zray.calibration); 1.0 leaves the PDFs as the members give them.
-        self.temperature = float(self.info.data.get("calibration", {}).get("temperature", 1.0))
-
-    @property
-    def bins(self) -> RedshiftBins:
-        return self.info.bins
-
-    @property
-    def bands(self) -> tuple[str, ...]:
-        return self.info.bands
-
-    @property
-    def image_size(self) -> int:
-        return self.info.image_size
-
-    def __repr__(self) -> str:
-        return (f"Bundle({str(self.info.path)!r}, members={len(self.models)}, "
-                f"image_size={self.image_size}, bins={self.bins})")
-
-    def preprocess(self, images) -> np.ndarray:
-        """Raw ``(N, bands, H, W)`` cutouts -> scaled, cropped ``(N, S, S, bands)``."""
-        from zray.data.pipeline import preprocess_batch
-
-        images = np.asarray(images)
-        n_bands = len(self.bands)
-        if images.ndim != 4 or images.shape[1] != n_bands:
-            raise ZrayError(
-                f"images have shape {images.shape}; expected (N, {n_bands}, H, W) raw cutouts "
-                f"in band order {','.join(self.bands)}"
-            )
-        h, w = images.shape[2:]
-        s = self.image_size
-        if min(h, w) < s:
-            raise ZrayError(f"images are {h}x{w} pixels; expected at least {s}x{s} for this bundle")
-        if not np.all(np.isfinite(images)):
-            raise ZrayError("images have NaN or infinite pixels; expected finite values")
-        y0, x0 = (h - s) // 2, (w - s) // 2
-        x = preprocess_batch({"image": images[:, :, y0 : y0 + s, x0 : x0 + s]})["image"]
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def predict_scaled(self, x, ebv) -> np.ndarray:
-        """PDFs ``(N, n_bins)`` for preprocessed images: the members' mean for an
-        ensemble, tempered by the bundle's calibration temperature."""
-        from zray.calibration import temper
-
-        ebv = np.asarray(ebv, dtype=np.float32).reshape(-1, 1)
-        if len(ebv) != len(x):
-            raise ZrayError(f"ebv has {len(ebv)} values for {len(x)} images; expected one per image")
-        pdf = None
-        for model in self.models:
-            p = np.asarray(model.predict_on_batch([x, ebv]), dtype=np.float64)
-            pdf = p if pdf is None else pdf + p
-        pdf /= len(self.models)
-        if self.temperature != 1.0:
-            pdf = temper(pdf, self.temperature)
-        return pdf.astype(np.float32)
-
-    def predict(self, images, ebv, batch_size: int = 256) -> np.ndarray:
-        """PDFs ``(N, n_bins)`` (float32) for raw cutouts; see the class docstring."""
-        images = np.asarray(images)
-        ebv = np.asarray(ebv, dtype=np.float32).reshape(-1)
-        if len(ebv) != len(images):
-            raise ZrayError(f"ebv has {len(ebv)} values for {len(images)} images; expected one per image")
-        out = np.empty((len(images), self.bins.n_bins), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            sl = slice(start, start + batch_size)
-            out[sl] = self.predict_scaled(self.preprocess(images[sl]), ebv[sl])
-        return out
-
-
-def load(path) -> Bundle:
-    """Load a bundle written by ``zray export`` (see :class:`Bundle`)."""
-    return Bundle(path)
-
 
 # ---------------------------------------------------------------------------
 # Writing
@@ -247,10 +60,12 @@ def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
 
     ``run_dir`` is a search (``runs/NAME`` of ``zray tune``: its best trials,
     best first, by the search's metric), a training run (``runs/NAME`` of
-    ``zray train``: its best checkpoint by validation sigma_MAD) or one
-    checkpoint folder (holding ``state.json``).
+    ``zray train``: its best checkpoint by the run's metric, validation
+    sigma_MAD unless the search space said otherwise) or one checkpoint
+    folder (holding ``state.json``).
     """
-    from zray import tune
+    from zray import search
+    from zray.metrics import direction
     from zray.train import STATE_FILE, read_state
 
     run_dir = Path(run_dir)
@@ -258,8 +73,8 @@ def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
         raise ZrayError(f"--top-k must be a positive integer, but got {top_k!r}")
     if not run_dir.is_dir():
         raise ZrayError(f"{run_dir}: no such folder; expected runs/NAME of `zray tune` or `zray train`")
-    if (run_dir / tune.SPACE_FILE).exists():
-        ranked = tune.summarize(run_dir)["ranked"]
+    if (run_dir / search.SPACE_FILE).exists():
+        ranked = search.summarize(run_dir)["ranked"]
         ranked = [r for r in ranked if r.get("best_checkpoint")]
         if len(ranked) < top_k:
             raise ZrayError(
@@ -279,9 +94,12 @@ def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
         )
     scored = []
     for ckpt in states:
-        m = read_state(ckpt).get("metrics", {})
-        value = m.get("val_sigma_mad")
-        scored.append((value if isinstance(value, (int, float)) and np.isfinite(value) else np.inf,
+        state = read_state(ckpt)
+        m = state.get("metrics", {})
+        metric = state.get("job", {}).get("metric", "val_sigma_mad")
+        sign = 1.0 if direction(metric) == "min" else -1.0
+        value = m.get(metric)
+        scored.append((sign * value if isinstance(value, (int, float)) and np.isfinite(value) else np.inf,
                        -int(m.get("epoch", 0)), ckpt, m))
     scored.sort(key=lambda t: (t[0], t[1]))
     if len(scored) < top_k:
@@ -357,7 +175,7 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     0.83
     """
     from zray.models import ModelSpec, save_model
-    from zray.train import TrainJob, _model_hp, load_checkpoint_model
+    from zray.train import TrainJob, load_checkpoint_model, model_hp
 
     out = Path(out)
     if out.exists():
@@ -385,12 +203,12 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
                     "expected ensemble members trained on the same data setup"
                 )
             rel = f"{MEMBERS_DIR}/m{i}"
-            save_model(model, tmp / rel, job.model, _model_hp(job), spec)
+            save_model(model, tmp / rel, job.model, model_hp(job), spec)
             members.append({
                 "path": rel,
                 "model": job.model,
-                "hyperparameters": _model_hp(job),
-                "training": {k: v for k, v in job.hyperparameters.items() if k not in _model_hp(job)},
+                "hyperparameters": model_hp(job),
+                "training": {k: v for k, v in job.hyperparameters.items() if k not in model_hp(job)},
                 "trial": cand.trial,
                 "checkpoint": str(Path(cand.checkpoint).resolve()),
                 "epoch": int(state.get("epoch", -1)) + 1,

@@ -24,6 +24,19 @@ from zray.bins import RedshiftBins
 _LO68, _HI68 = 0.5 - 0.682689492 / 2, 0.5 + 0.682689492 / 2
 POINT_ESTIMATES = ("mean", "median", "mode")
 
+#: What training reports on the validation split every epoch, and which way is
+#: better: the one list that config validation (``tune.metric``), checkpoint
+#: scoring, ranking, export and display read. ``val_bias`` and
+#: ``val_bias_median`` are signed (0 is best), so they are reported, not ranked by.
+VALIDATION_METRICS: dict[str, str] = {
+    "val_sigma_mad": "min",
+    "val_outlier_fraction": "min",
+    "val_crps": "min",
+    "val_loss": "min",
+}
+REPORTED_METRICS = ("val_sigma_mad", "val_bias", "val_bias_median", "val_outlier_fraction", "val_crps",
+                    "val_loss")
+
 
 def _rows(pdf, bins: RedshiftBins) -> np.ndarray:
     p = np.atleast_2d(np.asarray(pdf, dtype=np.float64))
@@ -187,3 +200,29 @@ def summary(pdf, bins: RedshiftBins, z_spec, point: str = "median") -> dict[str,
         "crps": crps(pdf, bins, z_spec),
         "pit_ks": pit_ks(pit(pdf, bins, z_spec)),
     }
+
+
+def validation_metrics(pdf, bins: RedshiftBins, z_spec) -> dict[str, float]:
+    """The ``val_*`` figures of :data:`REPORTED_METRICS` (plus ``val_rows``) for PDFs on the validation split."""
+    pdf = np.asarray(pdf, dtype=np.float64)
+    z = np.asarray(z_spec, dtype=np.float64)
+    p_true = _rows(pdf, bins)[np.arange(len(z)), bins.index(z)]
+    s = summary(pdf, bins, z)
+    return {
+        "val_loss": float(-np.mean(np.log(np.clip(p_true, 1e-7, 1.0)))),
+        "val_sigma_mad": s["sigma_mad"],
+        "val_bias": s["bias_mean"],
+        "val_bias_median": s["bias_median"],
+        "val_outlier_fraction": s["outlier_fraction"],
+        "val_crps": s["crps"],
+        "val_rows": int(len(z)),
+    }
+
+
+def direction(metric: str) -> str:
+    """``min`` or ``max``: which way ``metric`` (one of :data:`VALIDATION_METRICS`) is better."""
+    try:
+        return VALIDATION_METRICS[metric]
+    except KeyError:
+        raise ValueError(f"{metric!r} is not a ranking metric; expected one of "
+                         f"{', '.join(VALIDATION_METRICS)}") from None

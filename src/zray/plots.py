@@ -73,7 +73,8 @@ def confusion(z_spec, z_phot, edges, path) -> Path:
     ticks = [f"{edges[i]:.2f}-{edges[i + 1]:.2f}" for i in range(k)]
     ax.set_xticks(range(k), ticks, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(k), ticks, fontsize=7)
-    ax.set(xlabel="photometric z bin", ylabel="spectroscopic z bin", title="Confusion matrix (counts; colour: row fraction)")
+    ax.set(xlabel="photometric z bin", ylabel="spectroscopic z bin",
+           title="Confusion matrix (counts; colour: row fraction)")
     return _save(fig, Path(path))
 
 

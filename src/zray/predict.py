@@ -35,7 +35,7 @@ class Predictor:
     """Ray Data callable class: raw shard batches in, point estimates (+ PDFs) out."""
 
     def __init__(self, bundle_path: str, with_pdf: bool = True, passthrough: tuple[str, ...] = ()) -> None:
-        from zray.export import Bundle
+        from zray.bundle import Bundle
         from zray.runtime import quiet_logs
 
         quiet_logs()
@@ -230,9 +230,9 @@ def predict(
     """
     import pyarrow.parquet as pq
 
+    from zray.bundle import read_bundle
     from zray.data.progress import Progress
     from zray.data.shards import SPLITS
-    from zray.export import read_bundle
 
     info = read_bundle(bundle_path)
     out = Path(out)

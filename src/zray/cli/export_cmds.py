@@ -13,7 +13,8 @@ from zray.paths import click_absolute
 @click.argument("run_dir", type=click.Path(path_type=Path), callback=click_absolute)
 @click.option("--top-k", "top_k", type=int, default=1, show_default=True,
               help="Export the K best trials as an ensemble averaging their PDFs.")
-@click.option("--out", type=click.Path(path_type=Path), callback=click_absolute, required=True, help="Bundle folder to write.")
+@click.option("--out", type=click.Path(path_type=Path), callback=click_absolute, required=True,
+              help="Bundle folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="Fit one PDF temperature on the training data's validation split (PIT closer to uniform).")

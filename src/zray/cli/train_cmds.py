@@ -11,7 +11,8 @@ from zray.paths import click_absolute
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @set_option
-@click.option("--runs", "runs_dir", default="runs", show_default=True, callback=click_absolute, help="Folder for run outputs.")
+@click.option("--runs", "runs_dir", default="runs", show_default=True, callback=click_absolute,
+              help="Folder for run outputs.")
 @click.option("--name", default=None, help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
 @run_options
 def train(

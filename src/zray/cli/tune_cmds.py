@@ -41,8 +41,7 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboar
       zray tune search_spaces/inception.yaml --resume
       RAY_ADDRESS=127.0.0.1:6379 zray tune search_spaces/inception.yaml --storage s3://my-bucket/zray
     """
-    from zray import config
-    from zray import tune as search
+    from zray import config, search
 
     space = config.load(file, with_skip(overrides, skip_corrupt))
     click.echo(
@@ -59,7 +58,8 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboar
         where = summary["experiment"]
         local = f"runs/{where.rstrip('/').rsplit('/', 1)[-1]}"
         click.echo(f"results in {where}")
-        click.echo(f"fetch them with `aws s3 sync {where} {local}` (gs: `gsutil -m rsync -r`), then `zray status {local}`")
+        click.echo(f"fetch them with `aws s3 sync {where} {local}` (gs: `gsutil -m rsync -r`), "
+                   f"then `zray status {local}`")
         click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
         return
     click.echo(search.format_summary(summary))
@@ -81,7 +81,7 @@ def status(experiment: str, top: int) -> None:
     Example:
       zray status runs/quickstart
     """
-    from zray import tune as search
+    from zray import search
 
     click.echo(search.format_summary(search.summarize(experiment), top=top))
 

@@ -6,7 +6,6 @@ functions that need them run.
 
 from zray.data.ingest import prepare_dataset
 from zray.data.pipeline import (
-    augment_codes,
     load_arrays,
     preprocess_batch,
     read_split,
@@ -35,7 +34,6 @@ __all__ = [
     "Manifest",
     "ShardInfo",
     "assign_split",
-    "augment_codes",
     "inspect_dataset",
     "load_arrays",
     "prepare_dataset",

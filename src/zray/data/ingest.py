@@ -30,6 +30,7 @@ import numpy as np
 
 from zray.bins import RedshiftBins
 from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog, where
+from zray.data.cutouts import crop_centre
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, DatasetWriter, Manifest
 from zray.errors import ZrayError, first_line
@@ -45,15 +46,6 @@ def normalise_band(value) -> str | None:
     if s.startswith("sdss"):
         s = s[4:]
     return s if s in BANDS else None
-
-
-def crop_centre(image: np.ndarray, size: int, label: str) -> np.ndarray:
-    """Centre-crop the last two axes to size x size; smaller cutouts are an error."""
-    h, w = image.shape[-2:]
-    if h < size or w < size:
-        raise ZrayError(f"{label}: cutout is {h}x{w} pixels; expected at least {size}x{size} (--size)")
-    y0, x0 = (h - size) // 2, (w - size) // 2
-    return image[..., y0: y0 + size, x0: x0 + size]
 
 
 def _open(path: Path, label: str):
@@ -77,7 +69,8 @@ def _header_band(header, path: Path, label: str) -> str | None:
         if key in header:
             band = normalise_band(header[key])
             if band is None:
-                raise ZrayError(f"{label}: {path} header {key}={header[key]!r} is not a band; expected one of u,g,r,i,z")
+                raise ZrayError(f"{label}: {path} header {key}={header[key]!r} is not a band; "
+                                "expected one of u,g,r,i,z")
             return band
     return None
 

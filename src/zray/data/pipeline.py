@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zray.data.shards import _U64, BASE_COLUMNS, id_hash, read_manifest
+from zray.data.shards import BASE_COLUMNS, read_manifest
 from zray.errors import ZrayError, first_line
 
 
@@ -37,51 +37,19 @@ def _scale_in_place(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def augment_codes(ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image (quarter turns 0-3, horizontal flip 0/1) from a hash of (seed, id).
-
-    Depending on the id rather than the position in a batch keeps the
-    augmentation reproducible however Ray Data splits or orders batches;
-    vary ``seed`` per epoch for fresh augmentations.
-    """
-    h = id_hash(ids, seed)
-    return (h & _U64(3)).astype(np.int8), ((h >> _U64(2)) & _U64(1)).astype(np.int8)
-
-
-def _augment(images: np.ndarray, turns: np.ndarray, flips: np.ndarray) -> np.ndarray:
-    """Rotate/flip channels-last images (N, H, W, C) in place, grouped by code."""
-    for k in range(1, 4):
-        sel = np.flatnonzero(turns == k)
-        if sel.size:
-            images[sel] = np.rot90(images[sel], k, axes=(1, 2))
-    sel = np.flatnonzero(flips == 1)
-    if sel.size:
-        images[sel] = images[sel][:, :, ::-1]
-    return images
-
-
-def preprocess_batch(batch: dict, *, augment: bool = False, seed: int | None = None) -> dict:
+def preprocess_batch(batch: dict) -> dict:
     """Network input from a raw batch: image (N,5,H,W) -> (N,H,W,5) float32, scaled.
 
-    With ``augment``, each image gets a random quarter turn and flip; with a
-    ``seed`` these are a function of (seed, id) and so reproducible, without
-    one they are fresh each call. Other columns pass through unchanged.
+    Other columns pass through unchanged. Augmentation (the 8 symmetries of
+    the square) happens later, inside the training step on the worker
+    (:func:`zray.train.steps.dihedral`), so every epoch sees fresh draws.
     """
     images = np.asarray(batch["image"])
     if images.ndim != 4:
         raise ZrayError(f"preprocess_batch: image batch has shape {images.shape}; expected (N, 5, H, W)")
     out = dict(batch)
     x = np.array(np.transpose(images, (0, 2, 3, 1)), dtype=np.float32, order="C", copy=True)
-    x = _scale_in_place(x)
-    if augment:
-        if seed is None or "id" not in batch:
-            rng = np.random.default_rng(seed)
-            turns = rng.integers(0, 4, len(x)).astype(np.int8)
-            flips = rng.integers(0, 2, len(x)).astype(np.int8)
-        else:
-            turns, flips = augment_codes(np.asarray(batch["id"]), seed)
-        x = _augment(x, turns, flips)
-    out["image"] = x
+    out["image"] = _scale_in_place(x)
     return out
 
 

@@ -362,6 +362,8 @@ class DatasetWriter:
         return f"{self.label}: row {row}{ident}"
 
     def _validate(self, ids, images, z_spec, ebv, extra_columns):
+        from zray.data.cutouts import check_cutouts
+
         images = np.asarray(images)
         if images.ndim != 4:
             raise ZrayError(
@@ -379,15 +381,9 @@ class DatasetWriter:
         if n and not np.issubdtype(ids.dtype, np.integer):
             raise ZrayError(f"{self.label}: ids have dtype {ids.dtype}; expected integers")
         ids = ids.astype(np.int64)
-        if images.shape[1] != len(BANDS):
-            raise ZrayError(
-                f"{self.label}: images have {images.shape[1]} bands; "
-                f"expected {len(BANDS)} ({','.join(BANDS)})"
-            )
-        if images.shape[2] != images.shape[3]:
-            raise ZrayError(
-                f"{self.label}: images are {images.shape[2]}x{images.shape[3]}; expected square cutouts"
-            )
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        check_cutouts(images, n_bands=len(BANDS), label=self.label, bands=",".join(BANDS),
+                      row=lambda i: self._where(i, ids))
         shape = tuple(int(v) for v in images.shape[1:])
         if self.image_shape is None:
             self.image_shape = shape  # type: ignore[assignment]
@@ -396,11 +392,6 @@ class DatasetWriter:
                 f"{self.label}: rows from {self._rows_seen} have image shape {shape}; "
                 f"expected {self.image_shape} like the earlier rows"
             )
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        bad = ~np.isfinite(images).reshape(n, -1).all(axis=1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ZrayError(f"{self._where(i, ids)}: image has NaN or infinite pixels; expected finite values")
         bad = ~(np.isfinite(z_spec) & self.bins.contains(z_spec))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])

@@ -144,7 +144,8 @@ def _check_rows(path, table: pa.Table, manifest: Manifest, split: str, seen_ids:
     z_min, z_max = manifest.z_range
     bad = np.flatnonzero(~((z >= z_min) & (z < z_max)))
     for i in bad[:3]:
-        problem(f"{path}: row {i} (id {ids[i]}): z_spec {float(z[i]):.4g} is outside the range; expected {z_min} <= z < {z_max}")
+        problem(f"{path}: row {i} (id {ids[i]}): z_spec {float(z[i]):.4g} is outside the range; "
+                f"expected {z_min} <= z < {z_max}")
     bad = np.flatnonzero(~(np.isfinite(ebv) & (ebv >= 0)))
     for i in bad[:3]:
         problem(f"{path}: row {i} (id {ids[i]}): ebv {float(ebv[i]):g} is invalid; expected a finite E(B-V) >= 0")

@@ -1,241 +1,31 @@
-"""The search-space YAML: its schema, ``--set`` overrides and the run identity.
-
-One YAML per model type describes a whole experiment (docs/architecture.md, section 2)::
-
-    name: inception-sdss
-    model: inception
-    data: {path: data/sim, image_size: 64, z_max: 0.4, n_bins: 180}
-    fixed: {epochs: 30, batch_size: 128}
-    search:
-      learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
-    tune: {metric: val_sigma_mad, mode: min, num_samples: 20, scheduler: {type: asha}}
-    resources: {num_workers: 2, cpus_per_worker: 1, gpus_per_worker: 0}
+"""Reading a search-space file: YAML, ``--set`` overrides, and one-sentence errors.
 
 Every problem is reported as one :class:`~zray.errors.ZrayError` sentence of
-the form ``FILE: key.path: what was expected, got VALUE``.
+the form ``FILE: key.path: what was expected, got VALUE`` (or ``--set
+KEY=VALUE: ...`` when an override caused it).
+
+    >>> from zray import config
+    >>> space = config.load("search_spaces/quickstart.yaml", ["fixed.epochs=2"])  # doctest: +SKIP
+    >>> space.default_hyperparameters()["epochs"]                               # doctest: +SKIP
+    2
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
-from zray.bins import RedshiftBins
+from zray import hyperparameters
+from zray.config.schema import TRAINING_HYPERPARAMETERS, Distribution, SearchSpace, _KeyedError
 from zray.errors import ZrayError
 from zray.paths import absolute
 
-# Hyperparameters of the training loop, shared by every model type. Model types
-# add their own architecture hyperparameters through the registry.
-TRAINING_HYPERPARAMETERS: dict[str, Any] = {
-    "epochs": 30,
-    "batch_size": 128,
-    "learning_rate": 1.0e-4,
-    # "step": divide the rate by lr_drop_factor at half the run (Lin et al. 2022).
-    "lr_schedule": "step",
-    "lr_drop_factor": 5.0,
-    "augment": True,
-    # Width (in z) of a Gaussian spread over the bins as the training target;
-    # 0 trains on the one-hot bin of z_spec, as Pasquet et al. 2019 did. A
-    # width of about two bins lets a few thousand galaxies teach every bin
-    # its neighbours and speeds learning several-fold.
-    "label_sigma": 0.0,
-}
-LR_SCHEDULES = ("constant", "step", "cosine")
-
-
-class _KeyedError(ValueError):
-    """A validator error that belongs to a sub-key of the object being checked."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PosInt = Annotated[StrictInt, Field(gt=0)]
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
-
-
-class Distribution(_Strict):
-    """One searchable hyperparameter, in Optuna's terms."""
-
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
-    default: Any = None
-
-    @model_validator(mode="after")
-    def _check(self) -> Distribution:
-        if self.type == "categorical":
-            for key in ("low", "high", "step"):
-                if getattr(self, key) is not None:
-                    raise _KeyedError(key, "is not used by a categorical distribution; give choices")
-            if not self.choices:
-                raise _KeyedError("choices", "must be a non-empty list")
-            if self.default is not None and self.default not in self.choices:
-                raise _KeyedError("default", f"must be one of the choices {self.choices}, got {self.default!r}")
-            return self
-        if self.choices is not None:
-            raise _KeyedError("choices", f"is only used by categorical distributions, not {self.type}")
-        for key in ("low", "high"):
-            value = getattr(self, key)
-            if value is None:
-                raise _KeyedError(key, f"is required for a {self.type} distribution")
-            if self.type == "int" and value != int(value):
-                raise _KeyedError(key, f"must be a whole number for an int distribution, got {value}")
-        if self.low > self.high:
-            raise _KeyedError("low", f"`low <= high` must hold, got low={self.low}, high={self.high}")
-        if self.log and self.low <= 0:
-            raise _KeyedError("low", f"must be > 0 on a log scale, got {self.low:g}")
-        if self.step is not None:
-            if self.step <= 0:
-                raise _KeyedError("step", f"must be > 0, got {self.step:g}")
-            if self.log:
-                raise _KeyedError("step", "cannot be combined with log: true (Optuna forbids it)")
-            if self.type == "int" and self.step != int(self.step):
-                raise _KeyedError("step", f"must be a whole number for an int distribution, got {self.step}")
-        if self.default is not None:
-            if not isinstance(self.default, (int, float)) or isinstance(self.default, bool):
-                raise _KeyedError("default", f"must be a number, got {self.default!r}")
-            if not self.low <= self.default <= self.high:
-                raise _KeyedError(
-                    "default", f"must lie in [{self.low:g}, {self.high:g}], got {self.default:g}"
-                )
-        return self
-
-    def centre(self) -> Any:
-        """A value inside the distribution, used when no default is known."""
-        if self.type == "categorical":
-            return self.choices[0]
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        if self.step:
-            mid = self.low + round((mid - self.low) / self.step) * self.step
-        return int(round(mid)) if self.type == "int" else float(mid)
-
-    def admits(self, value: Any) -> bool:
-        if self.type == "categorical":
-            return value in self.choices
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
-
-
-class SimulateSpec(_Strict):
-    """Data generated with ``zray simulate`` on first use and cached at ``data.path``."""
-
-    n: PosInt = 2000
-    seed: NonNegInt = 0
-
-
-class DataConfig(_Strict):
-    path: str
-    image_size: PosInt = 64
-    z_min: float = 0.0
-    z_max: float = 0.4
-    n_bins: Annotated[StrictInt, Field(ge=2)] = 180
-    simulate: SimulateSpec | None = None
-    # Train without shards found corrupt (reporting their rows as skipped)
-    # instead of stopping at the first one.
-    skip_corrupt: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.z_min < 0:
-            raise _KeyedError("z_min", f"must be >= 0, got {self.z_min:g}")
-        if self.z_max <= self.z_min:
-            raise _KeyedError("z_max", f"must be > z_min ({self.z_min:g}), got {self.z_max:g}")
-        if self.image_size < 8:
-            raise _KeyedError("image_size", f"must be at least 8 pixels, got {self.image_size}")
-        return self
-
-    @property
-    def bins(self) -> RedshiftBins:
-        return RedshiftBins(self.z_min, self.z_max, self.n_bins)
-
-
-class SchedulerConfig(_Strict):
-    """Early stopping of poor trials: ASHA, median stopping, or none."""
-
-    type: Literal["none", "asha", "median"] = "none"
-    grace_period: PosInt = 1
-    reduction_factor: float = Field(3.0, gt=1)
-    min_samples_required: PosInt = 3
-
-
-class TuneConfig(_Strict):
-    metric: str = "val_sigma_mad"
-    mode: Literal["min", "max"] = "min"
-    num_samples: PosInt = 10
-    max_concurrent: PosInt = 1
-    scheduler: SchedulerConfig = SchedulerConfig()
-    sampler: Literal["tpe", "random"] = "tpe"
-    seed: NonNegInt = 0
-    time_budget_s: float | None = Field(None, gt=0)
-
-
-class ResourcesConfig(_Strict):
-    """Per trial: Ray Train workers and what each gets.
-
-    ``trial_cpus`` is what the Tune trial's driver holds (not 0: Ray refuses);
-    whatever the trials leave is free for Ray Data's read tasks.
-    """
-
-    num_workers: PosInt = 1
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    trial_cpus: float = Field(0.1, gt=0)
-    mixed_precision: bool = False
-
-
-class SearchSpace(_Strict):
-    name: str = Field(min_length=1)
-    model: str
-    data: DataConfig
-    fixed: dict[str, Any] = {}
-    search: dict[str, Distribution] = {}
-    tune: TuneConfig = TuneConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-
-    @model_validator(mode="after")
-    def _check_name(self) -> SearchSpace:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise _KeyedError("name", f"must be letters, digits, '-', '_' or '.', got {self.name!r}")
-        return self
-
-    def hyperparameter_defaults(self) -> dict[str, Any]:
-        """Every hyperparameter this experiment's model and training take, with defaults."""
-        from zray.models import model_hyperparameters
-
-        return {**TRAINING_HYPERPARAMETERS, **model_hyperparameters(self.model)}
-
-    def default_hyperparameters(self) -> dict[str, Any]:
-        """What ``zray train`` runs: fixed values, then each searched one at its default."""
-        known = self.hyperparameter_defaults()
-        params = dict(known)
-        params.update(self.fixed)
-        for key, dist in self.search.items():
-            if dist.default is not None:
-                params[key] = dist.default
-            elif not dist.admits(known.get(key)):
-                params[key] = dist.centre()
-        return params
-
-
-# ---------------------------------------------------------------------------
-# Loading, overrides and error messages
+__all__ = ["load", "validate", "parse_override", "apply_overrides"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -482,22 +272,29 @@ def _check_semantics(space: SearchSpace, path: Path, overrides) -> None:
                 f"{_where(path, ('search', key, 'type'), overrides)}: {key} takes "
                 f"{type(known[key]).__name__} values; use type: categorical, got {dist.type!r}"
             )
-    if known_schedule := space.fixed.get("lr_schedule"):
-        if known_schedule not in LR_SCHEDULES:
-            raise ZrayError(
-                f"{_where(path, ('fixed', 'lr_schedule'), overrides)}: expected one of "
-                f"{', '.join(LR_SCHEDULES)}, got {known_schedule!r}"
-            )
-    for key in ("epochs", "batch_size"):
-        value = space.fixed.get(key)
-        if isinstance(value, int) and value <= 0:
-            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: must be > 0, got {value}")
-    sigma = space.fixed.get("label_sigma")
-    if isinstance(sigma, (int, float)) and sigma < 0:
-        raise ZrayError(f"{_where(path, ('fixed', 'label_sigma'), overrides)}: must be >= 0, got {sigma}")
-    dist = space.search.get("label_sigma")
-    if dist is not None and dist.type != "categorical" and dist.low < 0:
-        raise ZrayError(f"{_where(path, ('search', 'label_sigma', 'low'), overrides)}: must be >= 0, got {dist.low}")
+    _check_constraints(space, path, overrides)
+
+
+def _check_constraints(space: SearchSpace, path: Path, overrides) -> None:
+    """The declared constraint of each training hyperparameter (zray.hyperparameters),
+    applied to fixed values, to every search choice and to both ends of a searched range."""
+    for key, value in space.fixed.items():
+        problem = hyperparameters.check(key, value)
+        if problem:
+            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {value!r}")
+    for key, dist in space.search.items():
+        if dist.type == "categorical":
+            values = [("choices", choice) for choice in dist.choices]
+        else:
+            values = [("low", dist.low), ("high", dist.high)]
+            if dist.type == "int":
+                values = [(end, int(v)) for end, v in values]
+        if dist.default is not None:
+            values.append(("default", dist.default))
+        for end, value in values:
+            problem = hyperparameters.check(key, value)
+            if problem:
+                raise ZrayError(f"{_where(path, ('search', key, end), overrides)}: {problem}, got {value!r}")
 
 
 def _type_problem(default: Any, value: Any) -> str | None:
@@ -515,36 +312,3 @@ def _type_problem(default: Any, value: Any) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------
-# Run identity
-
-
-def _canonical(value: Any) -> Any:
-    """JSON-stable form: floats by their shortest repr, whole floats kept distinct from ints."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return {"f": repr(float(value))}
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _canonical(value.item())
-    raise TypeError(f"cannot hash a value of type {type(value).__name__}")
-
-
-def run_identity(model: str, hyperparameters: dict[str, Any], data_hash: str, length: int = 10) -> str:
-    """A short hash of what makes a trial different: model type, hyperparameters, data.
-
-    The same inputs give the same hash on any machine and Python version (no
-    ``hash()``, no dict order); any change to them changes it.
-    """
-    payload = json.dumps(
-        {"model": model, "hyperparameters": _canonical(hyperparameters), "data": data_hash},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:length]

@@ -1,6 +1,6 @@
 """One line per finished trial, printed by the search's driver.
 
-Its own module so Ray (imported here at the top) stays out of ``zray.tune``'s
+Its own module so Ray (imported here at the top) stays out of ``zray.search``'s
 import, while the class keeps one importable name for Tune's saved state.
 """
 

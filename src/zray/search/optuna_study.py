@@ -1,6 +1,6 @@
 """Ray's OptunaSearch, made a faithful record of the search and able to survive a driver restart.
 
-Its own module so Ray (imported here at the top) stays out of ``zray.tune``'s
+Its own module so Ray (imported here at the top) stays out of ``zray.search``'s
 import, while the class keeps one importable name for Tune's saved state.
 
 What Ray's OptunaSearch records differs from what zray reports, and
@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-TRIALS_DIR = "trials"
+from zray.search.results import TRIALS_DIR
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -92,6 +92,6 @@ class ResumableOptunaSearch(OptunaSearch):
         return found[0] if found else None
 
     def _best_checkpoint(self, folder: Path | None) -> str | None:
-        from zray.tune import best_checkpoint
+        from zray.search.results import best_checkpoint
 
         return best_checkpoint(folder, self._metric, self._mode) if folder else None

@@ -1,0 +1,213 @@
+"""Reading bundles: what ``zray export`` wrote, checked, and loaded for prediction.
+
+A bundle is a directory::
+
+    bundle.json          what predicting needs, and where the models came from
+    members/m0/          model.json + weights.weights.h5 (zray.models.save_model)
+    members/m1/ ...      further members of an ensemble
+
+:func:`read_bundle` checks ``bundle.json`` and the members' files without
+TensorFlow (the driver of ``zray predict`` does it before Ray starts);
+:func:`load` returns a :class:`Bundle` whose ``predict`` takes raw cutouts
+exactly as the shards hold them. Every problem is a
+:class:`~zray.errors.ZrayError` naming the file and what was expected.
+Writing bundles is :mod:`zray.export`.
+
+    >>> import zray
+    >>> bundle = zray.load("bundles/quickstart")            # doctest: +SKIP
+    >>> pdf = bundle.predict(images, ebv)                    # doctest: +SKIP
+    >>> pdf.shape                                            # doctest: +SKIP
+    (1000, 180)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray import __version__
+from zray.bins import RedshiftBins
+from zray.errors import ZrayError
+
+__all__ = ["BUNDLE_FILE", "FORMAT_VERSION", "MEMBERS_DIR", "PREPROCESSING", "Bundle", "BundleInfo",
+           "load", "read_bundle"]
+
+FORMAT_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+MEMBERS_DIR = "members"
+PREPROCESSING = {
+    "pixel_scaling": "asinh-like sqrt scaling sign(x)(sqrt(|x|+1)-1) of nanomaggies",
+    "input_layout": "raw images (N, bands, H, W) in nanomaggies, as in the shards",
+    "model_layout": "channels last (N, image_size, image_size, bands)",
+    "crop": "centre crop to image_size x image_size after scaling",
+    "ebv": "E(B-V) as a second input of shape (N, 1)",
+}
+
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """The checked contents of ``bundle.json``; reading it needs no TensorFlow."""
+
+    path: Path
+    data: dict[str, Any]
+    bins: RedshiftBins
+    bands: tuple[str, ...]
+    image_size: int
+    member_dirs: tuple[Path, ...]
+
+    @property
+    def manifest_hash(self) -> str | None:
+        return self.data.get("data", {}).get("manifest_hash")
+
+    def check_data(self, manifest) -> None:
+        """Refuse data whose band order or image size does not fit this bundle."""
+        where = manifest.root / "manifest.json"
+        if tuple(manifest.bands) != self.bands:
+            raise ZrayError(
+                f"{where}: bands are {','.join(manifest.bands)} but bundle {self.path} expects "
+                f"{','.join(self.bands)}; expected data in the bundle's band order"
+            )
+        h, w = manifest.image_shape[-2:]
+        if min(h, w) < self.image_size:
+            raise ZrayError(
+                f"{where}: images are {h}x{w} pixels but bundle {self.path} needs at least "
+                f"{self.image_size}x{self.image_size}; expected cutouts at least as large as the training ones"
+            )
+
+
+def read_bundle(path, verify: bool = True) -> BundleInfo:
+    """Read and check ``bundle.json``, that every member's files are there and (with
+    ``verify``) that their weights match the recorded checksums; no TensorFlow."""
+    path = Path(path)
+    file = path / BUNDLE_FILE
+    if not path.is_dir():
+        raise ZrayError(f"{path}: no such bundle directory; expected the --out folder of `zray export`")
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ZrayError(f"{file}: not found; expected a bundle written by `zray export`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZrayError(f"{file}: unreadable ({exc}); expected JSON written by `zray export`") from None
+    if not isinstance(data, dict):
+        raise ZrayError(f"{file}: holds {type(data).__name__}; expected a JSON object written by `zray export`")
+    if data.get("format") != FORMAT_VERSION:
+        raise ZrayError(
+            f"{file}: bundle format {data.get('format')!r} is not supported by zray {__version__}; "
+            f"expected format {FORMAT_VERSION}"
+        )
+    try:
+        b = data["bins"]
+        bins = RedshiftBins(float(b["z_min"]), float(b["z_max"]), int(b["n_bins"]))
+        bands = tuple(str(x) for x in data["bands"])
+        image_size = int(data["image_size"])
+        members = tuple(path / str(m["path"]) for m in data["members"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ZrayError(
+            f"{file}: missing or malformed field {exc}; expected bins, bands, image_size and members"
+        ) from None
+    if not members:
+        raise ZrayError(f"{file}: lists no members; expected at least one model")
+    from zray.models._saving import INFO_FILE, WEIGHTS_FILE, check_weights
+
+    for member in members:
+        for name in (INFO_FILE, WEIGHTS_FILE):
+            if not (member / name).is_file():
+                raise ZrayError(f"{member / name}: not found; expected every member listed in {file} to be complete")
+        if verify:
+            check_weights(member)
+    return BundleInfo(path, data, bins, bands, image_size, members)
+
+
+class Bundle:
+    """A loaded bundle: ``predict(images, ebv)`` returns PDFs over ``bins``.
+
+    ``images`` are raw cutouts as the shards hold them, ``(N, bands, H, W)``
+    in nanomaggies with H, W >= ``image_size``; the bundle applies the
+    training preprocessing (pixel scaling, channels last, centre crop).
+    ``ebv`` is E(B-V), shape ``(N,)`` or ``(N, 1)``. Use
+    :meth:`predict_scaled` for images already preprocessed.
+    """
+
+    def __init__(self, path) -> None:
+        from zray.models import load_model
+
+        self.info = read_bundle(path, verify=False)  # load_model checks each member's weights
+        self.models = []
+        for member in self.info.member_dirs:
+            model, minfo = load_model(member)
+            if minfo.spec.bins != self.info.bins or minfo.spec.image_size != self.info.image_size:
+                raise ZrayError(
+                    f"{member}: model bins or image size differ from {self.info.path / BUNDLE_FILE}; "
+                    "expected every member to match the bundle"
+                )
+            self.models.append(model)
+        # Fitted at export (zray.calibration); 1.0 leaves the PDFs as the members give them.
+        self.temperature = float(self.info.data.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def bins(self) -> RedshiftBins:
+        return self.info.bins
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.info.bands
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    def __repr__(self) -> str:
+        return (f"Bundle({str(self.info.path)!r}, members={len(self.models)}, "
+                f"image_size={self.image_size}, bins={self.bins})")
+
+    def preprocess(self, images) -> np.ndarray:
+        """Raw ``(N, bands, H, W)`` cutouts -> scaled, cropped ``(N, S, S, bands)``."""
+        from zray.data.cutouts import check_cutouts, crop_centre
+        from zray.data.pipeline import preprocess_batch
+
+        images = np.asarray(images)
+        check_cutouts(images, n_bands=len(self.bands), label=f"bundle {self.info.path}",
+                      min_size=self.image_size, bands=",".join(self.bands))
+        x = preprocess_batch({"image": crop_centre(images, self.image_size)})["image"]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def predict_scaled(self, x, ebv) -> np.ndarray:
+        """PDFs ``(N, n_bins)`` for preprocessed images: the members' mean for an
+        ensemble, tempered by the bundle's calibration temperature."""
+        from zray.calibration import temper
+
+        ebv = np.asarray(ebv, dtype=np.float32).reshape(-1, 1)
+        if len(ebv) != len(x):
+            raise ZrayError(f"ebv has {len(ebv)} values for {len(x)} images; expected one per image")
+        pdf = None
+        for model in self.models:
+            p = np.asarray(model.predict_on_batch([x, ebv]), dtype=np.float64)
+            pdf = p if pdf is None else pdf + p
+        pdf /= len(self.models)
+        if self.temperature != 1.0:
+            pdf = temper(pdf, self.temperature)
+        return pdf.astype(np.float32)
+
+    def predict(self, images, ebv, batch_size: int = 256) -> np.ndarray:
+        """PDFs ``(N, n_bins)`` (float32) for raw cutouts; see the class docstring."""
+        images = np.asarray(images)
+        ebv = np.asarray(ebv, dtype=np.float32).reshape(-1)
+        if len(ebv) != len(images):
+            raise ZrayError(f"ebv has {len(ebv)} values for {len(images)} images; expected one per image")
+        out = np.empty((len(images), self.bins.n_bins), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            out[sl] = self.predict_scaled(self.preprocess(images[sl]), ebv[sl])
+        return out
+
+
+def load(path) -> Bundle:
+    """Load a bundle written by ``zray export`` (see :class:`Bundle`)."""
+    return Bundle(path)
+
+

@@ -1,0 +1,228 @@
+"""The search-space schema: sections, their fields and the checks that need no registry.
+
+Pydantic models, frozen and strict: an unknown key is an error. Checks that
+need the model registry (hyperparameter names, types and constraints) are in
+:mod:`zray.config.loading`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from zray.bins import RedshiftBins
+from zray.hyperparameters import DEFAULTS
+
+# Hyperparameters of the training loop, shared by every model type (defaults and
+# constraints in zray.hyperparameters). Model types add their own architecture
+# hyperparameters through the registry.
+TRAINING_HYPERPARAMETERS: dict[str, Any] = DEFAULTS
+
+
+class _KeyedError(ValueError):
+    """A validator error that belongs to a sub-key of the object being checked."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PosInt = Annotated[StrictInt, Field(gt=0)]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+
+
+class Distribution(_Strict):
+    """One searchable hyperparameter, in Optuna's terms."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    default: Any = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if self.type == "categorical":
+            for key in ("low", "high", "step"):
+                if getattr(self, key) is not None:
+                    raise _KeyedError(key, "is not used by a categorical distribution; give choices")
+            if not self.choices:
+                raise _KeyedError("choices", "must be a non-empty list")
+            if self.default is not None and self.default not in self.choices:
+                raise _KeyedError("default", f"must be one of the choices {self.choices}, got {self.default!r}")
+            return self
+        if self.choices is not None:
+            raise _KeyedError("choices", f"is only used by categorical distributions, not {self.type}")
+        for key in ("low", "high"):
+            value = getattr(self, key)
+            if value is None:
+                raise _KeyedError(key, f"is required for a {self.type} distribution")
+            if self.type == "int" and value != int(value):
+                raise _KeyedError(key, f"must be a whole number for an int distribution, got {value}")
+        if self.low > self.high:
+            raise _KeyedError("low", f"`low <= high` must hold, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise _KeyedError("low", f"must be > 0 on a log scale, got {self.low:g}")
+        if self.step is not None:
+            if self.step <= 0:
+                raise _KeyedError("step", f"must be > 0, got {self.step:g}")
+            if self.log:
+                raise _KeyedError("step", "cannot be combined with log: true (Optuna forbids it)")
+            if self.type == "int" and self.step != int(self.step):
+                raise _KeyedError("step", f"must be a whole number for an int distribution, got {self.step}")
+        if self.default is not None:
+            if not isinstance(self.default, (int, float)) or isinstance(self.default, bool):
+                raise _KeyedError("default", f"must be a number, got {self.default!r}")
+            if not self.low <= self.default <= self.high:
+                raise _KeyedError(
+                    "default", f"must lie in [{self.low:g}, {self.high:g}], got {self.default:g}"
+                )
+        return self
+
+    def centre(self) -> Any:
+        """A value inside the distribution, used when no default is known."""
+        if self.type == "categorical":
+            return self.choices[0]
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        if self.step:
+            mid = self.low + round((mid - self.low) / self.step) * self.step
+        return int(round(mid)) if self.type == "int" else float(mid)
+
+    def admits(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+class SimulateSpec(_Strict):
+    """Data generated with ``zray simulate`` on first use and cached at ``data.path``."""
+
+    n: PosInt = 2000
+    seed: NonNegInt = 0
+
+
+class DataConfig(_Strict):
+    path: str
+    image_size: PosInt = 64
+    z_min: float = 0.0
+    z_max: float = 0.4
+    n_bins: Annotated[StrictInt, Field(ge=2)] = 180
+    simulate: SimulateSpec | None = None
+    # Train without shards found corrupt (reporting their rows as skipped)
+    # instead of stopping at the first one.
+    skip_corrupt: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.z_min < 0:
+            raise _KeyedError("z_min", f"must be >= 0, got {self.z_min:g}")
+        if self.z_max <= self.z_min:
+            raise _KeyedError("z_max", f"must be > z_min ({self.z_min:g}), got {self.z_max:g}")
+        if self.image_size < 8:
+            raise _KeyedError("image_size", f"must be at least 8 pixels, got {self.image_size}")
+        return self
+
+    @property
+    def bins(self) -> RedshiftBins:
+        return RedshiftBins(self.z_min, self.z_max, self.n_bins)
+
+
+class SchedulerConfig(_Strict):
+    """Early stopping of poor trials: ASHA, median stopping, or none."""
+
+    type: Literal["none", "asha", "median"] = "none"
+    grace_period: PosInt = 1
+    reduction_factor: float = Field(3.0, gt=1)
+    min_samples_required: PosInt = 3
+
+
+class TuneConfig(_Strict):
+    """How trials are ranked, how many run, and what stops the poor ones early.
+
+    ``metric`` is one of :data:`zray.metrics.VALIDATION_METRICS`; ``mode``
+    follows from it (giving it is allowed, contradicting it is refused).
+    """
+
+    metric: str = "val_sigma_mad"
+    mode: Literal["min", "max"] | None = None
+    num_samples: PosInt = 10
+    max_concurrent: PosInt = 1
+    scheduler: SchedulerConfig = SchedulerConfig()
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: NonNegInt = 0
+    time_budget_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> TuneConfig:
+        from zray.metrics import VALIDATION_METRICS
+
+        if self.metric not in VALIDATION_METRICS:
+            raise _KeyedError("metric", f"unknown metric {self.metric!r}; expected one of "
+                                        f"{', '.join(VALIDATION_METRICS)}")
+        want = VALIDATION_METRICS[self.metric]
+        if self.mode is None:
+            object.__setattr__(self, "mode", want)  # frozen model: filled once, here
+        elif self.mode != want:
+            better = "lower" if want == "min" else "higher"
+            raise _KeyedError("mode", f"{self.metric} is better when {better}; expected {want!r}, got {self.mode!r}")
+        return self
+
+
+class ResourcesConfig(_Strict):
+    """Per trial: Ray Train workers and what each gets.
+
+    ``trial_cpus`` is what the Tune trial's driver holds (not 0: Ray refuses);
+    whatever the trials leave is free for Ray Data's read tasks.
+    """
+
+    num_workers: PosInt = 1
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    trial_cpus: float = Field(0.1, gt=0)
+    mixed_precision: bool = False
+
+
+class SearchSpace(_Strict):
+    name: str = Field(min_length=1)
+    model: str
+    data: DataConfig
+    fixed: dict[str, Any] = {}
+    search: dict[str, Distribution] = {}
+    tune: TuneConfig = TuneConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _check_name(self) -> SearchSpace:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise _KeyedError("name", f"must be letters, digits, '-', '_' or '.', got {self.name!r}")
+        return self
+
+    def hyperparameter_defaults(self) -> dict[str, Any]:
+        """Every hyperparameter this experiment's model and training take, with defaults."""
+        from zray.models import model_hyperparameters
+
+        return {**TRAINING_HYPERPARAMETERS, **model_hyperparameters(self.model)}
+
+    def default_hyperparameters(self) -> dict[str, Any]:
+        """What ``zray train`` runs: fixed values, then each searched one at its default."""
+        known = self.hyperparameter_defaults()
+        params = dict(known)
+        params.update(self.fixed)
+        for key, dist in self.search.items():
+            if dist.default is not None:
+                params[key] = dist.default
+            elif not dist.admits(known.get(key)):
+                params[key] = dist.centre()
+        return params
+
+

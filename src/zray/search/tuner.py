@@ -1,0 +1,294 @@
+"""The Ray part of the search: Tune trials proposed by Optuna, stopped early by a scheduler.
+
+Each trial is a Tune function trainable that runs one Ray Train run (Ray
+Train V2's pattern: ``trainer.fit()`` inside the trial, its reports forwarded
+by ``TuneReportCallback``). The experiment lives in ``runs/NAME/``:
+
+- ``optuna.db``: the Optuna study (SQLite), for ``optuna-dashboard``;
+- ``trials/trial-IDENTITY-N/``: each trial's Ray Train run and checkpoints,
+  named by the run identity so a resumed trial finds its own checkpoints;
+- ``trial-IDENTITY-N/``: Tune's trial folder (params, result.json, TensorBoard events);
+- Ray Tune's experiment state, used by ``--resume``;
+- ``results.csv`` and ``best.json``: written at the end (:mod:`zray.search.results`);
+- ``lost/``: folders of trials a killed driver started but Tune had not yet
+  saved (:mod:`zray.search.recovery`), kept for inspection.
+
+The storage may also be an object-store URI (``--storage s3://bucket/zray``),
+as a multi-node cluster needs: Tune and Train then write ``URI/NAME/`` and the
+driver keeps only the Optuna study and a copy of the search space in its local
+``runs/NAME/``. A plain path on a multi-node cluster must be shared by every
+node (NFS); :func:`zray.cluster.check_storage` proves it before the search.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zray.errors import ZrayError, first_line
+from zray.search.recovery import clear_unsaved, close_orphans, set_aside_lost_trials
+from zray.search.results import (
+    LOST_DIR,
+    SPACE_FILE,
+    STUDY_FILE,
+    TRIALS_DIR,
+    _write_json,
+    summarize,
+    write_results,
+)
+
+__all__ = ["run", "optuna_distributions", "make_scheduler", "make_searcher", "trial_function", "trial_name"]
+
+
+def optuna_distributions(space) -> dict[str, Any]:
+    """The search section as Optuna distributions (what OptunaSearch takes)."""
+    import optuna.distributions as od
+
+    out: dict[str, Any] = {}
+    for key, dist in space.search.items():
+        if dist.type == "categorical":
+            out[key] = od.CategoricalDistribution(list(dist.choices))
+        elif dist.type == "int":
+            out[key] = od.IntDistribution(int(dist.low), int(dist.high), log=dist.log, step=int(dist.step or 1))
+        else:
+            out[key] = od.FloatDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
+    return out
+
+
+def make_scheduler(space):
+    """ASHA, median stopping, or None, on the reported ``epoch``."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    s = space.tune.scheduler
+    epochs = max(int(space.default_hyperparameters()["epochs"]), 1)
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="epoch", metric=space.tune.metric, mode=space.tune.mode, max_t=epochs,
+                             grace_period=min(s.grace_period, epochs), reduction_factor=s.reduction_factor)
+    if s.type == "median":
+        return MedianStoppingRule(time_attr="epoch", metric=space.tune.metric, mode=space.tune.mode,
+                                  grace_period=s.grace_period, min_samples_required=s.min_samples_required)
+    return None
+
+
+def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
+    """OptunaSearch over the space, seeded, with its study in ``optuna.db``: a faithful
+    record of the search (see :mod:`zray.search.optuna_study`)."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from zray.search.optuna_study import ResumableOptunaSearch
+
+    seed = space.tune.seed
+    sampler = (optuna.samplers.TPESampler(seed=seed) if space.tune.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir.resolve() / STUDY_FILE}")
+    searcher = ResumableOptunaSearch(
+        space=optuna_distributions(space), metric=space.tune.metric, mode=space.tune.mode, sampler=sampler,
+        study_name=space.name, storage=storage, epochs=int(space.default_hyperparameters()["epochs"]),
+        experiment_dir=str(experiment_dir) if trials_local else None,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
+
+
+@dataclass
+class _TrialContext:
+    """What the trial function needs; plain data, shipped to the trial's process."""
+
+    space_json: dict
+    base_hp: dict
+    manifest_hash: str
+    trials_dir: str
+    record_ids_dir: str | None = None
+    # For the time estimate printed by the search's first trial.
+    plan: dict | None = None
+    # The splits, read and scaled once by the driver for every trial (Ray
+    # datasets travel by reference), and what the shard check skipped.
+    datasets: dict | None = None
+    skipped: dict | None = None
+
+
+def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
+    return {**ctx.base_hp, **{k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}}
+
+
+def trial_name(identity: str, trial_id: str) -> str:
+    """``trial-IDENTITY-NNNNN``: the run identity, plus Tune's trial counter in case
+    the sampler proposes the same point twice. Tune's trial folder and the
+    trial's Ray Train run share it, so a resumed trial finds its checkpoints."""
+    return f"trial-{identity}-{trial_id.rsplit('_', 1)[-1]}"
+
+
+def trial_function(config: dict, ctx: _TrialContext) -> None:
+    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from zray import storage as st
+    from zray.config import SearchSpace, run_identity
+    from zray.runtime import pin_address, quiet_logs
+    from zray.train import ESTIMATE_FILE, divergence, failure_reason, job_for, make_trainer
+
+    quiet_logs()
+    pin_address()
+    space = SearchSpace.model_validate(ctx.space_json)
+    hp = _trial_hp(ctx, config)
+    name = trial_name(run_identity(space.model, hp, ctx.manifest_hash), tune.get_context().get_trial_id())
+    run_dir = f"{ctx.trials_dir.rstrip('/')}/{name}"
+    # The first trial to train tells how long the search will take.
+    first = not st.exists(st.join(ctx.trials_dir, ESTIMATE_FILE))
+    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
+                  plan=ctx.plan if first else {}, **ctx.skipped)
+    trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
+                           gpus_per_worker=space.resources.gpus_per_worker, max_failures=1,
+                           callbacks=[TuneReportCallback()])
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
+        raise RuntimeError(failure_reason(exc, run_dir)) from None
+    reason = divergence(run_dir)
+    if reason:
+        raise FloatingPointError(reason)
+
+
+def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume: bool = False,
+        address: str | None = None, record_ids_dir: str | None = None, local_runs: str | Path = "runs",
+        on_check=None, dashboard_host: str = "127.0.0.1") -> dict[str, Any]:
+    """Run (or resume) the search; return the summary that ``zray status`` also prints.
+
+    ``runs_dir`` is the storage: a folder, or an object-store URI (then the
+    driver's own files go to ``local_runs/NAME`` and the summary only names
+    where the results are). On a cluster of more than one node the storage
+    and data folders are checked to be shared before any trial starts;
+    ``on_check`` receives the line saying what was checked.
+
+        >>> from zray import config, search
+        >>> space = config.load("search_spaces/quickstart.yaml")    # doctest: +SKIP
+        >>> summary = search.run(space, runs_dir="runs")           # doctest: +SKIP
+        >>> print(search.format_summary(summary))                  # doctest: +SKIP
+    """
+    from zray import baselines
+    from zray import storage as st
+    from zray.cluster import check_storage
+    from zray.data.pipeline import check_shards
+    from zray.data.source import ensure_data
+    from zray.runtime import init_ray
+    from zray.train import plan_of, prepare_datasets, skipped_fields
+
+    name = name or space.name
+    remote = st.is_uri(runs_dir)
+    experiment_dir = ((Path(local_runs) if remote else Path(runs_dir)) / name).resolve()
+    experiment_path = st.join(runs_dir, name) if remote else str(experiment_dir)
+    resume = _check_resume(space, experiment_path, experiment_dir, resume)
+    manifest = ensure_data(space)
+    # Footer check of every shard before anything is written or started.
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
+    if resume is None:
+        # Stopped before Tune saved its state the first time: nothing of the
+        # search can be restored, so it starts again, without the leftovers.
+        print(f"zray: {experiment_path} has no saved Tune state (stopped before its first save); "
+              "starting the search again", flush=True)
+        clear_unsaved(experiment_path, experiment_dir)
+        resume = False
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(experiment_dir / SPACE_FILE, space.model_dump(mode="json"))
+    if remote:
+        st.write_text(st.join(experiment_path, SPACE_FILE),
+                      json.dumps(space.model_dump(mode="json"), indent=1, sort_keys=True))
+    init_ray(address, dashboard_host=dashboard_host)
+    checked = check_storage(runs_dir, data_path=space.data.path)
+    if checked and on_check:
+        on_check(checked)
+    base_hp = {k: v for k, v in space.default_hyperparameters().items() if k not in space.search}
+    ctx = _TrialContext(
+        space_json=space.model_dump(mode="json"), base_hp=base_hp, manifest_hash=manifest.hash,
+        trials_dir=st.join(experiment_path, TRIALS_DIR), record_ids_dir=record_ids_dir,
+        plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
+        # Read and scale the data once for all trials: a trial then starts with
+        # its Ray Train run, not with Ray Data planning and reading the shards.
+        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=shards),
+        skipped=skipped_fields(shards),
+    )
+    t0 = time.perf_counter()
+    grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
+    close_orphans(experiment_dir, space.name)
+    if remote:
+        # Results live in the object store; `zray status` reads a local copy.
+        return {"experiment": experiment_path, "remote": True, "wall_time_s": time.perf_counter() - t0}
+    moved = set_aside_lost_trials(experiment_dir, {Path(r.path).name for r in grid if r.path})
+    if moved:
+        print(f"zray: set aside {len(moved)} trial folder(s) Tune had not saved before its driver "
+              f"stopped (their points were proposed again): {experiment_dir / LOST_DIR}", flush=True)
+    summary = summarize(experiment_dir)
+    write_results(summary)
+    summary["wall_time_s"] = time.perf_counter() - t0
+    return summary
+
+
+def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: bool) -> bool | None:
+    """Whether to restore Tune's state: refuse a resume with nothing to resume or a
+    changed search space, and a fresh start over an existing experiment. None: a
+    search stopped before Tune's first save, to start again."""
+    from zray import storage as st
+
+    state_exists = st.exists(st.join(experiment_path, "tuner.pkl"))
+    started = st.exists(st.join(experiment_path, SPACE_FILE)) or (experiment_dir / SPACE_FILE).exists()
+    if resume and not state_exists and not started:
+        raise ZrayError(f"{experiment_path}: nothing to resume (no Tune experiment state there); run without --resume")
+    if not resume and state_exists:
+        raise ZrayError(f"{experiment_path}: an experiment of that name exists; use --resume to continue it "
+                        "or --name NEW for a fresh one")
+    if resume:
+        saved_text = st.read_text(st.join(experiment_path, SPACE_FILE))
+        if saved_text is None or json.loads(saved_text) != space.model_dump(mode="json"):
+            raise ZrayError(f"{st.join(experiment_path, SPACE_FILE)}: the search space differs from the one "
+                            "this experiment started with; expected the same file and --set values to resume")
+    if started and not state_exists:
+        return None
+    return resume
+
+
+def _tuner(space, ctx: _TrialContext, manifest_hash: str, name: str, runs_dir, experiment_path: str,
+           experiment_dir: Path, resume: bool):
+    """A new ``tune.Tuner`` for the search, or the one restored from ``experiment_path``."""
+    from ray import tune
+
+    from zray import storage as st
+    from zray.config import run_identity
+    from zray.console import is_verbose
+    from zray.search.progress import TrialLines
+
+    def identity_of(trial) -> str:
+        return trial_name(run_identity(space.model, _trial_hp(ctx, trial.config), manifest_hash), trial.trial_id)
+
+    trainable = tune.with_resources(tune.with_parameters(trial_function, ctx=ctx),
+                                    {"cpu": space.resources.trial_cpus})
+    if resume:
+        try:
+            return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False)
+        except Exception as exc:  # Tune raises several types for unreadable state
+            raise ZrayError(f"{experiment_path}: the saved Tune state cannot be restored ({first_line(exc)}); "
+                            "expected the state of a search started by zray tune (start again with --name NEW)"
+                            ) from None
+    remote = st.is_uri(runs_dir)
+    epochs = space.default_hyperparameters()["epochs"]
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            # Nothing to search: Tune repeats the fixed configuration num_samples times.
+            search_alg=make_searcher(space, experiment_dir, trials_local=not remote) if space.search else None,
+            scheduler=make_scheduler(space), num_samples=space.tune.num_samples,
+            time_budget_s=space.tune.time_budget_s,
+            trial_name_creator=identity_of, trial_dirname_creator=identity_of,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(runs_dir) if remote else str(experiment_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=1 if is_verbose() else 0,
+            callbacks=[TrialLines(space.tune.metric, space.tune.mode, epochs)],
+        ),
+    )

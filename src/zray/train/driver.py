@@ -1,0 +1,227 @@
+"""The driver side of a training run: datasets, the Ray Train trainer, and ``zray train``.
+
+The driver (``zray train``, or one Tune trial) reads the data's splits with
+Ray Data, scales and crops the pixels once, keeps the result in Ray's object
+store when it fits (re-reading and decoding Parquet every epoch costs 5-10x)
+and streams it otherwise. Ray Train splits the training split between the
+workers, each running :func:`zray.train.worker.worker_loop`.
+
+    >>> from zray import config, train
+    >>> space = config.load("search_spaces/quickstart.yaml", ["fixed.epochs=2"])  # doctest: +SKIP
+    >>> result = train.run(space, runs_dir="runs")                                 # doctest: +SKIP
+    >>> result["metrics"]["val_sigma_mad"]                                         # doctest: +SKIP
+    0.031
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray.errors import ZrayError, last_error_line
+from zray.train.checkpoints import divergence, read_state
+from zray.train.job import DIVERGED_FILE, TrainJob, job_for, plan_of
+
+__all__ = ["prepare_datasets", "make_trainer", "run", "skipped_fields", "failure_reason"]
+
+# Keep a dataset in the object store when it takes at most this share of it.
+MATERIALIZE_FRACTION = 0.4
+
+
+def prepare_datasets(data_path: str | Path, image_size: int, splits=("train", "val"), shards=None) -> dict:
+    """Ray datasets per split, pixels scaled and cropped, kept in memory when they fit.
+
+    ``shards`` (a :class:`zray.data.pipeline.ShardCheck`, default: a strict
+    footer check of every shard) says which files to read; a shard whose rows
+    turn out undecodable stops the run naming it, or with ``skip_corrupt`` is
+    dropped and counted in ``shards.skipped``.
+    """
+    import ray
+
+    from zray.data import pipeline
+    from zray.data.shards import read_manifest
+
+    manifest = read_manifest(data_path)
+    for split in splits:
+        if manifest.rows.get(split, 0) == 0:
+            raise ZrayError(f"{data_path}: the {split} split is empty; expected rows in it to train")
+    if shards is None:
+        shards = pipeline.check_shards(data_path, splits)
+    datasets = {}
+    store = ray.available_resources().get("object_store_memory", 0.0)
+    for split in splits:
+        n_rows = manifest.rows.get(split, 0)
+        size_mb = n_rows * image_size * image_size * 5 * 4 / 1e6
+        in_memory = size_mb * 1e6 <= MATERIALIZE_FRACTION * store
+        datasets[split] = _read(data_path, split, image_size, shards, in_memory)
+        how = ("kept in Ray's object store" if in_memory
+               else f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)")
+        print(f"zray: {split} split: {n_rows} rows, {size_mb:.0f} MB, {how}", flush=True)
+    return datasets
+
+
+def _read(data_path, split: str, image_size: int, shards, in_memory: bool):
+    """One split as a Ray dataset; materialised when ``in_memory``, dropping
+    (with skip_corrupt) or naming (without) a shard that fails to decode."""
+    from zray.data import pipeline
+
+    if not in_memory and shards.skip_corrupt:
+        # Streamed rows are read inside the workers, too late to drop a file: screen every shard now.
+        while bad := pipeline.find_unreadable(shards.files[split]):
+            shards.reject(split, *bad)
+    while True:
+        ds = pipeline.read_split(data_path, split, files=shards.files[split]).map_batches(
+            _scale_and_crop, fn_kwargs={"image_size": image_size}, batch_format="numpy", batch_size=256,
+        )
+        if not in_memory:
+            return ds
+        try:
+            return ds.materialize()
+        except Exception:
+            bad = pipeline.find_unreadable(shards.files[split])
+            if bad is None:
+                raise
+            shards.reject(split, *bad)  # raises unless skip_corrupt
+
+
+def _scale_and_crop(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+    from zray.data.cutouts import crop_centre
+    from zray.data.pipeline import preprocess_batch
+
+    image = crop_centre(preprocess_batch(batch)["image"], image_size, axes=(1, 2))
+    return {
+        "id": np.asarray(batch["id"], dtype=np.int64),
+        "image": np.ascontiguousarray(image, dtype=np.float32),
+        "ebv": np.asarray(batch["ebv"], dtype=np.float32),
+        "z_spec": np.asarray(batch["z_spec"], dtype=np.float32),
+    }
+
+
+def _worker_entry(config: dict[str, Any]) -> None:
+    """What Ray Train runs in each worker. TensorFlow is imported there, not in the driver."""
+    from zray.train.worker import worker_loop
+
+    worker_loop(config)
+
+
+def make_trainer(job: TrainJob, *, datasets: dict, storage_path: str | Path, name: str,
+                 gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None):
+    """A TensorflowTrainer for ``job``; run it with ``.fit()``.
+
+    ``gpus_per_worker`` overrides the job's own (``job.gpus_per_worker``) when
+    given. ``storage_path`` is a folder (shared by all nodes on a cluster) or
+    an object-store URI such as ``s3://bucket/zray/NAME/trials``. Ray keeps the
+    two checkpoints best by the job's metric (``job.metric``, ``job.mode``).
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    from zray import storage as st
+
+    if st.is_uri(storage_path):
+        storage_path = str(storage_path)
+        run_dir = st.join(storage_path, name)
+    else:
+        storage_path = str(Path(storage_path).resolve())
+        run_dir = str(Path(storage_path) / name)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    st.remove(st.join(run_dir, DIVERGED_FILE))
+    if gpus_per_worker is None:
+        gpus_per_worker = job.gpus_per_worker
+    job = replace(job, run_dir=run_dir, gpus_per_worker=float(gpus_per_worker))
+    resources = {"CPU": job.cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    return TensorflowTrainer(
+        _worker_entry,
+        train_loop_config=asdict(job),
+        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=job.metric,
+                                               checkpoint_score_order=job.mode),
+            callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_failures: int = 2,
+        dashboard_host: str = "127.0.0.1", **job_extra) -> dict[str, Any]:
+    """One training run of ``space`` at its default hyperparameters.
+
+    Started again with the same name and output, it resumes from the last
+    checkpoint (Ray Train restores its checkpoint manager from storage).
+    """
+    from zray import baselines
+    from zray.config import run_identity
+    from zray.data.pipeline import check_shards
+    from zray.data.source import ensure_data
+    from zray.runtime import init_ray
+
+    manifest = ensure_data(space)
+    hp = space.default_hyperparameters()
+    identity = run_identity(space.model, hp, manifest.hash)
+    name = name or f"{space.name}-train-{identity}"
+    # Footer check of every shard before Ray starts: a broken file is named at once.
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    table = baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
+    init_ray(dashboard_host=dashboard_host)
+    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards)
+    job = job_for(space, hp, manifest.hash, plan=plan_of(space, manifest), **skipped_fields(shards), **job_extra)
+    trainer = make_trainer(job, datasets=datasets, storage_path=runs_dir, name=name,
+                           gpus_per_worker=space.resources.gpus_per_worker, max_failures=max_failures)
+    t0 = time.perf_counter()
+    run_dir = str(Path(runs_dir).resolve() / name)
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as exc:  # Ray Train raises its TrainingFailedError from fit()
+        error = exc
+    if error:
+        raise ZrayError(f"training run {name} failed: {failure_reason(error, run_dir)}") from None
+    reason = divergence(run_dir)
+    if reason:
+        raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")
+    state = read_state(result.checkpoint.path) if result.checkpoint else {}
+    return {
+        "name": name, "identity": identity, "run_dir": run_dir,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "metrics": state.get("metrics", {}), "history": state.get("history", []),
+        "wall_time_s": time.perf_counter() - t0, "hyperparameters": hp,
+        "rows_skipped": shards.rows_skipped, "skipped": shards.skipped, "baselines": table,
+    }
+
+
+def skipped_fields(shards) -> dict[str, Any]:
+    """The TrainJob fields a ShardCheck fills: the skipped shards, and the rows trained on."""
+    return {"rows_skipped": shards.rows_skipped, "skipped_files": [p for p, _, _ in shards.skipped],
+            "train_rows": sum(shards.rows.get(f, 0) for f in shards.files.get("train", []))}
+
+
+def failure_reason(error: BaseException, run_dir: str) -> str:
+    """One sentence for a failed run: a worker's :class:`ZrayError` as it was
+    raised (Ray wraps it in traceback text), a full disk under ``run_dir``
+    wherever Ray met it (its controller also writes there), else the
+    innermost error line."""
+    text = str(error).strip().splitlines()
+    for line in reversed(text):
+        if "ZrayError: " in line:
+            return line.split("ZrayError: ", 1)[1].strip()
+    if any("No space left on device" in line or "errno 28" in line.lower() for line in text):
+        return (
+            f"{run_dir}: no space left on device while writing the run's checkpoints; the last "
+            "whole checkpoint is kept; expected free space in the storage folder (free some, or "
+            "give another --runs/--storage)"
+        )
+    return last_error_line(str(error))

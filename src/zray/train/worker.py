@@ -1,0 +1,288 @@
+"""The loop each Ray Train worker runs: set up, restore, then per epoch train,
+validate, checkpoint and report.
+
+Every worker trains on its own disjoint part of the training split (Ray
+Train's ``streaming_split(equal=True)``: equal row counts, so every worker
+runs the same number of steps and the gradient all-reduce never waits on one
+that ran out of data) under ``MultiWorkerMirroredStrategy``. Rank 0 also
+validates and prints the epoch line; every worker writes the checkpoint (the
+save may use collectives) and rank 0's copy is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.train
+
+from zray.models import ModelSpec, build_model, keras
+
+k = keras()  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+import tensorflow as tf  # noqa: E402
+
+from zray.errors import ZrayError  # noqa: E402
+from zray.train import steps  # noqa: E402
+from zray.train.checkpoints import (  # noqa: E402
+    STATE_FILE,
+    WEIGHTS_PREFIX,
+    file_sizes,
+    latest_checkpoint,
+    read_state,
+    upload_checkpoint,  # noqa: E402
+)
+from zray.train.faults import Instruments  # noqa: E402
+from zray.train.job import (  # noqa: E402
+    DIVERGED_FILE,
+    DIVERGENCE_LOSS,
+    ESTIMATE_AFTER_S,
+    ESTIMATE_FILE,
+    TrainJob,
+    duration,
+    estimate_line,
+    learning_rate,
+    model_hp,
+)
+
+__all__ = ["worker_loop"]
+
+# A progress line inside an epoch once it has run this long, then this often.
+PROGRESS_AFTER_S = 3.0
+
+
+class Diverged(Exception):
+    """The all-reduced loss blew up: every worker stops at the same step."""
+
+
+@dataclass
+class _Worker:
+    """One worker's state across epochs."""
+
+    job: TrainJob
+    rank: int
+    world: int
+    model: Any
+    optimizer: Any
+    ckpt: Any
+    train_step: Any
+    predict_step: Any
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """The per-worker training loop (runs inside a Ray Train worker)."""
+    from zray.runtime import quiet_logs
+
+    quiet_logs()
+    job = TrainJob(**config)
+    w = _set_up(job)
+    restored = _restore(w)
+    instruments = Instruments(job, w.rank, w.world, w.start_epoch, w.model)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if w.rank == 0 else None
+    epochs = int(job.hyperparameters["epochs"])
+    if restored and w.start_epoch >= epochs and w.history:
+        # Already trained to the end: the process that was to hear the last
+        # report (a Tune driver killed just then) hears it again, or a resumed
+        # trial would end with no metric at all.
+        ray.train.report(w.history[-1])
+    for epoch in range(w.start_epoch, epochs):
+        try:
+            metrics = _train_one_epoch(w, epoch, train_shard, instruments)
+        except Diverged as exc:
+            if w.rank == 0 and job.run_dir:
+                from zray import storage as st
+
+                st.write_text(st.join(job.run_dir, DIVERGED_FILE), str(exc))
+            return
+        if w.rank == 0:
+            metrics.update(steps.validate(_batches(val_shard), w.predict_step, job.bins))
+            metrics["node_id"] = ray.get_runtime_context().get_node_id()  # which node trained
+            w.history.append(metrics)
+            print(epoch_line(metrics, epochs), flush=True)
+        _save_and_report(w, epoch, metrics)
+        instruments.epoch_done(epoch, metrics["steps"])
+
+
+def _set_up(job: TrainJob) -> _Worker:
+    """Threads, precision, the distribution strategy, model and optimizer."""
+    ctx = ray.train.get_context()
+    threads = max(1, int(round(job.cpus_per_worker)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    except RuntimeError:
+        pass  # already initialised in this process (a restarted loop)
+    mixed = steps.set_precision(job, k, tf) == "mixed_float16"
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    hp = job.hyperparameters
+    with strategy.scope():
+        model = build_model(job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
+        optimizer = k.optimizers.Adam(learning_rate=float(hp["learning_rate"]))
+        if mixed:
+            optimizer = k.mixed_precision.LossScaleOptimizer(optimizer)  # float16 gradients do not underflow
+        optimizer.build(model.trainable_variables)
+    loss = steps.make_loss(job.bins, float(hp["label_sigma"]))
+    return _Worker(
+        job=job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), model=model, optimizer=optimizer,
+        ckpt=tf.train.Checkpoint(model=model, optimizer=optimizer),
+        train_step=steps.make_train_step(model, optimizer, loss, strategy=strategy,
+                                         augment=bool(hp["augment"]), mixed=mixed),
+        predict_step=steps.make_predict_step(model),
+    )
+
+
+def _restore(w: _Worker) -> bool:
+    """Load the newest whole checkpoint of this run, if any; True if one was loaded."""
+    job = w.job
+    restored = latest_checkpoint(ray.train.get_checkpoint(), job.run_dir)
+    if restored is None:
+        return False
+    with restored.as_directory() as directory:
+        state = read_state(directory)
+        if state["job"]["manifest_hash"] != job.manifest_hash:
+            raise ZrayError(
+                f"{directory}: checkpoint was trained on data {state['job']['manifest_hash'][:12]}, "
+                f"but {job.data_path} is {job.manifest_hash[:12]}; expected the same data to resume"
+            )
+        w.ckpt.read(os.path.join(directory, WEIGHTS_PREFIX)).assert_existing_objects_matched()
+        w.start_epoch = int(state["epoch"]) + 1
+        w.history = list(state["history"])
+    return True
+
+
+def _train_one_epoch(w: _Worker, epoch: int, train_shard, instruments: Instruments) -> dict[str, Any]:
+    """One pass over this worker's shard; the epoch's training figures."""
+    job, hp = w.job, w.job.hyperparameters
+    lr = learning_rate(hp, epoch)
+    w.optimizer.learning_rate.assign(lr)
+    batch_size = max(1, int(hp["batch_size"]) // w.world)  # batch_size is the global batch
+    clock = _Clock(job, epoch, w.rank)
+    total_loss, n_steps, rows = 0.0, 0, 0
+    batches = train_shard.iter_batches(
+        batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size,
+        local_shuffle_seed=job.seed * 100_003 + epoch * 1009 + w.rank, prefetch_batches=2,
+    )
+    for batch in _named_failures(job, batches):
+        instruments.step(epoch, n_steps, batch)
+        n = len(batch["id"])
+        seed = tf.constant([job.seed * 7919 + epoch, n_steps * 131 + w.rank], dtype=tf.int64)
+        loss = float(w.train_step(
+            tf.convert_to_tensor(batch["image"]), tf.convert_to_tensor(batch["ebv"].reshape(-1, 1)),
+            tf.convert_to_tensor(batch["z_spec"]), seed, tf.constant(n * w.world, dtype=tf.int32),
+        ))
+        if not math.isfinite(loss) or loss > DIVERGENCE_LOSS:
+            raise Diverged(f"training loss became {loss:.3g} at epoch {epoch + 1}, step {n_steps + 1} "
+                           f"(learning rate {lr:g}); the run diverged")
+        total_loss, n_steps, rows = total_loss + loss, n_steps + 1, rows + n
+        clock.tick(n * w.world, rows * w.world)
+    train_time = clock.done()
+    return {
+        "epoch": epoch + 1, "loss": total_loss / max(n_steps, 1), "lr": lr, "steps": n_steps,
+        "train_rows": rows * w.world, "rows_skipped": job.rows_skipped, "restored_epochs": w.start_epoch,
+        "epoch_time_s": train_time,
+        "train_images_per_s": rows * w.world / train_time if train_time > 0 else 0.0,
+    }
+
+
+def _save_and_report(w: _Worker, epoch: int, metrics: dict[str, Any]) -> None:
+    """Write this epoch's checkpoint and report it with the metrics to Ray Train."""
+    with tempfile.TemporaryDirectory(prefix="zray-ckpt-") as tmp:
+        w.ckpt.write(os.path.join(tmp, WEIGHTS_PREFIX))
+        state = {
+            "epoch": epoch, "history": w.history, "job": asdict(w.job), "metrics": metrics,
+            "files": file_sizes(tmp),  # what a whole copy holds: checkpoint_complete() checks it
+        }
+        Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if w.rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload_checkpoint)
+
+
+def _batches(val_shard):
+    return val_shard.iter_batches(batch_size=512, batch_format="numpy", prefetch_batches=1)
+
+
+class _Clock:
+    """An epoch's timing on rank 0: the progress line inside the epoch and, in
+    the first epoch of a job with a plan, the time estimate."""
+
+    def __init__(self, job: TrainJob, epoch: int, rank: int) -> None:
+        self.job, self.epoch = job, epoch
+        self.t0 = self.last = time.perf_counter()
+        self.progress = rank == 0 and bool(job.train_rows)
+        self.estimate_due = bool(job.plan) and rank == 0 and epoch == 0
+        self.steady_t0, self.steady_rows = None, 0
+
+    def tick(self, step_rows: int, rows_done: int) -> None:
+        now = time.perf_counter()
+        if self.progress and now - self.last >= PROGRESS_AFTER_S and now - self.t0 >= PROGRESS_AFTER_S:
+            self.last = now
+            rate = rows_done / max(now - self.t0, 1e-9)
+            eta = max(self.job.train_rows - rows_done, 0) / max(rate, 1e-9)
+            epochs = int(self.job.hyperparameters["epochs"])
+            print(f"zray: progress epoch {self.epoch + 1}/{epochs}  {rows_done}/{self.job.train_rows} rows  "
+                  f"{rate:.0f} img/s  ETA {duration(eta)}", flush=True)
+        if not self.estimate_due:
+            return
+        if self.steady_t0 is None:
+            self.steady_t0 = now  # after the first step, which traces the graph
+            return
+        self.steady_rows += step_rows
+        if now - self.steady_t0 >= ESTIMATE_AFTER_S:
+            self._announce(self.steady_rows / (now - self.steady_t0))
+
+    def done(self) -> float:
+        """End of the epoch: the estimate if still due (a short first epoch); the training time."""
+        if self.estimate_due and self.steady_rows:
+            self._announce(self.steady_rows / (time.perf_counter() - self.steady_t0))
+        return time.perf_counter() - self.t0
+
+    def _announce(self, images_per_s: float) -> None:
+        """Print the estimate, and leave it beside the run folders so the search's
+        later trials do not repeat it."""
+        from zray import storage as st
+
+        self.estimate_due = False
+        line = estimate_line(self.job, images_per_s)
+        print(line, flush=True)
+        if self.job.run_dir and int(self.job.plan.get("trials", 1)) > 1:
+            parent = self.job.run_dir.rstrip("/").rsplit("/", 1)[0]
+            st.write_text(st.join(parent, ESTIMATE_FILE), line + "\n")
+
+
+def _named_failures(job: TrainJob, batches):
+    """Pass ``batches`` through; a read that fails names the corrupt shard.
+
+    A streamed dataset decodes Parquet inside this worker, so this is where a
+    damaged data page surfaces; the files are re-read one by one to name it.
+    """
+    try:
+        yield from batches
+    except Exception:
+        from zray.data.pipeline import find_unreadable
+        from zray.data.shards import read_manifest
+
+        files = [f for f in read_manifest(job.data_path).files("train") if str(f) not in job.skipped_files]
+        bad = find_unreadable(files)
+        if bad is None:
+            raise
+        raise ZrayError(
+            f"{bad[0]}: shard is corrupt ({bad[1]}); expected a readable zray shard (rewrite the "
+            "dataset, or set data.skip_corrupt: true to train without it)"
+        ) from None
+
+
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    """``zray: epoch 3/15  loss ...``: what rank 0 prints after each epoch."""
+    return (
+        f"zray: epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_sigma_mad {m['val_sigma_mad']:.4f}  val_bias {m['val_bias']:+.4f}  "
+        f"outliers {m['val_outlier_fraction']:.3f}  ({m['train_images_per_s']:.0f} img/s, lr {m['lr']:.2g})"
+    )
