@@ -73,7 +73,7 @@ COLUMNS = ("sigma_mad", "bias", "outlier_fraction", "crps", "pit_ks", "train_s")
 def prepare_data(args, work: Path) -> tuple[Path, dict]:
     """The training dataset folder (train + val splits) and the test rows as arrays."""
     from zray.data import load_arrays, read_manifest, simulate
-    from zray.data.shards import write_dataset
+    from zray.data.writer import write_dataset
 
     if args.train:
         train_dir = work / "train-data"

@@ -23,6 +23,8 @@ from zray import metrics as m
 from zray.atomic import publish_dir
 from zray.errors import ZrayError, first_line
 
+__all__ = ["binned_metrics", "evaluate"]
+
 N_Z_BINS = 8
 N_MAG_BINS = 6
 N_CONFUSION_BINS = 10
@@ -122,29 +124,51 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the bundle on ``split`` of dataset ``data``; write the report to ``out``."""
-    from zray import plots
+    """Evaluate the bundle on ``split`` of dataset ``data``; write the report to ``out``.
+
+        >>> from zray.evaluate import evaluate
+        >>> report = evaluate("bundles/quickstart", "data/quickstart", "reports/q")   # doctest: +SKIP
+        >>> report["overall"]["sigma_mad"]                                            # doctest: +SKIP
+        0.0195
+    """
     from zray.bundle import read_bundle
-    from zray.data.progress import Progress
-    from zray.data.shards import SPLITS, read_manifest
-    from zray.predict import POINT_COLUMNS, _arrow_table, iter_predictions
-    from zray.report import write_index
+    from zray.data.shards import read_manifest
 
     info = read_bundle(bundle_path)
     manifest = read_manifest(data)
     info.check_data(manifest)
+    out = _check_request(manifest, split, Path(out), overwrite)
+    t0 = time.perf_counter()
+    cols = _predict_split(bundle_path, manifest, split, batch_size, workers, progress)
+    result, binned = _score(cols, info, manifest, split)
+    result["bundle"] = str(Path(bundle_path).resolve())
+    _write_report(out, cols, result, binned, info, manifest, Path(bundle_path).name)
+    result["out"] = str(out)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _check_request(manifest, split: str, out: Path, overwrite: bool) -> Path:
+    from zray.data.shards import SPLITS
+
     if split not in SPLITS:
         raise ZrayError(f"--split {split!r} is not a split; expected one of {', '.join(SPLITS)}")
     if manifest.rows[split] == 0:
         raise ZrayError(f"{manifest.root}: the {split} split is empty; expected labelled rows to evaluate")
-    out = Path(out)
     if out.exists():
         is_report = (out / "metrics.json").is_file()
         if not (out.is_dir() and (not any(out.iterdir()) or (is_report and overwrite))):
             hint = "use --overwrite to replace it" if is_report else "expected a new or empty folder"
             raise ZrayError(f"{out}: already exists; {hint}")
+    return out
 
-    t0 = time.perf_counter()
+
+def _predict_split(bundle_path, manifest, split: str, batch_size: int, workers: int,
+                   progress: bool) -> dict[str, np.ndarray]:
+    """The bundle's predictions for every row of ``split``, with z_spec (and mag_r if the shards have it)."""
+    from zray.data.progress import Progress
+    from zray.predict import iter_predictions
+
     passthrough = ("z_spec",) + (("mag_r",) if "mag_r" in manifest.columns else ())
     bar = Progress("evaluate", manifest.rows[split], enabled=progress)
     parts: dict[str, list] = {}
@@ -153,17 +177,16 @@ def evaluate(
         for key, value in batch.items():
             parts.setdefault(key, []).append(value)
         bar.update(len(batch["id"]))
-    cols = {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dict[str, Any], dict]:
+    """metrics.json's content (overall, baselines, per point estimate, binned) and the binned tables."""
     bins = info.bins
     z_spec = cols["z_spec"].astype(np.float64)
     pdf = cols["pdf"].astype(np.float64)
     z_phot = cols["z_median"]
-    pit_values = m.pit(pdf, bins, z_spec)
-
-    overall = m.summary(pdf, bins, z_spec)
     reference, reference_note = _baseline_predictions(manifest, split, cols["id"])
-    by_point = {p: m.sigma_mad(m.dz(cols[f"z_{p}"], z_spec)) for p in m.POINT_ESTIMATES}
-    upper = float(min(bins.z_max, max(np.quantile(z_spec, 0.995), np.quantile(z_phot, 0.995)) * 1.1))
     binned = {"z_spec": binned_metrics(z_spec, z_spec, z_phot, pdf, bins,
                                        _edges(z_spec, N_Z_BINS, lo=bins.z_min, hi=float(z_spec.max())),
                                        reference)}
@@ -177,9 +200,7 @@ def evaluate(
     else:
         binned["mag_r"] = []
         notes.append(mag_note)
-
     result = {
-        "bundle": str(Path(bundle_path).resolve()),
         "data": str(manifest.root.resolve()),
         "data_manifest_hash": manifest.hash,
         "bundle_manifest_hash": info.manifest_hash,
@@ -187,27 +208,38 @@ def evaluate(
         "split": split,
         "point_estimate": "median",
         "bins": info.data["bins"],
-        "overall": overall,
+        "overall": m.summary(pdf, bins, z_spec),
         "baselines": {name: baselines.point_metrics(z_ref, z_spec) for name, z_ref in (reference or {}).items()},
         "baseline_names": dict(baselines.NAMES),
-        "sigma_mad_by_point_estimate": by_point,
+        "sigma_mad_by_point_estimate": {p: m.sigma_mad(m.dz(cols[f"z_{p}"], z_spec)) for p in m.POINT_ESTIMATES},
         "binned": binned,
         "r_magnitudes": mag_note,
         "notes": notes,
     }
+    return result, binned
 
+
+def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, manifest, bundle_name: str) -> None:
+    """predictions.parquet, the figures, metrics.json and index.html, published together."""
+    import pyarrow.parquet as pq
+
+    from zray import plots
+    from zray.predict import POINT_COLUMNS, _arrow_table
+    from zray.report import write_index
+
+    bins, split = info.bins, result["split"]
+    z_spec, z_phot, pdf = cols["z_spec"].astype(np.float64), cols["z_median"], cols["pdf"].astype(np.float64)
+    upper = float(min(bins.z_max, max(np.quantile(z_spec, 0.995), np.quantile(z_phot, 0.995)) * 1.1))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        import pyarrow.parquet as pq
-
         keep = ["id", "z_spec", *POINT_COLUMNS, "pdf"]
         pq.write_table(_arrow_table({k: cols[k] for k in keep}, bins.n_bins), tmp / "predictions.parquet")
         plots.density(z_spec, z_phot, tmp / FIGURES[0][0], upper=upper)
         plots.confusion(z_spec, z_phot, np.linspace(bins.z_min, upper, N_CONFUSION_BINS + 1), tmp / FIGURES[1][0])
-        plots.pit_histogram(pit_values, tmp / FIGURES[2][0], ks=overall["pit_ks"])
+        plots.pit_histogram(m.pit(pdf, bins, z_spec), tmp / FIGURES[2][0], ks=result["overall"]["pit_ks"])
         plots.binned(binned["z_spec"], tmp / FIGURES[3][0], xlabel="spectroscopic z")
         figures = list(FIGURES)
         if binned["mag_r"]:
@@ -218,8 +250,8 @@ def evaluate(
         members = ", ".join(f"{x['model']} ({x.get('trial') or 'run'})" for x in info.data["members"])
         write_index(
             tmp / "index.html",
-            title=f"zray evaluation: {Path(bundle_path).name} on {manifest.root.name} ({split})",
-            metrics=result, binned=binned, figures=figures, notes=notes,
+            title=f"zray evaluation: {bundle_name} on {manifest.root.name} ({split})",
+            metrics=result, binned=binned, figures=figures, notes=result["notes"],
             provenance={"bundle": result["bundle"], "members": members, "data": result["data"],
                         "split": split, "data manifest hash": manifest.hash,
                         "same data as training": result["same_data_as_training"],
@@ -228,6 +260,3 @@ def evaluate(
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result["out"] = str(out)
-    result["seconds"] = time.perf_counter() - t0
-    return result

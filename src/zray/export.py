@@ -42,6 +42,8 @@ from zray.bins import RedshiftBins
 from zray.bundle import BUNDLE_FILE, FORMAT_VERSION, MEMBERS_DIR, PREPROCESSING, Bundle
 from zray.errors import ZrayError
 
+__all__ = ["Candidate", "candidates", "export"]
+
 # ---------------------------------------------------------------------------
 # Writing
 

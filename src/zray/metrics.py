@@ -20,6 +20,10 @@ import numpy as np
 
 from zray.bins import RedshiftBins
 
+__all__ = ["POINT_ESTIMATES", "REPORTED_METRICS", "VALIDATION_METRICS", "bias_mean", "bias_median", "crps",
+           "crps_values", "direction", "dz", "outlier_fraction", "pit", "pit_ks", "point_estimates", "quantile",
+           "rail_outlier_rate", "sigma_iqr", "sigma_mad", "summary", "validation_metrics"]
+
 #: Central 68.27% interval (Gaussian 1 sigma) for ``lo68``/``hi68``.
 _LO68, _HI68 = 0.5 - 0.682689492 / 2, 0.5 + 0.682689492 / 2
 POINT_ESTIMATES = ("mean", "median", "mode")

@@ -27,6 +27,8 @@ import numpy as np
 
 from zray.errors import ZrayError
 
+__all__ = ["POINT_COLUMNS", "Predictor", "iter_predictions", "open_input", "predict"]
+
 POINT_COLUMNS = ("z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68")
 _ESTIMATE_KEYS = ("mean", "median", "mode", "std", "lo68", "hi68")
 
@@ -227,6 +229,10 @@ def predict(
     z_std, z_lo68, z_hi68 and ``pdf`` (a fixed-size list of n_bins float32)
     unless ``with_pdf`` is false. The file's metadata records the bundle and
     its bins. Written to a temporary name and renamed when complete.
+
+        >>> from zray.predict import predict
+        >>> predict("bundles/quickstart", "data/new-cutouts", "new.parquet")["rows"]   # doctest: +SKIP
+        4000
     """
     import pyarrow.parquet as pq
 

@@ -15,15 +15,14 @@ from zray.data.shards import (
     BANDS,
     PIXEL_SCALE,
     SPLITS,
-    DatasetWriter,
     Manifest,
     ShardInfo,
     assign_split,
     read_manifest,
-    write_dataset,
 )
 from zray.data.simulate import simulate, simulate_from_catalog
 from zray.data.validate import DatasetReport, inspect_dataset, validate_dataset
+from zray.data.writer import DatasetWriter, write_dataset
 
 __all__ = [
     "BANDS",

@@ -24,7 +24,8 @@ import pyarrow as pa
 from zray.bins import RedshiftBins
 from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog
 from zray.data.progress import Progress
-from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, DatasetWriter, Manifest
+from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest
+from zray.data.writer import DatasetWriter
 from zray.errors import ZrayError
 
 CATALOG_NAME = "catalog.parquet"

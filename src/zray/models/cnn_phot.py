@@ -8,8 +8,8 @@ with the E(B-V) input, then the colours u-g, g-r, r-i, i-z and the r
 magnitude (:mod:`zray.photometry`, the same measurement as the kNN reference
 predictor), in one aperture or, with ``apertures: 2`` or ``3``, also in
 half and twice that radius (colour gradients and concentration). A small
-dense branch on these joins the convolutional features before the PDF head (as in GaZNet, Li et al. 2022, which fed a network both
-images and photometry).
+dense branch on these joins the convolutional features before the PDF head
+(as in GaZNet, Li et al. 2022, which fed a network both images and photometry).
 
 Because the measurement is a layer of the model, training, ``zray predict``
 and ``zray evaluate`` compute it identically, for simulated and for ``zray
