@@ -37,8 +37,7 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
     level = logging.INFO if is_verbose() else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True,
-                 logging_level=level)
+        join_cluster(address, level)
     else:
         ray.init(
             address="local",  # never join some other `ray start` cluster on this machine by accident
@@ -50,6 +49,98 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
         )
     pin_address()
     quiet_worker_output()
+
+
+# Seconds to wait for a TCP answer from a cluster's head before saying nothing listens.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def join_cluster(address: str, logging_level: int) -> None:
+    """``ray.init(address)``, with one sentence naming the address and the likely
+    cause when it fails (nothing listening, a missing or wrong token, other versions).
+
+    Ray waits about 13 minutes for a head that is not there, so the address
+    is tried with a plain TCP connection first. Ray 2.60 clusters started by
+    ``ray up``/``ray start`` usually require a token; when this machine holds
+    one (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``)
+    and ``RAY_AUTH_MODE`` is unset, it is offered (a cluster without token
+    authentication accepts it too).
+    """
+    import ray
+
+    from zray.errors import ZrayError
+
+    if address != "auto":
+        check_reachable(address)
+    offer_token()  # in time only if Ray's core was not loaded yet: the CLI calls it first
+    try:
+        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True,
+                 logging_level=logging_level)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types
+        raise ZrayError(connection_error(address, exc)) from None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise one sentence unless something accepts TCP connections at ``HOST:PORT``."""
+    import socket
+
+    from zray.errors import ZrayError
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ZrayError(f"--address {address}: expected HOST:PORT of the cluster's head, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or str(exc))
+        raise ZrayError(
+            f"cannot connect to the Ray cluster at {address}: nothing is listening there ({why}); "
+            f"expected a running head (`ray up CLUSTER.yaml`, then check with `ray status --address {address}`)"
+        ) from None
+
+
+def connection_error(address: str, exc: BaseException) -> str:
+    """The sentence for a failed ``ray.init(address)``, from the whole exception chain."""
+    texts, seen = [], exc
+    while seen is not None:
+        texts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(texts)
+    if "InvalidAuthToken" in text or "AuthenticationError" in text or "authentication token" in text.lower():
+        return (f"the Ray cluster at {address} refused the connection: authentication token missing or "
+                "wrong; expected this machine to hold the cluster's token (copy the head's ~/.ray/auth_token "
+                "here, or set RAY_AUTH_TOKEN_PATH to a copy, with RAY_AUTH_MODE=token)")
+    if "Version mismatch" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip().startswith(("Ray:", "Python:"))]
+        versions = ", ".join(lines[:2]) + " there; " + ", ".join(lines[2:4]) + " here" if len(lines) >= 4 else ""
+        return (f"the Ray cluster at {address} runs other versions of Ray or Python ({versions}); expected the "
+                "same Ray and Python versions on every node and on this machine")
+    from zray.errors import first_line
+
+    return (f"cannot connect to the Ray cluster at {address} ({first_line(exc)}); expected a running head "
+            f"that this machine can reach (check with `ray status --address {address}`)")
+
+
+def offer_token() -> None:
+    """Use this machine's Ray token when it has one and ``RAY_AUTH_MODE`` is unset.
+
+    Clusters started by ``ray up`` or ``ray start`` on Ray 2.60 require a
+    token; a driver joining one must have ``RAY_AUTH_MODE=token`` set before
+    Ray's core library loads (setting it later is not seen), so the CLI calls
+    this before anything imports Ray. A local Ray started by zray uses token
+    authentication anyway, and a cluster without it accepts a token too.
+    """
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _token_available() -> bool:
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()
 
 
 def pin_address() -> None:

@@ -49,12 +49,15 @@ def main(debug: bool) -> None:
     Run `zray COMMAND --help` for each command's options and an example;
     `zray --debug COMMAND ...` shows the traceback behind an error.
     """
+    from zray.runtime import offer_token
+
+    offer_token()  # before Ray loads: joining a cluster with token authentication needs it
 
 
 def _register() -> None:
-    from zray.cli import config_cmds, data_cmds, export_cmds, model_cmds, train_cmds, tune_cmds
+    from zray.cli import cluster_cmds, config_cmds, data_cmds, export_cmds, model_cmds, train_cmds, tune_cmds
 
-    for module in (config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds, export_cmds):
+    for module in (config_cmds, data_cmds, model_cmds, train_cmds, tune_cmds, export_cmds, cluster_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 

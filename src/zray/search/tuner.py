@@ -174,9 +174,11 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     from zray.cluster import check_storage
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
-    from zray.runtime import init_ray
+    from zray.runtime import check_reachable, init_ray
     from zray.train import plan_of, prepare_datasets, skipped_fields
 
+    if address and address != "auto":
+        check_reachable(address)  # before any data work: a wrong address is named at once
     name = name or space.name
     remote = st.is_uri(runs_dir)
     experiment_dir = ((Path(local_runs) if remote else Path(runs_dir)) / name).resolve()

@@ -1,0 +1,59 @@
+"""Cluster commands: slurm (a batch script for a SLURM allocation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zray.paths import click_absolute
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False), callback=click_absolute)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), callback=click_absolute, required=True,
+              help="The batch script to write (submit it with sbatch).")
+@click.option("--shared", required=True, type=click.Path(file_okay=False), callback=click_absolute,
+              help="A folder every node of the allocation sees: the results go to SHARED/runs.")
+@click.option("--nodes", default=1, show_default=True, type=click.IntRange(min=1), help="Nodes to allocate.")
+@click.option("--venv", default=None, help="Virtual environment with zray on every node [default: this one].")
+@click.option("--time", "time_limit", default="24:00:00", show_default=True, help="SLURM time limit.")
+@click.option("--partition", default=None, help="SLURM partition [default: the cluster's].")
+@click.option("--port", default=6379, show_default=True, type=int, help="Port of the Ray head.")
+@click.option("--dashboard-port", default=8265, show_default=True, type=int, help="Port of Ray's dashboard.")
+@click.option("--ray-args", default="", help="Extra `ray start` flags for every node, e.g. port ranges.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of FILE (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard_port, ray_args, overrides,
+          overwrite) -> None:
+    """Write a SLURM batch script that runs the search FILE on an allocation.
+
+    Ray's SLURM pattern: a Ray head on the first node, a Ray worker on each
+    other node, then `zray tune FILE --address HEAD` on the head node with
+    results in SHARED/runs. CPUs and GPUs per node come from FILE's
+    resources (concurrent trials x their Train workers, plus one CPU for Ray
+    Data). Run it from the repository root, which every node must see.
+
+    \b
+    Example:
+      zray slurm search_spaces/inception.yaml --nodes 4 --shared /scratch/$USER/zray --out tune.sbatch
+      sbatch tune.sbatch
+    """
+    import sys
+
+    from zray import config
+    from zray import slurm as batch
+
+    space = config.load(file, list(overrides))
+    venv = venv or str(Path(sys.prefix))
+    text = batch.batch_script(space, file, nodes=nodes, shared=shared, venv=venv, workdir=str(Path.cwd()),
+                              time_limit=time_limit, partition=partition, port=port,
+                              dashboard_port=dashboard_port, ray_args=ray_args, overrides=tuple(overrides))
+    batch.write(out, text, overwrite=overwrite)
+    cpus, gpus = batch.node_resources(space)
+    click.echo(f"zray: wrote {out}: {nodes} node(s), {cpus} CPUs" + (f" and {gpus} GPUs" if gpus else "")
+               + f" each; results in {shared}/runs/{space.name}")
+    click.echo(f"submit it with: sbatch {out}")
+
+
+COMMANDS = [slurm]
