@@ -7,6 +7,11 @@ the data and validating, per trial. Data simulation (first use) is timed apart.
 
     python scripts/bench_tune.py                                  # search_spaces/quickstart.yaml
     python scripts/bench_tune.py search_spaces/cnn.yaml --set tune.num_samples=2
+    python scripts/bench_tune.py --env RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1   # a baseline with it, then without
+
+``--env KEY=VALUE`` (repeatable) runs the search twice in this command, on
+the same data: first with those environment variables (the baseline), then
+as zray sets them, and prints the ratio of the start-up per trial.
 """
 
 from __future__ import annotations
@@ -24,8 +29,36 @@ def main() -> int:
     parser.add_argument("space", nargs="?", default=str(Path(__file__).parents[1] / "search_spaces/quickstart.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--data", default=None, help="data folder (default: simulate into a fresh one)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="baseline environment: run the search with it, then as zray runs it, and compare")
     args = parser.parse_args()
+    if not args.env:
+        return run_once(args)[0]
+    import os
 
+    import ray
+
+    baseline = dict(e.split("=", 1) for e in args.env)
+    saved = {k: os.environ.get(k) for k in baseline}
+    os.environ.update(baseline)
+    print(f"== baseline: {' '.join(args.env)}")
+    _, base_startup, data = run_once(args)
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    print("== as zray runs it")
+    args.data = data
+    _, startup, _ = run_once(args)
+    print(f"\nstart-up per trial: {startup:.1f} s vs {base_startup:.1f} s with {' '.join(args.env)}: "
+          f"{startup / max(base_startup, 1e-9):.2f}x")
+    return 0
+
+
+def run_once(args) -> tuple[int, float, str]:
+    """One search; (exit status, mean start-up per trial, the data folder)."""
     from zray import config, search
     from zray.data.source import ensure_data
 
@@ -68,7 +101,7 @@ def main() -> int:
     print(f"  and between epochs          {sum(per_epoch) / max(n, 1):8.2f} s an epoch  "
           "(validation, checkpoint, report)")
     print(f"quickstart total              {simulate_s + search_s:8.1f} s")
-    return 0
+    return 0, sum(startups) / max(n, 1), str(space.data.path)
 
 
 if __name__ == "__main__":

@@ -176,9 +176,6 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     >>> info["calibration"]["temperature"]                  # doctest: +SKIP
     0.83
     """
-    from zray.models import ModelSpec, save_model
-    from zray.train import TrainJob, load_checkpoint_model, model_hp
-
     out = Path(out)
     if out.exists():
         is_bundle = (out / BUNDLE_FILE).is_file()
@@ -186,36 +183,12 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
             hint = "use --overwrite to replace it" if is_bundle else "expected a new or empty folder"
             raise ZrayError(f"{out}: already exists; {hint}")
     chosen, kind = candidates(run_dir, top_k)
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        members, first = [], None
-        for i, cand in enumerate(chosen):
-            model, state = load_checkpoint_model(cand.checkpoint)
-            job = TrainJob(**state["job"])
-            spec = ModelSpec(image_size=job.image_size, bins=job.bins)
-            if first is None:
-                first = job
-            elif (job.image_size, job.bins, job.manifest_hash) != (first.image_size, first.bins, first.manifest_hash):
-                raise ZrayError(
-                    f"{cand.checkpoint}: image size, bins or training data differ from {chosen[0].checkpoint}; "
-                    "expected ensemble members trained on the same data setup"
-                )
-            rel = f"{MEMBERS_DIR}/m{i}"
-            save_model(model, tmp / rel, job.model, model_hp(job), spec)
-            members.append({
-                "path": rel,
-                "model": job.model,
-                "hyperparameters": model_hp(job),
-                "training": {k: v for k, v in job.hyperparameters.items() if k not in model_hp(job)},
-                "trial": cand.trial,
-                "checkpoint": str(Path(cand.checkpoint).resolve()),
-                "epoch": int(state.get("epoch", -1)) + 1,
-                "validation": {k: v for k, v in cand.metrics.items() if k.startswith("val_") or k == "epoch"},
-            })
+        members, first = _write_members(chosen, tmp)
         bands, bands_from = _bands_of(first.data_path)
         info = {
             "format": FORMAT_VERSION,
@@ -241,3 +214,35 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**info, "path": str(out)}
+
+
+def _write_members(chosen: list[Candidate], tmp: Path) -> tuple[list[dict[str, Any]], Any]:
+    """Save each chosen checkpoint's model under ``tmp/members/m{i}``; their bundle.json
+    entries and the first member's TrainJob. Members must share image size, bins and data."""
+    from zray.models import ModelSpec, save_model
+    from zray.train import TrainJob, load_checkpoint_model, model_hp
+
+    members, first = [], None
+    for i, cand in enumerate(chosen):
+        model, state = load_checkpoint_model(cand.checkpoint)
+        job = TrainJob(**state["job"])
+        if first is None:
+            first = job
+        elif (job.image_size, job.bins, job.manifest_hash) != (first.image_size, first.bins, first.manifest_hash):
+            raise ZrayError(
+                f"{cand.checkpoint}: image size, bins or training data differ from {chosen[0].checkpoint}; "
+                "expected ensemble members trained on the same data setup"
+            )
+        rel = f"{MEMBERS_DIR}/m{i}"
+        save_model(model, tmp / rel, job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
+        members.append({
+            "path": rel,
+            "model": job.model,
+            "hyperparameters": model_hp(job),
+            "training": {k: v for k, v in job.hyperparameters.items() if k not in model_hp(job)},
+            "trial": cand.trial,
+            "checkpoint": str(Path(cand.checkpoint).resolve()),
+            "epoch": int(state.get("epoch", -1)) + 1,
+            "validation": {k: v for k, v in cand.metrics.items() if k.startswith("val_") or k == "epoch"},
+        })
+    return members, first

@@ -234,10 +234,7 @@ def predict(
         >>> predict("bundles/quickstart", "data/new-cutouts", "new.parquet")["rows"]   # doctest: +SKIP
         4000
     """
-    import pyarrow.parquet as pq
-
     from zray.bundle import read_bundle
-    from zray.data.progress import Progress
     from zray.data.shards import SPLITS
 
     info = read_bundle(bundle_path)
@@ -252,39 +249,49 @@ def predict(
     t0 = time.perf_counter()
     with open_input(source, images=images, bundle=info, progress=progress) as (manifest, has_z):
         info.check_data(manifest)
-        total = sum(manifest.rows[s] for s in splits)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        bar = Progress("predict", total, enabled=progress)
-        writer, first = None, None
-        try:
-            batches = iter_predictions(
-                bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
-                passthrough=("z_spec",) if has_z else (), workers=workers,
-            )
-            for batch in batches:
-                table = _arrow_table(batch, info.bins.n_bins)
-                if writer is None:
-                    meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
-                            "bands": list(info.bands), "source": str(source), "splits": list(splits)}
-                    schema = table.schema.with_metadata({"zray": json.dumps(meta)})
-                    writer = pq.ParquetWriter(tmp, schema)
-                writer.write_table(table.cast(writer.schema))
-                bar.update(table.num_rows)
-                if first is None:
-                    first = (time.perf_counter() - t0, bar.done)
-            if writer is None:
-                raise ZrayError(f"{source}: no rows to predict; expected a non-empty dataset")
-            writer.close()
-            writer = None
-            tmp.replace(out)
-        finally:
-            if writer is not None:
-                writer.close()
-            tmp.unlink(missing_ok=True)
+        batches = iter_predictions(bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
+                                   passthrough=("z_spec",) if has_z else (), workers=workers)
+        meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
+                "bands": list(info.bands), "source": str(source), "splits": list(splits)}
+        done, first = _write_parquet(batches, out, meta, info.bins.n_bins,
+                                     total=sum(manifest.rows[s] for s in splits), progress=progress, source=source)
     elapsed = time.perf_counter() - t0
+    first = (first[0] - t0, first[1])
     # After the first batch: throughput without Ray's and the model's start-up.
-    steady = (bar.done - first[1]) / max(elapsed - first[0], 1e-9) if bar.done > first[1] else None
-    return {"rows": bar.done, "out": str(out), "seconds": elapsed, "first_batch_s": first[0],
-            "galaxies_per_s": bar.done / max(elapsed, 1e-9), "steady_galaxies_per_s": steady,
+    steady = (done - first[1]) / max(elapsed - first[0], 1e-9) if done > first[1] else None
+    return {"rows": done, "out": str(out), "seconds": elapsed, "first_batch_s": first[0],
+            "galaxies_per_s": done / max(elapsed, 1e-9), "steady_galaxies_per_s": steady,
             "members": len(info.member_dirs)}
+
+
+def _write_parquet(batches, out: Path, meta: dict, n_bins: int, *, total: int, progress: bool,
+                   source) -> tuple[int, tuple[float, int]]:
+    """Stream prediction batches into ``out`` (via a temporary name, renamed when complete).
+    Returns the rows written and (clock time, rows) when the first batch was written."""
+    import pyarrow.parquet as pq
+
+    from zray.data.progress import Progress
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    bar = Progress("predict", total, enabled=progress)
+    writer, first = None, None
+    try:
+        for batch in batches:
+            table = _arrow_table(batch, n_bins)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema.with_metadata({"zray": json.dumps(meta)}))
+            writer.write_table(table.cast(writer.schema))
+            bar.update(table.num_rows)
+            if first is None:
+                first = (time.perf_counter(), bar.done)
+        if writer is None:
+            raise ZrayError(f"{source}: no rows to predict; expected a non-empty dataset")
+        writer.close()
+        writer = None
+        tmp.replace(out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return bar.done, first

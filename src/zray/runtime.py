@@ -12,6 +12,9 @@ TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
     "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+    # One actor process fewer per run (its start-up is paid by every trial); it
+    # watches for spot-instance preemption: set it to 1 on clusters of spot nodes.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 
@@ -176,6 +179,10 @@ def quiet_logs() -> None:
 
     from zray.console import is_verbose
 
+    if not is_verbose():
+        # Ray Data configures its loggers when first used (INFO, own handler): "Dataset
+        # ... execution finished" per split. Its documented level variable wins over that.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     names = ["ray.data", "ray.train", "ray.tune", "tensorflow", "absl"]
     # Some of Ray Train's loggers are named by file path, not module.
     names += [n for n in logging.root.manager.loggerDict if "ray/train" in n or n.startswith("ray.data")]
