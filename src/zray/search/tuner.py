@@ -175,7 +175,6 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import check_reachable, init_ray
-    from zray.train import plan_of, prepare_datasets, skipped_fields
 
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
@@ -204,16 +203,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    base_hp = {k: v for k, v in space.default_hyperparameters().items() if k not in space.search}
-    ctx = _TrialContext(
-        space_json=space.model_dump(mode="json"), base_hp=base_hp, manifest_hash=manifest.hash,
-        trials_dir=st.join(experiment_path, TRIALS_DIR), record_ids_dir=record_ids_dir,
-        plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
-        # Read and scale the data once for all trials: a trial then starts with
-        # its Ray Train run, not with Ray Data planning and reading the shards.
-        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=shards),
-        skipped=skipped_fields(shards),
-    )
+    ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir)
     t0 = time.perf_counter()
     grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
     close_orphans(experiment_dir, space.name)
@@ -228,6 +218,22 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     write_results(summary)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
+
+
+def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str | None) -> _TrialContext:
+    """What every trial gets: the space, the fixed hyperparameters, and the data read
+    and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
+    planning and reading the shards again)."""
+    from zray.train import plan_of, prepare_datasets, skipped_fields
+
+    return _TrialContext(
+        space_json=space.model_dump(mode="json"),
+        base_hp={k: v for k, v in space.default_hyperparameters().items() if k not in space.search},
+        manifest_hash=manifest.hash, trials_dir=trials_dir, record_ids_dir=record_ids_dir,
+        plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
+        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=shards),
+        skipped=skipped_fields(shards),
+    )
 
 
 def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: bool) -> bool | None:
