@@ -133,6 +133,12 @@ def offer_token() -> None:
     this before anything imports Ray. A local Ray started by zray uses token
     authentication anyway, and a cluster without it accepts a token too.
     """
+    import sys
+
+    if "ray" in sys.modules:
+        # Too late to be seen, and Ray processes started from here would then
+        # require a token that this process does not send: leave it alone.
+        return
     if "RAY_AUTH_MODE" not in os.environ and _token_available():
         os.environ["RAY_AUTH_MODE"] = "token"
 
