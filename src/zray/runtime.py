@@ -39,6 +39,8 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
 
     level = logging.INFO if is_verbose() else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address == _pinned.get("address"):
+        address = None  # pinned by zray for a Ray this process started and has shut down since
     if address:
         join_cluster(address, level)
     else:
@@ -152,6 +154,10 @@ def _token_available() -> bool:
     return Path(path).is_file()
 
 
+# The address pin_address() set, to tell it from one the user gave.
+_pinned: dict[str, str] = {}
+
+
 def pin_address() -> None:
     """Make the processes Ray Train starts from here find this Ray, not another one.
 
@@ -165,7 +171,7 @@ def pin_address() -> None:
     """
     import ray
 
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    os.environ["RAY_ADDRESS"] = _pinned["address"] = ray.get_runtime_context().gcs_address
     try:  # Ray Train passes the variables it lists on to its controller and helpers
         from ray.train.v2._internal import constants
 
