@@ -49,7 +49,8 @@ def random_checkpoint(directory: Path, data: Path, image_size: int, manifest_has
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000, help="galaxies")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="galaxies per model call (default: zray predict's own choice)")
     parser.add_argument("--random", action="store_true",
                         help="random 32x32 cutouts instead of simulated ones (fast to make; for large --n)")
     args = parser.parse_args()
@@ -79,8 +80,12 @@ def main() -> None:
         # What `zray predict` does for a user: no Ray running in this process, so up
         # to IN_PROCESS_ROWS galaxies are predicted here, more stream through Ray Data.
         user = predict(tmp / "bundle", tmp / "data", tmp / "pz.parquet", batch_size=args.batch_size, progress=False)
-        path = "in process" if manifest.total_rows <= IN_PROCESS_ROWS else "Ray Data streaming"
+        # The other rows use the batch zray predict used.
+        from zray.predict import IN_PROCESS_BATCH, IN_PROCESS_ROWS, STREAMING_BATCH
+
         n = user["rows"]
+        args.batch_size = args.batch_size or (IN_PROCESS_BATCH if n <= IN_PROCESS_ROWS else STREAMING_BATCH)
+        path = "in process" if manifest.total_rows <= IN_PROCESS_ROWS else "Ray Data streaming"
 
         # In memory: the model's own predict on the same preprocessed arrays.
         bundle = load(tmp / "bundle")

@@ -119,7 +119,7 @@ def evaluate(
     out,
     *,
     split: str = "test",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,

@@ -65,7 +65,8 @@ def export_cmd(run_dir, top_k, out, overwrite, calibrate):
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Only these splits of a shard folder (repeatable; default: all).")
 @click.option("--no-pdf", is_flag=True, help="Write point estimates only, not the PDFs.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Galaxies per model call.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Galaxies per model call [default: 256 in this process, 2048 through Ray Data].")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Ray actors holding the model (1 CPU each).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
@@ -103,7 +104,8 @@ def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers
               help="Report folder to write (metrics.json, PNGs, index.html).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Labelled split to score.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Galaxies per model call.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Galaxies per model call [default: 256 in this process, 2048 through Ray Data].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report at --out.")
 def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
     """Score a bundle on labelled data: metrics, plots and an HTML report.
