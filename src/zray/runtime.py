@@ -65,11 +65,9 @@ def join_cluster(address: str, logging_level: int) -> None:
     cause when it fails (nothing listening, a missing or wrong token, other versions).
 
     Ray waits about 13 minutes for a head that is not there, so the address
-    is tried with a plain TCP connection first. Ray 2.60 clusters started by
-    ``ray up``/``ray start`` usually require a token; when this machine holds
-    one (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``)
-    and ``RAY_AUTH_MODE`` is unset, it is offered (a cluster without token
-    authentication accepts it too).
+    is tried with a plain TCP connection first. The token this machine holds
+    is offered by :func:`offer_token`, which the CLI calls before Ray loads (a
+    program using zray as a library sets ``RAY_AUTH_MODE=token`` itself).
     """
     import ray
 
@@ -77,7 +75,6 @@ def join_cluster(address: str, logging_level: int) -> None:
 
     if address != "auto":
         check_reachable(address)
-    offer_token()  # in time only if Ray's core was not loaded yet: the CLI calls it first
     try:
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True,
                  logging_level=logging_level)

@@ -54,11 +54,11 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def id_hash(ids, seed: int) -> np.ndarray:
-    """Hash of (id, seed) as uint64: the basis for splits and per-image augmentation.
+    """Hash of (id, seed) as uint64: the basis for assigning rows to splits.
 
     Depends only on the id and the seed, never on row order or batch
-    boundaries, which is what keeps splits stable and augmentation
-    reproducible however the data is sharded.
+    boundaries, which is what keeps splits stable however the data is
+    sharded or extended.
     """
     ids = np.asarray(ids, dtype=np.int64).view(np.uint64)
     with np.errstate(over="ignore"):
