@@ -102,13 +102,13 @@ def test_gpus_per_worker_reach_scaling_config(tmp_path):
     scaling = trainer.scaling_config
     assert scaling.use_gpu is True and scaling.num_workers == 2
     assert scaling.resources_per_worker == {"CPU": 4.0, "GPU": 1}
-    assert trainer.train_loop_config["gpus_per_worker"] == 1.0
+    assert trainer.train_loop_config["job"]["gpus_per_worker"] == 1.0
     cpu = make_trainer(_job(), datasets={}, storage_path=tmp_path, name="cpu")
     assert cpu.scaling_config.use_gpu is False and "GPU" not in cpu.scaling_config.resources_per_worker
     # A URI storage goes to Ray Train as it is, and nothing is made locally.
     remote = make_trainer(_job(), datasets={}, storage_path=f"file://{tmp_path}/remote", name="r")
     assert remote.run_config.storage_path == f"file://{tmp_path}/remote"
-    assert remote.train_loop_config["run_dir"] == f"file://{tmp_path}/remote/r"
+    assert remote.train_loop_config["job"]["run_dir"] == f"file://{tmp_path}/remote/r"
     assert not (tmp_path / "remote").exists()
 
 

@@ -149,7 +149,42 @@ def test_make_trainer_keeps_the_jobs_gpu_count_unless_told(tmp_path):
     job = TrainJob(model="cnn", hyperparameters={"epochs": 1}, data_path="/d", image_size=32, z_min=0.0,
                    z_max=0.4, n_bins=180, manifest_hash="h", gpus_per_worker=1.0)
     trainer = make_trainer(job, datasets={}, storage_path=tmp_path, name="r")
-    assert trainer.train_loop_config["gpus_per_worker"] == 1.0
+    assert trainer.train_loop_config["job"]["gpus_per_worker"] == 1.0
     assert trainer.scaling_config.use_gpu
     cpu_only = make_trainer(job, datasets={}, storage_path=tmp_path, name="r", gpus_per_worker=0.0)
-    assert cpu_only.train_loop_config["gpus_per_worker"] == 0.0 and not cpu_only.scaling_config.use_gpu
+    assert cpu_only.train_loop_config["job"]["gpus_per_worker"] == 0.0 and not cpu_only.scaling_config.use_gpu
+
+
+def test_driver_side_of_a_run_never_imports_tensorflow(tmp_path):
+    """The Tune trial and Ray Train's controller unpickle the trainer's backend
+    config: with Ray's TensorflowTrainer that imported TensorFlow in both, 3-4 s
+    per trial. zray's backend keeps TensorFlow in the workers."""
+    code = (
+        "import pickle, sys\n"
+        "from zray.train import TrainJob, make_trainer\n"
+        "job = TrainJob(model='cnn', hyperparameters={'epochs': 1}, data_path='/d', image_size=32, z_min=0.0,\n"
+        "               z_max=0.4, n_bins=180, manifest_hash='h')\n"
+        f"trainer = make_trainer(job, datasets={{}}, storage_path={str(tmp_path)!r}, name='r')\n"
+        "config = pickle.loads(pickle.dumps(trainer.backend_config))\n"
+        "print(type(config).__name__, config.framework.name, 'tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["TensorflowSetup", "TENSORFLOW", "False"]
+
+
+def test_in_memory_data_is_cut_once_into_disjoint_equal_parts(ray_session, sim_data):
+    from zray.train import WorkerShards, for_workers, prepare_datasets
+
+    datasets = prepare_datasets(sim_data, 32)
+    shards = for_workers(datasets, 3)
+    assert isinstance(shards, WorkerShards) and len(shards.train) == 3
+    parts = [set(part.to_pandas()["id"].tolist()) for part in shards.train]
+    everything = set(datasets["train"].to_pandas()["id"].tolist())
+    assert len({len(p) for p in parts}) == 1, "parts of unequal size"
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert len(everything - set().union(*parts)) == len(everything) % 3
+    assert shards.val is datasets["val"]
+    # Streamed data is left to Ray Train's streaming split.
+    streamed = {"train": datasets["train"].map_batches(lambda b: b), "val": datasets["val"]}
+    assert for_workers(streamed, 3) is streamed

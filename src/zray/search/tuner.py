@@ -106,7 +106,7 @@ class _TrialContext:
     plan: dict | None = None
     # The splits, read and scaled once by the driver for every trial (Ray
     # datasets travel by reference), and what the shard check skipped.
-    datasets: dict | None = None
+    datasets: Any = None
     skipped: dict | None = None
 
 
@@ -224,14 +224,15 @@ def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str
     """What every trial gets: the space, the fixed hyperparameters, and the data read
     and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
     planning and reading the shards again)."""
-    from zray.train import plan_of, prepare_datasets, skipped_fields
+    from zray.train import for_workers, plan_of, prepare_datasets, skipped_fields
 
     return _TrialContext(
         space_json=space.model_dump(mode="json"),
         base_hp={k: v for k, v in space.default_hyperparameters().items() if k not in space.search},
         manifest_hash=manifest.hash, trials_dir=trials_dir, record_ids_dir=record_ids_dir,
         plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
-        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=shards),
+        datasets=for_workers(prepare_datasets(space.data.path, space.data.image_size, shards=shards),
+                             space.resources.num_workers),
         skipped=skipped_fields(shards),
     )
 

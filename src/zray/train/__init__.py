@@ -7,6 +7,8 @@ Split by the process that runs the code:
 - :mod:`zray.train.checkpoints`: what a whole checkpoint is, reading it back,
   the verified upload. What the search and export import.
 - :mod:`zray.train.driver`: datasets, the trainer, :func:`run` (``zray train``).
+- :mod:`zray.train.backend`: ``TF_CONFIG`` for the workers (Ray Train backend,
+  no TensorFlow in the driver).
 - :mod:`zray.train.worker`: the loop each Ray Train worker runs (imports TensorFlow).
 - :mod:`zray.train.steps`: the TensorFlow train step, loss, augmentation and
   validation, testable without Ray.
@@ -29,7 +31,15 @@ from zray.train.checkpoints import (
     load_checkpoint_model,
     read_state,
 )
-from zray.train.driver import failure_reason, make_trainer, prepare_datasets, run, skipped_fields
+from zray.train.driver import (
+    WorkerShards,
+    failure_reason,
+    for_workers,
+    make_trainer,
+    prepare_datasets,
+    run,
+    skipped_fields,
+)
 from zray.train.job import (
     DIVERGED_FILE,
     ESTIMATE_FILE,
@@ -47,11 +57,13 @@ __all__ = [
     "STATE_FILE",
     "WEIGHTS_PREFIX",
     "TrainJob",
+    "WorkerShards",
     "checkpoint_complete",
     "complete_checkpoints",
     "divergence",
     "estimate_line",
     "failure_reason",
+    "for_workers",
     "job_for",
     "learning_rate",
     "load_checkpoint_model",

@@ -1,10 +1,12 @@
 """The loop each Ray Train worker runs: set up, restore, then per epoch train,
 validate, checkpoint and report.
 
-Every worker trains on its own disjoint part of the training split (Ray
-Train's ``streaming_split(equal=True)``: equal row counts, so every worker
-runs the same number of steps and the gradient all-reduce never waits on one
-that ran out of data) under ``MultiWorkerMirroredStrategy``. Rank 0 also
+Every worker trains on its own disjoint part of the training split (equal
+row counts, so every worker runs the same number of steps and the gradient
+all-reduce never waits on one that ran out of data: ``split(n, equal=True)``
+once in the driver for data in memory, :class:`zray.train.WorkerShards`;
+Ray Train's ``streaming_split(equal=True)`` for streamed data) under
+``MultiWorkerMirroredStrategy``. Rank 0 also
 validates and prints the epoch line; every worker writes the checkpoint (the
 save may use collectives) and rank 0's copy is kept.
 """
@@ -76,17 +78,26 @@ class _Worker:
     history: list = field(default_factory=list)
 
 
-def worker_loop(config: dict[str, Any]) -> None:
-    """The per-worker training loop (runs inside a Ray Train worker)."""
+def worker_loop(job_fields: dict[str, Any], shards=None) -> None:
+    """The per-worker training loop (runs inside a Ray Train worker).
+
+    ``job_fields``: a :class:`TrainJob` as a dict. ``shards``: a
+    :class:`zray.train.WorkerShards` (data in memory, cut by the driver), or
+    None to read the datasets Ray Train split between the workers.
+    """
     from zray.runtime import quiet_logs
 
     quiet_logs()
-    job = TrainJob(**config)
+    job = TrainJob(**job_fields)
     w = _set_up(job)
     restored = _restore(w)
     instruments = Instruments(job, w.rank, w.world, w.start_epoch, w.model)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if w.rank == 0 else None
+    if shards is not None:
+        train_shard = shards.train[w.rank]
+        val_shard = shards.val if w.rank == 0 else None
+    else:
+        train_shard = ray.train.get_dataset_shard("train")
+        val_shard = ray.train.get_dataset_shard("val") if w.rank == 0 else None
     epochs = int(job.hyperparameters["epochs"])
     if restored and w.start_epoch >= epochs and w.history:
         # Already trained to the end: the process that was to hear the last
