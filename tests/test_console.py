@@ -33,3 +33,18 @@ def test_only_zray_lines_of_worker_output_are_shown(capsys):
         "zray: epoch 2/3  loss 3.9",
     ], "is_err": False, "pid": 1})
     assert capsys.readouterr().out == "zray: epoch 2/3  loss 3.9\n"
+
+
+def test_the_raylets_worker_pool_warning_is_left_out_and_other_raylet_lines_kept(capsys):
+    import ray._private.worker as ray_worker
+
+    console.quiet_worker_output()
+    console.quiet_worker_output()  # twice: wrapped once
+    assert ray_worker.print_to_stdstream.zray_filtered
+    warning = ("WARNING: 12 PYTHON worker processes have been started on node: 4a79 with address: 192.0.2.2, "
+               "which is 6x the maximum expected startup concurrency (2).")
+    ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert capsys.readouterr().out == ""
+    ray_worker.print_to_stdstream({"lines": ["WARNING: the node is out of memory"], "pid": "raylet",
+                                   "is_err": False}, ignore_prefix=False)
+    assert "the node is out of memory" in capsys.readouterr().out

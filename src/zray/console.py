@@ -8,6 +8,11 @@ only the lines its own code writes (they start with ``zray:``), without the
 prefix. ``--verbose`` (or ``ZRAY_VERBOSE=1``) restores Ray's printer and
 Tune's trial tables.
 
+The raylet's warning that many Python worker processes have started is
+dropped too: every trial starts a few (Ray Train's controller, its workers
+and helpers, each a process) and the fractional CPUs it blames are zray's
+design on small machines, so there is nothing for the user to do about it.
+
 Lines starting with ``zray: progress`` are a training epoch's progress; on a
 terminal they update one line in place, elsewhere (a CI log, a file) they
 are dropped, and the epoch's own line says what happened.
@@ -44,6 +49,29 @@ def quiet_worker_output() -> None:
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.remove_handler("zray_lines")
     dispatcher.add_handler("zray_lines", _on_worker_output)
+    _drop_worker_pool_warning()
+
+
+# The raylet's warning (Ray 2.60): "N PYTHON worker processes have been started on node ...".
+WORKER_POOL_WARNING = "worker processes have been started on node"
+
+
+def _drop_worker_pool_warning() -> None:
+    """Ray prints the raylet's messages itself (not through the printer replaced
+    above): wrap that printer to leave out its worker-pool size warning."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "zray_filtered", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):
+        if data.get("pid") == "raylet" and any(WORKER_POOL_WARNING in line for line in data.get("lines", ())):
+            return
+        original(data, ignore_prefix)
+
+    print_to_stdstream.zray_filtered = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _on_worker_output(data: dict) -> None:
