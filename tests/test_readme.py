@@ -78,7 +78,7 @@ def run(argv: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    """A fresh copy with the README's quickstart search run in it (about 3-4 minutes)."""
+    """A fresh copy with the README's quickstart search run in it (about 2-3 minutes)."""
     copy = fresh_copy(tmp_path_factory.mktemp("clone") / "zray")
     line = commands(code_block("Quickstart"))
     assert len(line) == 1, "the quickstart is one command"
