@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 
+import ray
 from ray.train.backend import Backend, BackendConfig
 
 __all__ = ["TensorflowSetup", "start_importing"]
@@ -41,8 +42,6 @@ class _TensorflowBackend(Backend):
     def on_start(self, worker_group, backend_config: BackendConfig) -> None:
         endpoints = worker_group.execute(_endpoint)
         # Ordered by world rank: worker i is task i of the TensorFlow cluster.
-        import ray
-
         ray.get([
             worker_group.execute_single_async(rank, _set_tf_config, endpoints=endpoints, index=rank)
             for rank in range(len(worker_group))
@@ -51,8 +50,6 @@ class _TensorflowBackend(Backend):
 
 def _endpoint() -> str:
     """``host:port`` where this worker's TensorFlow collectives will listen (a free port now)."""
-    import ray
-
     host = ray.util.get_node_ip_address()
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))

@@ -107,8 +107,8 @@ def for_workers(datasets: dict, num_workers: int) -> dict | WorkerShards:
     """The datasets as the workers of every run will read them.
 
     In memory, the training split is cut once here, for all the runs (trials)
-    that follow: a run then needs no Ray Data coordinator of its own, which
-    cost every trial 3-5 s of start-up. Streamed, the datasets are returned as
+    that follow: a run then starts no split coordinator actor and no Ray Data
+    planning of its own. Streamed, the datasets are returned as
     they are and Ray Train splits them between the workers as they read.
     """
     from ray.data.dataset import MaterializedDataset
