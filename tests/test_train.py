@@ -188,3 +188,19 @@ def test_in_memory_data_is_cut_once_into_disjoint_equal_parts(ray_session, sim_d
     # Streamed data is left to Ray Train's streaming split.
     streamed = {"train": datasets["train"].map_batches(lambda b: b), "val": datasets["val"]}
     assert for_workers(streamed, 3) is streamed
+
+
+def test_validation_data_is_read_once_and_the_same_every_epoch(ray_session, sim_data, monkeypatch):
+    from zray.train import prepare_datasets, worker
+
+    val = prepare_datasets(sim_data, 32)["val"]
+    ids = sorted(val.to_pandas()["id"].tolist())
+    kept = worker._kept_batches(val)
+    first, second = kept(), kept()
+    assert first is second, "kept batches were read again"
+    for batches in (first, second):  # every epoch sees the whole split, not an exhausted iterator
+        assert sorted(np.concatenate([b["id"] for b in batches]).tolist()) == ids
+    monkeypatch.setattr(worker, "KEEP_VAL_BYTES", 0)  # over the limit: read through Ray Data each epoch
+    streamed = worker._kept_batches(val)
+    assert sorted(np.concatenate([b["id"] for b in streamed()]).tolist()) == ids
+    assert sorted(np.concatenate([b["id"] for b in streamed()]).tolist()) == ids

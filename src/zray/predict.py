@@ -47,8 +47,7 @@ class Predictor:
         from zray.bundle import Bundle
         from zray.runtime import quiet_logs
 
-        # In a Ray Data actor, or in this process with no Ray running (nothing of Ray to configure).
-        quiet_logs(load="ray" in sys.modules and sys.modules["ray"].is_initialized())
+        quiet_logs(load=_ray_running())  # with no Ray here, nothing of Ray's to configure
         self.bundle = Bundle(bundle_path)
         self.with_pdf = with_pdf
         self.passthrough = passthrough

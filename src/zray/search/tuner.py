@@ -105,7 +105,8 @@ class _TrialContext:
     # For the time estimate printed by the search's first trial.
     plan: dict | None = None
     # The splits, read and scaled once by the driver for every trial (Ray
-    # datasets travel by reference), and what the shard check skipped.
+    # datasets travel by reference; in memory, already cut per worker:
+    # train.for_workers), and what the shard check skipped.
     datasets: Any = None
     skipped: dict | None = None
 
