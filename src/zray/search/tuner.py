@@ -1,8 +1,8 @@
 """The Ray part of the search: Tune trials proposed by Optuna, stopped early by a scheduler.
 
 Each trial is a Tune function trainable that runs one Ray Train run (Ray
-Train V2's pattern: ``trainer.fit()`` inside the trial, its reports forwarded
-by ``TuneReportCallback``). The experiment lives in ``runs/NAME/``:
+Train V2's pattern: ``trainer.fit()`` inside the trial), its reports carried
+to Tune by the search's relay actor (:mod:`zray.search.relay`). The experiment lives in ``runs/NAME/``:
 
 - ``optuna.db``: the Optuna study (SQLite), for ``optuna-dashboard``;
 - ``trials/trial-IDENTITY-N/``: each trial's Ray Train run and checkpoints,
@@ -109,6 +109,8 @@ class _TrialContext:
     # train.for_workers), and what the shard check skipped.
     datasets: Any = None
     skipped: dict | None = None
+    # The search's relay actor (zray.search.relay): reports to Tune, stopped runs' reservations.
+    relay: Any = None
 
 
 def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
@@ -123,13 +125,14 @@ def trial_name(identity: str, trial_id: str) -> str:
 
 
 def trial_function(config: dict, ctx: _TrialContext) -> None:
-    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune."""
+    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune
+    (through the search's relay: :mod:`zray.search.relay`)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from zray import storage as st
     from zray.config import SearchSpace, run_identity
     from zray.runtime import pin_address, quiet_logs
+    from zray.search.relay import forwarding, run_callbacks
     from zray.train import ESTIMATE_FILE, divergence, failure_reason, job_for, make_trainer
 
     quiet_logs()
@@ -144,9 +147,10 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
                   plan=ctx.plan if first else {}, **ctx.skipped)
     trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=1,
-                           callbacks=[TuneReportCallback()])
+                           callbacks=run_callbacks(ctx.relay, name), relay_frees_workers=True)
     try:
-        trainer.fit()
+        with forwarding(ctx.relay, name):
+            trainer.fit()
     except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
         raise RuntimeError(failure_reason(exc, run_dir)) from None
     reason = divergence(run_dir)
@@ -225,6 +229,7 @@ def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str
     """What every trial gets: the space, the fixed hyperparameters, and the data read
     and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
     planning and reading the shards again)."""
+    from zray.search.relay import start_relay
     from zray.train import for_workers, plan_of, prepare_datasets, skipped_fields
 
     return _TrialContext(
@@ -235,6 +240,7 @@ def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str
         datasets=for_workers(prepare_datasets(space.data.path, space.data.image_size, shards=shards),
                              space.resources.num_workers),
         skipped=skipped_fields(shards),
+        relay=start_relay(),
     )
 
 
