@@ -21,7 +21,7 @@ TRAIN_ENV = {
     # report waits for the poll before the next epoch may report: with epochs of
     # a second, every epoch waited about a second, and every run's start and end
     # waited for a poll too.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
 }
 
 
@@ -194,10 +194,11 @@ def quiet_logs(load: bool = True) -> None:
 
     Ray Data's progress bars and Ray Train's per-report INFO lines repeat for
     every epoch and worker; TensorFlow logs every collective it sets up.
-    Called in the driver and in every training worker. ``load=False`` (a
-    process that will use neither Ray Data nor Optuna: ``zray predict`` on a
-    few thousand galaxies) configures them only if already imported: importing
-    them cost that command 0.7 s.
+    Called in the driver and in every training worker. ``load=False``
+    configures Ray Data and Optuna only if already imported: for a process
+    that needs neither (``zray predict`` on a few thousand galaxies: importing
+    them cost that command 0.7 s), or only Ray Data, which Ray Train has
+    loaded already (a Tune trial, a training worker).
     """
     import logging
     import sys

@@ -135,7 +135,7 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     from zray.search.relay import forwarding, run_callbacks
     from zray.train import ESTIMATE_FILE, divergence, failure_reason, job_for, make_trainer
 
-    quiet_logs()
+    quiet_logs(load=False)  # Optuna lives in the driver
     pin_address()
     space = SearchSpace.model_validate(ctx.space_json)
     hp = _trial_hp(ctx, config)

@@ -91,7 +91,7 @@ def worker_loop(job_fields: dict[str, Any], shards=None) -> None:
     """
     from zray.runtime import quiet_logs
 
-    quiet_logs()
+    quiet_logs(load=False)  # Ray Data is loaded here already; Optuna is not needed
     job = TrainJob(**job_fields)
     w = _set_up(job)
     restored = _restore(w)
@@ -137,7 +137,10 @@ def _set_up(job: TrainJob) -> _Worker:
     except RuntimeError:
         pass  # already initialised in this process (a restarted loop)
     mixed = steps.set_precision(job, k, tf) == "mixed_float16"
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # A lone worker keeps TensorFlow's default strategy: a multi-worker one would
+    # set up collectives and all-reduce every step with nobody else.
+    strategy = (tf.distribute.MultiWorkerMirroredStrategy() if ctx.get_world_size() > 1
+                else tf.distribute.get_strategy())
     hp = job.hyperparameters
     with strategy.scope():
         model = build_model(job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
