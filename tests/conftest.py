@@ -20,7 +20,7 @@ def ray_session():
 
     from zray.runtime import TRAIN_ENV, WORKER_ENV
 
-    os.environ.update(TRAIN_ENV)
+    os.environ.update({**WORKER_ENV, **TRAIN_ENV})  # inherited by the Ray's processes, as zray's own
     temp_dir = tempfile.mkdtemp(prefix="zr")  # short: Ray's socket paths have a length limit
     ray.init(
         num_cpus=os.cpu_count() or 2,
@@ -29,7 +29,6 @@ def ray_session():
         dashboard_host="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"env_vars": {**WORKER_ENV, **TRAIN_ENV}},
     )
     yield ray
     ray.shutdown()

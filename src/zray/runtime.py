@@ -7,9 +7,10 @@ import os
 # Quiet TensorFlow's C++ start-up chatter in every process Ray starts.
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
 # Ray Train settings: plain prints, no per-report log lines, and fewer waits.
-# Like WORKER_ENV, set in zray's process (a value already set there wins) and
-# in the runtime environment of every Ray job zray starts or joins, so that the
-# trials' processes on a cluster's nodes see them too.
+# Like WORKER_ENV, set in zray's process (a value already set there wins), which
+# a Ray started by zray passes on to its processes, and in the runtime
+# environment of a job on a cluster zray joins, so that the trials' processes on
+# the cluster's nodes see them too.
 TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
@@ -51,11 +52,14 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
     if address:
         join_cluster(address, level)
     else:
+        # No runtime environment: the processes of a Ray started here inherit this
+        # process's variables (set above). One, even of variables only, starts every
+        # worker process through Ray's set-up script first (a second Python start
+        # importing Ray: 0.4 s a process on 2 cores, several processes per trial).
         ray.init(
             address="local",  # never join some other `ray start` cluster on this machine by accident
             include_dashboard=True,
             dashboard_host=dashboard_host,
-            runtime_env={"env_vars": _job_env()},
             log_to_driver=True,
             logging_level=level,
         )
