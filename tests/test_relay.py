@@ -20,13 +20,14 @@ from zray.cli import main
 def test_reports_come_out_in_order_and_an_empty_box_waits(ray_session):
     import ray
 
-    from zray.search.relay import start_relay
+    from zray.search.relay import find_relay, start_relay
 
-    relay = start_relay()
+    relay, name = start_relay()
     for epoch in (1, 2, 3):
         ray.get(relay.put.remote("trial-a", {"epoch": epoch}))
     ray.get(relay.put.remote("trial-b", {"epoch": 9}))
-    assert ray.get(relay.take.remote("trial-a", 1.0)) == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
+    found = find_relay(name)  # as a trial finds it
+    assert ray.get(found.take.remote("trial-a", 1.0)) == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
     t0 = time.perf_counter()
     assert ray.get(relay.take.remote("trial-a", 0.5)) == []
     assert time.perf_counter() - t0 >= 0.45
@@ -52,7 +53,7 @@ def test_a_group_is_removed_once_its_creator_dies_and_kept_while_it_lives(ray_se
             ray.get(group.ready())
             return group, ray.get_runtime_context().get_actor_id()
 
-    relay = start_relay()
+    relay, _ = start_relay()
     doomed, alive = Controller.remote(), Controller.remote()
     doomed_group, doomed_id = ray.get(doomed.make_group.remote())
     alive_group, alive_id = ray.get(alive.make_group.remote())

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 
 import ray
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.train.v2.api.callback import UserCallback
 
-__all__ = ["start_relay", "run_callbacks", "forwarding", "Relay", "Reports", "Reservations"]
+__all__ = ["start_relay", "find_relay", "run_callbacks", "forwarding", "Relay", "Reports", "Reservations"]
 
 # How long a trial's reader waits in the relay for the next report before it
 # asks again; how often the relay looks whether a run's controller is gone.
 TAKE_WAIT_S = 1.0
-WATCH_EVERY_S = 0.5
+WATCH_EVERY_S = 1.0
 # Marks the end of a trial's reports (put by the trial itself after its run).
 _END = "__zray_end_of_reports__"
 
@@ -113,8 +114,20 @@ def _free_if_orphaned(controller_id: str, group) -> bool:
 
 
 def start_relay():
-    """The relay actor for one search (no CPU of its own; it lives as long as the driver)."""
-    return ray.remote(num_cpus=0, max_concurrency=64)(Relay).remote()
+    """Start the relay actor for one search: ``(handle, name)``.
+
+    It takes no CPU. The driver keeps ``handle`` for as long as the search
+    runs (the actor ends when no handle is left); trials find the actor by
+    ``name`` (:func:`find_relay`), which, unlike a handle, can be kept in Tune's
+    saved state and read back by a later driver.
+    """
+    name = f"zray-relay-{uuid.uuid4().hex[:12]}"
+    return ray.remote(num_cpus=0, max_concurrency=64)(Relay).options(name=name).remote(), name
+
+
+def find_relay(name: str):
+    """The handle of the relay started as ``name`` in this Ray job."""
+    return ray.get_actor(name)
 
 
 class Reports(UserCallback):

@@ -109,8 +109,9 @@ class _TrialContext:
     # train.for_workers), and what the shard check skipped.
     datasets: Any = None
     skipped: dict | None = None
-    # The search's relay actor (zray.search.relay): reports to Tune, stopped runs' reservations.
-    relay: Any = None
+    # The name of the search's relay actor (zray.search.relay): reports to Tune,
+    # stopped runs' reservations. A name: Tune saves this context with its state.
+    relay: str | None = None
 
 
 def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
@@ -132,7 +133,7 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     from zray import storage as st
     from zray.config import SearchSpace, run_identity
     from zray.runtime import pin_address, quiet_logs
-    from zray.search.relay import forwarding, run_callbacks
+    from zray.search.relay import find_relay, forwarding, run_callbacks
     from zray.train import ESTIMATE_FILE, divergence, failure_reason, job_for, make_trainer
 
     quiet_logs(load=False)  # Optuna lives in the driver
@@ -145,11 +146,12 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     first = not st.exists(st.join(ctx.trials_dir, ESTIMATE_FILE))
     job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
                   plan=ctx.plan if first else {}, **ctx.skipped)
+    relay = find_relay(ctx.relay)
     trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=1,
-                           callbacks=run_callbacks(ctx.relay, name), relay_frees_workers=True)
+                           callbacks=run_callbacks(relay, name), relay_frees_workers=True)
     try:
-        with forwarding(ctx.relay, name):
+        with forwarding(relay, name):
             trainer.fit()
     except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
         raise RuntimeError(failure_reason(exc, run_dir)) from None
@@ -180,6 +182,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import check_reachable, init_ray
+    from zray.search.relay import start_relay
 
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
@@ -208,7 +211,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir)
+    relay, relay_name = start_relay()  # held here: the actor lives while the search runs
+    ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir, relay_name)
     t0 = time.perf_counter()
     grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
     close_orphans(experiment_dir, space.name)
@@ -225,11 +229,11 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     return summary
 
 
-def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str | None) -> _TrialContext:
+def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str | None,
+                   relay: str | None) -> _TrialContext:
     """What every trial gets: the space, the fixed hyperparameters, and the data read
     and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
     planning and reading the shards again)."""
-    from zray.search.relay import start_relay
     from zray.train import for_workers, plan_of, prepare_datasets, skipped_fields
 
     return _TrialContext(
@@ -240,7 +244,7 @@ def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str
         datasets=for_workers(prepare_datasets(space.data.path, space.data.image_size, shards=shards),
                              space.resources.num_workers),
         skipped=skipped_fields(shards),
-        relay=start_relay(),
+        relay=relay,
     )
 
 
