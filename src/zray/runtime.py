@@ -22,7 +22,7 @@ TRAIN_ENV = {
     # report waits for the poll before the next epoch may report: with epochs of
     # a second, every epoch waited about a second, and every run's start and end
     # waited for a poll too.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
 
 

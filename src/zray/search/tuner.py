@@ -1,8 +1,8 @@
 """The Ray part of the search: Tune trials proposed by Optuna, stopped early by a scheduler.
 
 Each trial is a Tune function trainable that runs one Ray Train run (Ray
-Train V2's pattern: ``trainer.fit()`` inside the trial), its reports carried
-to Tune by the search's relay actor (:mod:`zray.search.relay`). The experiment lives in ``runs/NAME/``:
+Train V2's pattern: ``trainer.fit()`` inside the trial, its reports forwarded
+by ``TuneReportCallback``). The experiment lives in ``runs/NAME/``:
 
 - ``optuna.db``: the Optuna study (SQLite), for ``optuna-dashboard``;
 - ``trials/trial-IDENTITY-N/``: each trial's Ray Train run and checkpoints,
@@ -109,9 +109,6 @@ class _TrialContext:
     # train.for_workers), and what the shard check skipped.
     datasets: Any = None
     skipped: dict | None = None
-    # The name of the search's relay actor (zray.search.relay): reports to Tune,
-    # stopped runs' reservations. A name: Tune saves this context with its state.
-    relay: str | None = None
 
 
 def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
@@ -126,14 +123,13 @@ def trial_name(identity: str, trial_id: str) -> str:
 
 
 def trial_function(config: dict, ctx: _TrialContext) -> None:
-    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune
-    (through the search's relay: :mod:`zray.search.relay`)."""
+    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune."""
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from zray import storage as st
     from zray.config import SearchSpace, run_identity
     from zray.runtime import pin_address, quiet_logs
-    from zray.search.relay import find_relay, forwarding, run_callbacks
     from zray.train import ESTIMATE_FILE, divergence, failure_reason, job_for, make_trainer
 
     quiet_logs(load=False)  # Optuna lives in the driver
@@ -146,13 +142,11 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
     first = not st.exists(st.join(ctx.trials_dir, ESTIMATE_FILE))
     job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
                   plan=ctx.plan if first else {}, **ctx.skipped)
-    relay = find_relay(ctx.relay)
     trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=1,
-                           callbacks=run_callbacks(relay, name), relay_frees_workers=True)
+                           callbacks=[TuneReportCallback()])
     try:
-        with forwarding(relay, name):
-            trainer.fit()
+        trainer.fit()
     except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
         raise RuntimeError(failure_reason(exc, run_dir)) from None
     reason = divergence(run_dir)
@@ -182,7 +176,6 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import check_reachable, init_ray
-    from zray.search.relay import start_relay
 
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
@@ -211,8 +204,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    relay, relay_name = start_relay()  # held here: the actor lives while the search runs
-    ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir, relay_name)
+    ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir)
     t0 = time.perf_counter()
     grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
     close_orphans(experiment_dir, space.name)
@@ -229,8 +221,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     return summary
 
 
-def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str | None,
-                   relay: str | None) -> _TrialContext:
+def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str | None) -> _TrialContext:
     """What every trial gets: the space, the fixed hyperparameters, and the data read
     and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
     planning and reading the shards again)."""
@@ -244,7 +235,6 @@ def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str
         datasets=for_workers(prepare_datasets(space.data.path, space.data.image_size, shards=shards),
                              space.resources.num_workers),
         skipped=skipped_fields(shards),
-        relay=relay,
     )
 
 

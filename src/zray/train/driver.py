@@ -139,8 +139,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 
 def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: str | Path, name: str,
-                 gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None,
-                 relay_frees_workers: bool = False):
+                 gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None):
     """A Ray Train trainer of TensorFlow workers for ``job``; run it with ``.fit()``.
 
     ``datasets``: what :func:`for_workers` returned (or Ray datasets by split,
@@ -150,13 +149,10 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
     given. ``storage_path`` is a folder (shared by all nodes on a cluster) or
     an object-store URI such as ``s3://bucket/zray/NAME/trials``. Ray keeps the
     two checkpoints best by the job's metric (``job.metric``, ``job.mode``).
-
-    ``relay_frees_workers``: a search's relay (:mod:`zray.search.relay`, in
-    ``callbacks``) frees the workers' placement group if the run's controller
-    dies, so Ray Train's own cleaner (one more process per run) is left out.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from zray import storage as st
     from zray.train.backend import TensorflowSetup
@@ -178,7 +174,7 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
         raise ValueError(f"the data was cut for {len(shards.train)} workers, the run has {job.num_workers}")
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    return _trainer_class(relay_frees_workers)(
+    return DataParallelTrainer(
         _worker_entry,
         train_loop_config={"job": asdict(job), "shards": shards},
         backend_config=TensorflowSetup(),  # TF_CONFIG per worker; TensorFlow only in the workers
@@ -196,24 +192,6 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-
-
-def _trainer_class(relay_frees_workers: bool):
-    """Ray Train's ``DataParallelTrainer``; with ``relay_frees_workers``, one whose
-    runs start without Ray's placement-group cleaner (a callback among the
-    trainer's defaults that starts a cleaner actor per run)."""
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-    if not relay_frees_workers:
-        return DataParallelTrainer
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
-    class TrainerFreedByRelay(DataParallelTrainer):
-        def _create_default_callbacks(self):
-            return [c for c in super()._create_default_callbacks()
-                    if not isinstance(c, PlacementGroupCleanerCallback)]
-
-    return TrainerFreedByRelay
 
 
 def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_failures: int = 2,
