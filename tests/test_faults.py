@@ -272,16 +272,28 @@ def test_chaos_search_loses_no_rows_and_no_trial(chaos_run):
 
 @pytest.mark.slow
 def test_local_ray_dashboard_listens_on_localhost(tmp_path):
-    """A real local Ray started by zray's init_ray, in its own process and temp folder."""
+    """A real local Ray started by zray's init_ray, in its own process and temp folder.
+
+    Its processes also get zray's settings without a runtime environment (one
+    would start each of them through Ray's set-up script, a second Python start).
+    """
+    from zray.runtime import TRAIN_ENV, WORKER_ENV
+
     code = (
-        "import ray\n"
+        "import os, ray\n"
         "from zray.runtime import init_ray\n"
         "init_ray()\n"
         "print('URL', ray._private.worker.global_worker.node.address_info['webui_url'])\n"
+        "@ray.remote(num_cpus=0)\n"
+        "class Probe:\n"
+        "    def look(self):\n"
+        "        return os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S'), ray.get_runtime_context().runtime_env\n"
+        "interval, runtime_env = ray.get(Probe.remote().look.remote())\n"
+        "print('ACTOR', interval, dict(runtime_env))\n"
         "ray.shutdown()\n"
     )
     temp = tempfile.mkdtemp(prefix="zd")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in {**WORKER_ENV, **TRAIN_ENV}}
     env["RAY_TMPDIR"] = temp
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
@@ -290,6 +302,8 @@ def test_local_ray_dashboard_listens_on_localhost(tmp_path):
     urls = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("URL ")]
     assert done.returncode == 0 and urls, done.stderr[-2000:]
     assert urls[0].startswith("127.0.0.1:"), urls[0]
+    actor = [line for line in done.stdout.splitlines() if line.startswith("ACTOR ")]
+    assert actor == [f"ACTOR {TRAIN_ENV['RAY_TRAIN_HEALTH_CHECK_INTERVAL_S']} {{}}"], done.stdout[-1000:]
 
 
 def test_dashboard_host_option_reaches_init_ray(monkeypatch, tmp_path):
