@@ -144,7 +144,7 @@ def trial_function(config: dict, ctx: _TrialContext) -> None:
                   plan=ctx.plan if first else {}, **ctx.skipped)
     trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=1,
-                           callbacks=[TuneReportCallback()])
+                           callbacks=[TuneReportCallback()], janitor=True)
     try:
         trainer.fit()
     except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
@@ -176,6 +176,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import check_reachable, init_ray
+    from zray.train import janitor
 
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
@@ -206,7 +207,9 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
         on_check(checked)
     ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir)
     t0 = time.perf_counter()
+    janitor_ = janitor.start()  # removes the placement groups of runs that Tune stops; held while trials run
     grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
+    del janitor_
     close_orphans(experiment_dir, space.name)
     if remote:
         # Results live in the object store; `zray status` reads a local copy.
