@@ -28,7 +28,8 @@ def _wait_removed(groups, timeout_s: float = 15.0) -> dict[str, str]:
 def test_janitor_removes_the_groups_of_a_dead_controller_only(ray_session):
     import ray
 
-    guard = janitor.start()
+    name = "zray-janitor-test"  # its own, not the one searches in this session share
+    guard = janitor.start(name)
 
     @ray.remote(num_cpus=0)
     class Controller:  # stands for Ray Train's controller: an async actor that reports its groups
@@ -37,7 +38,7 @@ def test_janitor_removes_the_groups_of_a_dead_controller_only(ray_session):
 
         def report(self, group):
             ctx = ray.get_runtime_context()
-            ray.get(ray.get_actor(janitor.JANITOR_NAME).watch.remote(ctx.get_actor_id(), ctx.current_actor, group))
+            ray.get(ray.get_actor(name).watch.remote(ctx.get_actor_id(), ctx.current_actor, group))
 
     dying, living = Controller.remote(), Controller.remote()
     first, retry, kept = (placement_group([{"CPU": 0.1}]) for _ in range(3))

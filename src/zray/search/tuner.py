@@ -207,9 +207,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
         on_check(checked)
     ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir)
     t0 = time.perf_counter()
-    janitor_ = janitor.start()  # removes the placement groups of runs that Tune stops; held while trials run
+    janitor.start()  # removes the placement groups of the runs that Tune stops
     grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
-    del janitor_
     close_orphans(experiment_dir, space.name)
     if remote:
         # Results live in the object store; `zray status` reads a local copy.

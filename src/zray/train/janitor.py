@@ -101,11 +101,16 @@ def _remove(groups) -> None:
             logger.warning("could not remove placement group %s: %s", group.id.hex(), exc)
 
 
-def start():
-    """Start the search's janitor (or find it, on a second call in one job); its handle.
+_started: dict[str, object] = {}  # name -> handle: a janitor lives while its handle does
 
-    Keep the handle for as long as runs may start: the janitor lives while it
-    is referenced, and at most as long as the driver's Ray job.
+
+def start(name: str = JANITOR_NAME):
+    """Start the job's janitor ``name`` (or find it: one per Ray job); its handle.
+
+    The handle is also kept here, so the janitor lives as long as this process
+    (the driver) does: a run that Tune stopped at the end of the search still
+    has its group removed once its controller is gone.
     """
-    return ray.remote(num_cpus=0, max_restarts=-1)(Janitor).options(
-        name=JANITOR_NAME, get_if_exists=True).remote()
+    handle = ray.remote(num_cpus=0, max_restarts=-1)(Janitor).options(name=name, get_if_exists=True).remote()
+    _started[name] = handle
+    return handle
