@@ -159,8 +159,11 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    trainer_class = DataParallelTrainer
     if janitor:
-        from zray.train.trainer import ZrayTrainer as DataParallelTrainer  # noqa: N814
+        from zray.train.trainer import ZrayTrainer
+
+        trainer_class = ZrayTrainer
 
     from zray import storage as st
     from zray.train.backend import TensorflowSetup
@@ -182,7 +185,7 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
         raise ValueError(f"the data was cut for {len(shards.train)} workers, the run has {job.num_workers}")
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    return DataParallelTrainer(
+    return trainer_class(
         _worker_entry,
         train_loop_config={"job": asdict(job), "shards": shards},
         backend_config=TensorflowSetup(),  # TF_CONFIG per worker; TensorFlow only in the workers
