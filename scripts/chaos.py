@@ -94,6 +94,7 @@ def run_chaos(
     seed: int = 0,
     kill_window: tuple[float, float] = (4.0, 45.0),
     kill_modes: tuple[str, ...] = (),
+    worker_kill_mode: str = "time",
     log_dir: Path | None = None,
     max_launches: int = 20,
     launch_timeout: float = 900.0,
@@ -105,7 +106,14 @@ def run_chaos(
     a checkpoint that is not its last (mode ``checkpoint``: the trial is then
     cut off mid-run and must continue from that checkpoint). ``kill_modes``
     fixes the modes in order; past its end they are drawn at random. A worker
-    kill, at most one per launch, comes at a random time before the driver's.
+    kill, at most one per launch, comes at a random time before the driver's
+    (``worker_kill_mode="time"``), or a random 0-0.5 s after a trial wrote a
+    checkpoint that is not its last (``"checkpoint"``: mid-training; a
+    checkpoint-mode driver kill of that launch then waits for a checkpoint
+    written after it). A worker killed during Ray Train's start of the worker
+    group, just before the training function is launched, can end the run
+    instead of restarting it (Ray Train 2.60 retries a worker that dies at
+    most other moments): the ``"checkpoint"`` mode stays clear of that.
     """
     rng = random.Random(seed)
     log_dir = Path(log_dir or runs)
@@ -128,13 +136,18 @@ def run_chaos(
         # At most one worker kill per launch: each trial's Ray Train run allows one restart.
         kill_worker_at = (
             rng.uniform(kill_window[0], kill_driver_at or kill_window[1])
-            if faults["worker_kills"] < worker_kills else None
+            if faults["worker_kills"] < worker_kills and worker_kill_mode == "time" else None
         )
+        worker_after_checkpoint = faults["worker_kills"] < worker_kills and worker_kill_mode == "checkpoint"
         known = _checkpoints(runs)
         killed = False
         while proc.poll() is None:
             elapsed = time.time() - t0
-            if mode == "checkpoint" and kill_driver_at is None:
+            waiting_for_worker_kill = worker_after_checkpoint and faults["worker_kills"] < worker_kills
+            if waiting_for_worker_kill and kill_worker_at is None:
+                if any(epoch < last for _, epoch, last in _checkpoints(runs) - known):
+                    kill_worker_at = elapsed + rng.uniform(0.0, 0.5)
+            if mode == "checkpoint" and kill_driver_at is None and not waiting_for_worker_kill:
                 fresh = _checkpoints(runs) - known
                 if any(epoch < last for _, epoch, last in fresh):
                     kill_driver_at = elapsed + rng.uniform(0.0, 0.5)
@@ -145,6 +158,7 @@ def run_chaos(
                     try:
                         os.kill(victim, signal.SIGKILL)
                         faults["worker_kills"] += 1
+                        known = _checkpoints(runs)  # a driver kill after this waits for a newer checkpoint
                         print(f"chaos: launch {launch}: killed Ray Train worker {victim} at {elapsed:.1f} s",
                               flush=True)
                     except ProcessLookupError:

@@ -244,15 +244,18 @@ def _chaos():
 def chaos_run(ray_session, sim_data, tmp_path_factory):
     chaos = _chaos()
     tmp = tmp_path_factory.mktemp("chaos")
-    space = chaos.make_space(tmp, sim_data, trials=2, epochs=3)
+    space = chaos.make_space(tmp, sim_data, trials=2, epochs=4)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     # Each driver kill right after a checkpoint of that launch (the trial must
     # continue from there; a kill at a random time could come after a launch of
-    # these fast trials had finished, or before its first restore); a Ray
-    # Train worker killed at a random time before the first.
+    # these fast trials had finished, or before its first restore). A Ray Train
+    # worker killed mid-training, right after a checkpoint, before the first:
+    # one killed at a random time could land in Ray Train's start of the worker
+    # group, where it ends the run instead of restarting it.
     faults = chaos.run_chaos(
         space, tmp / "runs", env=env, root_pid=os.getpid(), driver_kills=2, worker_kills=1,
-        seed=3, kill_window=(4.0, 40.0), kill_modes=("checkpoint", "checkpoint"), log_dir=tmp / "logs",
+        seed=3, kill_window=(4.0, 40.0), kill_modes=("checkpoint", "checkpoint"), worker_kill_mode="checkpoint",
+        log_dir=tmp / "logs",
     )
     return {"faults": faults, "report": chaos.audit(tmp / "runs" / "chaos", data=sim_data)}
 
@@ -263,7 +266,7 @@ def test_chaos_search_loses_no_rows_and_no_trial(chaos_run):
     assert faults["driver_kills"] == 2 and faults["worker_kills"] == 1, faults
     assert report["completed"] == report["trials"] == report["num_samples"] == 2, report
     assert report["duplicate_trials"] == 0 and report["duplicated_epochs"] == 0
-    assert report["rows_lost_per_epoch"] == {1: 0, 2: 0, 3: 0}, report
+    assert report["rows_lost_per_epoch"] == {1: 0, 2: 0, 3: 0, 4: 0}, report
     assert report["continued_from_checkpoint"] >= 1, report
     assert report["optuna_complete"] == 2 and report["optuna_running"] == 0
 
