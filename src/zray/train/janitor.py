@@ -97,8 +97,8 @@ def _remove(groups) -> None:
         try:
             if placement_group_table(group).get("state", "REMOVED") != "REMOVED":
                 remove_placement_group(group)
-                logger.warning("removed placement group %s of a Ray Train run whose controller is gone",
-                               group.id.hex())
+                logger.info("removed placement group %s of a Ray Train run whose controller is gone",
+                            group.id.hex())
         except Exception as exc:  # noqa: BLE001 - nothing else would remove it: say so and go on
             logger.warning("could not remove placement group %s: %s", group.id.hex(), exc)
 
