@@ -43,7 +43,7 @@ class PlacementGroupJanitor(WorkerGroupCallback):
         self._janitor.watch.remote(context.get_actor_id(), context.current_actor, group)
 
 
-def swap_cleaner(callbacks: list, name: str = JANITOR_NAME) -> list:
+def swap_cleaner(callbacks: list) -> list:
     """Ray Train's default callbacks with its per-run cleaner replaced by a
     :class:`PlacementGroupJanitor`. Unchanged if this Ray has no such cleaner
     (a later version may name it differently): then its own guard stays."""
@@ -51,7 +51,7 @@ def swap_cleaner(callbacks: list, name: str = JANITOR_NAME) -> list:
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return callbacks
-    return [PlacementGroupJanitor(name) if isinstance(c, PlacementGroupCleanerCallback) else c for c in callbacks]
+    return [PlacementGroupJanitor() if isinstance(c, PlacementGroupCleanerCallback) else c for c in callbacks]
 
 
 class ZrayTrainer(DataParallelTrainer):
