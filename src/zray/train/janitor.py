@@ -1,4 +1,4 @@
-"""Removes the placement group of a Ray Train run whose controller died without doing so.
+"""Removes the placement groups of a Ray Train run whose controller died without doing so.
 
 A Ray Train run reserves its workers' CPUs in a placement group that its
 controller creates. A placement group outlives the actor that created it (it
@@ -10,15 +10,19 @@ Ray Train guards each run with a detached cleaner actor of its own, started
 with the controller. That actor imports all of Ray Train and Ray Data (1.5-1.8 s
 of CPU) just while the run's workers start: on 2 cores it delayed every
 trial's first epoch by 0.8 s. A search of zray instead starts one
-:class:`Janitor` (:func:`start`), and every run's controller tells it of each
-worker group it starts (:class:`zray.train.trainer.PlacementGroupJanitor`);
-the janitor asks each controller whether it is alive once a second, through
-its actor handle, and removes the groups of those that are gone.
+:class:`Janitor` (:func:`start`), and every run's controller registers with it
+as it starts, before it creates any group
+(:class:`zray.train.trainer.PlacementGroupJanitor`). The janitor asks each
+controller whether it is alive once a second, through its actor handle; once
+one is gone, it removes every placement group that controller created (the
+GCS records each group's creator), and looks again for GONE_SWEEP_S more: a
+controller that Tune stops may notice its workers dying, retry, and create
+one more group while its process exits (seen at the end of trials; Ray's own
+cleaner, which is told of each group only once its workers have started,
+misses that one).
 
 The janitor belongs to the search's Ray job, as do the placement groups: if
-the driver dies, Ray removes the groups with the job. What neither this
-janitor nor Ray's cleaner knows of: a group that a dying controller creates
-after its last worker group started (a retry cut short).
+the driver dies, Ray removes the groups with the job.
 
 This module imports Ray only: it is all the janitor's process loads.
 """
@@ -32,7 +36,7 @@ import time
 import ray
 from ray.exceptions import ActorDiedError
 
-__all__ = ["JANITOR_NAME", "Janitor", "start"]
+__all__ = ["JANITOR_NAME", "Janitor", "groups_created_by", "start"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +46,28 @@ JANITOR_NAME = "zray-placement-janitor"
 # long an answer may take before it asks again (a busy controller is alive).
 CHECK_INTERVAL_S = 1.0
 ANSWER_TIMEOUT_S = 10.0
+# How long after a controller is found gone its groups are still looked for.
+GONE_SWEEP_S = 10.0
 
 
 class Janitor:
     """Actor: watches the controllers of a search's runs; removes a gone one's placement groups."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, tuple] = {}  # controller actor id -> (controller handle, [placement groups])
+        self._controllers: dict[str, object] = {}  # actor id -> handle, of the controllers alive
+        self._gone: dict[str, float] = {}  # actor id -> until when its groups are still looked for
         self._lock = threading.Lock()
         threading.Thread(target=self._watch, name="zray-janitor", daemon=True).start()
 
-    def watch(self, controller_id: str, controller, placement_group) -> None:
-        """A run's controller started a worker group in ``placement_group``."""
+    def watch(self, controller_id: str, controller) -> None:
+        """A run's controller (actor id in hex, and its handle) has started."""
         with self._lock:
-            _, groups = self._runs.setdefault(controller_id, (controller, []))
-            groups.append(placement_group)
+            self._controllers[controller_id] = controller
 
     def watched(self) -> int:
-        """How many controllers are watched now."""
+        """How many controllers are watched now (alive when last asked)."""
         with self._lock:
-            return len(self._runs)
+            return len(self._controllers)
 
     def _watch(self) -> None:
         while True:
@@ -73,46 +79,67 @@ class Janitor:
 
     def _check(self) -> None:
         with self._lock:
-            runs = list(self._runs.items())
-        if not runs:
-            return
-        pings = {controller.__ray_ready__.remote(): key for key, (controller, _) in runs}
-        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=ANSWER_TIMEOUT_S)
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except ActorDiedError:  # not ActorUnavailableError: that one may come back
-                key = pings[ref]
-                with self._lock:
-                    _, groups = self._runs.pop(key)
-                _remove(groups)
-            except Exception as exc:  # noqa: BLE001 - unreachable for now: ask again next time
-                logger.info("placement group janitor: controller %s did not answer (%s)", pings[ref], exc)
+            controllers = list(self._controllers.items())
+        if controllers:
+            pings = {handle.__ray_ready__.remote(): key for key, handle in controllers}
+            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=ANSWER_TIMEOUT_S)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except ActorDiedError:  # not ActorUnavailableError: that one may come back
+                    with self._lock:
+                        self._controllers.pop(pings[ref], None)
+                        self._gone[pings[ref]] = time.monotonic() + GONE_SWEEP_S
+                except Exception as exc:  # noqa: BLE001 - unreachable for now: ask again next time
+                    logger.info("placement group janitor: controller %s did not answer (%s)", pings[ref], exc)
+        if self._gone:
+            _remove(groups_created_by(set(self._gone)))
+            now = time.monotonic()
+            self._gone = {key: until for key, until in self._gone.items() if until > now}
+
+
+def groups_created_by(actor_ids: set[str]) -> list:
+    """The placement groups, not removed, that the actors ``actor_ids`` (hex) created."""
+    from ray._private.state import state
+    from ray._raylet import PlacementGroupID
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+    from ray.util.placement_group import PlacementGroup
+
+    groups = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        data = PlacementGroupTableData.FromString(raw)
+        if data.state != PlacementGroupTableData.REMOVED and data.creator_actor_id.hex() in actor_ids:
+            groups.append(PlacementGroup(PlacementGroupID(data.placement_group_id)))
+    return groups
 
 
 def _remove(groups) -> None:
-    from ray.util.placement_group import placement_group_table, remove_placement_group
+    from ray.util.placement_group import remove_placement_group
 
     for group in groups:
         try:
-            if placement_group_table(group).get("state", "REMOVED") != "REMOVED":
-                remove_placement_group(group)
-                logger.info("removed placement group %s of a Ray Train run whose controller is gone",
-                            group.id.hex())
+            remove_placement_group(group)
+            logger.info("removed placement group %s of a Ray Train run whose controller is gone",
+                        group.id.hex())
         except Exception as exc:  # noqa: BLE001 - nothing else would remove it: say so and go on
             logger.warning("could not remove placement group %s: %s", group.id.hex(), exc)
 
 
-_started: dict[str, object] = {}  # name -> handle: a janitor lives while its handle does
+# Every handle start() made, kept: a janitor lives while a handle that owns it does.
+_started: list = []
 
 
 def start(name: str = JANITOR_NAME):
     """Start the job's janitor ``name`` (or find it: one per Ray job); its handle.
 
-    The handle is also kept here, so the janitor lives as long as this process
-    (the driver) does: a run that Tune stopped at the end of the search still
-    has its group removed once its controller is gone.
+    The handles are also kept here, so the janitor lives as long as this
+    process (the driver) does: a run that Tune stopped at the end of the search
+    still has its group removed once its controller is gone, and the next
+    search in the same process (a notebook, the tests) finds the same janitor.
+    None is ever dropped: the handle that ``get_if_exists`` returns for a
+    running actor does not own it, and replacing the first (owning) handle
+    with it once killed the janitor as the second search began.
     """
     handle = ray.remote(num_cpus=0, max_restarts=-1)(Janitor).options(name=name, get_if_exists=True).remote()
-    _started[name] = handle
+    _started.append(handle)
     return handle
