@@ -151,9 +151,10 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
     an object-store URI such as ``s3://bucket/zray/NAME/trials``. Ray keeps the
     two checkpoints best by the job's metric (``job.metric``, ``job.mode``).
 
-    ``janitor``: the run reports its placement groups to the janitor that the
-    search started (:mod:`zray.train.janitor`) instead of starting Ray Train's
-    own cleaner actor, which cost every trial 0.8 s of start-up on 2 cores.
+    ``janitor``: the run's controller registers with the janitor that the
+    search started (:mod:`zray.train.janitor`), which removes its placement
+    groups if it dies, instead of starting Ray Train's own cleaner actor, which
+    cost every trial 0.8 s of start-up on 2 cores.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig

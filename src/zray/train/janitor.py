@@ -36,7 +36,7 @@ import time
 import ray
 from ray.exceptions import ActorDiedError
 
-__all__ = ["JANITOR_NAME", "Janitor", "groups_created_by", "start"]
+__all__ = ["JANITOR_NAME", "Janitor", "start"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,12 @@ class Janitor:
                 except Exception as exc:  # noqa: BLE001 - unreachable for now: ask again next time
                     logger.info("placement group janitor: controller %s did not answer (%s)", pings[ref], exc)
         if self._gone:
-            _remove(groups_created_by(set(self._gone)))
+            _remove(_groups_created_by(set(self._gone)))
             now = time.monotonic()
             self._gone = {key: until for key, until in self._gone.items() if until > now}
 
 
-def groups_created_by(actor_ids: set[str]) -> list:
+def _groups_created_by(actor_ids: set[str]) -> list:
     """The placement groups, not removed, that the actors ``actor_ids`` (hex) created."""
     from ray._private.state import state
     from ray._raylet import PlacementGroupID
