@@ -1,15 +1,21 @@
-"""Data throughput: the simulator, and the zray reader against plain pyarrow.
+"""Data throughput: the simulator, and what a training worker is fed, against plain pyarrow.
 
 1. Simulator: galaxies per second on one core (rendering with GalSim plus
    noise; the population draw is excluded and reported separately).
-2. Reader: rows per second read and preprocessed (channels-last, pixel
-   scaling) through the zray Ray Data reader, versus pyarrow reading the same
-   files into numpy and applying the same preprocess_batch, in the same run.
-   The ratio shows what Ray Data's streaming costs (or gains from parallel
-   read tasks) over the plain in-process path.
+2. Reader: images per second delivered to one training worker, scaled and
+   centre-cropped, in a fresh order for the epoch (zray.data.epochs):
+   - streamed: the split's Parquet row groups in the epoch's order, read
+     with pyarrow in a background thread, mixed in the shuffle buffer;
+   - in memory: the split's arrays in Ray's object store, gathered by index;
+   - plain pyarrow: the same files read in order into numpy with the same
+     scaling and crop, no shuffle (the baseline, in the same process).
+   The epoch shuffle's cost is each path's rate in its epoch order against
+   the same path in storage order. Peak resident memory of this process
+   (the streamed reader runs here) and of Ray's processes is printed.
 
-    python scripts/bench_data.py                      # ~1 min on 2 cores
+    python scripts/bench_data.py                          # ~1 min on 2 cores
     python scripts/bench_data.py --rows 8000 --size 64 --render 100
+    python scripts/bench_data.py --rows 50000 --size 64 --render 0 --memory-rows 8000   # at scale
 """
 
 from __future__ import annotations
@@ -54,11 +60,12 @@ def make_files(root: Path, rows: int, size: int) -> None:
                   rng.uniform(0.01, 0.3, n), rng.uniform(0, 0.1, n))
 
 
-def pyarrow_rate(root: Path, batch: int) -> float:
-    """Rows/s: pyarrow reads each shard into numpy, then preprocess_batch per batch."""
+def pyarrow_rate(root: Path, batch: int, size: int) -> float:
+    """Rows/s: pyarrow reads each shard in order into numpy, then the same scaling and crop."""
     import pyarrow.parquet as pq
 
     from zray.data import preprocess_batch, read_manifest
+    from zray.data.cutouts import crop_centre
 
     t0 = time.perf_counter()
     rows = 0
@@ -70,21 +77,49 @@ def pyarrow_rate(root: Path, batch: int) -> float:
                 "z_spec": rb.column("z_spec").to_numpy(),
                 "ebv": rb.column("ebv").to_numpy(),
             })
-            rows += len(out["image"])
+            image = np.ascontiguousarray(crop_centre(out["image"], size, axes=(1, 2)))
+            rows += len(image)
     return rows / (time.perf_counter() - t0)
 
 
-def ray_rate(root: Path, batch: int, prefetch: int = 1) -> float:
-    """Rows/s through read_split + map_batches(preprocess_batch) + iter_batches."""
-    from zray.data import preprocess_batch, read_split
-
+def epoch_rate(split, batch: int, shuffle: bool = True, epoch: int = 0) -> float:
+    """Rows/s of one worker's epoch (the whole split: one worker)."""
     t0 = time.perf_counter()
-    ds = read_split(root, "train").map_batches(
-        preprocess_batch, batch_format="numpy", batch_size=batch
-    )
-    batches = ds.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=prefetch)
-    rows = sum(len(b["image"]) for b in batches)
+    rows = sum(len(b["id"]) for b in split.epoch_batches(epoch=epoch, rank=0, world=1, batch_size=batch,
+                                                          seed=0, shuffle=shuffle))
     return rows / (time.perf_counter() - t0)
+
+
+def in_memory_split(root: Path, size: int, rows: int):
+    """The first ``rows`` of the split through zray's in-memory path (Ray Data read,
+    scale and crop, materialised, kept as arrays by block)."""
+    from zray.data import read_manifest
+    from zray.data.epochs import InMemorySplit
+    from zray.data.pipeline import read_split
+    from zray.train.driver import _scale_and_crop
+
+    files = read_manifest(root).files("train")[: max(1, rows // 1000)]
+    ds = read_split(root, "train", files=files).map_batches(
+        _scale_and_crop, fn_kwargs={"image_size": size}, batch_format="numpy", batch_size=256).materialize()
+    return InMemorySplit.from_dataset(ds)
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """Peak resident memory of this process, and the largest of Ray's processes now alive (MB)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ray_peak = 0.0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if "ray::" in text or "raylet" in text or "gcs_server" in text:
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    ray_peak = max(ray_peak, int(line.split()[1]) / 1024)
+    return own, ray_peak
 
 
 def main() -> None:
@@ -94,34 +129,70 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs given to Ray")
+    ap.add_argument("--crop", type=int, default=0, help="centre crop the worker gets (default: --size)")
+    ap.add_argument("--memory-rows", type=int, default=0, help="rows for the in-memory path (default: --rows)")
+    ap.add_argument("--repeat", type=int, default=2, help="epochs timed per path (the best is kept)")
     args = ap.parse_args()
 
+    if args.render:
+        simulator(args)
+    readers(args)
+
+
+def simulator(args) -> None:
     draw, render = bench_simulator(args.render, args.size)
     render32 = bench_simulator(args.render, 32)[1] if args.size != 32 else render
     print(f"simulator: population draw {draw:,.0f} galaxies/s; rendering "
           f"{render:.0f} galaxies/s/core at {args.size}x{args.size} ({1000 / render:.1f} ms each), "
           f"{render32:.0f}/s/core at 32x32")
 
-    import ray
 
+def readers(args) -> None:
+    from zray.data import read_manifest
+    from zray.data.epochs import StreamedSplit
+
+    crop = args.crop or args.size
     with tempfile.TemporaryDirectory(prefix="zrb") as tmp:
         root = Path(tmp) / "bench"
+        t0 = time.perf_counter()
         make_files(root, args.rows, args.size)
         mb = sum(p.stat().st_size for p in root.glob("*.parquet")) / 2**20
+        print(f"wrote {args.rows} rows of 5x{args.size}x{args.size} ({mb:,.0f} MiB) in "
+              f"{time.perf_counter() - t0:.0f} s; batch {args.batch}, crop {crop}x{crop}, one worker's epoch")
+        streamed = StreamedSplit.from_files(read_manifest(root).files("train"), crop)
+        pyarrow_rate(root, args.batch, crop)  # warm-up: page cache, imports
+        rates = {"pyarrow": [], "streamed": [], "streamed, storage order": []}
+        for rep in range(args.repeat):  # interleaved, so a slow minute of the machine hits all three
+            rates["pyarrow"].append(pyarrow_rate(root, args.batch, crop))
+            rates["streamed"].append(epoch_rate(streamed, args.batch, epoch=rep))
+            rates["streamed, storage order"].append(epoch_rate(streamed, args.batch, shuffle=False))
+        own_peak = peak_rss_mb()[0]
+
+        import ray
+
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, _temp_dir=tempfile.mkdtemp(prefix="zr"))
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ray_rate(root, args.batch)  # warm-up: worker start, imports
-        pa_rate = max(pyarrow_rate(root, args.batch) for _ in range(2))
-        ry_rate = max(ray_rate(root, args.batch) for _ in range(2))
-        ry_prefetch = max(ray_rate(root, args.batch, prefetch=4) for _ in range(2))
+        memory = in_memory_split(root, crop, args.memory_rows or args.rows)
+        epoch_rate(memory, args.batch)  # warm-up: the worker's first fetch of the blocks
+        rates["in memory"] = [epoch_rate(memory, args.batch, epoch=rep) for rep in range(args.repeat)]
+        rates["in memory, storage order"] = [epoch_rate(memory, args.batch, shuffle=False)
+                                             for _ in range(args.repeat)]
+        ray_peak = peak_rss_mb()[1]
         ray.shutdown()
-    print(f"reader on {args.rows} rows of 5x{args.size}x{args.size} ({mb:.0f} MiB), batch {args.batch}, "
-          f"with preprocess:")
-    print(f"  pyarrow -> numpy (1 process): {pa_rate:,.0f} rows/s")
-    print(f"  zray reader (Ray Data, {args.cpus} CPUs): {ry_rate:,.0f} rows/s; "
-          f"with prefetch_batches=4: {ry_prefetch:,.0f} rows/s")
-    print(f"  ratio zray/pyarrow: {ry_rate / pa_rate:.2f} ({ry_prefetch / pa_rate:.2f} with prefetch)")
+
+    best = {k: max(v) for k, v in rates.items()}
+    base = best["pyarrow"]
+    print(f"  plain pyarrow, file order   {base:9,.0f} img/s   1.00x")
+    print(f"  zray streamed, epoch order  {best['streamed']:9,.0f} img/s   {best['streamed'] / base:.2f}x")
+    print(f"  zray in memory, epoch order {best['in memory']:9,.0f} img/s   {best['in memory'] / base:.2f}x"
+          f"   ({memory.n_rows} rows)")
+    for name in ("streamed", "in memory"):
+        cost = 1 - best[name] / best[f"{name}, storage order"]
+        print(f"  epoch shuffle costs {name}: {100 * cost:+.1f}% of an epoch "
+              f"({best[name]:,.0f} vs {best[name + ', storage order']:,.0f} img/s in storage order)")
+    print(f"  peak resident memory: this process (streamed reader) {own_peak:,.0f} MB; "
+          f"largest Ray process {ray_peak:,.0f} MB; data {mb:,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -97,16 +97,16 @@ def _job(**changes) -> TrainJob:
 
 
 def test_gpus_per_worker_reach_scaling_config(tmp_path):
-    trainer = make_trainer(_job(num_workers=2, cpus_per_worker=4.0), datasets={},
+    trainer = make_trainer(_job(num_workers=2, cpus_per_worker=4.0), datasets=None,
                            storage_path=tmp_path, name="gpu", gpus_per_worker=1)
     scaling = trainer.scaling_config
     assert scaling.use_gpu is True and scaling.num_workers == 2
     assert scaling.resources_per_worker == {"CPU": 4.0, "GPU": 1}
     assert trainer.train_loop_config["job"]["gpus_per_worker"] == 1.0
-    cpu = make_trainer(_job(), datasets={}, storage_path=tmp_path, name="cpu")
+    cpu = make_trainer(_job(), datasets=None, storage_path=tmp_path, name="cpu")
     assert cpu.scaling_config.use_gpu is False and "GPU" not in cpu.scaling_config.resources_per_worker
     # A URI storage goes to Ray Train as it is, and nothing is made locally.
-    remote = make_trainer(_job(), datasets={}, storage_path=f"file://{tmp_path}/remote", name="r")
+    remote = make_trainer(_job(), datasets=None, storage_path=f"file://{tmp_path}/remote", name="r")
     assert remote.run_config.storage_path == f"file://{tmp_path}/remote"
     assert remote.train_loop_config["job"]["run_dir"] == f"file://{tmp_path}/remote/r"
     assert not (tmp_path / "remote").exists()
@@ -114,9 +114,9 @@ def test_gpus_per_worker_reach_scaling_config(tmp_path):
 
 def test_checkpoints_are_kept_by_the_search_metric(tmp_path):
     """Ray keeps the two checkpoints best by the job's metric, not always by val_sigma_mad."""
-    default = make_trainer(_job(), datasets={}, storage_path=tmp_path, name="default")
+    default = make_trainer(_job(), datasets=None, storage_path=tmp_path, name="default")
     assert default.run_config.checkpoint_config.checkpoint_score_attribute == "val_sigma_mad"
-    crps = make_trainer(_job(metric="val_crps", mode="min"), datasets={}, storage_path=tmp_path, name="crps")
+    crps = make_trainer(_job(metric="val_crps", mode="min"), datasets=None, storage_path=tmp_path, name="crps")
     assert crps.run_config.checkpoint_config.checkpoint_score_attribute == "val_crps"
     assert crps.run_config.checkpoint_config.checkpoint_score_order == "min"
 

@@ -1,8 +1,11 @@
 """Training on real Ray Train TensorFlow workers, on tiny simulated data.
 
-One run (2 workers, 2 epochs) crashes after its first checkpoint and is
-restarted by Ray Train's failure handling; what each worker actually received
-is recorded and checked. A second ``zray train`` on the same output resumes.
+The data are the simulated galaxies rewritten sorted by redshift, as another
+tool would write a catalogue. One run (2 workers, 2 epochs, data in memory)
+crashes after its first checkpoint and is restarted by Ray Train's failure
+handling; another (1 worker, data streamed from Parquet) runs 3 epochs; what
+each worker actually received is recorded and checked. A second ``zray train``
+on the same output resumes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ def weights_checksum(model) -> float:
     return checksum(model)
 
 
+def sorted_copy(data: Path, out: Path) -> Path:
+    """``data``'s rows rewritten in redshift order (the same ids, so the same splits)."""
+    from zray.data.writer import DatasetWriter
+
+    arrays = [load_arrays(data, split) for split in ("train", "val", "test")]
+    rows = {k: np.concatenate([a[k] for a in arrays]) for k in ("id", "image", "z_spec", "ebv")}
+    order = np.argsort(rows["z_spec"], kind="stable")
+    with DatasetWriter(out, rows_per_shard=100, label="sorted") as writer:
+        writer.add(*(rows[k][order] for k in ("id", "image", "z_spec", "ebv")))
+    return out
+
+
 def space_file(tmp_path: Path, data: Path) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({**SPACE, "data": {"path": str(data), "image_size": 32}}))
@@ -46,10 +61,15 @@ def space_file(tmp_path: Path, data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def crashed_run(ray_session, sim_data, tmp_path_factory):
+def sorted_data(sim_data, tmp_path_factory):
+    return sorted_copy(sim_data, tmp_path_factory.mktemp("sorted") / "data")
+
+
+@pytest.fixture(scope="module")
+def crashed_run(ray_session, sorted_data, tmp_path_factory):
     """A 2-worker run whose workers crash right after the epoch-1 checkpoint."""
     tmp = tmp_path_factory.mktemp("train")
-    space = config.load(space_file(tmp, sim_data))
+    space = config.load(space_file(tmp, sorted_data))
     ids_dir = tmp / "ids"
     summary = training.run(
         space, runs_dir=tmp / "runs", name="crash", record_ids_dir=str(ids_dir),
@@ -58,23 +78,59 @@ def crashed_run(ray_session, sim_data, tmp_path_factory):
     return {"tmp": tmp, "ids": ids_dir, "summary": summary, "space": space}
 
 
-def test_workers_get_disjoint_equal_parts_of_each_epoch(crashed_run, sim_data):
-    ids_dir = crashed_run["ids"]
-    train_ids = set(load_arrays(sim_data, "train", columns=("id",))["id"].tolist())
+def check_epochs(ids_dir: Path, data: Path, workers: int, epochs: int, batch: int) -> list[np.ndarray]:
+    """Every epoch covers the training split once (no id twice; only the remainder of
+    rows / workers sits out), in equal parts, each worker's first batches a fair
+    sample of the split's redshifts, and the order differs between epochs."""
+    from scipy.stats import ks_2samp
+
+    train = load_arrays(data, "train", columns=("id", "z_spec"))
+    z_of = dict(zip(train["id"].tolist(), train["z_spec"].tolist()))
+    assert np.all(np.diff(train["z_spec"]) >= 0), "the test data should be sorted by redshift"
     orders = []
-    for epoch in (0, 1):
-        parts = [np.load(ids_dir / f"ids-e{epoch}-r{rank}.npy") for rank in (0, 1)]
-        steps = [int((ids_dir / f"steps-e{epoch}-r{rank}.txt").read_text()) for rank in (0, 1)]
-        a, b = (set(p.tolist()) for p in parts)
-        assert len(a) == len(parts[0]) and len(b) == len(parts[1]), "a worker saw a row twice"
-        assert not a & b, f"epoch {epoch}: workers shared rows"
-        assert (a | b) <= train_ids
-        # Ray's equal split leaves out only the remainder of rows / workers.
-        assert len(train_ids - (a | b)) == len(train_ids) % 2
-        assert len(parts[0]) == len(parts[1])
-        assert steps[0] == steps[1] > 0
-        orders.append(parts[0])
-    assert not np.array_equal(orders[0], orders[1]), "the data was not reshuffled between epochs"
+    for epoch in range(epochs):
+        parts = [np.load(ids_dir / f"ids-e{epoch}-r{rank}.npy") for rank in range(workers)]
+        steps = [int((ids_dir / f"steps-e{epoch}-r{rank}.txt").read_text()) for rank in range(workers)]
+        seen = np.concatenate(parts)
+        assert len(np.unique(seen)) == len(seen), f"epoch {epoch}: an id came twice"
+        assert set(seen.tolist()) <= set(z_of)
+        assert len(z_of) - len(seen) == len(z_of) % workers
+        assert len({len(p) for p in parts}) == 1 and len(set(steps)) == 1 and steps[0] > 0
+        for rank, part in enumerate(parts):
+            first = [z_of[i] for i in part[: 2 * batch]]
+            p = ks_2samp(first, list(z_of.values())).pvalue
+            assert p > 0.01, f"epoch {epoch}, rank {rank}: first batches' redshifts differ from the split's (p={p:.2g})"
+        orders.append(seen)
+    for a, b in zip(orders, orders[1:]):
+        assert not np.array_equal(a, b), "the data was not reshuffled between epochs"
+    return orders
+
+
+def test_workers_get_uniform_disjoint_parts_of_each_epoch(crashed_run, sorted_data):
+    from zray.data.epochs import epoch_rng, worker_part
+
+    orders = check_epochs(crashed_run["ids"], sorted_data, workers=2, epochs=2, batch=16)
+    # Epoch 2 was read by the restarted workers: exactly the order drawn for it from the
+    # run's seed and the epoch (the id-sorted split, permuted), as if nothing had happened.
+    ids = np.sort(load_arrays(sorted_data, "train", columns=("id",))["id"])
+    order = ids[epoch_rng(crashed_run["space"].tune.seed, 1).permutation(len(ids))]
+    start, stop = worker_part(len(ids), 2, 1)
+    assert np.array_equal(np.load(crashed_run["ids"] / "ids-e1-r1.npy"), order[start:stop])
+    assert len(orders) == 2
+
+
+def test_a_streamed_split_is_shuffled_every_epoch_too(ray_session, sorted_data, tmp_path, monkeypatch):
+    """One worker, the training split streamed from its Parquet row groups (as a split
+    too large for the object store is), the validation split through Ray Train."""
+    from zray.train import driver
+
+    monkeypatch.setattr(driver, "MATERIALIZE_FRACTION", 0.0)
+    space = config.load(space_file(tmp_path, sorted_data), ["fixed.epochs=3", "resources.num_workers=1",
+                                                            "fixed.lr_schedule=constant"])
+    summary = training.run(space, runs_dir=tmp_path / "runs", name="streamed", record_ids_dir=str(tmp_path / "ids"))
+    check_epochs(tmp_path / "ids", sorted_data, workers=1, epochs=3, batch=32)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert np.isfinite(summary["metrics"]["val_sigma_mad"])
 
 
 def test_crash_resumes_from_last_checkpoint_with_saved_weights(crashed_run):
@@ -148,10 +204,10 @@ def test_make_trainer_keeps_the_jobs_gpu_count_unless_told(tmp_path):
 
     job = TrainJob(model="cnn", hyperparameters={"epochs": 1}, data_path="/d", image_size=32, z_min=0.0,
                    z_max=0.4, n_bins=180, manifest_hash="h", gpus_per_worker=1.0)
-    trainer = make_trainer(job, datasets={}, storage_path=tmp_path, name="r")
+    trainer = make_trainer(job, datasets=None, storage_path=tmp_path, name="r")
     assert trainer.train_loop_config["job"]["gpus_per_worker"] == 1.0
     assert trainer.scaling_config.use_gpu
-    cpu_only = make_trainer(job, datasets={}, storage_path=tmp_path, name="r", gpus_per_worker=0.0)
+    cpu_only = make_trainer(job, datasets=None, storage_path=tmp_path, name="r", gpus_per_worker=0.0)
     assert cpu_only.train_loop_config["job"]["gpus_per_worker"] == 0.0 and not cpu_only.scaling_config.use_gpu
 
 
@@ -164,7 +220,7 @@ def test_driver_side_of_a_run_never_imports_tensorflow(tmp_path):
         "from zray.train import TrainJob, make_trainer\n"
         "job = TrainJob(model='cnn', hyperparameters={'epochs': 1}, data_path='/d', image_size=32, z_min=0.0,\n"
         "               z_max=0.4, n_bins=180, manifest_hash='h')\n"
-        f"trainer = make_trainer(job, datasets={{}}, storage_path={str(tmp_path)!r}, name='r')\n"
+        f"trainer = make_trainer(job, datasets=None, storage_path={str(tmp_path)!r}, name='r')\n"
         "config = pickle.loads(pickle.dumps(trainer.backend_config))\n"
         "print(type(config).__name__, config.framework.name, 'tensorflow' in sys.modules)\n"
     )
@@ -173,27 +229,10 @@ def test_driver_side_of_a_run_never_imports_tensorflow(tmp_path):
     assert out.stdout.split() == ["TensorflowSetup", "TENSORFLOW", "False"]
 
 
-def test_in_memory_data_is_cut_once_into_disjoint_equal_parts(ray_session, sim_data):
-    from zray.train import WorkerShards, for_workers, prepare_datasets
-
-    datasets = prepare_datasets(sim_data, 32)
-    shards = for_workers(datasets, 3)
-    assert isinstance(shards, WorkerShards) and len(shards.train) == 3
-    parts = [set(part.to_pandas()["id"].tolist()) for part in shards.train]
-    everything = set(datasets["train"].to_pandas()["id"].tolist())
-    assert len({len(p) for p in parts}) == 1, "parts of unequal size"
-    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
-    assert len(everything - set().union(*parts)) == len(everything) % 3
-    assert shards.val is datasets["val"]
-    # Streamed data is left to Ray Train's streaming split.
-    streamed = {"train": datasets["train"].map_batches(lambda b: b), "val": datasets["val"]}
-    assert for_workers(streamed, 3) is streamed
-
-
 def test_validation_data_is_read_once_and_the_same_every_epoch(ray_session, sim_data, monkeypatch):
     from zray.train import prepare_datasets, worker
 
-    val = prepare_datasets(sim_data, 32)["val"]
+    val = prepare_datasets(sim_data, 32).val
     ids = sorted(val.to_pandas()["id"].tolist())
     kept = worker._kept_batches(val)
     first, second = kept(), kept()

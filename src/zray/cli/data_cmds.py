@@ -110,7 +110,8 @@ def inspect_cmd(root, max_problems):
     """Summarise a dataset and check it: rows per split, image shape, z
     distribution, and anything odd (duplicate ids, out-of-range z, NaN
     pixels, shards that disagree with the manifest). Exits 1 if problems
-    are found.
+    are found. Warns, without failing, when a split's rows sit in redshift
+    order (files written by another tool).
 
     \b
     Example:
@@ -136,6 +137,8 @@ def inspect_cmd(root, max_problems):
     for s in m.splits:
         if m.rows[s] == 0:
             click.echo(f"note: split {s!r} is empty (too few rows for the split fractions?)")
+    for line in report.warnings:
+        click.echo(f"warning: {line}")
     if report.ok:
         click.echo("problems: none")
         return

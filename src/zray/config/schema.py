@@ -121,6 +121,9 @@ class DataConfig(_Strict):
     # Train without shards found corrupt (reporting their rows as skipped)
     # instead of stopping at the first one.
     skip_corrupt: bool = False
+    # Rows each worker mixes at a time when the training split is streamed from
+    # Parquet (too large for the object store); see zray.data.epochs.
+    shuffle_buffer: PosInt = 8192
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -32,7 +32,7 @@ from zray.bins import RedshiftBins
 from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog, where
 from zray.data.cutouts import crop_centre
 from zray.data.progress import Progress
-from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest
+from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
 from zray.data.writer import DatasetWriter
 from zray.errors import ZrayError, first_line
 
@@ -185,14 +185,14 @@ def prepare_dataset(
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,
                        overwrite=overwrite, source=source, label=str(catalog)) as writer:
+        # Rows go in the order of a hash of the id, never the catalogue's; errors
+        # still name the catalogue's own row.
+        order = write_order(ids, seed)
         for start in range(0, len(ids), BATCH):
-            sl = slice(start, min(start + BATCH, len(ids)))
-            images = np.stack([
-                _cutout(files[i], per_band, size, f"{catalog}: {where(i, ids)}")
-                for i in range(sl.start, sl.stop)
-            ])
-            writer.add(ids[sl], images, z[sl], ebv[sl], {k: v[sl] for k, v in extra.items()})
-            bar.update(sl.stop - sl.start)
+            rows = order[start: start + BATCH]
+            images = np.stack([_cutout(files[i], per_band, size, f"{catalog}: {where(i, ids)}") for i in rows])
+            writer.add(ids[rows], images, z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()}, rows=rows)
+            bar.update(len(rows))
     return writer.manifest
 
 

@@ -73,6 +73,19 @@ def assign_split(ids, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> np.ndarray:
     return np.searchsorted(cuts, u, side="right").astype(np.int8)
 
 
+def write_order(ids, seed: int = 0) -> np.ndarray:
+    """The order in which zray's writers write rows: by a hash of the id, never
+    the catalogue's order.
+
+    Catalogues arrive sorted (by redshift, plate, sky position); written in
+    this order, every shard and every run of rows is a random sample of its
+    split, whatever tool later reads them in order. The same ids give the
+    same order however the catalogue was sorted. (Salted apart from the split
+    hash, so the order within a split is not the split's own hash range.)
+    """
+    return np.argsort(id_hash(ids, int(seed) ^ 0x5EED0D3E), kind="stable")
+
+
 def _check_fractions(fractions) -> tuple[float, float, float]:
     fr = tuple(float(f) for f in fractions)
     if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from zray.bins import RedshiftBins
 from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog
 from zray.data.progress import Progress
-from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest
+from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
 from zray.data.writer import DatasetWriter
 from zray.errors import ZrayError
 
@@ -77,7 +77,9 @@ def simulate_from_catalog(
 
     Morphology (bulge fraction, size from the absolute magnitude) is drawn
     per galaxy consistent with its colours; E(B-V) is drawn if not given.
-    ``limit`` keeps only the first rows.
+    ``limit`` keeps only the first rows. The catalogue's row order changes
+    nothing: rows are drawn, rendered and written in the order of a hash of
+    the id.
     """
     from zray.data.population import population_from_catalog
 
@@ -93,6 +95,11 @@ def simulate_from_catalog(
     if ebv is not None and (ebv < 0).any():
         i = int(np.flatnonzero(ebv < 0)[0])
         raise ZrayError(f"{catalog_path}: row {i + 1} (id {ids[i]}): ebv {ebv[i]} is negative; expected >= 0")
+    # Morphology is drawn in the order of the id hash, not the catalogue's: the
+    # same galaxy gets the same parameters (and pixels) however the file is sorted.
+    order = write_order(ids, seed)
+    ids, z, mags = ids[order], z[order], mags[order]
+    ebv = None if ebv is None else ebv[order]
     params = population_from_catalog(z, mags, ebv, int(seed))
     params["id"] = ids
     source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size)}
@@ -105,6 +112,9 @@ def _check_size(size: int) -> None:
 
 
 def _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source) -> Manifest:
+    """Render ``params`` and write them in :func:`write_order` (a hash of the id)."""
+    order = write_order(params["id"], seed)
+    params = {k: v[order] for k, v in params.items()}
     n = len(params["id"])
     workers = max(1, int(workers or os.cpu_count() or 1))
     bar = Progress("simulate", n, enabled=progress)

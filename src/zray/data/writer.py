@@ -45,6 +45,7 @@ from zray.data.shards import (
     assign_split,
     content_hash,
     shard_schema,
+    write_order,
 )
 from zray.errors import ZrayError
 
@@ -70,7 +71,9 @@ class DatasetWriter:
     """Streams batches of rows into shards, then publishes the dataset atomically.
 
     Use as a context manager: rows are validated as they arrive, shards are
-    written whenever a split has ``rows_per_shard`` rows buffered, and on a
+    written whenever a split has ``rows_per_shard`` rows buffered (in the
+    order the rows were added: zray's own callers add them in
+    :func:`~zray.data.shards.write_order`), and on a
     clean exit the manifest is written and the temporary directory renamed to
     ``out_dir``. On any exception the temporary directory is removed.
     Memory stays bounded by about ``3 * rows_per_shard`` rows.
@@ -107,6 +110,7 @@ class DatasetWriter:
         self._ids: set[int] = set()
         self._rows_seen = 0
         self._sidecars: dict[str, pa.Table] = {}
+        self._row_numbers: np.ndarray | None = None
         self._tmp: Path | None = None
 
     # context management ------------------------------------------------
@@ -132,10 +136,15 @@ class DatasetWriter:
             self._tmp = None
 
     # rows ----------------------------------------------------------------
-    def add(self, ids, images, z_spec, ebv, extra_columns: Mapping | None = None) -> None:
-        """Validate and buffer one batch of rows (arrays of equal length)."""
+    def add(self, ids, images, z_spec, ebv, extra_columns: Mapping | None = None, *, rows=None) -> None:
+        """Validate and buffer one batch of rows (arrays of equal length).
+
+        ``rows``: the rows' own numbers in the caller's input, used in error
+        messages (default: their position among all rows added).
+        """
         if self._tmp is None:
             raise RuntimeError("DatasetWriter.add called outside its `with` block")
+        self._row_numbers = None if rows is None else np.asarray(rows)
         ids, images, z_spec, ebv, extra = self._validate(ids, images, z_spec, ebv, extra_columns)
         split_idx = assign_split(ids, self.seed, self.fractions)
         table = pa.table(
@@ -160,8 +169,11 @@ class DatasetWriter:
         """Write ``table`` as ``name`` (Parquet) into the dataset, e.g. the true catalogue."""
         self._sidecars[name] = table
 
+    def _row(self, i):
+        return self._row_numbers[i] if self._row_numbers is not None else self._rows_seen + i
+
     def _where(self, i: int, ids=None) -> str:
-        row = self._rows_seen + i
+        row = self._row(i)
         ident = f" (id {int(ids[i])})" if ids is not None else ""
         return f"{self.label}: row {row}{ident}"
 
@@ -216,7 +228,7 @@ class DatasetWriter:
         uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
         if (counts > 1).any():
             dup = uniq[counts > 1][0]
-            rows = np.flatnonzero(ids == dup)[:2] + self._rows_seen
+            rows = sorted(int(self._row(i)) for i in np.flatnonzero(ids == dup)[:2])
             raise ZrayError(f"{self.label}: id {int(dup)} appears in rows {rows[0]} and {rows[1]}; expected unique ids")
         seen = [int(v) for v in uniq if int(v) in self._ids]
         if seen:
@@ -310,8 +322,20 @@ def write_dataset(
     ``images`` is (N, 5, H, W) float in nanomaggies, bands u,g,r,i,z; square
     cutouts. ``extra_columns`` maps names (e.g. ``mag_r``) to length-N arrays.
     An existing dataset at ``out_dir`` is an error unless ``overwrite``.
-    For data that does not fit in memory use :class:`DatasetWriter`.
+    Rows are written in :func:`~zray.data.shards.write_order` (a hash of the
+    id), whatever order they came in. For data that does not fit in memory
+    use :class:`DatasetWriter`.
     """
+    columns = {"images": images, "z_spec": z_spec, "ebv": ebv, **(extra_columns or {})}
+    ids = np.asarray(ids)
+    order = None
+    if ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer) and all(
+            np.shape(v)[:1] == ids.shape for v in columns.values()):  # else the writer names what is wrong
+        order = write_order(ids, seed)
+        ids = ids[order]
+        columns = {k: np.asarray(v)[order] for k, v in columns.items()}
+    images, z_spec, ebv = columns.pop("images"), columns.pop("z_spec"), columns.pop("ebv")
+    extra_columns = columns or None
     with DatasetWriter(
         out_dir,
         seed=seed,
@@ -321,5 +345,5 @@ def write_dataset(
         overwrite=overwrite,
         source=source,
     ) as writer:
-        writer.add(ids, images, z_spec, ebv, extra_columns)
+        writer.add(ids, images, z_spec, ebv, extra_columns, rows=order)
     return writer.manifest

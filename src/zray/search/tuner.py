@@ -104,9 +104,8 @@ class _TrialContext:
     record_ids_dir: str | None = None
     # For the time estimate printed by the search's first trial.
     plan: dict | None = None
-    # The splits, read and scaled once by the driver for every trial (Ray
-    # datasets travel by reference; in memory, already cut per worker:
-    # train.for_workers), and what the shard check skipped.
+    # The splits, read and scaled once by the driver for every trial (they
+    # travel by reference: train.RunData), and what the shard check skipped.
     datasets: Any = None
     skipped: dict | None = None
 
@@ -227,15 +226,15 @@ def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str
     """What every trial gets: the space, the fixed hyperparameters, and the data read
     and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
     planning and reading the shards again)."""
-    from zray.train import for_workers, plan_of, prepare_datasets, skipped_fields
+    from zray.train import plan_of, prepare_datasets, skipped_fields
 
     return _TrialContext(
         space_json=space.model_dump(mode="json"),
         base_hp={k: v for k, v in space.default_hyperparameters().items() if k not in space.search},
         manifest_hash=manifest.hash, trials_dir=trials_dir, record_ids_dir=record_ids_dir,
         plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
-        datasets=for_workers(prepare_datasets(space.data.path, space.data.image_size, shards=shards),
-                             space.resources.num_workers),
+        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=shards,
+                                  shuffle_buffer=space.data.shuffle_buffer),
         skipped=skipped_fields(shards),
     )
 

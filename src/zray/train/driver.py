@@ -4,9 +4,10 @@ The driver (``zray train``, or one Tune trial) reads the data's splits with
 Ray Data, scales and crops the pixels once, keeps the result in Ray's object
 store when it fits (re-reading and decoding Parquet every epoch costs 5-10x)
 and streams it otherwise. Each worker, running
-:func:`zray.train.worker.worker_loop`, trains on its own disjoint part of the
-training split: cut once by :func:`for_workers` when it is in memory, split
-by Ray Train as the workers read when it is streamed.
+:func:`zray.train.worker.worker_loop`, trains in every epoch on its own
+uniformly random, disjoint part of the training split, drawn again each
+epoch from the run's seed (:mod:`zray.data.epochs`), whether the split is in
+memory or streamed from its Parquet row groups.
 
     >>> from zray import config, train
     >>> space = config.load("search_spaces/quickstart.yaml", ["fixed.epochs=2"])  # doctest: +SKIP
@@ -28,42 +29,84 @@ from zray.errors import ZrayError, last_error_line
 from zray.train.checkpoints import divergence, read_state
 from zray.train.job import DIVERGED_FILE, TrainJob, job_for, plan_of
 
-__all__ = ["prepare_datasets", "for_workers", "WorkerShards", "make_trainer", "run", "skipped_fields", "failure_reason"]
+__all__ = ["prepare_datasets", "RunData", "make_trainer", "run", "skipped_fields", "failure_reason"]
 
 # Keep a dataset in the object store when it takes at most this share of it.
 MATERIALIZE_FRACTION = 0.4
 
 
-def prepare_datasets(data_path: str | Path, image_size: int, splits=("train", "val"), shards=None) -> dict:
-    """Ray datasets per split, pixels scaled and cropped, kept in memory when they fit.
+@dataclass
+class RunData:
+    """The data of every run (trial) of an experiment, prepared once by the driver.
+
+    ``train``: an :class:`~zray.data.epochs.InMemorySplit` or
+    :class:`~zray.data.epochs.StreamedSplit`, read by every worker in a fresh
+    order each epoch. ``val``: a Ray dataset (materialised when it fits) that
+    rank 0 reads whole after every epoch.
+    """
+
+    train: Any
+    val: Any
+
+    @property
+    def val_in_memory(self) -> bool:
+        from ray.data.dataset import MaterializedDataset
+
+        return isinstance(self.val, MaterializedDataset)
+
+
+def prepare_datasets(data_path: str | Path, image_size: int, shards=None,
+                     shuffle_buffer: int | None = None) -> RunData:
+    """The training and validation splits, pixels scaled and cropped, kept in memory when they fit.
 
     ``shards`` (a :class:`zray.data.pipeline.ShardCheck`, default: a strict
     footer check of every shard) says which files to read; a shard whose rows
     turn out undecodable stops the run naming it, or with ``skip_corrupt`` is
-    dropped and counted in ``shards.skipped``.
+    dropped and counted in ``shards.skipped``. ``shuffle_buffer``: rows a
+    worker mixes at a time when the training split is streamed.
     """
     import ray
 
     from zray.data import pipeline
+    from zray.data.epochs import SHUFFLE_BUFFER_ROWS, InMemorySplit, StreamedSplit
     from zray.data.shards import read_manifest
 
     manifest = read_manifest(data_path)
+    splits = ("train", "val")
     for split in splits:
         if manifest.rows.get(split, 0) == 0:
             raise ZrayError(f"{data_path}: the {split} split is empty; expected rows in it to train")
     if shards is None:
         shards = pipeline.check_shards(data_path, splits)
-    datasets = {}
+    read = {}
     store = ray.available_resources().get("object_store_memory", 0.0)
     for split in splits:
         n_rows = manifest.rows.get(split, 0)
         size_mb = n_rows * image_size * image_size * 5 * 4 / 1e6
         in_memory = size_mb * 1e6 <= MATERIALIZE_FRACTION * store
-        datasets[split] = _read(data_path, split, image_size, shards, in_memory)
+        if in_memory or split == "val":
+            read[split] = _read(data_path, split, image_size, shards, in_memory)
+        else:
+            _screen(shards, split)
+            read[split] = StreamedSplit.from_files(shards.files[split], image_size,
+                                                   shuffle_buffer or SHUFFLE_BUFFER_ROWS)
         how = ("kept in Ray's object store" if in_memory
                else f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)")
         print(f"zray: {split} split: {n_rows} rows, {size_mb:.0f} MB, {how}", flush=True)
-    return datasets
+    train = read["train"]
+    if not isinstance(train, StreamedSplit):
+        train = InMemorySplit.from_dataset(train)  # arrays by block; the dataset itself is let go
+    return RunData(train=train, val=read["val"])
+
+
+def _screen(shards, split: str) -> None:
+    """With skip_corrupt, drop a streamed split's undecodable shards now: its rows are
+    read inside the workers, too late to leave a file out."""
+    from zray.data import pipeline
+
+    if shards.skip_corrupt:
+        while bad := pipeline.find_unreadable(shards.files[split]):
+            shards.reject(split, *bad)
 
 
 def _read(data_path, split: str, image_size: int, shards, in_memory: bool):
@@ -71,10 +114,8 @@ def _read(data_path, split: str, image_size: int, shards, in_memory: bool):
     (with skip_corrupt) or naming (without) a shard that fails to decode."""
     from zray.data import pipeline
 
-    if not in_memory and shards.skip_corrupt:
-        # Streamed rows are read inside the workers, too late to drop a file: screen every shard now.
-        while bad := pipeline.find_unreadable(shards.files[split]):
-            shards.reject(split, *bad)
+    if not in_memory:
+        _screen(shards, split)
     while True:
         ds = pipeline.read_split(data_path, split, files=shards.files[split]).map_batches(
             _scale_and_crop, fn_kwargs={"image_size": image_size}, batch_format="numpy", batch_size=256,
@@ -88,34 +129,6 @@ def _read(data_path, split: str, image_size: int, shards, in_memory: bool):
             if bad is None:
                 raise
             shards.reject(split, *bad)  # raises unless skip_corrupt
-
-
-@dataclass
-class WorkerShards:
-    """In-memory splits for ``n`` workers: worker ``rank`` trains on ``train[rank]``.
-
-    The parts are disjoint and hold equal row counts (Ray Data's
-    ``split(n, equal=True)``; the remainder of rows / n is left out), so every
-    worker runs the same number of steps. Rank 0 validates on all of ``val``.
-    """
-
-    train: list
-    val: Any
-
-
-def for_workers(datasets: dict, num_workers: int) -> dict | WorkerShards:
-    """The datasets as the workers of every run will read them.
-
-    In memory, the training split is cut once here, for all the runs (trials)
-    that follow: a run then starts no split coordinator actor and no Ray Data
-    planning of its own. Streamed, the datasets are returned as
-    they are and Ray Train splits them between the workers as they read.
-    """
-    from ray.data.dataset import MaterializedDataset
-
-    if not all(isinstance(ds, MaterializedDataset) for ds in datasets.values()):
-        return datasets
-    return WorkerShards(train=datasets["train"].split(num_workers, equal=True), val=datasets["val"])
 
 
 def _scale_and_crop(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
@@ -135,16 +148,16 @@ def _worker_entry(config: dict[str, Any]) -> None:
     """What Ray Train runs in each worker. TensorFlow is imported there, not in the driver."""
     from zray.train.worker import worker_loop
 
-    worker_loop(config["job"], config["shards"])
+    worker_loop(config["job"], config["data"])
 
 
-def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: str | Path, name: str,
+def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str | Path, name: str,
                  gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None,
                  janitor: bool = False):
     """A Ray Train trainer of TensorFlow workers for ``job``; run it with ``.fit()``.
 
-    ``datasets``: what :func:`for_workers` returned (or Ray datasets by split,
-    for Ray Train to split between the workers).
+    ``datasets``: what :func:`prepare_datasets` returned (None: a trainer
+    that is only inspected, never run).
 
     ``gpus_per_worker`` overrides the job's own (``job.gpus_per_worker``) when
     given. ``storage_path`` is a folder (shared by all nodes on a cluster) or
@@ -181,19 +194,19 @@ def make_trainer(job: TrainJob, *, datasets: dict | WorkerShards, storage_path: 
         gpus_per_worker = job.gpus_per_worker
     job = replace(job, run_dir=run_dir, gpus_per_worker=float(gpus_per_worker))
     resources = {"CPU": job.cpus_per_worker}
-    shards, ray_datasets = (datasets, {}) if isinstance(datasets, WorkerShards) else (None, datasets)
-    if shards is not None and len(shards.train) != job.num_workers:
-        raise ValueError(f"the data was cut for {len(shards.train)} workers, the run has {job.num_workers}")
+    # A streamed validation split goes through Ray Train (whole, to rank 0); one in
+    # memory travels with the config, by reference, like the training split.
+    ray_datasets = {"val": datasets.val} if datasets is not None and not datasets.val_in_memory else {}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     return trainer_class(
         _worker_entry,
-        train_loop_config={"job": asdict(job), "shards": shards},
+        train_loop_config={"job": asdict(job), "data": datasets},
         backend_config=TensorflowSetup(),  # TF_CONFIG per worker; TensorFlow only in the workers
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
         datasets=ray_datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -227,8 +240,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
     table = baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     init_ray(dashboard_host=dashboard_host)
-    datasets = for_workers(prepare_datasets(space.data.path, space.data.image_size, shards=shards),
-                           space.resources.num_workers)
+    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards,
+                                shuffle_buffer=space.data.shuffle_buffer)
     job = job_for(space, hp, manifest.hash, plan=plan_of(space, manifest), **skipped_fields(shards), **job_extra)
     trainer = make_trainer(job, datasets=datasets, storage_path=runs_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=max_failures)

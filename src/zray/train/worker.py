@@ -1,12 +1,11 @@
 """The loop each Ray Train worker runs: set up, restore, then per epoch train,
 validate, checkpoint and report.
 
-Every worker trains on its own disjoint part of the training split (equal
-row counts, so every worker runs the same number of steps and the gradient
-all-reduce never waits on one that ran out of data: ``split(n, equal=True)``
-once in the driver for data in memory, :class:`zray.train.WorkerShards`;
-Ray Train's ``streaming_split(equal=True)`` for streamed data) under
-``MultiWorkerMirroredStrategy``. Rank 0 also
+In every epoch each worker trains on its own uniformly random, disjoint part
+of the training split, drawn again for the next epoch from the run's seed
+and the epoch number (:mod:`zray.data.epochs`; equal row counts, so every
+worker runs the same number of steps and the gradient all-reduce never waits
+on one that ran out of data) under ``MultiWorkerMirroredStrategy``. Rank 0 also
 validates and prints the epoch line; every worker writes the checkpoint (the
 save may use collectives) and rank 0's copy is kept.
 """
@@ -82,12 +81,12 @@ class _Worker:
     history: list = field(default_factory=list)
 
 
-def worker_loop(job_fields: dict[str, Any], shards=None) -> None:
+def worker_loop(job_fields: dict[str, Any], data) -> None:
     """The per-worker training loop (runs inside a Ray Train worker).
 
-    ``job_fields``: a :class:`TrainJob` as a dict. ``shards``: a
-    :class:`zray.train.WorkerShards` (data in memory, cut by the driver), or
-    None to read the datasets Ray Train split between the workers.
+    ``job_fields``: a :class:`TrainJob` as a dict. ``data``: the
+    :class:`zray.train.RunData` the driver prepared; a validation split that
+    is streamed arrives through Ray Train (``get_dataset_shard``).
     """
     from zray.runtime import quiet_logs
 
@@ -96,13 +95,14 @@ def worker_loop(job_fields: dict[str, Any], shards=None) -> None:
     w = _set_up(job)
     restored = _restore(w)
     instruments = Instruments(job, w.rank, w.world, w.start_epoch, w.model)
-    if shards is not None:
-        train_shard = shards.train[w.rank]
-        val_batches = _kept_batches(shards.val) if w.rank == 0 else None
+    train = data.train
+    if w.rank != 0:
+        val_batches = None
+    elif data.val_in_memory:
+        val_batches = _kept_batches(data.val)
     else:
-        train_shard = ray.train.get_dataset_shard("train")
-        val_shard = ray.train.get_dataset_shard("val") if w.rank == 0 else None
-        val_batches = (lambda: _batches(val_shard)) if w.rank == 0 else None
+        val_shard = ray.train.get_dataset_shard("val")
+        val_batches = lambda: _batches(val_shard)  # noqa: E731
     epochs = int(job.hyperparameters["epochs"])
     if restored and w.start_epoch >= epochs and w.history:
         # Already trained to the end: the process that was to hear the last
@@ -111,7 +111,7 @@ def worker_loop(job_fields: dict[str, Any], shards=None) -> None:
         ray.train.report(w.history[-1])
     for epoch in range(w.start_epoch, epochs):
         try:
-            metrics = _train_one_epoch(w, epoch, train_shard, instruments)
+            metrics = _train_one_epoch(w, epoch, train, instruments)
         except Diverged as exc:
             if w.rank == 0 and job.run_dir:
                 from zray import storage as st
@@ -177,19 +177,16 @@ def _restore(w: _Worker) -> bool:
     return True
 
 
-def _train_one_epoch(w: _Worker, epoch: int, train_shard, instruments: Instruments) -> dict[str, Any]:
-    """One pass over this worker's shard; the epoch's training figures."""
+def _train_one_epoch(w: _Worker, epoch: int, train, instruments: Instruments) -> dict[str, Any]:
+    """One pass over this worker's part of the epoch; the epoch's training figures."""
     job, hp = w.job, w.job.hyperparameters
     lr = learning_rate(hp, epoch)
     w.optimizer.learning_rate.assign(lr)
     batch_size = max(1, int(hp["batch_size"]) // w.world)  # batch_size is the global batch
     clock = _Clock(job, epoch, w.rank)
     total_loss, n_steps, rows = 0.0, 0, 0
-    batches = train_shard.iter_batches(
-        batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size,
-        local_shuffle_seed=job.seed * 100_003 + epoch * 1009 + w.rank, prefetch_batches=2,
-    )
-    for batch in _named_failures(job, batches):
+    batches = train.epoch_batches(epoch=epoch, rank=w.rank, world=w.world, batch_size=batch_size, seed=job.seed)
+    for batch in batches:
         instruments.step(epoch, n_steps, batch)
         n = len(batch["id"])
         seed = tf.constant([job.seed * 7919 + epoch, n_steps * 131 + w.rank], dtype=tf.int64)
@@ -283,28 +280,6 @@ class _Clock:
         if self.job.run_dir and int(self.job.plan.get("trials", 1)) > 1:
             parent = self.job.run_dir.rstrip("/").rsplit("/", 1)[0]
             st.write_text(st.join(parent, ESTIMATE_FILE), line + "\n")
-
-
-def _named_failures(job: TrainJob, batches):
-    """Pass ``batches`` through; a read that fails names the corrupt shard.
-
-    A streamed dataset decodes Parquet inside this worker, so this is where a
-    damaged data page surfaces; the files are re-read one by one to name it.
-    """
-    try:
-        yield from batches
-    except Exception:
-        from zray.data.pipeline import find_unreadable
-        from zray.data.shards import read_manifest
-
-        files = [f for f in read_manifest(job.data_path).files("train") if str(f) not in job.skipped_files]
-        bad = find_unreadable(files)
-        if bad is None:
-            raise
-        raise ZrayError(
-            f"{bad[0]}: shard is corrupt ({bad[1]}); expected a readable zray shard (rewrite the "
-            "dataset, or set data.skip_corrupt: true to train without it)"
-        ) from None
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:

@@ -1,0 +1,306 @@
+"""The training split, read in a fresh uniform order every epoch.
+
+Catalogues arrive sorted (by redshift, plate, sky position), and a network
+trained in the order its rows sit learns that order. So in every epoch each
+worker trains on a uniformly random, disjoint, equal part of the training
+split, drawn again for the next epoch from the run's seed and the epoch
+number: a run resumed at epoch ``e`` reads epoch ``e`` exactly as it would
+have. Equal parts keep the gradient all-reduce in step (a worker that runs
+out of batches first would leave the others waiting forever); the remainder
+of rows / workers sits out that epoch, a different few each time.
+
+Two sources, one interface (``epoch_batches``):
+
+- :class:`InMemorySplit`: the split's arrays in Ray's object store, read by
+  every worker on the node without a copy. The epoch is a permutation of all
+  rows (taken in id order, so it does not depend on how Ray Data laid out the
+  blocks), cut into one contiguous run per worker; a batch is gathered by index.
+- :class:`StreamedSplit`: the split's Parquet row groups (256 rows each in a
+  zray dataset), for a split too large to keep. The epoch is a permutation
+  of the row groups, cut into equal runs of rows per worker; a worker reads
+  its row groups with pyarrow in a background thread and shuffles rows within
+  a buffer of ``buffer_rows`` rows (:data:`SHUFFLE_BUFFER_ROWS` by default).
+
+Why not Ray Data's streaming split for the streamed case: its shard order
+and shuffles are seeded per execution, not per epoch, so a resumed run would
+read its epochs in another order, and on 2 cores its reader delivered 0.36x
+of what pyarrow reads from the same files (``scripts/bench_data.py``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from zray.errors import ZrayError, first_line
+
+__all__ = [
+    "SHUFFLE_BUFFER_ROWS",
+    "InMemorySplit",
+    "StreamedSplit",
+    "epoch_rng",
+    "worker_part",
+]
+
+# Rows a streamed worker mixes at a time. A zray row group holds 256 rows, so
+# the buffer draws its rows from 32 row groups taken from random places in the
+# split: on a file set sorted by redshift, every batch then mixes 32 redshift
+# slices, and the first batches of an epoch already follow the split's
+# redshift distribution (tests/test_epochs.py checks it with a KS test; with
+# 16 row groups, one draw in six failed it at p < 0.01). The buffer holds
+# 8192 x 20 kB = 160 MB per worker at 32x32, 660 MB at 64x64;
+# ``data.shuffle_buffer`` changes it.
+SHUFFLE_BUFFER_ROWS = 8192
+_SALT = 0x0E90C4  # keeps the epoch draws apart from any other use of the run's seed
+_COLUMNS = ("id", "image", "z_spec", "ebv")
+
+
+def epoch_rng(seed: int, epoch: int, *more: int) -> np.random.Generator:
+    """The generator of one epoch's order: a function of the run's seed and the epoch only."""
+    mask = 0xFFFFFFFFFFFFFFFF
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & mask, int(epoch), _SALT, *more]))
+
+
+def worker_part(n_rows: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows [start, stop) of an epoch's order that worker ``rank`` of ``world`` trains on."""
+    per = n_rows // world
+    return rank * per, (rank + 1) * per
+
+
+def _batches_of(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(arrays["id"])
+    for start in range(0, n, batch_size):
+        yield {k: v[start: start + batch_size] for k, v in arrays.items()}
+
+
+# ---------------------------------------------------------------------------
+# In memory
+
+
+@dataclass
+class InMemorySplit:
+    """A split kept in Ray's object store as blocks of network-ready arrays.
+
+    ``blocks`` are object refs of dicts ``{id, image (N,H,W,5), z_spec, ebv}``;
+    the driver keeps them alive for as long as runs read them. A worker
+    fetches them once (zero-copy on its node) and gathers each batch by index.
+    """
+
+    blocks: list
+    n_rows: int
+
+    @classmethod
+    def from_dataset(cls, ds) -> InMemorySplit:
+        """From a materialised Ray dataset of scaled, cropped rows."""
+        return cls(blocks=ds.to_numpy_refs(), n_rows=ds.count())
+
+    def epoch_batches(self, *, epoch: int, rank: int, world: int, batch_size: int, seed: int,
+                      shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Worker ``rank``'s batches of ``epoch`` (``shuffle=False``: in storage order, for benchmarks)."""
+        table = self._table()
+        start, stop = worker_part(self.n_rows, world, rank)
+        if shuffle:
+            rows = table.by_id[epoch_rng(seed, epoch).permutation(self.n_rows)[start:stop]]
+        else:
+            rows = np.arange(start, stop)
+        for at in range(0, len(rows), batch_size):
+            yield table.take(rows[at: at + batch_size])
+
+    def _table(self) -> _Gather:
+        if getattr(self, "_gather", None) is None:
+            import ray
+
+            self._gather = _Gather(ray.get(list(self.blocks)))
+            if self._gather.n_rows != self.n_rows:
+                raise RuntimeError(f"the in-memory split holds {self._gather.n_rows} rows, expected {self.n_rows}")
+        return self._gather
+
+    def __getstate__(self) -> dict:  # the fetched arrays stay in the process that fetched them
+        return {"blocks": self.blocks, "n_rows": self.n_rows}
+
+
+class _Gather:
+    """Rows by global index from a list of blocks of arrays; ``by_id`` lists the
+    indices in increasing id."""
+
+    def __init__(self, parts: list[dict]) -> None:
+        self.parts = [p for p in parts if len(p["id"])]
+        sizes = [len(p["id"]) for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_rows = int(self.starts[-1])
+        ids = np.concatenate([p["id"] for p in self.parts]) if self.parts else np.zeros(0, np.int64)
+        self.by_id = np.argsort(ids, kind="stable")
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        block = np.searchsorted(self.starts, rows, side="right") - 1
+        first = self.parts[0]
+        out = {k: np.empty((len(rows), *np.shape(v)[1:]), dtype=np.asarray(v).dtype) for k, v in first.items()
+               if k in _COLUMNS}
+        for b in np.unique(block):
+            sel = block == b
+            local = rows[sel] - self.starts[b]
+            for k in out:
+                out[k][sel] = self.parts[b][k][local]
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Streamed from Parquet
+
+
+@dataclass
+class StreamedSplit:
+    """A split read from its Parquet row groups each epoch.
+
+    ``groups`` lists ``(file index, row group index, rows)`` in file order;
+    ``prepare`` turns raw rows into network input (scaling and cropping),
+    applied in the reading thread.
+    """
+
+    files: list[str]
+    groups: list[tuple[int, int, int]]
+    image_size: int
+    buffer_rows: int = SHUFFLE_BUFFER_ROWS
+
+    @classmethod
+    def from_files(cls, files, image_size: int, buffer_rows: int = SHUFFLE_BUFFER_ROWS) -> StreamedSplit:
+        """Every row group of ``files``, read from their Parquet footers."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        groups = []
+        for k, path in enumerate(files):
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except (OSError, pa.ArrowException) as exc:
+                raise ZrayError(f"{path}: shard is unreadable ({first_line(exc, 160)}); "
+                                "expected a readable zray shard") from None
+            groups.extend((k, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
+        return cls(files=[str(f) for f in files], groups=groups, image_size=int(image_size),
+                   buffer_rows=int(buffer_rows))
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(n for _, _, n in self.groups))
+
+    def epoch_plan(self, *, epoch: int, rank: int, world: int, seed: int,
+                   shuffle: bool = True) -> list[tuple[int, int, int, int]]:
+        """What worker ``rank`` reads in ``epoch``: ``(file, row group, first row, stop row)`` in order.
+
+        The row groups are permuted for the epoch and laid end to end; the
+        worker takes its equal run of rows from that sequence, so a row group
+        at a boundary is shared, each worker reading its own rows of it.
+        """
+        order = epoch_rng(seed, epoch).permutation(len(self.groups)) if shuffle else range(len(self.groups))
+        start, stop = worker_part(self.n_rows, world, rank)
+        plan, pos = [], 0
+        for g in order:
+            f, rg, n = self.groups[g]
+            lo, hi = max(start - pos, 0), min(stop - pos, n)
+            if lo < hi:
+                plan.append((f, rg, lo, hi))
+            pos += n
+            if pos >= stop:
+                break
+        return plan
+
+    def epoch_batches(self, *, epoch: int, rank: int, world: int, batch_size: int, seed: int,
+                      shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Worker ``rank``'s batches of ``epoch`` (``shuffle=False``: in file order, for benchmarks)."""
+        plan = self.epoch_plan(epoch=epoch, rank=rank, world=world, seed=seed, shuffle=shuffle)
+        rng = epoch_rng(seed, epoch, rank + 1)
+        pending: dict[str, np.ndarray] | None = None
+        for chunk in _prefetch(self._chunks(plan)):
+            if pending is not None:
+                chunk = {k: np.concatenate([pending[k], chunk[k]]) for k in chunk}
+            order = rng.permutation(len(chunk["id"])) if shuffle else np.arange(len(chunk["id"]))
+            usable = len(order) - len(order) % batch_size
+            for at in range(0, usable, batch_size):
+                rows = order[at: at + batch_size]
+                yield {k: v[rows] for k, v in chunk.items()}
+            pending = {k: v[order[usable:]] for k, v in chunk.items()}
+        if pending is not None and len(pending["id"]):
+            yield pending
+
+    def _chunks(self, plan) -> Iterator[dict[str, np.ndarray]]:
+        """Rows in chunks of about ``buffer_rows``, each prepared for the network."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from zray.data.cutouts import crop_centre
+        from zray.data.pipeline import preprocess_batch
+
+        handles: dict[int, pq.ParquetFile] = {}
+        tables, rows = [], 0
+        for i, (f, rg, lo, hi) in enumerate(plan):
+            path = self.files[f]
+            try:
+                if f not in handles:
+                    handles[f] = pq.ParquetFile(path, memory_map=False)
+                tables.append(handles[f].read_row_group(rg, columns=list(_COLUMNS)).slice(lo, hi - lo))
+            except (OSError, pa.ArrowException) as exc:
+                raise ZrayError(
+                    f"{path}: shard is corrupt ({first_line(exc, 160)}); expected a readable zray shard "
+                    "(rewrite the dataset, or set data.skip_corrupt: true to train without it)"
+                ) from None
+            rows += hi - lo
+            if rows >= self.buffer_rows or i == len(plan) - 1:
+                table = pa.concat_tables(tables)
+                tables, rows = [], 0
+                raw = {"image": _images(table), **{k: table.column(k).to_numpy() for k in ("id", "z_spec", "ebv")}}
+                image = crop_centre(preprocess_batch(raw)["image"], self.image_size, axes=(1, 2))
+                yield {
+                    "id": raw["id"].astype(np.int64, copy=False),
+                    "image": np.ascontiguousarray(image, dtype=np.float32),
+                    "ebv": raw["ebv"].astype(np.float32, copy=False),
+                    "z_spec": raw["z_spec"].astype(np.float32, copy=False),
+                }
+
+
+def _images(table) -> np.ndarray:
+    col = table.column("image").combine_chunks()
+    return col.to_numpy_ndarray()
+
+
+def _prefetch(chunks: Iterator, depth: int = 1) -> Iterator:
+    """``chunks`` produced in a background thread, ``depth`` ahead of the consumer.
+
+    pyarrow's reads and numpy's arithmetic release the GIL, so the next chunk
+    is read while the model trains on this one.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in chunks:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="zray-epoch-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
