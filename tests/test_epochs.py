@@ -189,3 +189,22 @@ def test_inspect_warns_when_row_order_follows_redshift(tmp_path):
     write_dataset(tmp_path / "zray", cat["id"], cat["image"], cat["z_spec"], cat["ebv"], rows_per_shard=100)
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "zray")])
     assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+def test_a_streamed_shard_corrupt_behind_its_footer_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    from zray.errors import ZrayError
+
+    write_sorted(tmp_path / "d", 600, rows_per_shard=100)
+    files = read_manifest(tmp_path / "d").files("train")
+    split = StreamedSplit.from_files(files, image_size=8)  # every footer is sound
+    bad = files[2]
+    meta = pq.ParquetFile(bad).metadata
+    column = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                  if meta.row_group(0).column(i).path_in_schema == "z_spec")
+    with open(bad, "r+b") as handle:  # the z_spec data page overwritten, the footer intact
+        handle.seek(column.data_page_offset)
+        handle.write(b"\xff" * 64)
+    with pytest.raises(ZrayError, match=f"^{bad}: shard is corrupt .*data.skip_corrupt: true"):
+        list(split.epoch_batches(epoch=0, rank=0, world=1, batch_size=32, seed=0))

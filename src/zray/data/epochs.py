@@ -18,8 +18,9 @@ Two sources, one interface (``epoch_batches``):
 - :class:`StreamedSplit`: the split's Parquet row groups (256 rows each in a
   zray dataset), for a split too large to keep. The epoch is a permutation
   of the row groups, cut into equal runs of rows per worker; a worker reads
-  its row groups with pyarrow in a background thread and shuffles rows within
-  a buffer of ``buffer_rows`` rows (:data:`SHUFFLE_BUFFER_ROWS` by default).
+  its row groups with pyarrow in a background thread and draws each batch at
+  random from a buffer of ``buffer_rows`` rows (:data:`SHUFFLE_BUFFER_ROWS` by
+  default), refilled a row group at a time.
 
 Why not Ray Data's streaming split for the streamed case: its shard order
 and shuffles are seeded per execution, not per epoch, so a resumed run would
@@ -210,60 +211,136 @@ class StreamedSplit:
 
     def epoch_batches(self, *, epoch: int, rank: int, world: int, batch_size: int, seed: int,
                       shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """Worker ``rank``'s batches of ``epoch`` (``shuffle=False``: in file order, for benchmarks)."""
-        plan = self.epoch_plan(epoch=epoch, rank=rank, world=world, seed=seed, shuffle=shuffle)
-        rng = epoch_rng(seed, epoch, rank + 1)
-        pending: dict[str, np.ndarray] | None = None
-        for chunk in _prefetch(self._chunks(plan)):
-            if pending is not None:
-                chunk = {k: np.concatenate([pending[k], chunk[k]]) for k in chunk}
-            order = rng.permutation(len(chunk["id"])) if shuffle else np.arange(len(chunk["id"]))
-            usable = len(order) - len(order) % batch_size
-            for at in range(0, usable, batch_size):
-                rows = order[at: at + batch_size]
-                yield {k: v[rows] for k, v in chunk.items()}
-            pending = {k: v[order[usable:]] for k, v in chunk.items()}
-        if pending is not None and len(pending["id"]):
-            yield pending
+        """Worker ``rank``'s batches of ``epoch`` (``shuffle=False``: in file order, for benchmarks).
 
-    def _chunks(self, plan) -> Iterator[dict[str, np.ndarray]]:
-        """Rows in chunks of about ``buffer_rows``, each prepared for the network."""
+        Two background threads, one reading and preparing row groups, one drawing
+        batches from the buffer: the worker's own thread only trains.
+        """
+        plan = self.epoch_plan(epoch=epoch, rank=rank, world=world, seed=seed, shuffle=shuffle)
+        rng = epoch_rng(seed, epoch, rank + 1) if shuffle else None
+        groups = _prefetch(self._groups(plan), depth=4)
+        return _prefetch(self._draw(groups, rng, batch_size), depth=4)
+
+    def _draw(self, groups: Iterator[dict[str, np.ndarray]], rng, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        pool = _ShuffleBuffer(rng)
+        more = True
+        while True:
+            while more and pool.rows < self.buffer_rows:
+                group = next(groups, None)
+                more = group is not None
+                if more:
+                    pool.add(group)
+            if pool.rows == 0:
+                return
+            yield pool.draw(batch_size)
+
+    def _groups(self, plan) -> Iterator[dict[str, np.ndarray]]:
+        """The planned row groups, in order, each read and prepared for the network."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from zray.data.cutouts import crop_centre
         from zray.data.pipeline import preprocess_batch
 
-        handles: dict[int, pq.ParquetFile] = {}
-        tables, rows = [], 0
-        for i, (f, rg, lo, hi) in enumerate(plan):
+        for f, rg, lo, hi in plan:
             path = self.files[f]
             try:
-                if f not in handles:
-                    handles[f] = pq.ParquetFile(path, memory_map=False)
-                tables.append(handles[f].read_row_group(rg, columns=list(_COLUMNS)).slice(lo, hi - lo))
+                # Opened for each group: a file kept open holds on to what it read (pre-buffering).
+                table = pq.ParquetFile(path).read_row_group(rg, columns=list(_COLUMNS)).slice(lo, hi - lo)
+                image = table.column("image").combine_chunks().to_numpy_ndarray()
             except (OSError, pa.ArrowException) as exc:
                 raise ZrayError(
                     f"{path}: shard is corrupt ({first_line(exc, 160)}); expected a readable zray shard "
                     "(rewrite the dataset, or set data.skip_corrupt: true to train without it)"
                 ) from None
-            rows += hi - lo
-            if rows >= self.buffer_rows or i == len(plan) - 1:
-                table = pa.concat_tables(tables)
-                tables, rows = [], 0
-                raw = {"image": _images(table), **{k: table.column(k).to_numpy() for k in ("id", "z_spec", "ebv")}}
-                image = crop_centre(preprocess_batch(raw)["image"], self.image_size, axes=(1, 2))
-                yield {
-                    "id": raw["id"].astype(np.int64, copy=False),
-                    "image": np.ascontiguousarray(image, dtype=np.float32),
-                    "ebv": raw["ebv"].astype(np.float32, copy=False),
-                    "z_spec": raw["z_spec"].astype(np.float32, copy=False),
-                }
+            # Crop first: the scaling is per pixel, so only the pixels kept are scaled.
+            image = crop_centre(image, self.image_size, axes=(2, 3))
+            yield {
+                "id": table.column("id").to_numpy().astype(np.int64, copy=False),
+                "image": preprocess_batch({"image": image})["image"],
+                "ebv": table.column("ebv").to_numpy().astype(np.float32, copy=False),
+                "z_spec": table.column("z_spec").to_numpy().astype(np.float32, copy=False),
+            }
 
 
-def _images(table) -> np.ndarray:
-    col = table.column("image").combine_chunks()
-    return col.to_numpy_ndarray()
+class _ShuffleBuffer:
+    """Rows of a few row groups, drawn at random without replacement (in order
+    when ``rng`` is None).
+
+    A group is let go once all its rows are drawn; since the last rows of a
+    group can wait long for their turn, whenever the groups held take more than
+    twice the rows still waiting, the waiting rows of the groups that are at
+    least half drawn are copied into one block (so memory stays at about twice
+    the buffer, and few rows are copied).
+    """
+
+    def __init__(self, rng: np.random.Generator | None) -> None:
+        self.rng = rng
+        self.groups: dict[int, dict[str, np.ndarray]] = {}
+        self.left: dict[int, int] = {}
+        self.held = 0  # rows in the groups held, drawn or not
+        self.where = np.zeros((0, 2), dtype=np.int64)  # (group, row) of every row not yet drawn
+        self.next_key = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.where)
+
+    def add(self, group: dict[str, np.ndarray]) -> None:
+        n = len(group["id"])
+        if n == 0:
+            return
+        key, self.next_key = self.next_key, self.next_key + 1
+        self.groups[key], self.left[key] = group, n
+        self.held += n
+        rows = np.stack([np.full(n, key, dtype=np.int64), np.arange(n, dtype=np.int64)], axis=1)
+        self.where = np.concatenate([self.where, rows])
+        if self.held > 2 * self.rows + 1024:
+            self._compact()
+
+    def draw(self, n: int) -> dict[str, np.ndarray]:
+        n = min(n, self.rows)
+        take = np.arange(n) if self.rng is None else self.rng.choice(self.rows, size=n, replace=False)
+        picked = self.where[take]
+        keep = np.ones(self.rows, dtype=bool)
+        keep[take] = False
+        self.where = self.where[keep]
+        return self._gather(picked, release=True)
+
+    def _gather(self, picked: np.ndarray, release: bool) -> dict[str, np.ndarray]:
+        """The rows ``picked`` ((group, row) pairs), grouped by row group (the same set
+        of rows), so each group's rows are copied once, straight into place."""
+        n = len(picked)
+        picked = picked[np.argsort(picked[:, 0], kind="stable")]
+        keys, starts = np.unique(picked[:, 0], return_index=True)
+        first = self.groups[int(keys[0])]
+        out = {k: np.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in first.items()}
+        for key, a, b in zip(keys.tolist(), starts.tolist(), [*starts[1:].tolist(), n]):
+            group, rows = self.groups[key], picked[a:b, 1]
+            for k in out:
+                np.take(group[k], rows, axis=0, out=out[k][a:b])
+            if release:
+                self.left[key] -= b - a
+                if self.left[key] == 0:
+                    self.held -= len(group["id"])
+                    del self.groups[key], self.left[key]
+        return out
+
+    def _compact(self) -> None:
+        sparse = [key for key, left in self.left.items() if 2 * left <= len(self.groups[key]["id"])]
+        if len(sparse) < 2:
+            return
+        moving = np.isin(self.where[:, 0], sparse)
+        block = self._gather(self.where[moving], release=False)
+        for key in sparse:
+            self.held -= len(self.groups[key]["id"])
+            del self.groups[key], self.left[key]
+        n = len(block["id"])
+        key, self.next_key = self.next_key, self.next_key + 1
+        self.groups[key], self.left[key] = block, n
+        self.held += n
+        rows = np.stack([np.full(n, key, dtype=np.int64), np.arange(n, dtype=np.int64)], axis=1)
+        self.where = np.concatenate([self.where[~moving], rows])
 
 
 def _prefetch(chunks: Iterator, depth: int = 1) -> Iterator:
