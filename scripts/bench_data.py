@@ -10,12 +10,15 @@
    - plain pyarrow: the same files read in order into numpy with the same
      scaling and crop, no shuffle (the baseline, in the same process).
    The epoch shuffle's cost is each path's rate in its epoch order against
-   the same path in storage order. Peak resident memory of this process
-   (the streamed reader runs here) and of Ray's processes is printed.
+   the same path in storage order. Peak resident memory of this process is
+   printed for the streamed reader and the baseline.
+3. With ``--train-epochs N``: ``zray train`` on the same files with a 500 MB
+   object store (the split streamed, as a split larger than the store is),
+   and the peak resident memory of every process on the machine.
 
     python scripts/bench_data.py                          # ~1 min on 2 cores
     python scripts/bench_data.py --rows 8000 --size 64 --render 100
-    python scripts/bench_data.py --rows 50000 --size 64 --render 0 --memory-rows 8000   # at scale
+    python scripts/bench_data.py --rows 50000 --size 64 --render 0 --memory-rows 8000 --train-epochs 1  # at scale
 """
 
 from __future__ import annotations
@@ -49,11 +52,11 @@ def bench_simulator(n: int, size: int) -> tuple[float, float]:
 
 
 def make_files(root: Path, rows: int, size: int) -> None:
-    """Synthetic rows (content does not matter for reading speed), all in train."""
+    """Synthetic rows (content does not matter for reading speed), 95% in train, 5% in val."""
     from zray.data import DatasetWriter
 
     rng = np.random.default_rng(0)
-    with DatasetWriter(root, fractions=(1.0, 0.0, 0.0), rows_per_shard=1000) as w:
+    with DatasetWriter(root, fractions=(0.95, 0.05, 0.0), rows_per_shard=1000) as w:
         for start in range(0, rows, 1000):
             n = min(1000, rows - start)
             w.add(np.arange(start, start + n), rng.normal(0, 1, (n, 5, size, size)).astype(np.float32),
@@ -104,22 +107,73 @@ def in_memory_split(root: Path, size: int, rows: int):
     return InMemorySplit.from_dataset(ds)
 
 
-def peak_rss_mb() -> tuple[float, float]:
-    """Peak resident memory of this process, and the largest of Ray's processes now alive (MB)."""
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ray_peak = 0.0
-    for status in Path("/proc").glob("[0-9]*/status"):
+def rss_mb(pids=None) -> float:
+    """Resident memory (MB) of this process, or summed over ``pids`` ("all": every process)."""
+    if pids is None:
+        paths = [Path("/proc/self/status")]
+    else:
+        paths = list(Path("/proc").glob("[0-9]*/status"))
+    total = 0
+    for path in paths:
         try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if "ray::" in text or "raylet" in text or "gcs_server" in text:
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    ray_peak = max(ray_peak, int(line.split()[1]) / 1024)
-    return own, ray_peak
+            line = next(x for x in path.read_text().splitlines() if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue  # a process that ended, or a kernel thread
+        total += int(line.split()[1])
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples resident memory every ``every`` s in a thread; ``peak`` is the highest seen
+    (of this process, or of all processes on the machine with ``everything``)."""
+
+    def __init__(self, everything: bool = False, every: float = 0.05) -> None:
+        import threading
+
+        self.pids = "all" if everything else None
+        self.every, self.peak = every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb(self.pids))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def train_run(root: Path, crop: int, epochs: int) -> tuple[str, float, float]:
+    """``zray train`` (cnn_phot, one worker) on the files, streamed as a split larger than
+    the object store is; the last epoch line, and the peak and starting resident memory
+    of every process on the machine (MB)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    space = root.parent / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "bench", "model": "cnn_phot", "data": {"path": str(root), "image_size": crop},
+        "fixed": {"epochs": epochs, "batch_size": 64, "filters": 16, "dense_units": 64},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.9},
+    }))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES"] = str(500 * 2**20)  # the split is several times this
+    before = rss_mb("all")
+    with PeakMemory(everything=True, every=0.5) as mem:
+        proc = subprocess.run([sys.executable, "-m", "zray", "train", str(space), "--runs", str(root.parent / "runs")],
+                              capture_output=True, text=True, env=env, cwd=root.parent)
+    if proc.returncode:
+        raise SystemExit(f"zray train failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("zray: epoch") or "streamed" in x]
+    return "\n".join(f"    {x}" for x in lines), mem.peak, before
 
 
 def main() -> None:
@@ -131,7 +185,10 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs given to Ray")
     ap.add_argument("--crop", type=int, default=0, help="centre crop the worker gets (default: --size)")
     ap.add_argument("--memory-rows", type=int, default=0, help="rows for the in-memory path (default: --rows)")
-    ap.add_argument("--repeat", type=int, default=2, help="epochs timed per path (the best is kept)")
+    ap.add_argument("--repeat", type=int, default=3, help="epochs timed per path (the best is kept)")
+    ap.add_argument("--train-epochs", type=int, default=0,
+                    help="also run zray train for this many epochs on the files, streamed, measuring the "
+                         "memory of every process")
     args = ap.parse_args()
 
     if args.render:
@@ -162,11 +219,15 @@ def readers(args) -> None:
         streamed = StreamedSplit.from_files(read_manifest(root).files("train"), crop)
         pyarrow_rate(root, args.batch, crop)  # warm-up: page cache, imports
         rates = {"pyarrow": [], "streamed": [], "streamed, storage order": []}
+        peaks = {"pyarrow": 0.0, "streamed": 0.0}
         for rep in range(args.repeat):  # interleaved, so a slow minute of the machine hits all three
-            rates["pyarrow"].append(pyarrow_rate(root, args.batch, crop))
-            rates["streamed"].append(epoch_rate(streamed, args.batch, epoch=rep))
+            with PeakMemory() as mem:
+                rates["pyarrow"].append(pyarrow_rate(root, args.batch, crop))
+            peaks["pyarrow"] = max(peaks["pyarrow"], mem.peak)
+            with PeakMemory() as mem:
+                rates["streamed"].append(epoch_rate(streamed, args.batch, epoch=rep))
+            peaks["streamed"] = max(peaks["streamed"], mem.peak)
             rates["streamed, storage order"].append(epoch_rate(streamed, args.batch, shuffle=False))
-        own_peak = peak_rss_mb()[0]
 
         import ray
 
@@ -178,21 +239,26 @@ def readers(args) -> None:
         rates["in memory"] = [epoch_rate(memory, args.batch, epoch=rep) for rep in range(args.repeat)]
         rates["in memory, storage order"] = [epoch_rate(memory, args.batch, shuffle=False)
                                              for _ in range(args.repeat)]
-        ray_peak = peak_rss_mb()[1]
         ray.shutdown()
 
-    best = {k: max(v) for k, v in rates.items()}
-    base = best["pyarrow"]
-    print(f"  plain pyarrow, file order   {base:9,.0f} img/s   1.00x")
-    print(f"  zray streamed, epoch order  {best['streamed']:9,.0f} img/s   {best['streamed'] / base:.2f}x")
-    print(f"  zray in memory, epoch order {best['in memory']:9,.0f} img/s   {best['in memory'] / base:.2f}x"
-          f"   ({memory.n_rows} rows)")
-    for name in ("streamed", "in memory"):
-        cost = 1 - best[name] / best[f"{name}, storage order"]
-        print(f"  epoch shuffle costs {name}: {100 * cost:+.1f}% of an epoch "
-              f"({best[name]:,.0f} vs {best[name + ', storage order']:,.0f} img/s in storage order)")
-    print(f"  peak resident memory: this process (streamed reader) {own_peak:,.0f} MB; "
-          f"largest Ray process {ray_peak:,.0f} MB; data {mb:,.0f} MiB")
+        best = {k: max(v) for k, v in rates.items()}
+        base = best["pyarrow"]
+        print(f"  plain pyarrow, file order   {base:9,.0f} img/s   1.00x   (peak memory of the process "
+              f"{peaks['pyarrow']:,.0f} MB)")
+        print(f"  zray streamed, epoch order  {best['streamed']:9,.0f} img/s   {best['streamed'] / base:.2f}x"
+              f"   (peak memory of the process {peaks['streamed']:,.0f} MB; buffer {streamed.buffer_rows} rows)")
+        print(f"  zray in memory, epoch order {best['in memory']:9,.0f} img/s   {best['in memory'] / base:.2f}x"
+              f"   ({memory.n_rows} rows)")
+        for name in ("streamed", "in memory"):
+            cost = 1 - best[name] / best[f"{name}, storage order"]
+            print(f"  epoch shuffle costs {name}: {100 * cost:+.1f}% of an epoch "
+                  f"({best[name]:,.0f} vs {best[name + ', storage order']:,.0f} img/s in storage order)")
+        if args.train_epochs:
+            lines, peak, before = train_run(root, crop, args.train_epochs)
+            print(f"zray train, cnn_phot, 1 worker, {args.train_epochs} epoch(s) on these files "
+                  f"(object store 500 MB):\n{lines}")
+            print(f"  peak resident memory of all processes: {peak:,.0f} MB ({peak - before:+,.0f} MB over the "
+                  f"{before:,.0f} MB before the run; data {mb:,.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sigma_MAD to the zray-written one's (the goal: within 5%).
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -97,18 +98,27 @@ def main() -> None:
     t0 = time.perf_counter()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="zray-order-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    simulate(tmp / "sim", args.n, size=args.size, seed=1, progress=False)
+
+    def made(name: str) -> bool:  # kept from an earlier run with the same --keep
+        return (tmp / name / "manifest.json").is_file()
+
+    if not made("sim"):
+        simulate(tmp / "sim", args.n, size=args.size, seed=1, progress=False)
     own, by_z = write_catalogues(tmp / "sim", tmp)
-    a = simulate_from_catalog(own, tmp / "from-catalogue", size=args.size, progress=False)
-    b = simulate_from_catalog(by_z, tmp / "from-catalogue-by-z", size=args.size, progress=False)
+    for name, cat in (("from-catalogue", own), ("from-catalogue-by-z", by_z)):
+        if not made(name):
+            simulate_from_catalog(cat, tmp / name, size=args.size, progress=False)
+    a, b = read_manifest(tmp / "from-catalogue"), read_manifest(tmp / "from-catalogue-by-z")
     print(f"zray simulate --catalog, catalogue in its own order vs sorted by z: "
           f"{'identical shards' if a.hash == b.hash else 'DIFFERENT shards'} ({a.hash[:19]}..., {b.hash[:19]}...)")
-    write_sorted_by_other_tool(tmp / "from-catalogue-by-z", tmp / "sorted-by-other-tool")
+    if not made("sorted-by-other-tool"):
+        write_sorted_by_other_tool(tmp / "from-catalogue-by-z", tmp / "sorted-by-other-tool")
     for name in ("from-catalogue-by-z", "sorted-by-other-tool"):
         warnings = inspect_dataset(tmp / name).warnings
         print(f"zray inspect {name}: {warnings[0] if warnings else 'no order warning'}")
     print(f"data ready in {time.perf_counter() - t0:.0f} s; training rows {read_manifest(tmp / 'from-catalogue').rows}")
 
+    shutil.rmtree(tmp / "runs", ignore_errors=True)  # a run of the same name would resume
     rows = []
     for workers in (int(w) for w in args.workers.split(",")):
         for label, data, streamed in (("zray-written (from the z-sorted catalogue)", "from-catalogue-by-z", False),

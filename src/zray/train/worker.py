@@ -142,6 +142,9 @@ def _set_up(job: TrainJob) -> _Worker:
     strategy = (tf.distribute.MultiWorkerMirroredStrategy() if ctx.get_world_size() > 1
                 else tf.distribute.get_strategy())
     hp = job.hyperparameters
+    # The initial weights follow the run's seed (the same on every worker): two runs
+    # that differ only in how their data are stored start from the same network.
+    k.utils.set_random_seed(int(job.seed))
     with strategy.scope():
         model = build_model(job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
         optimizer = k.optimizers.Adam(learning_rate=float(hp["learning_rate"]))
