@@ -108,15 +108,17 @@ def in_memory_split(root: Path, size: int, rows: int):
 
 
 def rss_mb(pids=None) -> float:
-    """Resident memory (MB) of this process, or summed over ``pids`` ("all": every process)."""
+    """Resident memory (MB) of this process, or, with ``pids="all"``, of every process on the
+    machine as proportional set size (a page shared by n processes, such as Ray's object
+    store, counts 1/n in each, so the sum counts it once)."""
     if pids is None:
-        paths = [Path("/proc/self/status")]
+        paths, key = [Path("/proc/self/status")], "VmRSS:"
     else:
-        paths = list(Path("/proc").glob("[0-9]*/status"))
+        paths, key = list(Path("/proc").glob("[0-9]*/smaps_rollup")), "Pss:"
     total = 0
     for path in paths:
         try:
-            line = next(x for x in path.read_text().splitlines() if x.startswith("VmRSS:"))
+            line = next(x for x in path.read_text().splitlines() if x.startswith(key))
         except (OSError, StopIteration):
             continue  # a process that ended, or a kernel thread
         total += int(line.split()[1])
@@ -125,7 +127,7 @@ def rss_mb(pids=None) -> float:
 
 class PeakMemory:
     """Samples resident memory every ``every`` s in a thread; ``peak`` is the highest seen
-    (of this process, or of all processes on the machine with ``everything``)."""
+    (of this process, or of all processes on the machine, shared pages once, with ``everything``)."""
 
     def __init__(self, everything: bool = False, every: float = 0.05) -> None:
         import threading
@@ -257,7 +259,7 @@ def readers(args) -> None:
             lines, peak, before = train_run(root, crop, args.train_epochs)
             print(f"zray train, cnn_phot, 1 worker, {args.train_epochs} epoch(s) on these files "
                   f"(object store 500 MB):\n{lines}")
-            print(f"  peak resident memory of all processes: {peak:,.0f} MB ({peak - before:+,.0f} MB over the "
+            print(f"  peak memory of all processes (PSS): {peak:,.0f} MB ({peak - before:+,.0f} MB over the "
                   f"{before:,.0f} MB before the run; data {mb:,.0f} MiB)")
 
 

@@ -67,6 +67,20 @@ def test_streamed_epochs_cover_the_split_once_in_a_fresh_order(sorted_data, worl
     assert np.array_equal(again, orders[1][: len(again)])
 
 
+@pytest.mark.parametrize("buffer_rows", [100, 300, SHUFFLE_BUFFER_ROWS])
+def test_every_worker_gets_the_same_batches_whatever_the_buffer(tmp_path, buffer_rows):
+    """Equal batch counts and sizes on every worker (else the all-reduce waits forever),
+    also with a buffer smaller than a batch."""
+    write_sorted(tmp_path / "d", 1900, rows_per_shard=300)
+    split = StreamedSplit.from_files(read_manifest(tmp_path / "d").files("train"), image_size=8,
+                                     buffer_rows=buffer_rows)
+    for world in (2, 3):
+        sizes = [[len(b["id"]) for b in split.epoch_batches(epoch=1, rank=r, world=world, batch_size=128, seed=0)]
+                 for r in range(world)]
+        assert all(s == sizes[0] for s in sizes), sizes
+        assert all(n == 128 for n in sizes[0][:-1]) and sum(sizes[0]) == split.n_rows // world
+
+
 def test_first_batches_of_a_sorted_streamed_split_are_a_fair_sample(sorted_data):
     """With the default buffer, every worker's first two batches of 32 draw from many
     places of a split sorted by redshift, and over epochs they are an unbiased sample

@@ -29,7 +29,9 @@ def _percentiles(z) -> str:
 
 
 @click.command("simulate")
-@click.option("--n", "n", type=int, default=None, help="Number of galaxies (required unless --catalog).")
+@click.option("--n", "n", type=int, default=None,
+              help="Number of galaxies (required unless --catalog; with it, that many of the catalogue's, "
+                   "chosen by a hash of the id).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Output dataset directory (created; must not hold a dataset unless --overwrite).")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size in pixels (0.396\"/pixel).")

@@ -72,12 +72,6 @@ def worker_part(n_rows: int, world: int, rank: int) -> tuple[int, int]:
     return rank * per, (rank + 1) * per
 
 
-def _batches_of(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    n = len(arrays["id"])
-    for start in range(0, n, batch_size):
-        yield {k: v[start: start + batch_size] for k, v in arrays.items()}
-
-
 # ---------------------------------------------------------------------------
 # In memory
 
@@ -86,9 +80,10 @@ def _batches_of(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict
 class InMemorySplit:
     """A split kept in Ray's object store as blocks of network-ready arrays.
 
-    ``blocks`` are object refs of dicts ``{id, image (N,H,W,5), z_spec, ebv}``;
-    the driver keeps them alive for as long as runs read them. A worker
-    fetches them once (zero-copy on its node) and gathers each batch by index.
+    ``blocks`` are object refs of Arrow tables ``{id, image (N,H,W,5), z_spec,
+    ebv}`` (or of dicts of arrays); the driver keeps them alive for as long as
+    runs read them. A worker fetches them once (zero-copy on its node) and
+    gathers each batch by index.
     """
 
     blocks: list
@@ -96,8 +91,9 @@ class InMemorySplit:
 
     @classmethod
     def from_dataset(cls, ds) -> InMemorySplit:
-        """From a materialised Ray dataset of scaled, cropped rows."""
-        return cls(blocks=ds.to_numpy_refs(), n_rows=ds.count())
+        """From a materialised Ray dataset of scaled, cropped rows: its own Arrow blocks
+        (no copy; ``to_numpy_refs`` would convert each block into a second one)."""
+        return cls(blocks=ds.to_arrow_refs(), n_rows=ds.count())
 
     def epoch_batches(self, *, epoch: int, rank: int, world: int, batch_size: int, seed: int,
                       shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
@@ -115,13 +111,25 @@ class InMemorySplit:
         if getattr(self, "_gather", None) is None:
             import ray
 
-            self._gather = _Gather(ray.get(list(self.blocks)))
+            self._gather = _Gather([_arrays(b) for b in ray.get(list(self.blocks))])
             if self._gather.n_rows != self.n_rows:
                 raise RuntimeError(f"the in-memory split holds {self._gather.n_rows} rows, expected {self.n_rows}")
         return self._gather
 
     def __getstate__(self) -> dict:  # the fetched arrays stay in the process that fetched them
         return {"blocks": self.blocks, "n_rows": self.n_rows}
+
+
+def _arrays(block) -> dict[str, np.ndarray]:
+    """A block's columns as numpy arrays, without copying an Arrow table's buffers."""
+    if isinstance(block, dict):
+        return block
+    out = {}
+    for name in _COLUMNS:
+        col = block.column(name)
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        out[name] = arr.to_numpy_ndarray() if hasattr(arr, "to_numpy_ndarray") else arr.to_numpy()
+    return out
 
 
 class _Gather:
@@ -225,7 +233,7 @@ class StreamedSplit:
         pool = _ShuffleBuffer(rng)
         more = True
         while True:
-            while more and pool.rows < self.buffer_rows:
+            while more and pool.rows < max(self.buffer_rows, batch_size):  # whole batches, equal on every worker
                 group = next(groups, None)
                 more = group is not None
                 if more:
@@ -353,15 +361,27 @@ def _prefetch(chunks: Iterator, depth: int = 1) -> Iterator:
     done = object()
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Hand ``item`` over; False once the consumer has gone."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in chunks:
-                if stop.is_set():
+                if not put(item):
                     return
-                q.put(item)
-            q.put(done)
+            put(done)
         except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
+            put(exc)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()  # a nested reader stops with this one
 
     thread = threading.Thread(target=produce, name="zray-epoch-reader", daemon=True)
     thread.start()
@@ -374,10 +394,5 @@ def _prefetch(chunks: Iterator, depth: int = 1) -> Iterator:
                 raise item
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        stop.set()  # the producer sees it within 0.1 s, or after the item it is making
 

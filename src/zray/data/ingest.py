@@ -191,7 +191,8 @@ def prepare_dataset(
         for start in range(0, len(ids), BATCH):
             rows = order[start: start + BATCH]
             images = np.stack([_cutout(files[i], per_band, size, f"{catalog}: {where(i, ids)}") for i in rows])
-            writer.add(ids[rows], images, z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()}, rows=rows)
+            writer.add(ids[rows], images, z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()},
+                       rows=rows + 1)  # counted from 1, as the catalogue's own messages
             bar.update(len(rows))
     return writer.manifest
 

@@ -77,16 +77,16 @@ def simulate_from_catalog(
 
     Morphology (bulge fraction, size from the absolute magnitude) is drawn
     per galaxy consistent with its colours; E(B-V) is drawn if not given.
-    ``limit`` keeps only the first rows. The catalogue's row order changes
-    nothing: rows are drawn, rendered and written in the order of a hash of
-    the id.
+    ``limit`` keeps that many galaxies, chosen by a hash of the id (not the
+    first rows: a catalogue sorted by redshift starts with its lowest). The
+    catalogue's row order changes nothing: rows are drawn one after another,
+    rendered and written in the order of a hash of the id, and each galaxy's
+    noise comes from its id. The whole file is checked, whatever ``limit``.
     """
     from zray.data.population import population_from_catalog
 
     _check_size(size)
     table = read_catalog(catalog_path, ("id", "z", *MAG_COLUMNS))
-    if limit is not None:
-        table = table.slice(0, int(limit))
     ids = id_column(table, catalog_path)
     z = numeric_column(table, "z", catalog_path, ids)
     check_redshifts(z, bins, catalog_path, ids, name="z")
@@ -98,6 +98,8 @@ def simulate_from_catalog(
     # Morphology is drawn in the order of the id hash, not the catalogue's: the
     # same galaxy gets the same parameters (and pixels) however the file is sorted.
     order = write_order(ids, seed)
+    if limit is not None:
+        order = order[: int(limit)]
     ids, z, mags = ids[order], z[order], mags[order]
     ebv = None if ebv is None else ebv[order]
     params = population_from_catalog(z, mags, ebv, int(seed))

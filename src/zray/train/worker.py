@@ -12,6 +12,7 @@ save may use collectives) and rank 0's copy is kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -189,19 +190,20 @@ def _train_one_epoch(w: _Worker, epoch: int, train, instruments: Instruments) ->
     clock = _Clock(job, epoch, w.rank)
     total_loss, n_steps, rows = 0.0, 0, 0
     batches = train.epoch_batches(epoch=epoch, rank=w.rank, world=w.world, batch_size=batch_size, seed=job.seed)
-    for batch in batches:
-        instruments.step(epoch, n_steps, batch)
-        n = len(batch["id"])
-        seed = tf.constant([job.seed * 7919 + epoch, n_steps * 131 + w.rank], dtype=tf.int64)
-        loss = float(w.train_step(
-            tf.convert_to_tensor(batch["image"]), tf.convert_to_tensor(batch["ebv"].reshape(-1, 1)),
-            tf.convert_to_tensor(batch["z_spec"]), seed, tf.constant(n * w.world, dtype=tf.int32),
-        ))
-        if not math.isfinite(loss) or loss > DIVERGENCE_LOSS:
-            raise Diverged(f"training loss became {loss:.3g} at epoch {epoch + 1}, step {n_steps + 1} "
-                           f"(learning rate {lr:g}); the run diverged")
-        total_loss, n_steps, rows = total_loss + loss, n_steps + 1, rows + n
-        clock.tick(n * w.world, rows * w.world)
+    with contextlib.closing(batches):  # its reading threads stop even if the loop does not end
+        for batch in batches:
+            instruments.step(epoch, n_steps, batch)
+            n = len(batch["id"])
+            seed = tf.constant([job.seed * 7919 + epoch, n_steps * 131 + w.rank], dtype=tf.int64)
+            loss = float(w.train_step(
+                tf.convert_to_tensor(batch["image"]), tf.convert_to_tensor(batch["ebv"].reshape(-1, 1)),
+                tf.convert_to_tensor(batch["z_spec"]), seed, tf.constant(n * w.world, dtype=tf.int32),
+            ))
+            if not math.isfinite(loss) or loss > DIVERGENCE_LOSS:
+                raise Diverged(f"training loss became {loss:.3g} at epoch {epoch + 1}, step {n_steps + 1} "
+                               f"(learning rate {lr:g}); the run diverged")
+            total_loss, n_steps, rows = total_loss + loss, n_steps + 1, rows + n
+            clock.tick(n * w.world, rows * w.world)
     train_time = clock.done()
     return {
         "epoch": epoch + 1, "loss": total_loss / max(n_steps, 1), "lr": lr, "steps": n_steps,
