@@ -48,6 +48,14 @@ def dataset(tmp: Path, sim_data: Path) -> Path:
     return Path(shutil.copytree(sim_data, tmp / "data"))
 
 
+def wrong_hash(data: Path) -> Path:
+    """``data`` with a manifest whose content hash no longer matches its shards."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["hash"] = "sha256:" + "0" * 64
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
 def fits_setup(tmp: Path, n: int = 3, *, image=None, rows=None, damage=None) -> list[str]:
     """A catalogue and one FITS cube per galaxy; ``damage(images_dir)`` breaks something."""
     images = tmp / "img"
@@ -133,6 +141,12 @@ CASES = {
     "simulate-size-not-int": (lambda t, d: ["simulate", "--n", "10", "--size", "big", "--out", str(t / "out")], "'big' is not a valid integer"),
     "export-top-k-zero": (lambda t, d: ["export", str(t), "--top-k", "0", "--out", str(t / "out")], "--top-k must be a positive integer"),
     "status-not-an-experiment": (lambda t, d: ["status", str(t)], "not a zray experiment (search_space.json missing)"),
+    "status-negative-top": (lambda t, d: ["status", str(t), "--top", "-1"], "-1 is not in the range x>=1"),
+    "inspect-negative-max-problems": (lambda t, d: ["inspect", str(dataset(t, d)), "--max-problems", "-1"],
+                                      "-1 is not in the range x>=0"),
+    "inspect-zero-max-problems-still-counts": (
+        lambda t, d: ["inspect", str(wrong_hash(dataset(t, d))), "--max-problems", "0"],
+        ("1 problem(s) found; see the list above", "... and 1 more")),
     # data for train / tune
     "train-no-dataset": (lambda t, d: ["train", space(t), "--runs", str(t / "runs")], "nodata: no dataset there"),
     "train-image-size-too-big": (

@@ -107,7 +107,8 @@ def prepare_cmd(catalog, images, out, size, seed, overwrite):
 
 @click.command("inspect")
 @click.argument("root", type=click.Path(path_type=Path), callback=click_absolute)
-@click.option("--max-problems", type=int, default=20, show_default=True, help="Problems to list at most.")
+@click.option("--max-problems", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Problems to list at most (the rest are counted).")
 def inspect_cmd(root, max_problems):
     """Summarise a dataset and check it: rows per split, image shape, z
     distribution, and anything odd (duplicate ids, out-of-range z, NaN

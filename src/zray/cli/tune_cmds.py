@@ -73,7 +73,8 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboar
 
 @click.command()
 @click.argument("experiment", type=click.Path(file_okay=False), callback=click_absolute)
-@click.option("--top", default=5, show_default=True, help="How many of the best trials to list.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many of the best trials to list.")
 def status(experiment: str, top: int) -> None:
     """Show the trials of a running or finished experiment, best first.
 

@@ -42,7 +42,7 @@ class DatasetReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.problems_dropped
 
 
 class _Collector:
