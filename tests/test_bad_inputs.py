@@ -141,6 +141,22 @@ CASES = {
     "simulate-size-not-int": (lambda t, d: ["simulate", "--n", "10", "--size", "big", "--out", str(t / "out")], "'big' is not a valid integer"),
     "export-top-k-zero": (lambda t, d: ["export", str(t), "--top-k", "0", "--out", str(t / "out")], "--top-k must be a positive integer"),
     "status-not-an-experiment": (lambda t, d: ["status", str(t)], "not a zray experiment (search_space.json missing)"),
+    # NaN and infinity are never valid numbers, wherever they are written
+    "space-nan-z-max": (lambda t, d: ["validate", space(t, data={"path": "x", "z_max": float("nan")})],
+                        "data.z_max: expected a finite number, got nan"),
+    "space-inf-fixed-learning-rate": (
+        lambda t, d: ["validate", space(t, fixed={**SPACE["fixed"], "learning_rate": float("inf")})],
+        "fixed.learning_rate: expected a finite number, got inf"),
+    "space-nan-search-choice": (
+        lambda t, d: ["validate", space(t, search={"learning_rate": {"type": "categorical",
+                                                                    "choices": [float("nan"), 0.1]}})],
+        "search.learning_rate.choices: expected a finite number, got nan"),
+    "space-inf-search-bound": (
+        lambda t, d: ["validate", space(t, search={"learning_rate": {"type": "float", "low": 1e-4,
+                                                                    "high": float("inf")}})],
+        "search.learning_rate.high: expected a finite number, got inf"),
+    "set-nan-cpus": (lambda t, d: ["validate", space(t), "--set", "resources.cpus_per_worker=nan"],
+                     "resources.cpus_per_worker: expected a finite number, got 'nan'"),
     "status-negative-top": (lambda t, d: ["status", str(t), "--top", "-1"], "-1 is not in the range x>=1"),
     "inspect-negative-max-problems": (lambda t, d: ["inspect", str(dataset(t, d)), "--max-problems", "-1"],
                                       "-1 is not in the range x>=0"),

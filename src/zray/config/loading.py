@@ -13,6 +13,7 @@ KEY=VALUE: ...`` when an override caused it).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,8 @@ def _type_problem(default: Any, value: Any) -> str | None:
         return None if ok else "expected a whole number"
     if isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return "expected a finite number"  # NaN and infinity are never valid
         return None if ok else "expected a number"
     if isinstance(default, str):
         return None if isinstance(value, str) else "expected a string"

@@ -32,7 +32,7 @@ class _KeyedError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN is never a valid number
 
 
 PosInt = Annotated[StrictInt, Field(gt=0)]
