@@ -18,9 +18,9 @@ Two sources, one interface (``epoch_batches``):
 - :class:`StreamedSplit`: the split's Parquet row groups (256 rows each in a
   zray dataset), for a split too large to keep. The epoch is a permutation
   of the row groups, cut into equal runs of rows per worker; a worker reads
-  its row groups with pyarrow in a background thread and draws each batch at
-  random from a buffer of ``buffer_rows`` rows (:data:`SHUFFLE_BUFFER_ROWS` by
-  default), refilled a row group at a time.
+  its row groups with pyarrow in one background thread, and a second draws
+  each batch at random from a buffer of ``buffer_rows`` rows
+  (:data:`SHUFFLE_BUFFER_ROWS` by default), refilled a row group at a time.
 
 Why not Ray Data's streaming split for the streamed case: its shard order
 and shuffles are seeded per execution, not per epoch, so a resumed run would
