@@ -90,6 +90,9 @@ def test_first_batches_of_a_sorted_streamed_split_are_a_fair_sample(sorted_data)
     rank_of = {i: k for k, i in enumerate(load_arrays(sorted_data, "train", columns=("id",))["id"].tolist())}
     split = StreamedSplit.from_files(read_manifest(sorted_data).files("train"), image_size=8)
     assert split.buffer_rows == SHUFFLE_BUFFER_ROWS
+    from zray.config.schema import DataConfig
+
+    assert DataConfig(path="x").shuffle_buffer == SHUFFLE_BUFFER_ROWS  # the search space's default is the same
     pooled = []
     for epoch in range(10):
         for rank in range(2):

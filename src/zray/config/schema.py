@@ -123,7 +123,7 @@ class DataConfig(_Strict):
     skip_corrupt: bool = False
     # Rows each worker mixes at a time when the training split is streamed from
     # Parquet (too large for the object store); see zray.data.epochs.
-    shuffle_buffer: PosInt = 8192
+    shuffle_buffer: PosInt = 8192  # zray.data.epochs.SHUFFLE_BUFFER_ROWS (not imported: it loads pyarrow)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

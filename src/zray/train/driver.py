@@ -78,14 +78,16 @@ def prepare_datasets(data_path: str | Path, image_size: int, shards=None,
             raise ZrayError(f"{data_path}: the {split} split is empty; expected rows in it to train")
     if shards is None:
         shards = pipeline.check_shards(data_path, splits)
-    read = {}
     store = ray.available_resources().get("object_store_memory", 0.0)
+    read = {}
     for split in splits:
         n_rows = manifest.rows.get(split, 0)
         size_mb = n_rows * image_size * image_size * 5 * 4 / 1e6
         in_memory = size_mb * 1e6 <= MATERIALIZE_FRACTION * store
-        if in_memory or split == "val":
+        if split == "val":
             read[split] = _read(data_path, split, image_size, shards, in_memory)
+        elif in_memory:  # the dataset's own blocks are kept; the dataset itself is let go
+            read[split] = InMemorySplit.from_dataset(_read(data_path, split, image_size, shards, True))
         else:
             _screen(shards, split)
             read[split] = StreamedSplit.from_files(shards.files[split], image_size,
@@ -93,10 +95,7 @@ def prepare_datasets(data_path: str | Path, image_size: int, shards=None,
         how = ("kept in Ray's object store" if in_memory
                else f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)")
         print(f"zray: {split} split: {n_rows} rows, {size_mb:.0f} MB, {how}", flush=True)
-    train = read["train"]
-    if not isinstance(train, StreamedSplit):
-        train = InMemorySplit.from_dataset(train)  # arrays by block; the dataset itself is let go
-    return RunData(train=train, val=read["val"])
+    return RunData(train=read["train"], val=read["val"])
 
 
 def _screen(shards, split: str) -> None:
