@@ -75,6 +75,36 @@ def fits_setup(tmp: Path, n: int = 3, *, image=None, rows=None, damage=None) -> 
     return ["prepare", str(tmp / "cat.csv"), "--images", str(images), "--out", str(tmp / "out"), "--size", "16"]
 
 
+def manifest_with(data: Path, **changes) -> Path:
+    """``data`` whose manifest.json has ``changes`` applied (a shard path, say)."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    for key, value in changes.items():
+        if key == "first_train_file":
+            manifest["splits"]["train"][0]["file"] = value
+        else:
+            manifest[key] = value
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+def zray_report(tmp: Path, user_file: str | None = "notes.txt") -> Path:
+    """A folder zray recorded as a report of its own, plus (optionally) a file of the user's."""
+    out = tmp / "report"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / ".zray-files.json").write_text(json.dumps({"kind": "report", "files": ["metrics.json"]}))
+    if user_file:
+        (out / user_file).write_text("my notes, not zray's")
+    return out
+
+
+def format2_bundle(tmp: Path, **member) -> Path:
+    """A bundle.json that reads as format 2 up to its (single) member."""
+    entry = {"path": "members/m0", "sha256": {"model.json": "0" * 64, "weights.weights.h5": "0" * 64}, **member}
+    return bundle(tmp, json.dumps({"format": 2, "bins": {"z_min": 0.0, "z_max": 0.4, "n_bins": 180},
+                                   "bands": list("ugriz"), "image_size": 32, "members": [entry]}))
+
+
 def first_train_shard(data: Path) -> Path:
     return read_manifest(data).files("train")[0]
 
@@ -224,8 +254,58 @@ CASES = {
         lambda t, d: ["evaluate", str(bundle(t, "[1, 2]")), str(dataset(t, d)), "--out", str(t / "report")],
         "bundle.json: holds list"),
     "evaluate-bundle-no-members": (
-        lambda t, d: ["evaluate", str(bundle(t, json.dumps({"format": 1, "members": []}))), str(dataset(t, d)),
+        lambda t, d: ["evaluate", str(bundle(t, json.dumps({"format": 2, "members": []}))), str(dataset(t, d)),
                       "--out", str(t / "report")], "bundle.json: missing or malformed field 'bins'"),
+    # names that live under a root never leave it, and stay names a file system can hold
+    "tune-name-parent": (lambda t, d: ["tune", space(t, dataset(t, d)), "--runs", str(t / "runs"), "--name", "../out"],
+                         "Invalid value for '--name': must be letters, digits, '-', '_' or '.'"),
+    "train-name-absolute": (
+        lambda t, d: ["train", space(t, dataset(t, d)), "--runs", str(t / "runs"), "--name", str(t / "elsewhere")],
+        "Invalid value for '--name': must be letters, digits"),
+    "tune-name-too-long": (lambda t, d: ["tune", space(t, dataset(t, d)), "--runs", str(t / "runs"), "--name", "a" * 300],
+                           "Invalid value for '--name': must be at most 100 characters, got 300"),
+    "space-name-too-long": (lambda t, d: ["validate", space(t, name="n" * 300)], "name: must be at most 100 characters"),
+    "inspect-shard-outside-dataset": (
+        lambda t, d: ["inspect", str(manifest_with(dataset(t, d), first_train_file="../../elsewhere.parquet"))],
+        "splits: path '../../elsewhere.parquet' is not inside"),
+    "train-shard-absolute-path": (
+        lambda t, d: ["train", space(t, manifest_with(dataset(t, d), first_train_file="/etc/passwd")),
+                      "--runs", str(t / "runs")],
+        "splits: path '/etc/passwd' is not inside"),
+    "predict-member-outside-bundle": (
+        lambda t, d: ["predict", str(format2_bundle(t, path="../../m0")), str(dataset(t, d)), "--out", str(t / "pz.parquet")],
+        "members[0].path: path '../../m0' is not inside"),
+    "predict-member-without-checksums": (
+        lambda t, d: ["predict", str(format2_bundle(t, sha256={})), str(dataset(t, d)), "--out", str(t / "pz.parquet")],
+        "'members[0].sha256' must give the SHA-256 of model.json and weights.weights.h5"),
+    # nothing the user owns is overwritten, not even with --overwrite
+    "predict-out-is-its-own-shard": (
+        lambda t, d: ["predict", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(first_train_shard(t / "data")),
+                      "--overwrite"],
+        "an input of this command; expected an output apart from the command's inputs"),
+    "predict-overwrite-a-file-zray-did-not-write": (
+        lambda t, d: ((t / "mine.parquet").write_bytes(b"PAR1 mine"),
+                      ["predict", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(t / "mine.parquet"),
+                       "--overwrite"])[1],
+        "mine.parquet: exists and was not written by zray"),
+    "evaluate-overwrite-keeps-the-users-file": (
+        lambda t, d: ["evaluate", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(zray_report(t)), "--overwrite"],
+        "report: holds notes.txt, which zray did not write"),
+    "evaluate-report-without-overwrite": (
+        lambda t, d: ["evaluate", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(zray_report(t, None))],
+        "report: already exists (a zray report); use --overwrite to replace it"),
+    "evaluate-out-is-the-bundle": (
+        lambda t, d: ["evaluate", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(t / "bundle"), "--overwrite"],
+        "bundle: is, holds or lies inside"),
+    "simulate-overwrite-a-dataset-with-user-files": (
+        lambda t, d: ((dataset(t, d) / "my-notes.txt").write_text("mine"),
+                      ["simulate", "--n", "20", "--size", "16", "--out", str(t / "data"), "--overwrite"])[1],
+        "data: holds my-notes.txt, which zray did not write"),
+    "simulate-overwrite-a-report": (
+        lambda t, d: ["simulate", "--n", "20", "--size", "16", "--out", str(zray_report(t, None)), "--overwrite"],
+        "report: holds a zray report, not a dataset; choose another --out"),
+    "export-out-is-the-run": (lambda t, d: ["export", str(t), "--out", str(t), "--overwrite"],
+                              "is, holds or lies inside"),
 }
 
 

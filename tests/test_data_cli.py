@@ -28,7 +28,7 @@ def test_simulate_then_inspect(tmp_path):
     assert "problems: none" in result.output
     result = _run("simulate", "--n", 30, "--size", 16, "--workers", 1, "--out", out)
     assert result.exit_code == 1
-    assert "already holds a dataset; pass --overwrite" in result.output
+    assert "already exists (a zray dataset); use --overwrite" in result.output
 
 
 def test_simulate_needs_n():

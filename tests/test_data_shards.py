@@ -103,7 +103,7 @@ def test_custom_bins_limit_z(tmp_path):
 def test_existing_dataset_needs_overwrite(tmp_path):
     rows = _rows()
     first = write_dataset(tmp_path / "d", *rows)
-    with pytest.raises(ZrayError, match="already holds a dataset; pass --overwrite"):
+    with pytest.raises(ZrayError, match=r"already exists \(a zray dataset\); use --overwrite"):
         write_dataset(tmp_path / "d", *rows)
     rows2 = _rows(seed=1)
     second = write_dataset(tmp_path / "d", *rows2, overwrite=True)
@@ -111,7 +111,7 @@ def test_existing_dataset_needs_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(ZrayError, match="is not a zray dataset"):
+    with pytest.raises(ZrayError, match="already exists and was not written by zray; expected a new or empty folder"):
         write_dataset(tmp_path / "other", *rows, overwrite=True)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 

@@ -73,13 +73,23 @@ def exported(ray_session, sim_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory):
+    """A few 16x16 cutouts: smaller than the bundle's 32x32."""
+    from zray.data.simulate import simulate
+
+    out = tmp_path_factory.mktemp("small") / "data"
+    simulate(out, 40, size=16, workers=1, progress=False)
+    return out
+
+
 # --- export --------------------------------------------------------------------------
 
 
 def test_bundle_records_what_predicting_needs(exported, sim_data):
     info = json.loads((exported["best"] / BUNDLE_FILE).read_text())
     ranked = exported["summary"]["ranked"]
-    assert info["format"] == 1
+    assert info["format"] == 2
     assert info["model_types"] == ["cnn"]
     assert info["bins"] == {"z_min": 0.0, "z_max": 0.4, "n_bins": 180}
     assert info["image_size"] == 32
@@ -95,7 +105,10 @@ def test_bundle_records_what_predicting_needs(exported, sim_data):
     assert member["validation"]["val_sigma_mad"] == pytest.approx(ranked[0]["best"]["val_sigma_mad"])
     # Safe format only: JSON and HDF5, nothing pickled.
     files = sorted(p.relative_to(exported["best"]).as_posix() for p in exported["best"].rglob("*") if p.is_file())
-    assert files == ["bundle.json", "members/m0/model.json", "members/m0/weights.weights.h5"]
+    assert files == [".zray-files.json", "bundle.json", "members/m0/model.json", "members/m0/weights.weights.h5"]
+    # Every member file has its checksum in bundle.json; the record lists what zray wrote.
+    assert set(member["sha256"]) == {"model.json", "weights.weights.h5"}
+    assert json.loads((exported["best"] / ".zray-files.json").read_text()) == {"kind": "bundle", "files": files[1:]}
     # Nothing temporary left beside the bundle.
     assert not [p for p in exported["tmp"].iterdir() if p.name.startswith(".")]
     ens = json.loads((exported["ens"] / BUNDLE_FILE).read_text())
@@ -131,7 +144,7 @@ def test_export_refuses_to_overwrite(exported, tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
     result = _run("export", exported["experiment"], "--out", tmp_path / "b")
-    assert result.exit_code == 1 and "already exists; expected a new or empty folder" in result.output
+    assert result.exit_code == 1 and "already exists and was not written by zray; expected a new or empty folder" in result.output
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
     result = _run("export", tmp_path, "--out", tmp_path / "c")
     assert result.exit_code == 1 and "holds no zray checkpoint" in result.output
@@ -325,12 +338,31 @@ def _edit(bundle: Path, tmp_path: Path, **changes) -> Path:
 def _break(kind: str, bundle: Path, tmp_path: Path) -> Path:
     if kind == "bands":
         return _edit(bundle, tmp_path, bands=["g", "u", "r", "i", "z"])
-    if kind == "size":
-        return _edit(bundle, tmp_path, image_size=64)
     if kind == "format":
         return _edit(bundle, tmp_path, format=99)
+    if kind in ("no-checksum", "zeroed-weights-no-checksum", "member-outside", "bins-mismatch"):
+        info = json.loads((bundle / BUNDLE_FILE).read_text())
+        member = info["members"][0]
+        if kind == "member-outside":
+            member["path"] = "../elsewhere"
+        elif kind == "bins-mismatch":
+            info["bins"]["n_bins"] = 90
+        else:
+            del member["sha256"]
+        copy = _edit(bundle, tmp_path, members=info["members"], bins=info["bins"])
+        if kind == "zeroed-weights-no-checksum":
+            weights = copy / "members" / "m0" / "weights.weights.h5"
+            weights.write_bytes(bytes(len(weights.read_bytes())))
+        return copy
+    if kind == "temperature-zero":
+        return _edit(bundle, tmp_path, calibration={"temperature": 0.0})
+    if kind == "temperature-word":
+        return _edit(bundle, tmp_path, calibration={"temperature": "warm"})
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
+    if kind == "model-json-edited":
+        info = copy / "members" / "m0" / "model.json"
+        info.write_text(info.read_text().replace('"weights_sha256"', '"weights_sha256" ', 1))
     if kind == "missing":
         (copy / BUNDLE_FILE).unlink()
     elif kind == "garbage":
@@ -347,22 +379,33 @@ def _break(kind: str, bundle: Path, tmp_path: Path) -> Path:
 
 BROKEN = {
     "bands": r"manifest.json: bands are u,g,r,i,z but bundle .* expects g,u,r,i,z; expected data in the bundle's band order",
-    "size": r"manifest.json: images are 32x32 pixels but bundle .* needs at least 64x64",
-    "format": r"bundle.json: bundle format 99 is not supported by zray .*; expected format 1",
+    "size": r"manifest.json: images are 16x16 pixels but bundle .* needs at least 32x32",
+    "format": r"bundle.json: bundle format 99 is not supported by zray .*; expected format 2",
     "missing": r"bundle.json: not found; expected a bundle written by `zray export`",
     "garbage": r"bundle.json: unreadable \(.*\); expected JSON written by `zray export`",
     "weights": r"m0/weights.weights.h5: not found; expected every member listed in .*bundle.json to be complete",
     # Found in the driver, before any Ray actor loads the model.
-    "corrupt-weights": r"m0/weights.weights.h5: checksum differs from model.json; the file is corrupt or was replaced",
+    "corrupt-weights": r"m0/weights.weights.h5: checksum differs from .*bundle.json; the file is corrupt or was replaced",
+    # Nothing in a bundle is trusted: checksums are required, fields typed and ranged, members inside.
+    "no-checksum": r"bundle.json: missing or malformed field 'members\[0\].sha256' must give the SHA-256 of model.json",
+    "zeroed-weights-no-checksum": r"bundle.json: missing or malformed field 'members\[0\].sha256'",
+    "member-outside": r"bundle.json: members\[0\].path: path '../elsewhere' is not inside .*bundle; expected a relative",
+    "temperature-zero": r"bundle.json: missing or malformed field 'calibration.temperature' must be > 0, got 0.0",
+    "temperature-word": r"bundle.json: missing or malformed field 'calibration.temperature' must be a finite number, got 'warm'",
+    "model-json-edited": r"m0/model.json: checksum differs from .*bundle.json",
+    "bins-mismatch": r"m0: model bins or image size \(180 bins over 0.0-0.4, 32 px\) differ from .*bundle.json \(90 bins",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
-def test_mismatched_or_broken_bundle_is_refused(exported, sim_data, tmp_path, kind, command):
+def test_mismatched_or_broken_bundle_is_refused(exported, sim_data, small_images, tmp_path, kind, command):
     bundle = _break(kind, exported["best"], tmp_path)
+    data = small_images if kind == "size" else sim_data
     out = tmp_path / "out" / ("pz.parquet" if command == "predict" else "report")
-    result = _run(command, bundle, sim_data, "--out", out)
+    # Two workers: a member that does not fit is still one sentence from the driver, not one per actor.
+    workers = ("--workers", "2") if command == "predict" else ()
+    result = _run(command, bundle, data, "--out", out, *workers)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("zray: error: "), result.output
@@ -370,7 +413,8 @@ def test_mismatched_or_broken_bundle_is_refused(exported, sim_data, tmp_path, ki
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("kind", ["format", "missing", "garbage", "weights", "corrupt-weights"])
+@pytest.mark.parametrize("kind", ["format", "missing", "garbage", "weights", "corrupt-weights", "no-checksum",
+                                  "member-outside", "temperature-word", "bins-mismatch"])
 def test_python_api_refuses_a_broken_bundle(exported, tmp_path, kind):
     bundle = _break(kind, exported["best"], tmp_path)
     with pytest.raises(ZrayError, match=BROKEN[kind]):
@@ -392,7 +436,7 @@ def test_predict_refuses_to_replace_an_existing_output(exported, sim_data, tmp_p
     before = out.read_bytes()
     result = _run("predict", exported["best"], sim_data, "--split", "val", "--out", out)
     assert result.exit_code == 1
-    assert result.output.strip() == f"zray: error: {out}: already exists; use --overwrite to replace it, or another --out"
+    assert result.output.strip() == f"zray: error: {out}: already exists (a zray predictions file); use --overwrite to replace it, or another --out"
     assert out.read_bytes() == before  # an earlier, larger predictions file is not silently lost
     result = _run("predict", exported["best"], sim_data, "--split", "val", "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output

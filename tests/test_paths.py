@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from zray import config
 from zray.cli import main
-from zray.paths import absolute
+from zray.errors import ZrayError
+from zray.paths import absolute, check_name, inside
 
 
 def test_absolute_resolves_against_the_current_folder(tmp_path, monkeypatch):
@@ -48,3 +51,23 @@ def test_errors_name_the_resolved_data_folder(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["train", str(path)])
     assert result.exit_code == 1
     assert f"{tmp_path / 'data' / 'sim'}: no dataset there" in result.output
+
+
+def test_names_under_a_root_never_leave_it(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (tmp_path / "secret.parquet").write_text("not zray's")
+    (root / "link.parquet").symlink_to(tmp_path / "secret.parquet")
+    (root / "sub").mkdir()
+    assert inside(root, "sub/train-00000.parquet", "m") == root / "sub" / "train-00000.parquet"
+    for escape in ("../secret.parquet", "/etc/passwd", "sub/../../secret.parquet", "link.parquet", "", "a\\..\\b",
+                   "x" * 300):
+        with pytest.raises(ZrayError, match=f"m: path {re.escape(repr(escape))} is not inside {root}"):
+            inside(root, escape, "m")
+
+
+def test_experiment_names_are_one_folder(tmp_path):
+    assert check_name("quickstart-2.b_c", "--name") == "quickstart-2.b_c"
+    for bad in ("..", ".hidden", "a/b", "/abs", "-flag", "a b", "x" * 101, "", "naïve"):
+        with pytest.raises(ZrayError, match="--name: must be"):
+            check_name(bad, "--name")

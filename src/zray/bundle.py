@@ -23,6 +23,7 @@ Writing bundles is :mod:`zray.export`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,13 @@ import numpy as np
 from zray import __version__
 from zray.bins import RedshiftBins
 from zray.errors import ZrayError
+from zray.models._saving import INFO_FILE, WEIGHTS_FILE, read_info, sha256_of
+from zray.paths import inside
 
 __all__ = ["BUNDLE_FILE", "FORMAT_VERSION", "MEMBERS_DIR", "PREPROCESSING", "Bundle", "BundleInfo",
            "load", "read_bundle"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a SHA-256 of every member file in bundle.json, required
 BUNDLE_FILE = "bundle.json"
 MEMBERS_DIR = "members"
 PREPROCESSING = {
@@ -59,6 +62,7 @@ class BundleInfo:
     bands: tuple[str, ...]
     image_size: int
     member_dirs: tuple[Path, ...]
+    temperature: float = 1.0
 
     @property
     def manifest_hash(self) -> str | None:
@@ -81,8 +85,14 @@ class BundleInfo:
 
 
 def read_bundle(path, verify: bool = True) -> BundleInfo:
-    """Read and check ``bundle.json``, that every member's files are there and (with
-    ``verify``) that their weights match the recorded checksums; no TensorFlow."""
+    """Read and check ``bundle.json`` and every member's ``model.json``, without TensorFlow.
+
+    Nothing in a bundle is trusted: fields are typed and ranged, each member
+    lies inside the bundle, and each member file has a checksum in
+    ``bundle.json`` (required); with ``verify`` the files are hashed and
+    compared. The driver of ``zray predict`` runs this before Ray starts, so
+    a broken bundle is one sentence, not a traceback from every worker.
+    """
     path = Path(path)
     file = path / BUNDLE_FILE
     if not path.is_dir():
@@ -98,29 +108,78 @@ def read_bundle(path, verify: bool = True) -> BundleInfo:
     if data.get("format") != FORMAT_VERSION:
         raise ZrayError(
             f"{file}: bundle format {data.get('format')!r} is not supported by zray {__version__}; "
-            f"expected format {FORMAT_VERSION}"
+            f"expected format {FORMAT_VERSION} (export the run again with `zray export`)"
         )
     try:
         b = data["bins"]
-        bins = RedshiftBins(float(b["z_min"]), float(b["z_max"]), int(b["n_bins"]))
-        bands = tuple(str(x) for x in data["bands"])
-        image_size = int(data["image_size"])
-        members = tuple(path / str(m["path"]) for m in data["members"])
-    except (KeyError, TypeError, ValueError) as exc:
+        bins = RedshiftBins(_number(b["z_min"], "bins.z_min", low=0.0), _number(b["z_max"], "bins.z_max"),
+                            _count(b["n_bins"], "bins.n_bins", low=2))
+        if not bins.z_max > bins.z_min:
+            raise ValueError(f"'bins.z_max' must be > bins.z_min ({bins.z_min}), got {bins.z_max}")
+        bands = data["bands"]
+        if not (isinstance(bands, list) and bands and all(isinstance(x, str) and x for x in bands)):
+            raise ValueError(f"'bands' must be a non-empty list of band names, got {bands!r}")
+        image_size = _count(data["image_size"], "image_size", low=1)
+        temperature = _number(data.get("calibration", {}).get("temperature", 1.0), "calibration.temperature")
+        if not temperature > 0:
+            raise ValueError(f"'calibration.temperature' must be > 0, got {temperature}")
+        entries = data["members"]
+        if not isinstance(entries, list):
+            raise ValueError(f"'members' must be a list, got {type(entries).__name__}")
+        members = tuple(_member(path, file, i, m) for i, m in enumerate(entries))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ZrayError(
-            f"{file}: missing or malformed field {exc}; expected bins, bands, image_size and members"
+            f"{file}: missing or malformed field {exc}; expected bins, bands, image_size and members as "
+            "`zray export` writes them"
         ) from None
     if not members:
         raise ZrayError(f"{file}: lists no members; expected at least one model")
-    from zray.models._saving import INFO_FILE, WEIGHTS_FILE, check_weights
+    for member_dir, checksums in members:
+        for name, expected in checksums.items():
+            if not (member_dir / name).is_file():
+                raise ZrayError(f"{member_dir / name}: not found; expected every member listed in {file} "
+                                "to be complete")
+            if verify and sha256_of(member_dir / name) != expected:
+                raise ZrayError(f"{member_dir / name}: checksum differs from {file}; the file is corrupt or "
+                                "was replaced")
+        spec = read_info(member_dir).spec
+        if spec.bins != bins or spec.image_size != image_size:
+            raise ZrayError(
+                f"{member_dir}: model bins or image size ({spec.bins.n_bins} bins over {spec.bins.z_min}-"
+                f"{spec.bins.z_max}, {spec.image_size} px) differ from {file} ({bins.n_bins} bins over "
+                f"{bins.z_min}-{bins.z_max}, {image_size} px); expected every member to match the bundle"
+            )
+    return BundleInfo(path, data, bins, tuple(bands), image_size, tuple(m for m, _ in members), temperature)
 
-    for member in members:
-        for name in (INFO_FILE, WEIGHTS_FILE):
-            if not (member / name).is_file():
-                raise ZrayError(f"{member / name}: not found; expected every member listed in {file} to be complete")
-        if verify:
-            check_weights(member)
-    return BundleInfo(path, data, bins, bands, image_size, members)
+
+def _member(root: Path, file: Path, i: int, entry) -> tuple[Path, dict[str, str]]:
+    """A member's folder (inside the bundle) and its required checksums."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"'members[{i}]' must be an object, got {type(entry).__name__}")
+    folder = inside(root, entry["path"], f"{file}: members[{i}].path")
+    checksums = entry.get("sha256")
+    names = (INFO_FILE, WEIGHTS_FILE)
+    if not (isinstance(checksums, dict) and all(_is_sha256(checksums.get(n)) for n in names)):
+        raise ValueError(f"'members[{i}].sha256' must give the SHA-256 of {' and '.join(names)}")
+    return folder, {n: checksums[n] for n in names}
+
+
+def _is_sha256(text) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _number(value, field: str, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{field!r} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{field!r} must be >= {low}, got {value!r}")
+    return float(value)
+
+
+def _count(value, field: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{field!r} must be a whole number >= {low}, got {value!r}")
+    return value
 
 
 class Bundle:
@@ -136,18 +195,10 @@ class Bundle:
     def __init__(self, path) -> None:
         from zray.models import load_model
 
-        self.info = read_bundle(path, verify=False)  # load_model checks each member's weights
-        self.models = []
-        for member in self.info.member_dirs:
-            model, minfo = load_model(member)
-            if minfo.spec.bins != self.info.bins or minfo.spec.image_size != self.info.image_size:
-                raise ZrayError(
-                    f"{member}: model bins or image size differ from {self.info.path / BUNDLE_FILE}; "
-                    "expected every member to match the bundle"
-                )
-            self.models.append(model)
+        self.info = read_bundle(path)  # every member file checked against bundle.json first
+        self.models = [load_model(member)[0] for member in self.info.member_dirs]
         # Fitted at export (zray.calibration); 1.0 leaves the PDFs as the members give them.
-        self.temperature = float(self.info.data.get("calibration", {}).get("temperature", 1.0))
+        self.temperature = self.info.temperature
 
     @property
     def bins(self) -> RedshiftBins:

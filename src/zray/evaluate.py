@@ -20,7 +20,7 @@ import numpy as np
 
 from zray import baselines
 from zray import metrics as m
-from zray.atomic import publish_dir
+from zray.atomic import check_output, publish_dir
 from zray.errors import ZrayError, first_line
 
 __all__ = ["binned_metrics", "evaluate"]
@@ -134,10 +134,12 @@ def evaluate(
     from zray.bundle import read_bundle
     from zray.data.shards import read_manifest
 
+    out = Path(out)
+    check_output(out, kind="report", overwrite=overwrite, inputs=[Path(bundle_path), Path(data)])
     info = read_bundle(bundle_path)
     manifest = read_manifest(data)
     info.check_data(manifest)
-    out = _check_request(manifest, split, Path(out), overwrite)
+    _check_split(manifest, split)
     t0 = time.perf_counter()
     cols = _predict_split(bundle_path, manifest, split, batch_size, workers, progress)
     result, binned = _score(cols, info, manifest, split)
@@ -148,19 +150,13 @@ def evaluate(
     return result
 
 
-def _check_request(manifest, split: str, out: Path, overwrite: bool) -> Path:
+def _check_split(manifest, split: str) -> None:
     from zray.data.shards import SPLITS
 
     if split not in SPLITS:
         raise ZrayError(f"--split {split!r} is not a split; expected one of {', '.join(SPLITS)}")
     if manifest.rows[split] == 0:
         raise ZrayError(f"{manifest.root}: the {split} split is empty; expected labelled rows to evaluate")
-    if out.exists():
-        is_report = (out / "metrics.json").is_file()
-        if not (out.is_dir() and (not any(out.iterdir()) or (is_report and overwrite))):
-            hint = "use --overwrite to replace it" if is_report else "expected a new or empty folder"
-            raise ZrayError(f"{out}: already exists; {hint}")
-    return out
 
 
 def _predict_split(bundle_path, manifest, split: str, batch_size: int, workers: int,
@@ -257,6 +253,6 @@ def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, m
                         "same data as training": result["same_data_as_training"],
                         "point estimate": "PDF median"},
         )
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, kind="report")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from zray import __version__
-from zray.atomic import publish_dir
+from zray.atomic import check_output, publish_dir
 from zray.bins import RedshiftBins
 from zray.bundle import BUNDLE_FILE, FORMAT_VERSION, MEMBERS_DIR, PREPROCESSING, Bundle
 from zray.errors import ZrayError
@@ -177,11 +177,7 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     0.83
     """
     out = Path(out)
-    if out.exists():
-        is_bundle = (out / BUNDLE_FILE).is_file()
-        if not (out.is_dir() and (not any(out.iterdir()) or (is_bundle and overwrite))):
-            hint = "use --overwrite to replace it" if is_bundle else "expected a new or empty folder"
-            raise ZrayError(f"{out}: already exists; {hint}")
+    check_output(out, kind="bundle", overwrite=overwrite, inputs=[Path(run_dir)])
     chosen, kind = candidates(run_dir, top_k)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -210,7 +206,7 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
         if calibrate:
             info["calibration"] = _calibrate(tmp, info)
             (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, kind="bundle")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**info, "path": str(out)}
@@ -220,6 +216,7 @@ def _write_members(chosen: list[Candidate], tmp: Path) -> tuple[list[dict[str, A
     """Save each chosen checkpoint's model under ``tmp/members/m{i}``; their bundle.json
     entries and the first member's TrainJob. Members must share image size, bins and data."""
     from zray.models import ModelSpec, save_model
+    from zray.models._saving import INFO_FILE, WEIGHTS_FILE, sha256_of
     from zray.train import TrainJob, load_checkpoint_model, model_hp
 
     members, first = [], None
@@ -237,6 +234,7 @@ def _write_members(chosen: list[Candidate], tmp: Path) -> tuple[list[dict[str, A
         save_model(model, tmp / rel, job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
         members.append({
             "path": rel,
+            "sha256": {name: sha256_of(tmp / rel / name) for name in (INFO_FILE, WEIGHTS_FILE)},
             "model": job.model,
             "hyperparameters": model_hp(job),
             "training": {k: v for k, v in job.hyperparameters.items() if k not in model_hp(job)},

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from zray.atomic import check_output
 from zray.errors import ZrayError
 
 __all__ = ["POINT_COLUMNS", "Predictor", "iter_predictions", "open_input", "predict"]
@@ -245,12 +246,12 @@ def predict(
     from zray.bundle import read_bundle
     from zray.data.shards import SPLITS
 
-    info = read_bundle(bundle_path)
     out = Path(out)
     if out.is_dir():
         raise ZrayError(f"{out}: is a folder; expected a .parquet file name for --out")
-    if out.exists() and not overwrite:
-        raise ZrayError(f"{out}: already exists; use --overwrite to replace it, or another --out")
+    inputs = [Path(bundle_path), Path(source), *([Path(images)] if images else [])]
+    check_output(out, kind="predictions file", overwrite=overwrite, inputs=inputs, ours=written_by_predict)
+    info = read_bundle(bundle_path)
     if batch_size is not None and batch_size < 1:
         raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
     splits = tuple(splits or SPLITS)
@@ -270,6 +271,18 @@ def predict(
     return {"rows": done, "out": str(out), "seconds": elapsed, "first_batch_s": first[0],
             "galaxies_per_s": done / max(elapsed, 1e-9), "steady_galaxies_per_s": steady,
             "members": len(info.member_dirs)}
+
+
+def written_by_predict(path: Path) -> bool:
+    """Whether ``path`` is a predictions file of ``zray predict`` (its metadata names a bundle)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return "bundle" in json.loads(meta.get(b"zray", b"{}"))
+    except (pa.ArrowException, OSError, ValueError, TypeError):
+        return False
 
 
 def _write_parquet(batches, out: Path, meta: dict, n_bins: int, *, total: int, progress: bool,

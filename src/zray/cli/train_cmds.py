@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from zray.cli.config_cmds import run_options, set_option, with_skip
-from zray.paths import click_absolute
+from zray.paths import click_absolute, click_name
 
 
 @click.command()
@@ -13,7 +13,8 @@ from zray.paths import click_absolute
 @set_option
 @click.option("--runs", "runs_dir", default="runs", show_default=True, callback=click_absolute,
               help="Folder for run outputs.")
-@click.option("--name", default=None, help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
+@click.option("--name", default=None, callback=click_name,
+              help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
 @run_options
 def train(
     file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None, skip_corrupt: bool, dashboard_host: str

@@ -6,14 +6,15 @@ import click
 
 from zray.cli.config_cmds import run_options, set_option, with_skip
 from zray.errors import ZrayError
-from zray.paths import click_absolute
+from zray.paths import click_absolute, click_name
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--resume", is_flag=True, help="Continue the interrupted experiment of the same name.")
-@click.option("--name", default=None, help="Experiment name (default: the file's `name`); outputs go to STORAGE/NAME.")
+@click.option("--name", default=None, callback=click_name,
+              help="Experiment name (default: the file's `name`); outputs go to STORAGE/NAME.")
 @click.option(
     "--storage", "--runs", "storage", default="runs", show_default=True, callback=click_absolute,
     help="Where experiments live: a folder (on a multi-node cluster one every node shares, e.g. NFS) "

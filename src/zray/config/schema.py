@@ -8,13 +8,13 @@ need the model registry (hyperparameter names, types and constraints) are in
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from zray.bins import RedshiftBins
 from zray.hyperparameters import DEFAULTS
+from zray.paths import name_problem
 
 # Hyperparameters of the training loop, shared by every model type (defaults and
 # constraints in zray.hyperparameters). Model types add their own architecture
@@ -206,8 +206,9 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _check_name(self) -> SearchSpace:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise _KeyedError("name", f"must be letters, digits, '-', '_' or '.', got {self.name!r}")
+        problem = name_problem(self.name)
+        if problem:
+            raise _KeyedError("name", problem)
         return self
 
     def hyperparameter_defaults(self) -> dict[str, Any]:

@@ -184,7 +184,8 @@ def prepare_dataset(
     bar = Progress("prepare", len(ids), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,
-                       overwrite=overwrite, source=source, label=str(catalog)) as writer:
+                       overwrite=overwrite, source=source, label=str(catalog),
+                       inputs=(catalog, images_dir)) as writer:
         # Rows go in the order of a hash of the id, never the catalogue's; errors
         # still name the catalogue's own row.
         order = write_order(ids, seed)

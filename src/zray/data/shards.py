@@ -28,6 +28,7 @@ import pyarrow as pa
 from zray import __version__
 from zray.bins import RedshiftBins
 from zray.errors import ZrayError
+from zray.paths import inside
 
 SCHEMA_VERSION = 1
 BANDS = ("u", "g", "r", "i", "z")
@@ -204,7 +205,7 @@ def _manifest_from_dict(root: Path, data: dict) -> Manifest:
         raise ValueError(f"image_shape {shape} must have 3 entries")
     splits = data["splits"]
     shards = {
-        s: tuple(ShardInfo(str(e["file"]), int(e["rows"])) for e in splits.get(s, ()))
+        s: tuple(ShardInfo(_shard_file(root, e["file"]), int(e["rows"])) for e in splits.get(s, ()))
         for s in SPLITS
     }
     fr = data["split"]["fractions"]
@@ -223,6 +224,14 @@ def _manifest_from_dict(root: Path, data: dict) -> Manifest:
         hash=str(data["hash"]),
         source=dict(data.get("source", {})),
     )
+
+
+def _shard_file(root: Path, file) -> str:
+    """A shard's file name from the manifest, refused unless it lies inside the dataset."""
+    if not isinstance(file, str):
+        raise TypeError(f"shard file {file!r} must be a string")
+    inside(root, file, f"{root / MANIFEST_NAME}: splits")
+    return file
 
 
 def content_hash(root: Path, files: list[str]) -> str:

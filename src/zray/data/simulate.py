@@ -120,8 +120,9 @@ def _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite,
     n = len(params["id"])
     workers = max(1, int(workers or os.cpu_count() or 1))
     bar = Progress("simulate", n, enabled=progress)
+    inputs = (Path(source["catalog"]),) if "catalog" in source else ()
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, overwrite=overwrite,
-                       source=source, label="simulate") as writer:
+                       source=source, label="simulate", inputs=inputs) as writer:
         for start, images in _render_all(params, size, seed, workers):
             sl = slice(start, start + len(images))
             extra = {f"mag_{b}": params["mags"][sl, k] for k, b in enumerate(BANDS)}

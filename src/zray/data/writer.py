@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zray.atomic import publish_dir
+from zray.atomic import check_output, publish_dir
 from zray.bins import RedshiftBins
 from zray.data.shards import (
     _ROW_GROUP_ROWS,
@@ -50,21 +50,6 @@ from zray.data.shards import (
 from zray.errors import ZrayError
 
 __all__ = ["DatasetWriter", "write_dataset"]
-
-
-def _prepare_destination(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished dataset (unless asked) or anything that is not one."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ZrayError(f"{out}: exists and is not a directory; choose another --out")
-    is_dataset = (out / MANIFEST_NAME).is_file()
-    if is_dataset and not overwrite:
-        raise ZrayError(f"{out}: already holds a dataset; pass --overwrite to replace it")
-    if not is_dataset and any(out.iterdir()):
-        raise ZrayError(
-            f"{out}: exists, is not empty and is not a zray dataset; choose another --out"
-        )
 
 
 class DatasetWriter:
@@ -90,6 +75,7 @@ class DatasetWriter:
         overwrite: bool = False,
         source: Mapping | None = None,
         label: str = "write_dataset",
+        inputs: tuple = (),
     ) -> None:
         if int(rows_per_shard) < 1:
             raise ZrayError(f"rows_per_shard must be >= 1, but got {rows_per_shard!r}")
@@ -101,7 +87,8 @@ class DatasetWriter:
         self.overwrite = overwrite
         self.source = dict(source or {})
         self.label = label
-        _prepare_destination(self.out, overwrite)
+        self.inputs = tuple(inputs)
+        check_output(self.out, kind="dataset", overwrite=overwrite, inputs=self.inputs)
         self.image_shape: tuple[int, int, int] | None = None
         self.extra_types: dict[str, pa.DataType] | None = None
         self._buffers: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
@@ -296,8 +283,9 @@ class DatasetWriter:
             source=self.source,
         )
         (self._tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        _prepare_destination(self.out, self.overwrite)  # re-check: it may have appeared meanwhile
-        publish_dir(self._tmp, self.out)
+        # Checked again: it may have appeared meanwhile.
+        check_output(self.out, kind="dataset", overwrite=self.overwrite, inputs=self.inputs)
+        publish_dir(self._tmp, self.out, kind="dataset")
         self._tmp = None
         return manifest
 

@@ -68,7 +68,7 @@ def save_model(model, path, name: str, hp: dict | None, spec: ModelSpec) -> Path
             "hyperparameters": hp,
             "spec": spec.to_dict(),
             "trainable_parameters": count_parameters(model),
-            "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
+            "weights_sha256": sha256_of(tmp / WEIGHTS_FILE),
         }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         publish_dir(tmp, path)
@@ -112,7 +112,10 @@ def check_weights(path) -> ModelInfo:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise ZrayError(f"{weights}: not found; expected the weights saved beside {INFO_FILE}")
-    if info.weights_sha256 and _sha256(weights) != info.weights_sha256:
+    if not info.weights_sha256:
+        raise ZrayError(f"{Path(path) / INFO_FILE}: no weights_sha256; expected the checksum zray writes beside "
+                        "every model (save it again with zray)")
+    if sha256_of(weights) != info.weights_sha256:
         raise ZrayError(
             f"{weights}: checksum differs from {INFO_FILE}; the file is corrupt or was replaced"
         )
@@ -131,7 +134,8 @@ def load_model(path):
     return model, info
 
 
-def _sha256(file: Path) -> str:
+def sha256_of(file: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
     digest = hashlib.sha256()
     with open(file, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
