@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,8 @@ from click.testing import CliRunner
 
 from test_cluster import _free_ports, _node_env, _processes_naming, _ray_start, _stop
 from zray.cli import main
-from zray.runtime import connection_error
+from zray.errors import ZrayError
+from zray.runtime import GRPC_PROBE_TIMEOUT_S, check_reachable, connection_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +36,76 @@ def test_nothing_listening_is_one_sentence_at_once(tmp_path):
     )
     assert time.perf_counter() - t0 < 10  # Ray alone would wait about 13 minutes
     assert not (tmp_path / "d").exists()  # checked before simulating anything
+
+
+@contextmanager
+def _listening(reply: bytes | None = None):
+    """A TCP server on a free local port that is not Ray: it keeps every connection open
+    and says nothing, or, given ``reply``, reads the greeting, answers ``reply`` and hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop, conns = threading.Event(), []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:  # the accept timeout: look at `stop` again
+                continue
+            conns.append(conn)
+            if reply is not None:
+                conn.settimeout(5)
+                conn.recv(1024)
+                conn.sendall(reply)
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in conns:
+            conn.close()
+        server.close()
+
+
+def _not_ray_sentence(address: str, host: str = "127.0.0.1", example: str | None = None,
+                      seconds: float = GRPC_PROBE_TIMEOUT_S) -> str:
+    return (f"zray: error: cannot connect to the Ray cluster at {address}: something listens there but it is "
+            f"not a Ray head (no gRPC answer within {seconds:g} s); expected the address of a Ray "
+            f"head, e.g. {example or f'{host}:6379'} (check with `ray status --address {host}:6379`)")
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"],
+                         ids=["silent", "http1"])
+def test_something_else_listening_is_one_sentence_within_seconds(tmp_path, reply):
+    """Ray alone would wait forever there, printing nothing."""
+    with _listening(reply) as port:
+        t0 = time.perf_counter()
+        result = CliRunner().invoke(main, ["tune", str(ROOT / "search_spaces" / "quickstart.yaml"),
+                                           "--address", f"127.0.0.1:{port}", "--set", f"data.path={tmp_path / 'd'}"])
+        elapsed = time.perf_counter() - t0
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == _not_ray_sentence(f"127.0.0.1:{port}")
+    assert elapsed < 15  # a behaviour bound: the probe gives up after a few seconds
+    assert not (tmp_path / "d").exists()  # checked before simulating anything
+
+
+def test_a_ray_client_address_is_probed_too():
+    with _listening() as port, pytest.raises(ZrayError) as caught:
+        check_reachable(f"ray://127.0.0.1:{port}", probe_timeout=0.5)
+    assert f"zray: error: {caught.value}" == _not_ray_sentence(f"ray://127.0.0.1:{port}",
+                                                               example="ray://127.0.0.1:10001", seconds=0.5)
+
+
+def test_the_probe_accepts_a_real_ray_head(ray_session):
+    """Ray's GCS (here the test session's, started by ray.init) is a gRPC server."""
+    gcs = ray_session.get_runtime_context().gcs_address
+    t0 = time.perf_counter()
+    check_reachable(gcs)
+    assert time.perf_counter() - t0 < 2  # it answered, rather than the probe timing out
 
 
 def test_a_malformed_address_is_named(tmp_path):

@@ -80,10 +80,12 @@ def join_cluster(address: str, logging_level: int) -> None:
     """``ray.init(address)``, with one sentence naming the address and the likely
     cause when it fails (nothing listening, a missing or wrong token, other versions).
 
-    Ray waits about 13 minutes for a head that is not there, so the address
-    is tried with a plain TCP connection first. The token this machine holds
-    is offered by :func:`offer_token`, which the CLI calls before Ray loads (a
-    program using zray as a library sets ``RAY_AUTH_MODE=token`` itself).
+    Ray waits about 13 minutes for a head that is not there, and forever
+    where something else listens, so the address is tried first
+    (:func:`check_reachable`: a TCP connection, then a gRPC greeting). The
+    token this machine holds is offered by :func:`offer_token`, which the CLI
+    calls before Ray loads (a program using zray as a library sets
+    ``RAY_AUTH_MODE=token`` itself).
     """
     import ray
 
@@ -98,23 +100,73 @@ def join_cluster(address: str, logging_level: int) -> None:
         raise ZrayError(connection_error(address, exc)) from None
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise one sentence unless something accepts TCP connections at ``HOST:PORT``."""
+# Seconds to wait for a gRPC answer from a head that accepted the TCP connection
+# (a Ray GCS answers at once); with CONNECT_TIMEOUT_S, under 10 s in all.
+GRPC_PROBE_TIMEOUT_S = 4.0
+# The HTTP/2 client connection preface, then an empty SETTINGS frame (length 0, type 0x4,
+# no flags, stream 0): what a gRPC client sends first on a new connection.
+_HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S,
+                    probe_timeout: float = GRPC_PROBE_TIMEOUT_S) -> None:
+    """Raise one sentence unless a gRPC server (a Ray head's GCS, or a Ray Client
+    server for ``ray://``) answers at ``HOST:PORT``.
+
+    A TCP connection alone is not enough: with something else listening there
+    (another service, a wrong port), ``ray.init`` waits forever and says nothing.
+    With ``RAY_USE_TLS`` set the head speaks TLS, which this plain-text greeting
+    cannot tell from something else, so only the TCP connection is checked.
+    """
     import socket
 
     from zray.errors import ZrayError
 
+    client = address.startswith("ray://")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ZrayError(f"--address {address}: expected HOST:PORT of the cluster's head, e.g. 10.0.0.5:6379")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
         why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or str(exc))
         raise ZrayError(
             f"cannot connect to the Ray cluster at {address}: nothing is listening there ({why}); "
             f"expected a running head (`ray up CLUSTER.yaml`, then check with `ray status --address {address}`)"
         ) from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _answers_grpc(sock, probe_timeout):
+            return
+    example = f"ray://{host}:10001" if client else f"{host}:6379"
+    raise ZrayError(
+        f"cannot connect to the Ray cluster at {address}: something listens there but it is not a Ray head "
+        f"(no gRPC answer within {probe_timeout:g} s); expected the address of a Ray head, e.g. {example} "
+        f"(check with `ray status --address {host}:6379`)"
+    )
+
+
+def _answers_grpc(sock, timeout: float) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 greeting with a SETTINGS frame, as every
+    gRPC server does (its own connection preface); silence, an HTTP/1 reply or a closed
+    connection mean it is something else."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    header = b""
+    try:
+        sock.sendall(_HTTP2_GREETING)
+        while len(header) < 9:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            sock.settimeout(left)
+            chunk = sock.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:  # socket.timeout is an OSError too
+        return False
+    return header[3] == 0x4
 
 
 def connection_error(address: str, exc: BaseException) -> str:

@@ -12,6 +12,24 @@ Resources per node come from the search space: CPUs for the concurrent
 trials' Train workers plus one for Ray Data and the driver, and GPUs when the
 workers ask for them.
 
+Every value the user gives lands in the script checked and quoted, because
+the script is run by bash on every node and a stray newline or space would
+otherwise become a command or split a path:
+
+* the time limit and the partition must match SLURM's own syntax, the ports
+  1-65535, and no value may hold a newline, NUL or other control character;
+* values in shell code are quoted with :func:`shlex.quote` (``~`` at the
+  start of ``--venv`` becomes ``"$HOME"`` so it still means each node's
+  home); ``--ray-args`` is split like a shell command line and each flag
+  quoted again into a bash array;
+* ``#SBATCH`` lines are read by ``sbatch``, not by bash: its parser takes
+  double quotes and backslash escapes, so the job's output path (in the shared
+  folder, which may contain spaces) is double-quoted there and a ``%`` in it
+  doubled (SLURM's file-name patterns); a backslash is refused, since SLURM
+  then ignores the ``%j`` in the file name;
+* the finished script must pass ``bash -n`` before it is written (skipped
+  where no ``bash`` is on PATH), and it is written whole or not at all.
+
     >>> from zray import config, slurm
     >>> space = config.load("search_spaces/inception.yaml")          # doctest: +SKIP
     >>> print(slurm.batch_script(space, "search_spaces/inception.yaml", nodes=4,
@@ -21,10 +39,22 @@ workers ask for them.
 from __future__ import annotations
 
 import math
+import os
+import re
 import shlex
+import unicodedata
 from pathlib import Path
 
-__all__ = ["batch_script", "node_resources"]
+from zray.errors import ZrayError
+
+__all__ = ["batch_script", "check_shared", "check_syntax", "check_venv", "node_resources", "write"]
+
+# SLURM's time-limit formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|infinite|unlimited", re.IGNORECASE)
+# A partition name, or a comma-separated list of them (SLURM takes the first that can run the job).
+_PARTITION = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
+# Characters that need no quoting on an #SBATCH line.
+_SBATCH_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
 
 def node_resources(space) -> tuple[int, int]:
@@ -40,11 +70,17 @@ def batch_script(space, space_file: str, *, nodes: int = 1, shared: str, venv: s
                  time_limit: str = "24:00:00", partition: str | None = None, port: int = 6379,
                  dashboard_port: int = 8265, ray_args: str = "", overrides: tuple[str, ...] = (),
                  cpus: int | None = None, gpus: int | None = None) -> str:
-    """The text of the batch script (see the module docstring)."""
+    """The text of the batch script (see the module docstring); a bad value is a :class:`ZrayError`."""
+    _check_values(space_file=space_file, shared=shared, venv=venv, workdir=workdir, time_limit=time_limit,
+                  partition=partition, port=port, dashboard_port=dashboard_port, overrides=overrides)
+    ray_flags = " ".join(shlex.quote(flag) for flag in split_ray_args(ray_args))
     need_cpus, need_gpus = node_resources(space)
     cpus, gpus = cpus or need_cpus, need_gpus if gpus is None else gpus
     q = shlex.quote
     sets = " ".join(f"--set {q(o)}" for o in overrides)
+    output = _sbatch_word(shared.replace("%", "%%") + f"/zray-{space.name}-%j.out")
+    # "${RAY_ARGS[@]+...}": an empty array under `set -u` is an error in bash before 4.4.
+    ray_args_expansion = '${RAY_ARGS[@]+"${RAY_ARGS[@]}"}'
     lines = [
         "#!/bin/bash",
         f"# zray search {space.name} on a SLURM allocation (written by `zray slurm`).",
@@ -57,14 +93,17 @@ def batch_script(space, space_file: str, *, nodes: int = 1, shared: str, venv: s
         *([f"#SBATCH --gpus-per-task={gpus}"] if gpus else []),
         f"#SBATCH --time={time_limit}",
         *([f"#SBATCH --partition={partition}"] if partition else []),
-        f"#SBATCH --output={shared}/zray-{space.name}-%j.out",
+        f"#SBATCH --output={output}",
         "set -euo pipefail",
         "",
-        f"SHARED={q(shared)}        # a folder every node sees: the token and the results",
-        f"VENV={venv}               # the virtual environment zray is installed in, on every node",
+        "# A folder every node sees: the token and the results.",
+        f"SHARED={q(shared)}",
+        "# The virtual environment zray is installed in, on every node.",
+        f"VENV={_shell_path(venv)}",
         f"PORT={port}",
         f"DASHBOARD_PORT={dashboard_port}",
-        f"RAY_ARGS={q(ray_args)}    # extra `ray start` flags (ports, object store size)",
+        "# Extra `ray start` flags (ports, object store size), one array element each.",
+        f"RAY_ARGS=({ray_flags})",
         f"cd {q(workdir)}",
         "",
         'nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))',
@@ -80,12 +119,12 @@ def batch_script(space, space_file: str, *, nodes: int = 1, shared: str, venv: s
         'echo "zray: Ray head on $head_node ($RAY_ADDRESS), $SLURM_JOB_NUM_NODES node(s)"',
         'srun --nodes=1 --ntasks=1 -w "$head_node" "$VENV/bin/ray" start --head --block '
         '--node-ip-address="$head_ip" --port="$PORT" --dashboard-port="$DASHBOARD_PORT" '
-        '--num-cpus="$SLURM_CPUS_PER_TASK" --temp-dir="$TMP/head" --disable-usage-stats $RAY_ARGS &',
+        f'--num-cpus="$SLURM_CPUS_PER_TASK" --temp-dir="$TMP/head" --disable-usage-stats {ray_args_expansion} &',
         'for i in $(seq 120); do "$VENV/bin/ray" status --address "$RAY_ADDRESS" >/dev/null 2>&1 && break; '
         "sleep 1; done",
         "for ((i = 1; i < SLURM_JOB_NUM_NODES; i++)); do",
         '  srun --nodes=1 --ntasks=1 -w "${nodes[$i]}" "$VENV/bin/ray" start --block --address="$RAY_ADDRESS" '
-        '--num-cpus="$SLURM_CPUS_PER_TASK" --temp-dir="$TMP/worker$i" --disable-usage-stats $RAY_ARGS &',
+        f'--num-cpus="$SLURM_CPUS_PER_TASK" --temp-dir="$TMP/worker$i" --disable-usage-stats {ray_args_expansion} &',
         "done",
         '"$VENV/bin/python" - <<PY',
         "import time, ray",
@@ -103,14 +142,168 @@ def batch_script(space, space_file: str, *, nodes: int = 1, shared: str, venv: s
     return "\n".join(lines)
 
 
+# --- checking the values ------------------------------------------------------------
+
+
+def _shown(value: str) -> str:
+    """``value`` as a message shows it: quoted and escaped when it has spaces or control characters,
+    so that the one-line error stays one line and the value's ends are visible."""
+    return value if value.isprintable() and not any(c.isspace() for c in value) and value else repr(value)
+
+
+def _check_text(option: str, value: str) -> None:
+    """Refuse control characters: a newline in a value would end an #SBATCH line or a shell line early."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ZrayError(f"{option} {value!r}: expected a value without newlines, NUL or other control characters")
+
+
+def check_time(value: str) -> str:
+    """``value`` if it is a SLURM time limit (it lands on an #SBATCH line, unquoted)."""
+    if not _TIME.fullmatch(value):
+        raise ZrayError(f"--time {value!r}: expected a SLURM time limit such as 24:00:00 or 2-00:00:00")
+    return value
+
+
+def check_partition(value: str) -> str:
+    """``value`` if it is a SLURM partition name or a comma-separated list of them."""
+    if not _PARTITION.fullmatch(value):
+        raise ZrayError(f"--partition {value!r}: expected a SLURM partition name (letters, digits, '_', '-', '.'), "
+                        "or several separated by commas, such as gpu or gpu,cpu")
+    return value
+
+
+def check_port(option: str, value: int) -> int:
+    """``value`` if it is a TCP port (the CLI checks this too; a library caller may not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ZrayError(f"{option} {value!r}: expected a port number from 1 to 65535")
+    return value
+
+
+def split_ray_args(value: str) -> list[str]:
+    """``--ray-args`` split as a shell would split it, so each flag can be quoted again on its own."""
+    _check_text("--ray-args", value)
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise ZrayError(f"--ray-args {value!r}: cannot be split like a shell command line ({exc}); expected "
+                        "`ray start` flags such as --object-store-memory=2000000000") from None
+
+
+def _check_values(*, space_file, shared, venv, workdir, time_limit, partition, port, dashboard_port,
+                  overrides) -> None:
+    """Every value that lands in the script, checked before any of it is written."""
+    check_time(time_limit)
+    if partition is not None:
+        check_partition(partition)
+    check_port("--port", port)
+    check_port("--dashboard-port", dashboard_port)
+    for option, value in [("FILE", space_file), ("--shared", shared), ("--venv", venv),
+                          ("the working directory", workdir), *(("--set", o) for o in overrides)]:
+        _check_text(option, value)
+    if "\\" in shared:
+        raise ZrayError(f"--shared {_shown(shared)}: a backslash makes SLURM ignore the %j in the job's output "
+                        "file name; expected a folder path without backslashes")
+
+
+def check_venv(venv: str) -> str | None:
+    """Refuse a --venv that exists here but is no virtual environment with zray; a warning if it is missing.
+
+    Clusters often mount paths (home on the nodes, /scratch) that the submit
+    host lacks, so a missing folder is only a warning; one that exists here is
+    most likely the same one the nodes see, and a typo there would otherwise
+    show only once the job has waited in the queue.
+    """
+    path = Path(venv).expanduser()
+    if not path.exists():
+        return f"--venv {_shown(venv)} does not exist on this machine; it must exist on every node"
+    for program in ("python", "ray", "zray"):
+        if not (path / "bin" / program).exists():
+            raise ZrayError(f"--venv {_shown(venv)}: no bin/{program} there; expected a virtual environment "
+                            "with zray installed")
+    return None
+
+
+def check_shared(shared: str) -> str | None:
+    """Refuse a --shared that is a file here; a warning if it is missing (see :func:`check_venv`)."""
+    path = Path(shared).expanduser()
+    if not path.exists():
+        return f"--shared {_shown(shared)} does not exist on this machine; it must exist on every node"
+    if not path.is_dir():
+        raise ZrayError(f"--shared {_shown(shared)}: is not a folder; expected a folder every node of the "
+                        "allocation sees")
+    return None
+
+
+# --- quoting ----------------------------------------------------------------------------
+
+
+def _shell_path(path: str) -> str:
+    """``path`` quoted for bash; a leading ``~`` kept as ``"$HOME"``, the home of the node that runs it."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:]) if path[2:] else '"$HOME"/'
+    return shlex.quote(path)
+
+
+def _sbatch_word(value: str) -> str:
+    """``value`` as one word of an #SBATCH line: sbatch (not bash) reads it, splitting at
+    whitespace and ``#`` unless double-quoted, with ``\\`` escaping the next character."""
+    if _SBATCH_PLAIN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def check_syntax(text: str) -> None:
+    """Run ``bash -n`` on the script: the last guard that the quoting above holds.
+
+    It should never fail; if it does, that is a bug in zray, and the script is
+    not written. Where no ``bash`` is on PATH (a submit host without it) the
+    check is skipped: the script is then only as good as the quoting above.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    bash = shutil.which("bash")
+    if bash is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="zray-slurm-") as tmp:
+        script = Path(tmp) / "check.sbatch"
+        script.write_text(text)
+        result = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        why = (result.stderr.strip().splitlines() or ["no message"])[-1].replace(str(script), "script")
+        raise ZrayError(f"the batch script failed `bash -n` ({why}); expected valid bash, so nothing was written "
+                        "(a bug in zray: please report it with the command line)")
+
+
 def write(path: Path, text: str, overwrite: bool = False) -> None:
-    """Write the script, refusing to replace a file unless asked; executable."""
-    from zray.errors import ZrayError
+    """Write the script whole or not at all, refusing to replace a file unless asked; executable.
+
+    It goes to a temporary name in the same folder first and is renamed into
+    place, so neither sbatch nor a reader ever sees half of it, and a failure
+    leaves no temporary file behind.
+    """
+    import tempfile
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise ZrayError(f"{path}: already exists; pass --overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    tmp.replace(path)
+    if not path.parent.is_dir():
+        raise ZrayError(f"--out {path}: the folder {path.parent} does not exist; expected an existing folder")
+    check_syntax(text)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

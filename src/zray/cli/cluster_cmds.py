@@ -13,15 +13,19 @@ from zray.paths import click_absolute
 @click.argument("file", type=click.Path(dir_okay=False), callback=click_absolute)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), callback=click_absolute, required=True,
               help="The batch script to write (submit it with sbatch).")
-@click.option("--shared", required=True, type=click.Path(file_okay=False), callback=click_absolute,
+@click.option("--shared", required=True, callback=click_absolute,
               help="A folder every node of the allocation sees: the results go to SHARED/runs.")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(min=1), help="Nodes to allocate.")
 @click.option("--venv", default=None, help="Virtual environment with zray on every node [default: this one].")
-@click.option("--time", "time_limit", default="24:00:00", show_default=True, help="SLURM time limit.")
-@click.option("--partition", default=None, help="SLURM partition [default: the cluster's].")
-@click.option("--port", default=6379, show_default=True, type=int, help="Port of the Ray head.")
-@click.option("--dashboard-port", default=8265, show_default=True, type=int, help="Port of Ray's dashboard.")
-@click.option("--ray-args", default="", help="Extra `ray start` flags for every node, e.g. port ranges.")
+@click.option("--time", "time_limit", default="24:00:00", show_default=True,
+              help="SLURM time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.")
+@click.option("--partition", default=None, help="SLURM partition, or several separated by commas "
+              "[default: the cluster's].")
+@click.option("--port", default=6379, show_default=True, type=click.IntRange(1, 65535), help="Port of the Ray head.")
+@click.option("--dashboard-port", default=8265, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of Ray's dashboard.")
+@click.option("--ray-args", default="", help="Extra `ray start` flags for every node, e.g. port ranges "
+              "(split like a shell command line).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of FILE (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard_port, ray_args, overrides,
@@ -33,6 +37,10 @@ def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard
     results in SHARED/runs. CPUs and GPUs per node come from FILE's
     resources (concurrent trials x their Train workers, plus one CPU for Ray
     Data). Run it from the repository root, which every node must see.
+
+    Every value is checked (SLURM's time and partition syntax, ports) and
+    quoted in the script; a --venv or --shared missing on this machine is
+    a warning, as it may exist on the nodes only.
 
     \b
     Example:
@@ -49,6 +57,10 @@ def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard
     text = batch.batch_script(space, file, nodes=nodes, shared=shared, venv=venv, workdir=str(Path.cwd()),
                               time_limit=time_limit, partition=partition, port=port,
                               dashboard_port=dashboard_port, ray_args=ray_args, overrides=tuple(overrides))
+    # Both checked before anything is printed or written; a missing folder may exist on the nodes only.
+    warnings = [w for w in (batch.check_venv(venv), batch.check_shared(shared)) if w]
+    for warning in warnings:
+        click.echo(f"zray: warning: {warning}", err=True)
     batch.write(out, text, overwrite=overwrite)
     cpus, gpus = batch.node_resources(space)
     click.echo(f"zray: wrote {out}: {nodes} node(s), {cpus} CPUs" + (f" and {gpus} GPUs" if gpus else "")
