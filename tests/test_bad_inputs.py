@@ -304,6 +304,13 @@ CASES = {
     "simulate-overwrite-a-report": (
         lambda t, d: ["simulate", "--n", "20", "--size", "16", "--out", str(zray_report(t, None)), "--overwrite"],
         "report: holds a zray report, not a dataset; choose another --out"),
+    "slurm-out-is-its-own-search-space": (
+        lambda t, d: ["slurm", space(t), "--shared", str(t), "--out", str(t / "space.yaml"), "--overwrite"],
+        "space.yaml: is, holds or lies inside"),
+    "slurm-overwrite-a-file-zray-did-not-write": (
+        lambda t, d: ((t / "job.sh").write_text("#!/bin/bash\necho my own job\n"),
+                      ["slurm", space(t), "--shared", str(t), "--out", str(t / "job.sh"), "--overwrite"])[1],
+        "job.sh: exists and was not written by zray"),
     "export-out-is-the-run": (lambda t, d: ["export", str(t), "--out", str(t), "--overwrite"],
                               "is, holds or lies inside"),
 }

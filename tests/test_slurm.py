@@ -237,3 +237,13 @@ def test_a_failed_write_leaves_neither_script_nor_temporary_file(tmp_path, monke
     with pytest.raises(OSError, match="disk full"):
         slurm.write(tmp_path / "job.sbatch", "#!/bin/bash\necho hi\n")
     assert _tree(tmp_path) == set()
+
+
+def test_overwrite_replaces_only_a_script_zray_wrote(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = str(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml")
+    args = ["slurm", space, "--shared", str(tmp_path), "--out", str(tmp_path / "tune.sbatch")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "already exists (a zray batch script); use --overwrite" in again.output
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0

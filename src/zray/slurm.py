@@ -281,8 +281,19 @@ def check_syntax(text: str) -> None:
                         "(a bug in zray: please report it with the command line)")
 
 
-def write(path: Path, text: str, overwrite: bool = False) -> None:
-    """Write the script whole or not at all, refusing to replace a file unless asked; executable.
+def written_by_slurm(path: Path) -> bool:
+    """Whether ``path`` is a batch script of ``zray slurm`` (its second line says so)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = [fh.readline(), fh.readline()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head[0].startswith("#!") and "(written by `zray slurm`)" in head[1]
+
+
+def write(path: Path, text: str, overwrite: bool = False, inputs: tuple = ()) -> None:
+    """Write the script whole or not at all; executable. An existing file is replaced only
+    with ``overwrite`` and only when ``zray slurm`` wrote it; never one of ``inputs``.
 
     It goes to a temporary name in the same folder first and is renamed into
     place, so neither sbatch nor a reader ever sees half of it, and a failure
@@ -290,9 +301,10 @@ def write(path: Path, text: str, overwrite: bool = False) -> None:
     """
     import tempfile
 
+    from zray.atomic import check_output
+
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ZrayError(f"{path}: already exists; pass --overwrite to replace it")
+    check_output(path, kind="batch script", overwrite=overwrite, inputs=inputs, ours=written_by_slurm)
     if not path.parent.is_dir():
         raise ZrayError(f"--out {path}: the folder {path.parent} does not exist; expected an existing folder")
     check_syntax(text)

@@ -61,7 +61,7 @@ def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard
     warnings = [w for w in (batch.check_venv(venv), batch.check_shared(shared)) if w]
     for warning in warnings:
         click.echo(f"zray: warning: {warning}", err=True)
-    batch.write(out, text, overwrite=overwrite)
+    batch.write(out, text, overwrite=overwrite, inputs=(Path(file),))
     cpus, gpus = batch.node_resources(space)
     click.echo(f"zray: wrote {out}: {nodes} node(s), {cpus} CPUs" + (f" and {gpus} GPUs" if gpus else "")
                + f" each; results in {shared}/runs/{space.name}")
