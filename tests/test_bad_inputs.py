@@ -105,6 +105,22 @@ def format2_bundle(tmp: Path, **member) -> Path:
                                    "bands": list("ugriz"), "image_size": 32, "members": [entry]}))
 
 
+def retyped_shard(data: Path) -> Path:
+    """``data`` whose first train shard holds z_spec as text (a file another tool rewrote)."""
+    import pyarrow.parquet as pq
+
+    shard = first_train_shard(data)
+    table = pq.read_table(shard)
+    i = table.schema.get_field_index("z_spec")
+    table = table.set_column(i, "z_spec", pa.array([f"{v:.3f}" for v in table["z_spec"].to_pylist()]))
+    pq.write_table(table, shard)
+    return data
+
+
+ALIAS_BOMB = "name: x\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(10))
+
+
 def first_train_shard(data: Path) -> Path:
     return read_manifest(data).files("train")[0]
 
@@ -143,6 +159,15 @@ CASES = {
                               "Invalid value for '--workers': 0 is not in the range x>=1"),
     # search spaces (zray validate / train / tune)
     "space-missing-file": (lambda t, d: ["validate", str(t / "nope.yaml")], "nope.yaml: no such file; expected a search-space YAML"),
+    "space-not-utf8": (lambda t, d: ((t / "latin1.yaml").write_bytes("name: café\n".encode("latin-1")),
+                                     ["validate", str(t / "latin1.yaml")])[1],
+                       "latin1.yaml: not UTF-8 text (byte 0xe9 at offset 9); expected a search-space YAML saved as UTF-8"),
+    "space-alias-bomb": (lambda t, d: ["validate", space(t, text=ALIAS_BOMB)],
+                         "invalid YAML (its aliases expand to more than 100,000 values"),
+    "space-recursive-alias": (lambda t, d: ["validate", space(t, text="name: x\nloop: &a [*a]\n")],
+                              "an alias refers to a node that contains it"),
+    "space-nested-too-deep": (lambda t, d: ["validate", space(t, text="name: " + "[" * 3000 + "]" * 3000)],
+                              "invalid YAML (nested too deeply to read)"),
     "space-invalid-yaml": (lambda t, d: ["validate", space(t, text="name: [unclosed\n")], "invalid YAML"),
     "space-not-a-mapping": (lambda t, d: ["validate", space(t, text="- a\n- b\n")], "expected a mapping of sections"),
     "space-missing-section": (lambda t, d: ["validate", space(t, text="name: x\nmodel: cnn\n")], "required section 'data' is missing"),
@@ -210,6 +235,29 @@ CASES = {
         lambda t, d: (truncate(first_train_shard(dataset(t, d))),
                       ["tune", space(t, t / "data"), "--runs", str(t / "runs")])[1],
         "train-00000.parquet: shard is corrupt (unreadable footer"),
+    "train-missing-shard": (
+        lambda t, d: (first_train_shard(dataset(t, d)).unlink(), ["train", space(t, t / "data"), "--runs", str(t / "runs")])[1],
+        "train-00000.parquet"),
+    "inspect-missing-shard": (
+        lambda t, d: (first_train_shard(dataset(t, d)).unlink(), ["inspect", str(t / "data")])[1],
+        ("problem(s) found; see the list above", "train-00000.parquet")),
+    "train-shard-column-of-wrong-type": (
+        lambda t, d: ["train", space(t, retyped_shard(dataset(t, d))), "--runs", str(t / "runs")],
+        "z_spec"),
+    "inspect-shard-column-of-wrong-type": (
+        lambda t, d: ["inspect", str(retyped_shard(dataset(t, d)))],
+        ("problem(s) found; see the list above", "z_spec")),
+    "tune-storage-is-a-file": (
+        lambda t, d: ((t / "file").write_text("x"), ["tune", space(t, dataset(t, d)), "--storage", str(t / "file")])[1],
+        "w/file is a file; expected a folder (or where to make one)"),
+    "train-runs-below-a-file": (
+        lambda t, d: ((t / "file").write_text("x"),
+                      ["train", space(t, dataset(t, d)), "--runs", str(t / "file" / "runs")])[1],
+        "w/file is a file; expected a folder (or where to make one)"),
+    "status-truncated-json": (
+        lambda t, d: ((t / "exp").mkdir(), (t / "exp" / "search_space.json").write_text('{"name": "x", "mod'),
+                      ["status", str(t / "exp")])[2],
+        "search_space.json: unreadable (Unterminated string"),
     "inspect-missing-folder": (lambda t, d: ["inspect", str(t / "nowhere")], "nowhere: no such dataset directory"),
     "inspect-manifest-not-json": (
         lambda t, d: ((dataset(t, d) / "manifest.json").write_text("{not json"), ["inspect", str(t / "data")])[1],
@@ -311,6 +359,9 @@ CASES = {
         lambda t, d: ((t / "job.sh").write_text("#!/bin/bash\necho my own job\n"),
                       ["slurm", space(t), "--shared", str(t), "--out", str(t / "job.sh"), "--overwrite"])[1],
         "job.sh: exists and was not written by zray"),
+    # the CLI's net under the readers: an OS error is one sentence naming the path
+    "simulate-out-name-too-long": (lambda t, d: ["simulate", "--n", "5", "--size", "16", "--out", str(t / ("o" * 300))],
+                                   "file name too long; expected a path zray can read and write there"),
     "export-out-is-the-run": (lambda t, d: ["export", str(t), "--out", str(t), "--overwrite"],
                               "is, holds or lies inside"),
 }

@@ -72,3 +72,22 @@ def remove(path) -> None:
             filesystem.delete_file(inner)
         return
     Path(path).unlink(missing_ok=True)
+
+
+def check_local_folder(path, option: str = "--storage") -> None:
+    """Refuse, before any work, a local folder that cannot be made or written:
+    a file where the folder (or one above it) should be, or a read-only place."""
+    import os
+
+    from zray.errors import ZrayError
+
+    if is_uri(path):
+        return
+    wanted = Path(path)
+    for folder in (wanted, *wanted.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ZrayError(f"{option} {wanted}: {folder} is a file; expected a folder (or where to make one)")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ZrayError(f"{option} {wanted}: {folder} is not writable; expected a folder zray can write in")
+            return

@@ -12,26 +12,61 @@ import sys
 import click
 
 from zray import __version__
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 
 
 class _Group(click.Group):
-    """Turns :class:`ZrayError` into one line on stderr and exit status 1
-    (with ``--debug``, the traceback that sentence stands for first)."""
+    """The CLI's one error boundary: a :class:`ZrayError`, or an error reading a
+    user's file that slipped past the readers' own checks, becomes one line on
+    stderr and exit status 1 (with ``--debug``, the traceback behind it first)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ZrayError as exc:
+        except KeyboardInterrupt:
+            click.echo("zray: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            sentence = exc_sentence(exc)
+            if sentence is None:
+                raise  # a bug in zray: the traceback is the report
             if ctx.params.get("debug"):
                 import traceback
 
                 traceback.print_exc()
-            click.echo(f"zray: error: {exc}", err=True)
+            click.echo(f"zray: error: {sentence}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("zray: interrupted", err=True)
-            sys.exit(130)
+
+
+def exc_sentence(exc: BaseException) -> str | None:
+    """The one sentence for an error a user's input caused, or ``None`` for a bug.
+
+    zray's readers raise :class:`ZrayError` themselves; this is the net under
+    them for what a file can still throw: the operating system's errors (a
+    name too long, a read-only folder, a file where a folder was expected),
+    text that is not UTF-8, malformed JSON or YAML, and Arrow's errors for a
+    Parquet file that is not one.
+    """
+    import json
+
+    if isinstance(exc, ZrayError):
+        return str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+        return f"{exc.filename} (or a folder above it) is a file; expected a folder there"
+    if isinstance(exc, OSError) and (exc.filename or exc.strerror):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{(exc.strerror or str(exc)).lower()}; expected a path zray can read and write there"
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"a file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                "expected UTF-8 (run with --debug to see which)")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"a file is not valid JSON ({exc.msg} at line {exc.lineno}); expected JSON written by zray"
+    if isinstance(exc, RecursionError):
+        return "an input is nested too deeply to read; expected a file of ordinary structure"
+    for module, name in (("yaml", "YAMLError"), ("pyarrow", "ArrowException")):
+        if module in sys.modules and isinstance(exc, getattr(sys.modules[module], name)):
+            return f"{first_line(exc)}; expected a readable {'YAML' if module == 'yaml' else 'Parquet'} file"
+    return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

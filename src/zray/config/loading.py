@@ -29,10 +29,21 @@ from zray.paths import absolute
 __all__ = ["load", "validate", "parse_override", "apply_overrides"]
 
 
+# A search space is a few hundred values; anchors and aliases (`&lr`, `*lr`) that
+# expand past this many are an alias bomb ("billion laughs"), not a search space.
+MAX_EXPANDED_NODES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` as a string; users mean a float. A key given twice
     in one mapping (two ``search:`` blocks) is refused: plain YAML keeps the last
-    one and silently drops the first."""
+    one and silently drops the first. Aliases that would expand past
+    :data:`MAX_EXPANDED_NODES` values, or into themselves, are refused before
+    anything is built."""
+
+    def construct_document(self, node):
+        _check_expansion(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -44,6 +55,44 @@ class _Loader(yaml.SafeLoader):
                     f"{key_node.start_mark.line + 1}); expected each key once", key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root) -> None:
+    """Refuse a YAML document whose aliases expand past MAX_EXPANDED_NODES or into a cycle.
+
+    Each node's expanded size is counted once (memoised), so a bomb is
+    measured in the time of its few hundred written nodes.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to a node that contains it; expected no recursive aliases",
+                node.start_mark)
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values; expected a "
+                    "search space of ordinary size", node.start_mark)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 _Loader.add_implicit_resolver(
@@ -62,6 +111,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Searc
         raise ZrayError(f"{path}: no such file; expected a search-space YAML") from None
     except OSError as exc:
         raise ZrayError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ZrayError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "expected a search-space YAML saved as UTF-8") from None
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -69,6 +121,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Searc
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ZrayError(f"{path}: {where}invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ZrayError(f"{path}: invalid YAML (nested too deeply to read); expected a search space of "
+                        "ordinary depth") from None
     if not isinstance(raw, dict):
         raise ZrayError(f"{path}: expected a mapping of sections (name, model, data, ...), got {type(raw).__name__}")
     applied = apply_overrides(raw, overrides, path)

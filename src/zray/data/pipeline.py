@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zray.data.shards import BASE_COLUMNS, read_manifest
+from zray.data.shards import BASE_COLUMNS, column_problems, read_manifest
 from zray.errors import ZrayError, first_line
 
 
@@ -165,7 +165,7 @@ def check_shards(root, splits=("train", "val"), *, skip_corrupt: bool = False) -
             path = Path(root) / info.file
             try:
                 meta = pq.ParquetFile(path).metadata
-                names = set(meta.schema.to_arrow_schema().names)
+                schema = meta.schema.to_arrow_schema()
             except FileNotFoundError:
                 check.reject(split, path, "missing")
                 continue
@@ -174,8 +174,8 @@ def check_shards(root, splits=("train", "val"), *, skip_corrupt: bool = False) -
                 continue
             if meta.num_rows != info.rows:
                 check.reject(split, path, f"holds {meta.num_rows} rows but the manifest says {info.rows}")
-            elif missing := [c for c in BASE_COLUMNS if c not in names]:
-                check.reject(split, path, f"columns {', '.join(missing)} missing")
+            elif wrong := column_problems(schema, manifest.image_shape):
+                check.reject(split, path, wrong[0])
     return check
 
 

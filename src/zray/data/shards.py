@@ -251,6 +251,28 @@ def image_type(shape) -> pa.DataType:
     return pa.fixed_shape_tensor(pa.float32(), tuple(int(v) for v in shape))
 
 
+def column_problems(schema: pa.Schema, image_shape) -> list[str]:
+    """What is wrong with a shard's base columns (missing, or of a type zray cannot read).
+
+    Integers for id, floating point for z_spec and ebv (a file rewritten by
+    another tool may widen float32 to float64), the manifest's image tensor.
+    """
+    expected = {"id": (pa.types.is_integer, "an integer"), "z_spec": (pa.types.is_floating, "floating point"),
+                "ebv": (pa.types.is_floating, "floating point")}
+    problems = []
+    for name in ("id", "image", "z_spec", "ebv"):
+        if name not in schema.names:
+            problems.append(f"column {name!r} is missing; expected columns id, image, z_spec and ebv")
+            continue
+        typ = schema.field(name).type
+        if name == "image":
+            if typ != image_type(image_shape):
+                problems.append(f"column 'image' has type {typ}; expected {image_type(image_shape)} as in the manifest")
+        elif not expected[name][0](typ):
+            problems.append(f"column {name!r} has type {typ}; expected {expected[name][1]}")
+    return problems
+
+
 def shard_schema(image_shape, extra: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
     fields = [
         pa.field("id", pa.int64(), nullable=False),

@@ -17,12 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zray.data.shards import (
-    BASE_COLUMNS,
     SPLITS,
     Manifest,
     assign_split,
+    column_problems,
     content_hash,
-    image_type,
     read_manifest,
 )
 from zray.errors import ZrayError, first_line
@@ -154,16 +153,9 @@ def _read_shard(path: Path, manifest: Manifest, rows: int, problem) -> pa.Table 
     except (OSError, pa.ArrowException) as exc:
         problem(f"{path}: not a readable Parquet file ({first_line(exc)}); expected a zray shard")
         return None
-    for name in BASE_COLUMNS:
-        if name not in schema.names:
-            problem(f"{path}: column {name!r} is missing; expected columns {', '.join(BASE_COLUMNS)}")
-            return None
-    expected = image_type(manifest.image_shape)
-    if schema.field("image").type != expected:
-        problem(
-            f"{path}: column 'image' has type {schema.field('image').type}; "
-            f"expected {expected} as in the manifest"
-        )
+    wrong = column_problems(schema, manifest.image_shape)
+    if wrong:
+        problem(f"{path}: {wrong[0]}")
         return None
     if table.num_rows != rows:
         problem(f"{path}: holds {table.num_rows} rows but the manifest says {rows}")

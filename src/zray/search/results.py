@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from zray.errors import ZrayError, last_error_line
+from zray.errors import ZrayError, first_line, last_error_line
 from zray.metrics import REPORTED_METRICS
 
 __all__ = ["summarize", "format_summary", "write_results", "trial_records", "best_checkpoint",
@@ -71,7 +71,10 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
         params_file = trial_dir / "params.json"
         if not params_file.exists():
             continue
-        params = json.loads(params_file.read_text())
+        try:
+            params = json.loads(params_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # cut short (a trial killed while Tune wrote it): nothing to rank
         results = _read_jsonl(trial_dir / "result.json")
         error_file = trial_dir / "error.txt"
         error = last_error_line(error_file.read_text()) if error_file.exists() else ""
@@ -119,7 +122,11 @@ def summarize(experiment_dir) -> dict[str, Any]:
     space_file = experiment_dir / SPACE_FILE
     if not space_file.exists():
         raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
-    space = SearchSpace.model_validate(json.loads(space_file.read_text()))
+    try:
+        space = SearchSpace.model_validate(json.loads(space_file.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ZrayError(f"{space_file}: unreadable ({first_line(exc)}); expected the search space zray "
+                        "saved when the experiment started") from None
     metric, mode = space.tune.metric, space.tune.mode
     epochs = int(space.default_hyperparameters()["epochs"])
     records = trial_records(experiment_dir, metric, mode, epochs)

@@ -181,6 +181,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
         check_reachable(address)  # before any data work: a wrong address is named at once
     name = name or space.name
     remote = st.is_uri(runs_dir)
+    st.check_local_folder(local_runs if remote else runs_dir)
     experiment_dir = ((Path(local_runs) if remote else Path(runs_dir)) / name).resolve()
     experiment_path = st.join(runs_dir, name) if remote else str(experiment_dir)
     resume = _check_resume(space, experiment_path, experiment_dir, resume)

@@ -230,7 +230,9 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
     from zray.runtime import init_ray
+    from zray.storage import check_local_folder
 
+    check_local_folder(runs_dir, "--runs")
     manifest = ensure_data(space)
     hp = space.default_hyperparameters()
     identity = run_identity(space.model, hp, manifest.hash)
