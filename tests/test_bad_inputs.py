@@ -226,6 +226,16 @@ CASES = {
     "tune-resume-nothing": (
         lambda t, d: ["tune", space(t, dataset(t, d)), "--runs", str(t / "runs"), "--resume"],
         "runs/bad: nothing to resume (no Tune experiment state there); run without --resume"),
+    # labels outside the bins: refused with the count and both ways forward
+    "train-labels-outside-the-bins": (
+        lambda t, d: ["train", space(t, data={"path": str(dataset(t, d)), "image_size": 32, "z_max": 0.2}),
+                      "--runs", str(t / "runs")],
+        ("have z_spec outside the bins 0 <= z < 0.2; expected every label inside them: widen the bins "
+         "(--set data.z_max=0.29) or leave those galaxies out (--drop-out-of-range)")),
+    "tune-labels-below-the-bins": (
+        lambda t, d: ["tune", space(t, data={"path": str(dataset(t, d)), "image_size": 32, "z_min": 0.1}),
+                      "--runs", str(t / "runs")],
+        "outside the bins 0.1 <= z < 0.4; expected every label inside them: widen the bins (--set data.z_min=0.01)"),
     # shards
     "train-truncated-shard": (
         lambda t, d: (truncate(first_train_shard(dataset(t, d))),

@@ -81,6 +81,25 @@ def test_every_worker_gets_the_same_batches_whatever_the_buffer(tmp_path, buffer
         assert all(n == 128 for n in sizes[0][:-1]) and sum(sizes[0]) == split.n_rows // world
 
 
+def test_streamed_split_leaves_out_labels_outside_the_bins(tmp_path):
+    """--drop-out-of-range when the split is streamed: only rows inside the range are read,
+    every one once an epoch, in equal parts per worker."""
+    write_sorted(tmp_path / "d", 1900, rows_per_shard=300)
+    files = read_manifest(tmp_path / "d").files("train")
+    _, z_of = split_ids_and_z(tmp_path / "d")
+    split = StreamedSplit.from_files(files, image_size=8, buffer_rows=200, z_range=(0.0, 0.2))
+    inside = {i for i, z in z_of.items() if z < 0.2}
+    assert split.n_rows == len(inside) < len(z_of)
+    for world in (1, 2):
+        parts = [np.concatenate([b["id"] for b in split.epoch_batches(epoch=0, rank=r, world=world,
+                                                                      batch_size=64, seed=1)])
+                 for r in range(world)]
+        seen = np.concatenate(parts)
+        assert len({len(p) for p in parts}) == 1
+        assert len(np.unique(seen)) == len(seen) == len(inside) - len(inside) % world
+        assert set(seen.tolist()) <= inside
+
+
 def test_first_batches_of_a_sorted_streamed_split_are_a_fair_sample(sorted_data):
     """With the default buffer, every worker's first two batches of 32 draw from many
     places of a split sorted by redshift, and over epochs they are an unbiased sample

@@ -258,6 +258,38 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     by_id = dict(zip(pz["id"], pz["z_median"]))
     np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
     assert sorted(got["id"]) == sorted(ids.tolist())
+    # Known redshifts, whatever they are (beyond the bins, SDSS's -1 for "none", missing), are
+    # never needed and never checked: they come back as given, a missing one as null.
+    z_cat = [0.9, -1.0, None, 0.1]
+    pq.write_table(pa.table({"id": ids, "ebv": test["ebv"][:4], "file": [f"g{i}.fits" for i in ids],
+                             "z_spec": pa.array(z_cat, pa.float64())}), tmp_path / "catz.parquet")
+    result = _run("predict", exported["best"], tmp_path / "catz.parquet", "--images", images,
+                  "--out", tmp_path / "cz.parquet")
+    assert result.exit_code == 0, result.output
+    withz = pq.read_table(tmp_path / "cz.parquet").to_pydict()
+    assert dict(zip(withz["id"], withz["z_spec"])) == dict(zip(ids.tolist(), z_cat))
+    np.testing.assert_allclose(withz["z_median"], [by_id[i] for i in withz["id"]], atol=1e-6)
+
+
+def test_evaluate_scores_galaxies_beyond_the_bins_apart(exported, sim_data, tmp_path):
+    """Data reaching past the bundle's bins: the figures are of the galaxies it can place;
+    the others are counted and scored on their own, and named in a note."""
+    from zray.bins import RedshiftBins
+    from zray.data import write_dataset
+
+    val = load_arrays(sim_data, "test")
+    z = val["z_spec"].copy()
+    z[:10] = np.linspace(0.45, 0.55, 10)  # beyond the bundle's 0.4
+    write_dataset(tmp_path / "deep", val["id"], val["image"], z, val["ebv"], bins=RedshiftBins(0.0, 0.6, 60),
+                  fractions=(0.0, 0.0, 1.0))
+    result = _run("evaluate", exported["best"], tmp_path / "deep", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    beyond = metrics["beyond_bins"]
+    assert metrics["overall"]["n"] + beyond["n"] == len(z) and beyond["n"] >= 10
+    assert beyond["z_spec_max"] == pytest.approx(0.55, abs=1e-6)
+    assert f"note: {beyond['n']} of {len(z)} galaxies have z_spec outside the bundle's bins" in result.output
+    assert pq.read_metadata(tmp_path / "report" / "predictions.parquet").num_rows == len(z)
 
 
 # --- the report ---------------------------------------------------------------------

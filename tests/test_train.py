@@ -243,3 +243,25 @@ def test_validation_data_is_read_once_and_the_same_every_epoch(ray_session, sim_
     streamed = worker._kept_batches(val)
     assert sorted(np.concatenate([b["id"] for b in streamed()]).tolist()) == ids
     assert sorted(np.concatenate([b["id"] for b in streamed()]).tolist()) == ids
+
+
+def test_labels_outside_the_bins_are_left_out_when_asked(ray_session, sorted_data, tmp_path):
+    """--drop-out-of-range: the galaxies past data.z_max never reach a worker, and the
+    summary counts them (training and validation)."""
+    from zray.cli.config_cmds import with_skip
+
+    z_max = 0.25
+    train = load_arrays(sorted_data, "train", columns=("id", "z_spec"))
+    val = load_arrays(sorted_data, "val", columns=("z_spec",))
+    outside = int((train["z_spec"] >= z_max).sum() + (val["z_spec"] >= z_max).sum())
+    assert outside > 0
+    overrides = with_skip((f"data.z_max={z_max}", "fixed.epochs=1", "resources.num_workers=1",
+                           "resources.cpus_per_worker=0.9"), skip_corrupt=False, drop_out_of_range=True)
+    space = config.load(space_file(tmp_path, sorted_data), overrides)
+    summary = training.run(space, runs_dir=tmp_path / "runs", name="drop", record_ids_dir=str(tmp_path / "ids"))
+    assert summary["rows_out_of_range"] == outside
+    seen = np.load(tmp_path / "ids" / "ids-e0-r0.npy")
+    z_of = dict(zip(train["id"].tolist(), train["z_spec"].tolist()))
+    assert len(seen) == int((train["z_spec"] < z_max).sum())
+    assert max(z_of[i] for i in seen.tolist()) < z_max
+    assert np.isfinite(summary["metrics"]["val_sigma_mad"])

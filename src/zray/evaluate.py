@@ -142,12 +142,35 @@ def evaluate(
     _check_split(manifest, split)
     t0 = time.perf_counter()
     cols = _predict_split(bundle_path, manifest, split, batch_size, workers, progress)
-    result, binned = _score(cols, info, manifest, split)
+    inside = info.bins.contains(cols["z_spec"])
+    if not inside.any():
+        raise ZrayError(f"{manifest.root}: every {split} galaxy has z_spec outside the bundle's bins "
+                        f"{info.bins.z_min:g} <= z < {info.bins.z_max:g}; expected data the bundle can score")
+    scored = {k: v[inside] for k, v in cols.items()}
+    result, binned = _score(scored, info, manifest, split)
+    result["beyond_bins"] = _beyond_bins(cols, ~inside, info.bins)
+    if result["beyond_bins"]["n"]:
+        b = result["beyond_bins"]
+        result["notes"].append(
+            f"{b['n']} of {len(inside)} galaxies have z_spec outside the bundle's bins {info.bins.z_min:g} <= z < "
+            f"{info.bins.z_max:g} (up to z = {b['z_spec_max']:.3f}); the figures above leave them out; on them "
+            f"alone sigma_MAD is {b['sigma_mad']:.4f} and {b['outlier_fraction']:.0%} are outliers"
+        )
     result["bundle"] = str(Path(bundle_path).resolve())
-    _write_report(out, cols, result, binned, info, manifest, Path(bundle_path).name)
+    _write_report(out, scored, result, binned, info, manifest, Path(bundle_path).name, every=cols)
     result["out"] = str(out)
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _beyond_bins(cols: dict[str, np.ndarray], beyond: np.ndarray, bins) -> dict[str, Any]:
+    """The galaxies whose z_spec the bundle's bins cannot hold, scored on their own (point estimates)."""
+    n = int(beyond.sum())
+    if not n:
+        return {"n": 0}
+    z = cols["z_spec"][beyond].astype(np.float64)
+    return {**baselines.point_metrics(cols["z_median"][beyond], z), "z_spec_min": float(z.min()),
+            "z_spec_max": float(z.max()), "bins": [bins.z_min, bins.z_max]}
 
 
 def _check_split(manifest, split: str) -> None:
@@ -215,8 +238,10 @@ def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dic
     return result, binned
 
 
-def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, manifest, bundle_name: str) -> None:
-    """predictions.parquet, the figures, metrics.json and index.html, published together."""
+def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, manifest, bundle_name: str,
+                  every=None) -> None:
+    """predictions.parquet (of ``every`` galaxy), the figures (of the scored ``cols``), metrics.json
+    and index.html, published together."""
     import pyarrow.parquet as pq
 
     from zray import plots
@@ -232,7 +257,8 @@ def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, m
     tmp.mkdir()
     try:
         keep = ["id", "z_spec", *POINT_COLUMNS, "pdf"]
-        pq.write_table(_arrow_table({k: cols[k] for k in keep}, bins.n_bins), tmp / "predictions.parquet")
+        every = cols if every is None else every
+        pq.write_table(_arrow_table({k: every[k] for k in keep}, bins.n_bins), tmp / "predictions.parquet")
         plots.density(z_spec, z_phot, tmp / FIGURES[0][0], upper=upper)
         plots.confusion(z_spec, z_phot, np.linspace(bins.z_min, upper, N_CONFUSION_BINS + 1), tmp / FIGURES[1][0])
         plots.pit_histogram(m.pit(pdf, bins, z_spec), tmp / FIGURES[2][0], ks=result["overall"]["pit_ks"])

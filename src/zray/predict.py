@@ -160,12 +160,15 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
 
 @contextlib.contextmanager
 def open_input(source, *, images=None, bundle=None, progress: bool = True) -> Iterator[Any]:
-    """The manifest of ``source``: a shard folder, or a catalogue + FITS folder.
+    """``(manifest, z_spec)`` for ``source``: a shard folder, or a catalogue + FITS folder.
 
     A catalogue is turned into shards in a temporary folder (removed on
-    exit) by ``zray prepare``'s code at the bundle's image size. A catalogue
-    without ``z_spec`` (new galaxies) is fine: a placeholder fills it and the
-    output leaves it out.
+    exit) by ``zray prepare``'s code at the bundle's image size. Predicting
+    never needs a redshift: the shards get a placeholder, and a catalogue's
+    own ``z_spec`` (any values, even outside the bundle's bins or the -1 of
+    "unknown") comes back as ``(ids, z)`` to be joined to the predictions by
+    id. ``z_spec`` is ``True`` for a shard folder (the shards carry it),
+    ``None`` for a catalogue without one.
     """
     from zray.data.shards import read_manifest
 
@@ -183,27 +186,44 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True) -> It
         )
     import pyarrow.parquet as pq
 
-    from zray.data.catalog import read_catalog
+    from zray.data.catalog import id_column, read_catalog
     from zray.data.ingest import prepare_dataset
 
     table = read_catalog(source, ("id", "ebv"))
-    has_z = "z_spec" in table.column_names
+    known = None
+    if "z_spec" in table.column_names:
+        try:
+            z = np.asarray(table.column("z_spec").to_numpy(zero_copy_only=False), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ZrayError(f"{source}: column z_spec holds values that are not numbers; expected redshifts, "
+                            "or no z_spec column for galaxies without one") from None
+        known = (id_column(table, source), z)
+        table = table.drop_columns(["z_spec"])
     tmp = Path(tempfile.mkdtemp(prefix="zray-predict-"))
     try:
-        catalog = source
-        if not has_z:
-            catalog = tmp / f"{source.stem}.parquet"
-            z = np.full(table.num_rows, bundle.bins.z_min, dtype=np.float64)
-            pq.write_table(table.append_column("z_spec", [z]), catalog)
+        catalog = tmp / f"{source.stem}.parquet"
+        placeholder = np.full(table.num_rows, bundle.bins.z_min, dtype=np.float64)
+        pq.write_table(table.append_column("z_spec", [placeholder]), catalog)
         try:
             manifest = prepare_dataset(
                 catalog, images, tmp / "data", size=bundle.image_size, bins=bundle.bins, progress=progress
             )
         except ZrayError as exc:
             raise ZrayError(str(exc).replace(str(catalog), str(source))) from None
-        yield manifest, has_z
+        yield manifest, known
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _with_known_z(batches, known) -> Iterator[dict[str, np.ndarray]]:
+    """Each batch with the catalogue's z_spec joined by id (missing or not finite: null)."""
+    ids, z = known
+    order = np.argsort(ids, kind="stable")
+    ids, z = ids[order], z[order]
+    for batch in batches:
+        at = np.clip(np.searchsorted(ids, batch["id"]), 0, len(ids) - 1)
+        found = ids[at] == batch["id"]
+        yield {**batch, "z_spec": np.where(found, z[at], np.nan)}
 
 
 def _arrow_table(batch: dict[str, np.ndarray], n_bins: int):
@@ -214,6 +234,9 @@ def _arrow_table(batch: dict[str, np.ndarray], n_bins: int):
         if name == "pdf":
             flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
             columns[name] = pa.FixedSizeListArray.from_arrays(flat, n_bins)
+        elif name == "z_spec":  # an unknown redshift is null, never NaN
+            values = np.asarray(values, dtype=np.float64)
+            columns[name] = pa.array(values, mask=~np.isfinite(values))
         else:
             columns[name] = pa.array(values)
     return pa.table(columns)
@@ -256,10 +279,12 @@ def predict(
         raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
     splits = tuple(splits or SPLITS)
     t0 = time.perf_counter()
-    with open_input(source, images=images, bundle=info, progress=progress) as (manifest, has_z):
+    with open_input(source, images=images, bundle=info, progress=progress) as (manifest, known_z):
         info.check_data(manifest)
         batches = iter_predictions(bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
-                                   passthrough=("z_spec",) if has_z else (), workers=workers)
+                                   passthrough=("z_spec",) if known_z is True else (), workers=workers)
+        if isinstance(known_z, tuple):
+            batches = _with_known_z(batches, known_z)
         meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
                 "bands": list(info.bands), "source": str(source), "splits": list(splits)}
         done, first = _write_parquet(batches, out, meta, info.bins.n_bins,

@@ -34,6 +34,11 @@ def run_options(func):
         "--dashboard-host", default="127.0.0.1", show_default=True,
         help="Interface the Ray dashboard of a local Ray listens on (0.0.0.0 exposes it to the network).",
     )(func)
+    func = click.option(
+        "--drop-out-of-range", is_flag=True,
+        help="Leave out galaxies whose z_spec lies outside the bins (data.z_min <= z < data.z_max), counting "
+        "them (same as --set data.drop_out_of_range=true); by default such data is refused.",
+    )(func)
     return click.option(
         "--skip-corrupt", is_flag=True,
         help="Train without shards found corrupt, reporting their rows as skipped "
@@ -41,8 +46,10 @@ def run_options(func):
     )(func)
 
 
-def with_skip(overrides: tuple[str, ...], skip_corrupt: bool) -> tuple[str, ...]:
-    return (*overrides, "data.skip_corrupt=true") if skip_corrupt else overrides
+def with_skip(overrides: tuple[str, ...], skip_corrupt: bool, drop_out_of_range: bool = False) -> tuple[str, ...]:
+    """``overrides`` plus the --set each data flag stands for."""
+    return (*overrides, *(["data.skip_corrupt=true"] if skip_corrupt else []),
+            *(["data.drop_out_of_range=true"] if drop_out_of_range else []))
 
 
 @click.command()

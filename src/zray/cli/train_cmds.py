@@ -17,7 +17,8 @@ from zray.paths import click_absolute, click_name
               help="Run name (default: SPACE-train-IDENTITY; the same name resumes).")
 @run_options
 def train(
-    file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None, skip_corrupt: bool, dashboard_host: str
+    file: str, overrides: tuple[str, ...], runs_dir: str, name: str | None, skip_corrupt: bool,
+    drop_out_of_range: bool, dashboard_host: str,
 ) -> None:
     """Train one model at the search space's fixed values and search defaults.
 
@@ -33,7 +34,7 @@ def train(
     from zray import baselines, config
     from zray import train as training
 
-    space = config.load(file, with_skip(overrides, skip_corrupt))
+    space = config.load(file, with_skip(overrides, skip_corrupt, drop_out_of_range))
     click.echo(f"zray: training {space.model} from {space.data.path} ({space.resources.num_workers} worker(s))")
     summary = training.run(space, runs_dir=runs_dir, name=name, dashboard_host=dashboard_host)
     m = summary["metrics"]
@@ -46,6 +47,9 @@ def train(
     if summary["skipped"]:
         files = ", ".join(path for path, _, _ in summary["skipped"])
         click.echo(f"rows skipped  {summary['rows_skipped']} in {len(summary['skipped'])} corrupt shard(s): {files}")
+    if summary.get("rows_out_of_range"):
+        click.echo(f"left out    {summary['rows_out_of_range']} galaxies with z_spec outside the bins "
+                   "(--drop-out-of-range)")
     click.echo(f"checkpoint  {summary['checkpoint']}")
     table = summary.get("baselines")
     if table:

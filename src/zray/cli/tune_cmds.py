@@ -22,7 +22,8 @@ from zray.paths import click_absolute, click_name
 )
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
 @run_options
-def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboard_host) -> None:
+def tune(file, overrides, resume, name, storage, address, skip_corrupt, drop_out_of_range,
+         dashboard_host) -> None:
     """Search hyperparameters: Ray Tune trials proposed by Optuna.
 
     Each trial is one Ray Train run of the file's model, reporting every
@@ -44,7 +45,7 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, dashboar
     """
     from zray import config, search
 
-    space = config.load(file, with_skip(overrides, skip_corrupt))
+    space = config.load(file, with_skip(overrides, skip_corrupt, drop_out_of_range))
     click.echo(
         f"zray: {'resuming' if resume else 'starting'} search {name or space.name}: model {space.model}, "
         f"{space.tune.num_samples} trials, scheduler {space.tune.scheduler.type}, "

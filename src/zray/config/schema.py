@@ -121,6 +121,9 @@ class DataConfig(_Strict):
     # Train without shards found corrupt (reporting their rows as skipped)
     # instead of stopping at the first one.
     skip_corrupt: bool = False
+    # Leave out galaxies whose z_spec lies outside z_min <= z < z_max (counted in
+    # the summary) instead of refusing the data.
+    drop_out_of_range: bool = False
     # Rows each worker mixes at a time when the training split is streamed from
     # Parquet (too large for the object store); see zray.data.epochs.
     shuffle_buffer: PosInt = 8192  # zray.data.epochs.SHUFFLE_BUFFER_ROWS (not imported: it loads pyarrow)

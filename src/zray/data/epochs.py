@@ -33,7 +33,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -176,23 +176,36 @@ class StreamedSplit:
     groups: list[tuple[int, int, int]]
     image_size: int
     buffer_rows: int = SHUFFLE_BUFFER_ROWS
+    # (file, row group) -> the rows kept of it, where some are left out (z_spec outside the
+    # bins); a group's row count in ``groups`` is then its kept rows.
+    keep: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_files(cls, files, image_size: int, buffer_rows: int = SHUFFLE_BUFFER_ROWS) -> StreamedSplit:
-        """Every row group of ``files``, read from their Parquet footers."""
+    def from_files(cls, files, image_size: int, buffer_rows: int = SHUFFLE_BUFFER_ROWS,
+                   z_range: tuple[float, float] | None = None) -> StreamedSplit:
+        """Every row group of ``files``, read from their Parquet footers; with ``z_range``,
+        only the rows whose z_spec lies in it (the z_spec column read once, here)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        groups = []
+        groups, keep = [], {}
         for k, path in enumerate(files):
             try:
-                meta = pq.ParquetFile(path).metadata
+                pf = pq.ParquetFile(path)
+                meta = pf.metadata
+                for g in range(meta.num_row_groups):
+                    n = meta.row_group(g).num_rows
+                    if z_range is not None:
+                        z = pf.read_row_group(g, columns=["z_spec"]).column("z_spec").to_numpy()
+                        rows = np.flatnonzero((z >= z_range[0]) & (z < z_range[1]))
+                        if len(rows) < n:
+                            keep[(k, g)], n = rows, len(rows)
+                    groups.append((k, g, n))
             except (OSError, pa.ArrowException) as exc:
                 raise ZrayError(f"{path}: shard is unreadable ({first_line(exc, 160)}); "
                                 "expected a readable zray shard") from None
-            groups.extend((k, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
         return cls(files=[str(f) for f in files], groups=groups, image_size=int(image_size),
-                   buffer_rows=int(buffer_rows))
+                   buffer_rows=int(buffer_rows), keep=keep)
 
     @property
     def n_rows(self) -> int:
@@ -256,7 +269,9 @@ class StreamedSplit:
             path = self.files[f]
             try:
                 # Opened for each group: a file kept open holds on to what it read (pre-buffering).
-                table = pq.ParquetFile(path).read_row_group(rg, columns=list(_COLUMNS)).slice(lo, hi - lo)
+                table = pq.ParquetFile(path).read_row_group(rg, columns=list(_COLUMNS))
+                kept = self.keep.get((f, rg))
+                table = table.slice(lo, hi - lo) if kept is None else table.take(kept[lo:hi])
                 image = table.column("image").combine_chunks().to_numpy_ndarray()
             except (OSError, pa.ArrowException) as exc:
                 raise ZrayError(

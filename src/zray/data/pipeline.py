@@ -11,6 +11,7 @@ identical pixels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,9 +126,60 @@ class ShardCheck:
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
     rows: dict[Path, int] = field(default_factory=dict)
 
+    # With data.drop_out_of_range: the bins' (z_min, z_max), rows outside which are left out,
+    # and how many there are per split (check_labels).
+    z_range: tuple[float, float] | None = None
+    out_of_range: dict[str, int] = field(default_factory=dict)
+
     @property
     def rows_skipped(self) -> int:
         return sum(rows for _, rows, _ in self.skipped)
+
+    @property
+    def rows_out_of_range(self) -> int:
+        return sum(self.out_of_range.values()) if self.z_range else 0
+
+    def check_labels(self, bins, drop: bool) -> None:
+        """Count the labels outside ``bins`` (z_spec read alone, cheap); refuse them,
+        naming the count and both ways forward, or (``drop``) note them to leave out.
+
+        A label outside the bins would otherwise land silently in the first or
+        last bin and teach the network a redshift the galaxy does not have.
+        """
+        import pyarrow.parquet as pq
+
+        lo, hi = bins.z_min, bins.z_max
+        top, bottom = -math.inf, math.inf  # the extremes of the labels outside
+        for split, files in self.files.items():
+            out = 0
+            for path in files:
+                z = pq.read_table(path, columns=["z_spec"]).column("z_spec").to_numpy()
+                inside = (z >= lo) & (z < hi)
+                out += int((~inside).sum())
+                if not inside.all():
+                    top = max(top, float(np.nanmax(z, initial=-math.inf)))
+                    bottom = min(bottom, float(np.nanmin(z, initial=math.inf)))
+            self.out_of_range[split] = out
+        total = sum(self.out_of_range.values())
+        if not total:
+            return
+        counts = ", ".join(f"{n} of {split}" for split, n in self.out_of_range.items() if n)
+        if not drop:
+            sets = ([f"--set data.z_max={math.floor(top * 100 + 1) / 100:g}"] if top >= hi else []) + (
+                [f"--set data.z_min={max(math.floor(bottom * 100) / 100, 0.0):g}"] if bottom < lo else [])
+            wider = f" ({' '.join(sets)})" if sets else ""
+            raise ZrayError(
+                f"{self.root}: {total} galaxies ({counts}) have z_spec outside the bins {lo:g} <= z < {hi:g}; "
+                f"expected every label inside them: widen the bins{wider} or leave those galaxies out "
+                "(--drop-out-of-range)"
+            )
+        for split, n in self.out_of_range.items():
+            if n and n >= sum(self.rows.get(f, 0) for f in self.files[split]):
+                raise ZrayError(f"{self.root}: every {split} galaxy has z_spec outside {lo:g} <= z < {hi:g}; "
+                                "expected some inside the bins (check data.z_min and data.z_max)")
+        self.z_range = (lo, hi)
+        print(f"zray: leaving out {total} galaxies ({counts}) with z_spec outside {lo:g} <= z < {hi:g} "
+              "(--drop-out-of-range)", flush=True)
 
     def reject(self, split: str, path: Path, reason: str) -> None:
         """Skip ``path`` (with ``skip_corrupt``) or stop with a sentence naming it."""

@@ -188,6 +188,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     manifest = ensure_data(space)
     # Footer check of every shard before anything is written or started.
     shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    shards.check_labels(space.data.bins, drop=space.data.drop_out_of_range)
     baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     if resume is None:
         # Stopped before Tune saved its state the first time: nothing of the

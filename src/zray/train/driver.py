@@ -91,7 +91,7 @@ def prepare_datasets(data_path: str | Path, image_size: int, shards=None,
         else:
             _screen(shards, split)
             read[split] = StreamedSplit.from_files(shards.files[split], image_size,
-                                                   shuffle_buffer or SHUFFLE_BUFFER_ROWS)
+                                                   shuffle_buffer or SHUFFLE_BUFFER_ROWS, z_range=shards.z_range)
         how = ("kept in Ray's object store" if in_memory
                else f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)")
         print(f"zray: {split} split: {n_rows} rows, {size_mb:.0f} MB, {how}", flush=True)
@@ -117,7 +117,8 @@ def _read(data_path, split: str, image_size: int, shards, in_memory: bool):
         _screen(shards, split)
     while True:
         ds = pipeline.read_split(data_path, split, files=shards.files[split]).map_batches(
-            _scale_and_crop, fn_kwargs={"image_size": image_size}, batch_format="numpy", batch_size=256,
+            _scale_and_crop, fn_kwargs={"image_size": image_size, "z_range": shards.z_range},
+            batch_format="numpy", batch_size=256,
         )
         if not in_memory:
             return ds
@@ -130,9 +131,17 @@ def _read(data_path, split: str, image_size: int, shards, in_memory: bool):
             shards.reject(split, *bad)  # raises unless skip_corrupt
 
 
-def _scale_and_crop(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+def _scale_and_crop(batch: dict[str, np.ndarray], image_size: int,
+                    z_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """Network-ready rows; with ``z_range``, only those whose z_spec lies in it."""
     from zray.data.cutouts import crop_centre
     from zray.data.pipeline import preprocess_batch
+
+    if z_range is not None:
+        z = np.asarray(batch["z_spec"])
+        keep = (z >= z_range[0]) & (z < z_range[1])
+        if not keep.all():
+            batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
 
     image = crop_centre(preprocess_batch(batch)["image"], image_size, axes=(1, 2))
     return {
@@ -239,6 +248,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     name = name or f"{space.name}-train-{identity}"
     # Footer check of every shard before Ray starts: a broken file is named at once.
     shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    shards.check_labels(space.data.bins, drop=space.data.drop_out_of_range)
     table = baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     init_ray(dashboard_host=dashboard_host)
     datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards,
@@ -265,13 +275,15 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
         "metrics": state.get("metrics", {}), "history": state.get("history", []),
         "wall_time_s": time.perf_counter() - t0, "hyperparameters": hp,
         "rows_skipped": shards.rows_skipped, "skipped": shards.skipped, "baselines": table,
+        "rows_out_of_range": shards.rows_out_of_range,
     }
 
 
 def skipped_fields(shards) -> dict[str, Any]:
     """The TrainJob fields a ShardCheck fills: the skipped shards, and the rows trained on."""
     return {"rows_skipped": shards.rows_skipped, "skipped_files": [p for p, _, _ in shards.skipped],
-            "train_rows": sum(shards.rows.get(f, 0) for f in shards.files.get("train", []))}
+            "train_rows": sum(shards.rows.get(f, 0) for f in shards.files.get("train", []))
+            - (shards.out_of_range.get("train", 0) if shards.z_range else 0)}
 
 
 def failure_reason(error: BaseException, run_dir: str) -> str:
