@@ -264,6 +264,10 @@ CASES = {
         lambda t, d: ((t / "file").write_text("x"),
                       ["train", space(t, dataset(t, d)), "--runs", str(t / "file" / "runs")])[1],
         "w/file is a file; expected a folder (or where to make one)"),
+    "tune-resume-truncated-search-space": (
+        lambda t, d: ((t / "runs" / "bad").mkdir(parents=True), (t / "runs" / "bad" / "search_space.json").write_text('{"na'),
+                      ["tune", space(t, dataset(t, d)), "--runs", str(t / "runs"), "--resume"])[2],
+        "runs/bad/search_space.json: unreadable (cut short?); expected the search space zray saved"),
     "status-truncated-json": (
         lambda t, d: ((t / "exp").mkdir(), (t / "exp" / "search_space.json").write_text('{"name": "x", "mod'),
                       ["status", str(t / "exp")])[2],

@@ -256,7 +256,12 @@ def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: boo
                         "or --name NEW for a fresh one")
     if resume:
         saved_text = st.read_text(st.join(experiment_path, SPACE_FILE))
-        if saved_text is None or json.loads(saved_text) != space.model_dump(mode="json"):
+        try:
+            saved = json.loads(saved_text) if saved_text is not None else None
+        except ValueError:
+            raise ZrayError(f"{st.join(experiment_path, SPACE_FILE)}: unreadable (cut short?); expected the search "
+                            "space zray saved when the experiment started (start afresh with --name NEW)") from None
+        if saved != space.model_dump(mode="json"):
             raise ZrayError(f"{st.join(experiment_path, SPACE_FILE)}: the search space differs from the one "
                             "this experiment started with; expected the same file and --set values to resume")
     if started and not state_exists:
