@@ -25,7 +25,7 @@ from pathlib import Path
 
 from zray.errors import ZrayError
 
-__all__ = ["RECORD", "check_output", "publish_dir"]
+__all__ = ["RECORD", "check_output", "make_parents", "publish_dir", "remove_parents"]
 
 # The list of files zray wrote into an output folder, and what kind of output it is.
 RECORD = ".zray-files.json"
@@ -50,6 +50,27 @@ def publish_dir(tmp: Path, out: Path, kind: str | None = None) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def make_parents(out: Path) -> list[Path]:
+    """Make ``out``'s missing parent folders; returns them, deepest first, so that a
+    command that fails can take them away again (:func:`remove_parents`)."""
+    made = []
+    for parent in Path(out).parents:
+        if parent.exists():
+            break
+        made.append(parent)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_parents(made: list[Path]) -> None:
+    """Remove the folders :func:`make_parents` made, where they are still empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def check_output(out: Path, *, kind: str, overwrite: bool, inputs: Iterable[Path] = (),
                  ours: Callable[[Path], bool] | None = None) -> None:
     """Refuse an output that would replace an input or anything zray did not write.
@@ -60,9 +81,9 @@ def check_output(out: Path, *, kind: str, overwrite: bool, inputs: Iterable[Path
     replaced). ``inputs`` are the paths the same command reads.
     """
     out = Path(out)
-    target = out.resolve()
+    target = Path(os.path.realpath(out))  # unlike Path.resolve, never raises on a link loop
     for given in inputs:
-        source = Path(given).resolve()
+        source = Path(os.path.realpath(given))
         clash = target == source or source.is_relative_to(target) or (out.exists() and target.is_relative_to(source))
         if clash:
             raise ZrayError(f"{out}: is, holds or lies inside {given}, an input of this command; "

@@ -101,7 +101,7 @@ def read_bundle(path, verify: bool = True) -> BundleInfo:
         data = json.loads(file.read_text())
     except FileNotFoundError:
         raise ZrayError(f"{file}: not found; expected a bundle written by `zray export`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ZrayError(f"{file}: unreadable ({exc}); expected JSON written by `zray export`") from None
     if not isinstance(data, dict):
         raise ZrayError(f"{file}: holds {type(data).__name__}; expected a JSON object written by `zray export`")

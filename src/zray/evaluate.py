@@ -20,7 +20,7 @@ import numpy as np
 
 from zray import baselines
 from zray import metrics as m
-from zray.atomic import check_output, publish_dir
+from zray.atomic import check_output, make_parents, publish_dir, remove_parents
 from zray.errors import ZrayError, first_line
 
 __all__ = ["binned_metrics", "evaluate"]
@@ -251,7 +251,7 @@ def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, m
     bins, split = info.bins, result["split"]
     z_spec, z_phot, pdf = cols["z_spec"].astype(np.float64), cols["z_median"], cols["pdf"].astype(np.float64)
     upper = float(min(bins.z_max, max(np.quantile(z_spec, 0.995), np.quantile(z_phot, 0.995)) * 1.1))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made = make_parents(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -282,3 +282,5 @@ def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, m
         publish_dir(tmp, out, kind="report")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():
+            remove_parents(made)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from zray import __version__
-from zray.atomic import check_output, publish_dir
+from zray.atomic import check_output, make_parents, publish_dir, remove_parents
 from zray.bins import RedshiftBins
 from zray.bundle import BUNDLE_FILE, FORMAT_VERSION, MEMBERS_DIR, PREPROCESSING, Bundle
 from zray.errors import ZrayError
@@ -67,7 +67,7 @@ def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
     folder (holding ``state.json``).
     """
     from zray import search
-    from zray.metrics import direction
+    from zray.metrics import VALIDATION_METRICS, direction
     from zray.train import STATE_FILE, read_state
 
     run_dir = Path(run_dir)
@@ -97,12 +97,14 @@ def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
     scored = []
     for ckpt in states:
         state = read_state(ckpt)
-        m = state.get("metrics", {})
-        metric = state.get("job", {}).get("metric", "val_sigma_mad")
+        m = state.get("metrics") if isinstance(state.get("metrics"), dict) else {}
+        job = state.get("job") if isinstance(state.get("job"), dict) else {}
+        metric = job.get("metric")
+        metric = metric if isinstance(metric, str) and metric in VALIDATION_METRICS else "val_sigma_mad"
         sign = 1.0 if direction(metric) == "min" else -1.0
-        value = m.get(metric)
-        scored.append((sign * value if isinstance(value, (int, float)) and np.isfinite(value) else np.inf,
-                       -int(m.get("epoch", 0)), ckpt, m))
+        value, epoch = m.get(metric), m.get("epoch")
+        finite = [isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (value, epoch)]
+        scored.append((sign * value if finite[0] else np.inf, -int(epoch) if finite[1] else 0, ckpt, m))
     scored.sort(key=lambda t: (t[0], t[1]))
     if len(scored) < top_k:
         raise ZrayError(
@@ -179,7 +181,7 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     out = Path(out)
     check_output(out, kind="bundle", overwrite=overwrite, inputs=[Path(run_dir)])
     chosen, kind = candidates(run_dir, top_k)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made = make_parents(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -209,6 +211,8 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
         publish_dir(tmp, out, kind="bundle")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():
+            remove_parents(made)
     return {**info, "path": str(out)}
 
 

@@ -50,7 +50,11 @@ def absolute(path: str | os.PathLike | None, base: str | os.PathLike | None = No
     text = os.fspath(path)
     if "://" in text:
         return text
-    resolved = Path(os.path.abspath(Path(base or os.getcwd()) / Path(text).expanduser()))
+    try:
+        given = Path(text).expanduser()
+    except RuntimeError:  # ~someone without a home directory here: the name is taken as written
+        given = Path(text)
+    resolved = Path(os.path.abspath(Path(base or os.getcwd()) / given))
     return resolved if isinstance(path, Path) else str(resolved)
 
 

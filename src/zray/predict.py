@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from zray.atomic import check_output
+from zray.atomic import check_output, make_parents, remove_parents
 from zray.errors import ZrayError
 
 __all__ = ["POINT_COLUMNS", "Predictor", "iter_predictions", "open_input", "predict"]
@@ -318,7 +318,7 @@ def _write_parquet(batches, out: Path, meta: dict, n_bins: int, *, total: int, p
 
     from zray.data.progress import Progress
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made = make_parents(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     bar = Progress("predict", total, enabled=progress)
     writer, first = None, None
@@ -340,4 +340,6 @@ def _write_parquet(batches, out: Path, meta: dict, n_bins: int, *, total: int, p
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
+        if not out.exists():
+            remove_parents(made)
     return bar.done, first

@@ -34,7 +34,7 @@ class _Group(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            click.echo(f"zray: error: {sentence}", err=True)
+            click.echo(f"zray: error: {' '.join(sentence.split())}", err=True)  # one line, whatever it quotes
             sys.exit(1)
 
 
@@ -59,6 +59,8 @@ def exc_sentence(exc: BaseException) -> str | None:
     if isinstance(exc, UnicodeDecodeError):
         return (f"a file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
                 "expected UTF-8 (run with --debug to see which)")
+    if isinstance(exc, UnicodeEncodeError):
+        return "a path or value is not valid text (it holds a lone surrogate); expected printable UTF-8"
     if isinstance(exc, json.JSONDecodeError):
         return f"a file is not valid JSON ({exc.msg} at line {exc.lineno}); expected JSON written by zray"
     if isinstance(exc, RecursionError):

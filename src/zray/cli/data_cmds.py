@@ -35,7 +35,8 @@ def _percentiles(z) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Output dataset directory (created; must not hold a dataset unless --overwrite).")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size in pixels (0.396\"/pixel).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: same seed, same dataset.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed: same seed, same dataset.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all CPU cores).")
 @click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
@@ -81,7 +82,7 @@ def simulate_cmd(n, out, size, seed, workers, catalog, overwrite):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Output dataset directory.")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size; larger cutouts are centre-cropped.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split seed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 def prepare_cmd(catalog, images, out, size, seed, overwrite):
     """Turn FITS cutouts listed in a catalogue into zray shards.

@@ -23,11 +23,15 @@ from pydantic import BaseModel, ValidationError
 
 from zray import hyperparameters
 from zray.config.schema import TRAINING_HYPERPARAMETERS, Distribution, SearchSpace, _KeyedError
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 from zray.paths import absolute
 
 __all__ = ["load", "validate", "parse_override", "apply_overrides"]
 
+
+# What PyYAML's own constructors raise for an explicit tag on a value it cannot take
+# (`!!int x`, `!!timestamp x`, `!!float ''`), instead of a YAMLError.
+_CONSTRUCTOR_ERRORS = (ValueError, TypeError, AttributeError, IndexError, OverflowError)
 
 # A search space is a few hundred values; anchors and aliases (`&lr`, `*lr`) that
 # expand past this many are an alias bomb ("billion laughs"), not a search space.
@@ -49,6 +53,10 @@ class _Loader(yaml.SafeLoader):
         seen: dict = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key is a {type(key).__name__}; expected plain keys such as fixed or epochs",
+                    key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
@@ -119,8 +127,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Searc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = first_line(getattr(exc, "problem", None) or exc)
         raise ZrayError(f"{path}: {where}invalid YAML ({problem})") from None
+    except _CONSTRUCTOR_ERRORS as exc:  # a tag such as !!int or !!timestamp on a value it cannot take
+        raise ZrayError(f"{path}: invalid YAML ({first_line(exc)}); expected plain values") from None
     except RecursionError:
         raise ZrayError(f"{path}: invalid YAML (nested too deeply to read); expected a search space of "
                         "ordinary depth") from None
@@ -140,7 +150,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ZrayError(f"--set {text}: expected KEY=VALUE, e.g. --set fixed.epochs=2")
     try:
         parsed = yaml.load(value, Loader=_Loader) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, *_CONSTRUCTOR_ERRORS):
         parsed = value
     return key.strip().split("."), parsed
 

@@ -41,6 +41,9 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
             f"{', '.join(required)} (found {', '.join(table.column_names) or 'none'})"
         )
+    twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if twice:
+        raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
     if table.num_rows == 0:
         raise ZrayError(f"{path}: catalogue has no rows")
     return table

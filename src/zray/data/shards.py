@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from zray import __version__
 from zray.bins import RedshiftBins
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 from zray.paths import inside
 
 SCHEMA_VERSION = 1
@@ -185,11 +186,11 @@ def read_manifest(root) -> Manifest:
         )
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ZrayError(f"{path}: not readable JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ZrayError(f"{path}: not readable JSON ({first_line(exc)})") from None
     try:
         return _manifest_from_dict(root, data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         raise ZrayError(f"{path}: missing or malformed field ({exc}); expected a zray manifest") from None
 
 
@@ -201,29 +202,41 @@ def _manifest_from_dict(root: Path, data: dict) -> Manifest:
             f"expected {SCHEMA_VERSION}"
         )
     shape = tuple(int(v) for v in data["image_shape"])
-    if len(shape) != 3:
-        raise ValueError(f"image_shape {shape} must have 3 entries")
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape {shape} must be 3 positive sizes")
+    bands = data["bands"]
+    if not (isinstance(bands, list) and len(bands) == shape[0] and all(isinstance(b, str) and b for b in bands)):
+        raise ValueError(f"bands {bands!r} must name each of the {shape[0]} bands")
+    z_range = tuple(float(v) for v in data["z_range"])
+    if len(z_range) != 2 or not all(map(math.isfinite, z_range)) or not z_range[0] < z_range[1]:
+        raise ValueError(f"z_range {list(z_range)} must be two finite numbers, low < high")
     splits = data["splits"]
     shards = {
-        s: tuple(ShardInfo(_shard_file(root, e["file"]), int(e["rows"])) for e in splits.get(s, ()))
+        s: tuple(ShardInfo(_shard_file(root, e["file"]), _rows(e["rows"])) for e in splits.get(s, ()))
         for s in SPLITS
     }
     fr = data["split"]["fractions"]
     return Manifest(
         root=root,
         schema_version=version,
-        bands=tuple(data["bands"]),
+        bands=tuple(bands),
         image_shape=shape,  # type: ignore[arg-type]
         pixel_scale=float(data["pixel_scale"]),
         split_seed=int(data["split"]["seed"]),
         split_fractions=tuple(float(fr[s]) for s in SPLITS),  # type: ignore[arg-type]
-        z_range=(float(data["z_range"][0]), float(data["z_range"][1])),
+        z_range=z_range,  # type: ignore[arg-type]
         rows_per_shard=int(data["rows_per_shard"]),
         shards=shards,
         columns=tuple(data["columns"]),
         hash=str(data["hash"]),
         source=dict(data.get("source", {})),
     )
+
+
+def _rows(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"shard rows {value!r} must be a whole number >= 0")
+    return value
 
 
 def _shard_file(root: Path, file) -> str:

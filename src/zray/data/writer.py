@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zray.atomic import check_output, publish_dir
+from zray.atomic import check_output, make_parents, publish_dir, remove_parents
 from zray.bins import RedshiftBins
 from zray.data.shards import (
     _ROW_GROUP_ROWS,
@@ -99,10 +99,11 @@ class DatasetWriter:
         self._sidecars: dict[str, pa.Table] = {}
         self._row_numbers: np.ndarray | None = None
         self._tmp: Path | None = None
+        self._made: list[Path] = []
 
     # context management ------------------------------------------------
     def __enter__(self) -> DatasetWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._made = make_parents(self.out)
         self._tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         self._tmp.mkdir()
         return self
@@ -121,6 +122,8 @@ class DatasetWriter:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+            if not self.out.exists():
+                remove_parents(self._made)
 
     # rows ----------------------------------------------------------------
     def add(self, ids, images, z_spec, ebv, extra_columns: Mapping | None = None, *, rows=None) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from zray import __version__
 from zray.atomic import publish_dir
-from zray.errors import ZrayError
+from zray.errors import ZrayError, first_line
 from zray.models._registry import (
     ModelSpec,
     build_model,
@@ -84,8 +84,8 @@ def read_info(path) -> ModelInfo:
         data = json.loads(file.read_text())
     except FileNotFoundError:
         raise ZrayError(f"{file}: not found; expected a model saved by zray") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ZrayError(f"{file}: unreadable ({exc}); expected JSON written by zray") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ZrayError(f"{file}: unreadable ({first_line(exc)}); expected JSON written by zray") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         got = data.get("format") if isinstance(data, dict) else data
         raise ZrayError(f"{file}: format {got!r}; expected format {FORMAT_VERSION}")
@@ -93,7 +93,7 @@ def read_info(path) -> ModelInfo:
         spec = ModelSpec.from_dict(data["spec"])
         name, hp = data["model"], dict(data["hyperparameters"])
         hp = resolve_hyperparameters(name, hp)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ZrayError(
             f"{file}: missing or malformed field {exc}; expected model, hyperparameters and spec"
         ) from None

@@ -41,9 +41,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
                 continue  # a line being written right now
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 
@@ -51,10 +53,17 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _count(value, default: int = 0) -> int:
+    """An epoch count from a file Tune or a trial wrote; anything else is ``default``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return default
+    return int(value)
+
+
 def _status(error: str, final: dict, target: int) -> str:
     if error:
         return "error"
-    if int(final.get("epoch", 0) or 0) >= target:
+    if _count(final.get("epoch")) >= target:
         return "complete"
     return "stopped" if final.get("done") else "unfinished"
 
@@ -73,8 +82,10 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
             continue
         try:
             params = json.loads(params_file.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             continue  # cut short (a trial killed while Tune wrote it): nothing to rank
+        if not isinstance(params, dict):
+            continue
         results = _read_jsonl(trial_dir / "result.json")
         error_file = trial_dir / "error.txt"
         error = last_error_line(error_file.read_text()) if error_file.exists() else ""
@@ -83,8 +94,8 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
         best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
         records.append({
             "trial": trial_dir.name,
-            "status": _status(error, final, int(params.get("epochs", epochs))),
-            "epochs": int(final.get("epoch", 0) or 0),
+            "status": _status(error, final, _count(params.get("epochs"), epochs)),
+            "epochs": _count(final.get("epoch")),
             "params": params,
             "final": {k: final.get(k) for k in _METRIC_KEYS if k in final},
             "best": {k: best.get(k) for k in _METRIC_KEYS if k in best},
@@ -116,17 +127,21 @@ def best_checkpoint(run_dir: Path, metric: str, mode: str) -> str | None:
 def summarize(experiment_dir) -> dict[str, Any]:
     """The search's trials, ranked by its metric, with the dataset's baselines. Writes nothing."""
     from zray import baselines
-    from zray.config import SearchSpace
+    from zray.config.loading import validate
 
     experiment_dir = Path(experiment_dir)
     space_file = experiment_dir / SPACE_FILE
     if not space_file.exists():
         raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
     try:
-        space = SearchSpace.model_validate(json.loads(space_file.read_text()))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raw = json.loads(space_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ZrayError(f"{space_file}: unreadable ({first_line(exc)}); expected the search space zray "
                         "saved when the experiment started") from None
+    if not isinstance(raw, dict):
+        raise ZrayError(f"{space_file}: holds {type(raw).__name__}; expected the search space zray saved "
+                        "when the experiment started")
+    space = validate(raw, space_file)  # the schema and the registry's checks, as for a YAML file
     metric, mode = space.tune.metric, space.tune.mode
     epochs = int(space.default_hyperparameters()["epochs"])
     records = trial_records(experiment_dir, metric, mode, epochs)

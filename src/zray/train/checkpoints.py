@@ -74,9 +74,13 @@ def read_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """The JSON half of a checkpoint: epoch, history, job and manifest hash."""
     path = Path(checkpoint_dir) / STATE_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ZrayError(f"{path}: unreadable checkpoint state ({exc}); expected JSON written by zray") from None
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ZrayError(f"{path}: unreadable checkpoint state ({first_line(exc)}); expected JSON written by "
+                        "zray") from None
+    if not isinstance(state, dict):
+        raise ZrayError(f"{path}: holds {type(state).__name__}; expected a checkpoint state written by zray")
+    return state
 
 
 def file_sizes(directory: str | Path) -> dict[str, int]:
@@ -97,9 +101,17 @@ def load_checkpoint_model(checkpoint_dir: str | Path):
             "short); expected a whole checkpoint written by zray"
         )
     state = read_state(checkpoint_dir)
-    job = TrainJob(**state["job"])
-    model = build_model(job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
-    tf.train.Checkpoint(model=model).read(str(Path(checkpoint_dir) / WEIGHTS_PREFIX)).expect_partial()
+    try:
+        job = TrainJob(**state["job"])
+        model = build_model(job.model, model_hp(job), ModelSpec(image_size=job.image_size, bins=job.bins))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ZrayError(f"{Path(checkpoint_dir) / STATE_FILE}: missing or malformed job ({first_line(exc)}); "
+                        "expected a checkpoint state written by zray") from None
+    try:
+        tf.train.Checkpoint(model=model).read(str(Path(checkpoint_dir) / WEIGHTS_PREFIX)).expect_partial()
+    except (tf.errors.OpError, ValueError, RuntimeError) as exc:  # TensorFlow's reader on a damaged file
+        raise ZrayError(f"{checkpoint_dir}: weights cannot be read ({first_line(exc)}); expected a whole "
+                        "checkpoint written by zray") from None
     return model, state
 
 
