@@ -146,14 +146,19 @@ class ShardCheck:
         A label outside the bins would otherwise land silently in the first or
         last bin and teach the network a redshift the galaxy does not have.
         """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         lo, hi = bins.z_min, bins.z_max
         top, bottom = -math.inf, math.inf  # the extremes of the labels outside
         for split, files in self.files.items():
             out = 0
-            for path in files:
-                z = pq.read_table(path, columns=["z_spec"]).column("z_spec").to_numpy()
+            for path in list(files):
+                try:
+                    z = pq.read_table(path, columns=["z_spec"]).column("z_spec").to_numpy()
+                except (OSError, pa.ArrowException) as exc:  # a damaged page behind a sound footer
+                    self.reject(split, path, first_line(exc, 160))  # stops here unless skip_corrupt
+                    continue
                 inside = (z >= lo) & (z < hi)
                 out += int((~inside).sum())
                 if not inside.all():

@@ -115,10 +115,11 @@ def best_checkpoint(run_dir: Path, metric: str, mode: str) -> str | None:
         if not checkpoint_complete(state_file.parent):
             continue
         try:
-            metrics = json.loads(state_file.read_text()).get("metrics", {})
-        except (OSError, ValueError):
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError, RecursionError):
             continue
-        value = metrics.get(metric)
+        metrics = state.get("metrics") if isinstance(state, dict) else None
+        value = metrics.get(metric) if isinstance(metrics, dict) else None
         if _finite(value) and sign * value < best_value:
             best, best_value = str(state_file.parent), sign * value
     return best
