@@ -71,3 +71,15 @@ def test_experiment_names_are_one_folder(tmp_path):
     for bad in ("..", ".hidden", "a/b", "/abs", "-flag", "a b", "x" * 101, "", "naïve"):
         with pytest.raises(ZrayError, match="--name: must be"):
             check_name(bad, "--name")
+
+
+def test_the_library_refuses_a_name_that_leaves_the_runs_folder(tmp_path, sim_data):
+    """zray.train.run and zray.search.run (Python callers, not the CLI) check the name too,
+    before any data work or Ray start."""
+    from zray import search, train
+
+    space = config.load(_space(tmp_path), [f"data.path={sim_data}", "data.image_size=32"])
+    for run in (train.run, search.run):
+        with pytest.raises(ZrayError, match=r"name: must be letters, digits"):
+            run(space, runs_dir=tmp_path / "runs", name="../outside")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()

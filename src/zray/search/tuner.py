@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from zray.errors import ZrayError, first_line
+from zray.paths import check_name
 from zray.search.recovery import clear_unsaved, close_orphans, set_aside_lost_trials
 from zray.search.results import (
     LOST_DIR,
@@ -179,7 +180,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
 
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
-    name = name or space.name
+    name = check_name(name, "name") if name else space.name
     remote = st.is_uri(runs_dir)
     st.check_local_folder(local_runs if remote else runs_dir)
     experiment_dir = ((Path(local_runs) if remote else Path(runs_dir)) / name).resolve()

@@ -238,9 +238,12 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     from zray.config import run_identity
     from zray.data.pipeline import check_shards
     from zray.data.source import ensure_data
+    from zray.paths import check_name
     from zray.runtime import init_ray
     from zray.storage import check_local_folder
 
+    if name is not None:
+        check_name(name, "name")  # one folder under runs_dir, never a path out of it
     check_local_folder(runs_dir, "--runs")
     manifest = ensure_data(space)
     hp = space.default_hyperparameters()
