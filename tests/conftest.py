@@ -18,6 +18,7 @@ def ray_session():
     """A real local Ray with this machine's CPUs and its own short temp folder."""
     import ray
 
+    from zray.ray_workarounds import local_ray_options
     from zray.runtime import TRAIN_ENV, WORKER_ENV
 
     os.environ.update({**WORKER_ENV, **TRAIN_ENV})  # inherited by the Ray's processes, as zray's own
@@ -29,6 +30,7 @@ def ray_session():
         dashboard_host="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
+        **local_ray_options(),  # as zray starts a Ray: its processes find their own state API
     )
     yield ray
     ray.shutdown()

@@ -1,50 +1,77 @@
-"""The terminal: zray's lines only; progress in place on a terminal, dropped in a log."""
+"""The terminal: the zray logger's lines on stdout, Ray's chatter kept off, the library silent."""
 
 from __future__ import annotations
 
-import io
+import logging
+import subprocess
+import sys
 
 from zray import console
 
 
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_lines_update_in_place_on_a_terminal_and_vanish_from_logs():
-    tty, log = _Terminal(), io.StringIO()
-    for stream in (tty, log):
-        console.show("zray: progress epoch 1/3  100/400 rows", stream)
-        console.show("zray: progress epoch 1/3  200/400 rows", stream)
-        console.show("zray: epoch 1/3  loss 4.1", stream)
-    assert log.getvalue() == "zray: epoch 1/3  loss 4.1\n"
-    text = tty.getvalue()
-    assert text.count("\r\033[K") == 3  # two progress updates, then cleared for the epoch line
-    assert text.endswith("\r\033[Kzray: epoch 1/3  loss 4.1\n")
-    assert "zray: epoch 1/3  200/400 rows" in text
-
-
-def test_only_zray_lines_of_worker_output_are_shown(capsys):
-    console._on_worker_output({"lines": [
-        "I0000 00:00:1795943528.346752 port.cc:153] oneDNN custom operations are on.",
-        "E0000 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)",
-        "RayDeprecationWarning: `ExecutionOptions.exclude_resources` is deprecated",
-        "zray: epoch 2/3  loss 3.9",
-    ], "is_err": False, "pid": 1})
-    assert capsys.readouterr().out == "zray: epoch 2/3  loss 3.9\n"
-
-
-def test_the_raylets_worker_pool_warning_is_left_out_and_other_raylet_lines_kept(capsys):
-    import ray._private.worker as ray_worker
-
-    console.quiet_worker_output()
-    console.quiet_worker_output()  # twice: wrapped once
-    assert ray_worker.print_to_stdstream.zray_filtered
-    warning = ("WARNING: 12 PYTHON worker processes have been started on node: 4a79 with address: 192.0.2.2, "
-               "which is 6x the maximum expected startup concurrency (2).")
-    ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+def test_the_library_logs_and_the_command_line_shows_its_lines(capsys):
+    console.LOG.info("train split: 3 rows")  # no handler of zray's own outside a command: nothing printed
     assert capsys.readouterr().out == ""
-    ray_worker.print_to_stdstream({"lines": ["WARNING: the node is out of memory"], "pid": "raylet",
-                                   "is_err": False}, ignore_prefix=False)
-    assert "the node is out of memory" in capsys.readouterr().out
+    with console.terminal():
+        console.LOG.info("train split: 3 rows")
+        console.LOG.debug("a detail")  # shown only when verbose
+        console.LOG.warning("row order follows redshift")
+    assert capsys.readouterr().out == "zray: train split: 3 rows\nzray: warning: row order follows redshift\n"
+    console.LOG.info("after the command")
+    assert capsys.readouterr().out == ""
+    assert console.LOG.handlers == [] and console.LOG.propagate
+
+
+def test_a_library_user_sees_the_lines_through_their_own_logging(caplog):
+    with caplog.at_level(logging.INFO, logger="zray"):
+        console.LOG.info("simulating 20 galaxies")
+    assert [r.getMessage() for r in caplog.records] == ["simulating 20 galaxies"]
+
+
+def test_the_raylets_worker_pool_warning_is_left_out_and_other_lines_kept(capsys, monkeypatch):
+    warning = ("(raylet) WARNING: 12 PYTHON worker processes have been started on node: 4a79 with address: "
+               "192.0.2.2, which is 6x the maximum expected startup concurrency (2).")
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    with console.terminal():
+        print(warning)  # as Ray's printer writes it: the line, then its end
+        print("(raylet) WARNING: the node is out of memory")
+        print(warning, file=sys.stderr)
+    captured = capsys.readouterr()
+    assert captured.out == "(raylet) WARNING: the node is out of memory\n"
+    assert captured.err == ""
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    with console.terminal():
+        print(warning)
+    assert "worker processes have been started" in capsys.readouterr().out
+
+
+def test_native_stderr_is_quiet_only_inside_the_block():
+    code = (
+        "import os\n"
+        "from zray import console\n"
+        "with console.quiet_native_stderr():\n"
+        "    os.write(2, b'I0000 oneDNN custom operations are on\\n')\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != console.VERBOSE_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "after\n"
+
+
+def test_no_zray_module_prints():
+    """Library modules log; only the command line (zray/cli) writes to the terminal."""
+    import ast
+    from pathlib import Path
+
+    root = Path(console.__file__).parent
+    printing = []
+    for path in root.rglob("*.py"):
+        if "cli" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                printing.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not printing, printing
+
+

@@ -29,10 +29,15 @@ TRAIN_ENV = {
 def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
 
-    A local Ray keeps its dashboard on (without it a finished trial's worker
-    reservation was seen never to be released, docs/architecture.md section 2), bound to
-    127.0.0.1 unless asked otherwise. A Ray already initialised in this process
-    (a test session, a notebook) is used as it is.
+    A local Ray keeps its dashboard on (Ray Train's placement-group cleaner
+    asks it whether a run's controller is alive), bound to 127.0.0.1 unless
+    asked otherwise. A Ray already initialised in this process (a test
+    session, a notebook) is used as it is.
+
+    What Ray's processes print stays in Ray's log files
+    (``/tmp/ray/session_latest/logs``) unless verbose (``ZRAY_VERBOSE=1``,
+    ``--verbose``): zray's own lines come from the driver, and a run's epoch
+    figures reach it as reported metrics.
     """
     import ray
 
@@ -43,12 +48,11 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
         return
     import logging
 
-    from zray.console import is_verbose, quiet_worker_output
+    from zray.console import is_verbose
+    from zray.ray_workarounds import local_ray_options
 
     level = logging.INFO if is_verbose() else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
-    if address and address == _pinned.get("address"):
-        address = None  # pinned by zray for a Ray this process started and has shut down since
     if address:
         join_cluster(address, level)
     else:
@@ -60,11 +64,10 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
             address="local",  # never join some other `ray start` cluster on this machine by accident
             include_dashboard=True,
             dashboard_host=dashboard_host,
-            log_to_driver=True,
+            log_to_driver=is_verbose(),
             logging_level=level,
+            **local_ray_options(),
         )
-    pin_address()
-    quiet_worker_output()
 
 
 # Seconds to wait for a TCP answer from a cluster's head before saying nothing listens.
@@ -94,7 +97,9 @@ def join_cluster(address: str, logging_level: int) -> None:
     if address != "auto":
         check_reachable(address)
     try:
-        ray.init(address=address, runtime_env={"env_vars": _job_env()}, log_to_driver=True,
+        from zray.console import is_verbose
+
+        ray.init(address=address, runtime_env={"env_vars": _job_env()}, log_to_driver=is_verbose(),
                  logging_level=logging_level)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types
         raise ZrayError(connection_error(address, exc)) from None
@@ -219,30 +224,8 @@ def _token_available() -> bool:
     return Path(path).is_file()
 
 
-# The address pin_address() set, to tell it from one the user gave.
-_pinned: dict[str, str] = {}
-
-
-def pin_address() -> None:
-    """Make the processes Ray Train starts from here find this Ray, not another one.
-
-    Ray Train removes a finished run's worker reservation (placement group)
-    from a helper actor that looks its cluster up by ``RAY_ADDRESS``, or,
-    without it, by scanning the machine; with two Rays on one machine (a
-    search and a `zray predict`, a notebook, a test session) the scan fails,
-    the reservation is never released and the next trial waits for CPUs
-    forever. Call in every process that starts a Ray Train run (the `zray
-    train` driver, each Tune trial), once connected.
-    """
-    import ray
-
-    os.environ["RAY_ADDRESS"] = _pinned["address"] = ray.get_runtime_context().gcs_address
-    try:  # Ray Train passes the variables it lists on to its controller and helpers
-        from ray.train.v2._internal import constants
-
-        constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
-    except (ImportError, AttributeError):
-        pass
+# Ray loggers (by the end of their names) whose warnings zray hides unless verbose.
+QUIET_LOGGER_SUFFIXES = (".authentication_token_setup",)
 
 
 def quiet_logs(load: bool = True) -> None:
@@ -263,18 +246,20 @@ def quiet_logs(load: bool = True) -> None:
 
     if not is_verbose():
         # Ray Data configures its loggers when first used (INFO, own handler): "Dataset
-        # ... execution finished" per split. Its documented level variable wins over that.
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+        # ... execution finished" per split, and the warning that progress bars are
+        # disabled (zray disabled them, on purpose). Its documented level variable wins.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     names = ["ray.data", "ray.train", "ray.tune", "tensorflow", "absl"]
     # Some of Ray Train's loggers are named by file path, not module.
     names += [n for n in logging.root.manager.loggerDict if "ray/train" in n or n.startswith("ray.data")]
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
     if not is_verbose():
-        # Said on every start and not actionable on a laptop; README explains tokens for clusters.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        # "Progress bars disabled": zray disabled them, on purpose.
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # The token set-up's note on every start: not actionable on a laptop (README
+        # explains tokens for clusters).
+        for name in list(logging.root.manager.loggerDict):
+            if name.endswith(QUIET_LOGGER_SUFFIXES) and name.startswith("ray."):
+                logging.getLogger(name).setLevel(logging.ERROR)
         # Tune's new output engine prints its start block and a TensorBoard hint into
         # Ray's temporary folder even when silent; the legacy one at verbosity 0 does not.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -21,8 +21,11 @@ class _Group(click.Group):
     stderr and exit status 1 (with ``--debug``, the traceback behind it first)."""
 
     def invoke(self, ctx: click.Context):
+        from zray.console import terminal
+
         try:
-            return super().invoke(ctx)
+            with terminal():  # the zray logger's lines on stdout, Ray's chatter kept off
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("zray: interrupted", err=True)
             sys.exit(130)

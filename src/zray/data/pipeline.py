@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zray.console import LOG
 from zray.data.shards import BASE_COLUMNS, column_problems, read_manifest
 from zray.errors import ZrayError, first_line
 
@@ -183,8 +184,8 @@ class ShardCheck:
                 raise ZrayError(f"{self.root}: every {split} galaxy has z_spec outside {lo:g} <= z < {hi:g}; "
                                 "expected some inside the bins (check data.z_min and data.z_max)")
         self.z_range = (lo, hi)
-        print(f"zray: leaving out {total} galaxies ({counts}) with z_spec outside {lo:g} <= z < {hi:g} "
-              "(--drop-out-of-range)", flush=True)
+        LOG.info(f"leaving out {total} galaxies ({counts}) with z_spec outside {lo:g} <= z < {hi:g} "
+                 "(--drop-out-of-range)")
 
     def reject(self, split: str, path: Path, reason: str) -> None:
         """Skip ``path`` (with ``skip_corrupt``) or stop with a sentence naming it."""
@@ -196,7 +197,7 @@ class ShardCheck:
             )
         self.files[split] = [f for f in self.files[split] if f != path]
         self.skipped.append((str(path), rows, reason))
-        print(f"zray: skipping corrupt shard {path} ({rows} rows): {reason}", flush=True)
+        LOG.info(f"skipping corrupt shard {path} ({rows} rows): {reason}")
         if not self.files[split]:
             raise ZrayError(f"{self.root}: every {split} shard is corrupt; expected at least one readable shard")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zray.console import LOG
 from zray.data.shards import MANIFEST_NAME, Manifest, read_manifest
 from zray.errors import ZrayError
 
@@ -24,11 +25,8 @@ def ensure_data(space) -> Manifest:
             )
         from zray.data.simulate import simulate
 
-        print(
-            f"zray: simulating {data.simulate.n} galaxies at {data.image_size}x{data.image_size} "
-            f"into {root} (first use; cached for later runs)",
-            flush=True,
-        )
+        LOG.info(f"simulating {data.simulate.n} galaxies at {data.image_size}x{data.image_size} "
+                 f"into {root} (first use; cached for later runs)")
         simulate(n=data.simulate.n, out=root, size=data.image_size, seed=data.simulate.seed)
     manifest = read_manifest(root)
     size = manifest.image_shape[-1]

@@ -35,8 +35,6 @@ from zray.search.tuner import (
     make_searcher,
     optuna_distributions,
     run,
-    trial_function,
-    trial_name,
 )
 
 __all__ = [
@@ -55,8 +53,6 @@ __all__ = [
     "run",
     "set_aside_lost_trials",
     "summarize",
-    "trial_function",
-    "trial_name",
     "trial_records",
     "write_results",
 ]

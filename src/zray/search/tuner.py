@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zray.console import LOG
 from zray.errors import ZrayError, first_line
 from zray.paths import check_name
 from zray.search.recovery import clear_unsaved, close_orphans, set_aside_lost_trials
@@ -40,8 +40,9 @@ from zray.search.results import (
     summarize,
     write_results,
 )
+from zray.train.job import ESTIMATE_FILE
 
-__all__ = ["run", "optuna_distributions", "make_scheduler", "make_searcher", "trial_function", "trial_name"]
+__all__ = ["run", "optuna_distributions", "make_scheduler", "make_searcher"]
 
 
 def optuna_distributions(space) -> dict[str, Any]:
@@ -94,66 +95,6 @@ def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
     return ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
 
 
-@dataclass
-class _TrialContext:
-    """What the trial function needs; plain data, shipped to the trial's process."""
-
-    space_json: dict
-    base_hp: dict
-    manifest_hash: str
-    trials_dir: str
-    record_ids_dir: str | None = None
-    # For the time estimate printed by the search's first trial.
-    plan: dict | None = None
-    # The splits, read and scaled once by the driver for every trial (they
-    # travel by reference: train.RunData), and what the shard check skipped.
-    datasets: Any = None
-    skipped: dict | None = None
-
-
-def _trial_hp(ctx: _TrialContext, config: dict) -> dict:
-    return {**ctx.base_hp, **{k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}}
-
-
-def trial_name(identity: str, trial_id: str) -> str:
-    """``trial-IDENTITY-NNNNN``: the run identity, plus Tune's trial counter in case
-    the sampler proposes the same point twice. Tune's trial folder and the
-    trial's Ray Train run share it, so a resumed trial finds its checkpoints."""
-    return f"trial-{identity}-{trial_id.rsplit('_', 1)[-1]}"
-
-
-def trial_function(config: dict, ctx: _TrialContext) -> None:
-    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from zray import storage as st
-    from zray.config import SearchSpace, run_identity
-    from zray.runtime import pin_address, quiet_logs
-    from zray.train import ESTIMATE_FILE, divergence, failure_reason, job_for, make_trainer
-
-    quiet_logs(load=False)  # Optuna lives in the driver
-    pin_address()
-    space = SearchSpace.model_validate(ctx.space_json)
-    hp = _trial_hp(ctx, config)
-    name = trial_name(run_identity(space.model, hp, ctx.manifest_hash), tune.get_context().get_trial_id())
-    run_dir = f"{ctx.trials_dir.rstrip('/')}/{name}"
-    # The first trial to train tells how long the search will take.
-    first = not st.exists(st.join(ctx.trials_dir, ESTIMATE_FILE))
-    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
-                  plan=ctx.plan if first else {}, **ctx.skipped)
-    trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
-                           gpus_per_worker=space.resources.gpus_per_worker, max_failures=1,
-                           callbacks=[TuneReportCallback()], janitor=True)
-    try:
-        trainer.fit()
-    except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
-        raise RuntimeError(failure_reason(exc, run_dir)) from None
-    reason = divergence(run_dir)
-    if reason:
-        raise FloatingPointError(reason)
-
-
 def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume: bool = False,
         address: str | None = None, record_ids_dir: str | None = None, local_runs: str | Path = "runs",
         on_check=None, dashboard_host: str = "127.0.0.1") -> dict[str, Any]:
@@ -170,13 +111,10 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
         >>> summary = search.run(space, runs_dir="runs")           # doctest: +SKIP
         >>> print(search.format_summary(summary))                  # doctest: +SKIP
     """
-    from zray import baselines
+    from zray import experiment
     from zray import storage as st
     from zray.cluster import check_storage
-    from zray.data.pipeline import check_shards
-    from zray.data.source import ensure_data
     from zray.runtime import check_reachable, init_ray
-    from zray.train import janitor
 
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
@@ -186,16 +124,12 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     experiment_dir = ((Path(local_runs) if remote else Path(runs_dir)) / name).resolve()
     experiment_path = st.join(runs_dir, name) if remote else str(experiment_dir)
     resume = _check_resume(space, experiment_path, experiment_dir, resume)
-    manifest = ensure_data(space)
-    # Footer check of every shard before anything is written or started.
-    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
-    shards.check_labels(space.data.bins, drop=space.data.drop_out_of_range)
-    baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
+    data = experiment.check_data(space)  # before anything is written or started
     if resume is None:
         # Stopped before Tune saved its state the first time: nothing of the
         # search can be restored, so it starts again, without the leftovers.
-        print(f"zray: {experiment_path} has no saved Tune state (stopped before its first save); "
-              "starting the search again", flush=True)
+        LOG.info(f"{experiment_path} has no saved Tune state (stopped before its first save); "
+                 "starting the search again")
         clear_unsaved(experiment_path, experiment_dir)
         resume = False
     experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -207,39 +141,26 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    ctx = _trial_context(space, manifest, shards, st.join(experiment_path, TRIALS_DIR), record_ids_dir)
+    trials_dir = st.join(experiment_path, TRIALS_DIR)
+    ctx = experiment.trial_context(space, data, trials_dir, record_ids_dir=record_ids_dir)
     t0 = time.perf_counter()
-    janitor.start()  # removes the placement groups of the runs that Tune stops
-    grid = _tuner(space, ctx, manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume).fit()
+    lines = experiment.callbacks(space, data.manifest, trials=space.tune.num_samples,
+                                 concurrent=space.tune.max_concurrent,
+                                 estimate_file=st.join(trials_dir, ESTIMATE_FILE))
+    grid = _tuner(space, ctx, data.manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume,
+                  lines).fit()
     close_orphans(experiment_dir, space.name)
     if remote:
         # Results live in the object store; `zray status` reads a local copy.
         return {"experiment": experiment_path, "remote": True, "wall_time_s": time.perf_counter() - t0}
     moved = set_aside_lost_trials(experiment_dir, {Path(r.path).name for r in grid if r.path})
     if moved:
-        print(f"zray: set aside {len(moved)} trial folder(s) Tune had not saved before its driver "
-              f"stopped (their points were proposed again): {experiment_dir / LOST_DIR}", flush=True)
+        LOG.info(f"set aside {len(moved)} trial folder(s) Tune had not saved before its driver "
+                 f"stopped (their points were proposed again): {experiment_dir / LOST_DIR}")
     summary = summarize(experiment_dir)
     write_results(summary)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
-
-
-def _trial_context(space, manifest, shards, trials_dir: str, record_ids_dir: str | None) -> _TrialContext:
-    """What every trial gets: the space, the fixed hyperparameters, and the data read
-    and scaled once here (a trial then starts with its Ray Train run, not with Ray Data
-    planning and reading the shards again)."""
-    from zray.train import plan_of, prepare_datasets, skipped_fields
-
-    return _TrialContext(
-        space_json=space.model_dump(mode="json"),
-        base_hp={k: v for k, v in space.default_hyperparameters().items() if k not in space.search},
-        manifest_hash=manifest.hash, trials_dir=trials_dir, record_ids_dir=record_ids_dir,
-        plan=plan_of(space, manifest, trials=space.tune.num_samples, concurrent=space.tune.max_concurrent),
-        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=shards,
-                                  shuffle_buffer=space.data.shuffle_buffer),
-        skipped=skipped_fields(shards),
-    )
 
 
 def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: bool) -> bool | None:
@@ -270,18 +191,18 @@ def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: boo
     return resume
 
 
-def _tuner(space, ctx: _TrialContext, manifest_hash: str, name: str, runs_dir, experiment_path: str,
-           experiment_dir: Path, resume: bool):
+def _tuner(space, ctx, manifest_hash: str, name: str, runs_dir, experiment_path: str,
+           experiment_dir: Path, resume: bool, callbacks: list):
     """A new ``tune.Tuner`` for the search, or the one restored from ``experiment_path``."""
     from ray import tune
 
     from zray import storage as st
     from zray.config import run_identity
     from zray.console import is_verbose
-    from zray.search.progress import TrialLines
+    from zray.experiment import trial_function, trial_hp, trial_name
 
     def identity_of(trial) -> str:
-        return trial_name(run_identity(space.model, _trial_hp(ctx, trial.config), manifest_hash), trial.trial_id)
+        return trial_name(run_identity(space.model, trial_hp(ctx, trial.config), manifest_hash), trial.trial_id)
 
     trainable = tune.with_resources(tune.with_parameters(trial_function, ctx=ctx),
                                     {"cpu": space.resources.trial_cpus})
@@ -294,7 +215,6 @@ def _tuner(space, ctx: _TrialContext, manifest_hash: str, name: str, runs_dir, e
                             "expected the state of a search started by zray tune (start again with --name NEW)"
                             ) from None
     remote = st.is_uri(runs_dir)
-    epochs = space.default_hyperparameters()["epochs"]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -308,6 +228,6 @@ def _tuner(space, ctx: _TrialContext, manifest_hash: str, name: str, runs_dir, e
             name=name, storage_path=str(runs_dir) if remote else str(experiment_dir.parent),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=1 if is_verbose() else 0,
-            callbacks=[TrialLines(space.tune.metric, space.tune.mode, epochs)],
+            callbacks=callbacks,
         ),
     )

@@ -6,9 +6,8 @@ Split by the process that runs the code:
   schedule, time estimate. Pure Python.
 - :mod:`zray.train.checkpoints`: what a whole checkpoint is, reading it back,
   the verified upload. What the search and export import.
-- :mod:`zray.train.driver`: datasets, the trainer, :func:`run` (``zray train``).
-- :mod:`zray.train.backend`: ``TF_CONFIG`` for the workers (Ray Train backend,
-  no TensorFlow in the driver).
+- :mod:`zray.train.driver`: datasets, Ray's ``TensorflowTrainer``, and :func:`run`
+  (``zray train``: a search of one trial, :mod:`zray.experiment`).
 - :mod:`zray.train.worker`: the loop each Ray Train worker runs (imports TensorFlow).
 - :mod:`zray.train.steps`: the TensorFlow train step, loss, augmentation and
   validation, testable without Ray.
@@ -43,6 +42,7 @@ from zray.train.job import (
     DIVERGED_FILE,
     ESTIMATE_FILE,
     TrainJob,
+    epoch_line,
     estimate_line,
     job_for,
     learning_rate,
@@ -60,6 +60,7 @@ __all__ = [
     "checkpoint_complete",
     "complete_checkpoints",
     "divergence",
+    "epoch_line",
     "estimate_line",
     "failure_reason",
     "job_for",

@@ -158,11 +158,11 @@ def upload_checkpoint(checkpoint, checkpoint_dir_name: str):
     import pyarrow.fs as pafs
     import ray.train
 
+    # Ray Train's storage of this run (a developer API): its filesystem and where
+    # the checkpoint goes. zray.cluster.check_storage proved before the search that
+    # every node reaches it.
     storage = ray.train.get_context().get_storage()
     fs = storage.storage_filesystem
-    check = getattr(storage, "_check_validation_file", None)
-    if check is not None:
-        check()  # storage reachable from this node (multi-node: shared)
     dest = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
     parent, base = dest.rsplit("/", 1)
     staging = f"{parent}/.{base}.partial"

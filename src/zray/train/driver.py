@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from zray.console import LOG
 from zray.errors import ZrayError, last_error_line
-from zray.train.checkpoints import divergence, read_state
-from zray.train.job import DIVERGED_FILE, TrainJob, job_for, plan_of
+from zray.train.checkpoints import complete_checkpoints, divergence, read_state
+from zray.train.job import DIVERGED_FILE, TrainJob
 
 __all__ = ["prepare_datasets", "RunData", "make_trainer", "run", "skipped_fields", "failure_reason"]
 
@@ -94,7 +95,7 @@ def prepare_datasets(data_path: str | Path, image_size: int, shards=None,
                                                    shuffle_buffer or SHUFFLE_BUFFER_ROWS, z_range=shards.z_range)
         how = ("kept in Ray's object store" if in_memory
                else f"streamed from Parquet each epoch (object store {store / 1e6:.0f} MB)")
-        print(f"zray: {split} split: {n_rows} rows, {size_mb:.0f} MB, {how}", flush=True)
+        LOG.info(f"{split} split: {n_rows} rows, {size_mb:.0f} MB, {how}")
     return RunData(train=read["train"], val=read["val"])
 
 
@@ -160,9 +161,8 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 
 def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str | Path, name: str,
-                 gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None,
-                 janitor: bool = False):
-    """A Ray Train trainer of TensorFlow workers for ``job``; run it with ``.fit()``.
+                 gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None):
+    """Ray Train's ``TensorflowTrainer`` for ``job``; run it with ``.fit()``.
 
     ``datasets``: what :func:`prepare_datasets` returned (None: a trainer
     that is only inspected, never run).
@@ -171,24 +171,14 @@ def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str |
     given. ``storage_path`` is a folder (shared by all nodes on a cluster) or
     an object-store URI such as ``s3://bucket/zray/NAME/trials``. Ray keeps the
     two checkpoints best by the job's metric (``job.metric``, ``job.mode``).
-
-    ``janitor``: the run's controller registers with the janitor that the
-    search started (:mod:`zray.train.janitor`), which removes its placement
-    groups if it dies, instead of starting Ray Train's own cleaner actor, which
-    cost every trial 0.8 s of start-up on 2 cores.
+    Ray's ``TensorflowConfig`` writes each worker's ``TF_CONFIG``, and Ray
+    Train's own placement-group cleaner gives a run's CPUs back if its
+    controller dies (a trial Tune stops).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.config import LoggingConfig
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-    trainer_class = DataParallelTrainer
-    if janitor:
-        from zray.train.trainer import ZrayTrainer
-
-        trainer_class = ZrayTrainer
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
 
     from zray import storage as st
-    from zray.train.backend import TensorflowSetup
 
     if st.is_uri(storage_path):
         storage_path = str(storage_path)
@@ -207,10 +197,9 @@ def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str |
     ray_datasets = {"val": datasets.val} if datasets is not None and not datasets.val_in_memory else {}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    return trainer_class(
+    return TensorflowTrainer(
         _worker_entry,
         train_loop_config={"job": asdict(job), "data": datasets},
-        backend_config=TensorflowSetup(),  # TF_CONFIG per worker; TensorFlow only in the workers
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
         datasets=ray_datasets,
@@ -228,16 +217,21 @@ def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str |
 
 
 def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_failures: int = 2,
-        dashboard_host: str = "127.0.0.1", **job_extra) -> dict[str, Any]:
-    """One training run of ``space`` at its default hyperparameters.
+        dashboard_host: str = "127.0.0.1", record_ids_dir: str | None = None,
+        extra: dict | None = None) -> dict[str, Any]:
+    """One training run of ``space`` at its default hyperparameters: a search of one
+    trial (:mod:`zray.experiment`), whose Ray Train run is ``runs_dir/NAME``.
 
     Started again with the same name and output, it resumes from the last
-    checkpoint (Ray Train restores its checkpoint manager from storage).
+    checkpoint (Ray Train restores its checkpoint manager from storage). Ray
+    Train restarts the workers up to ``max_failures`` times after a failure.
+    ``record_ids_dir`` and ``extra`` are test instruments (:mod:`zray.train.faults`).
     """
-    from zray import baselines
+    from ray import tune
+
+    from zray import experiment
     from zray.config import run_identity
-    from zray.data.pipeline import check_shards
-    from zray.data.source import ensure_data
+    from zray.console import is_verbose
     from zray.paths import check_name
     from zray.runtime import init_ray
     from zray.storage import check_local_folder
@@ -245,41 +239,60 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     if name is not None:
         check_name(name, "name")  # one folder under runs_dir, never a path out of it
     check_local_folder(runs_dir, "--runs")
-    manifest = ensure_data(space)
+    data = experiment.check_data(space)
     hp = space.default_hyperparameters()
-    identity = run_identity(space.model, hp, manifest.hash)
+    identity = run_identity(space.model, hp, data.manifest.hash)
     name = name or f"{space.name}-train-{identity}"
-    # Footer check of every shard before Ray starts: a broken file is named at once.
-    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
-    shards.check_labels(space.data.bins, drop=space.data.drop_out_of_range)
-    table = baselines.ensure_or_none(space.data.path, say=lambda line: print(f"zray: {line}", flush=True))
     init_ray(dashboard_host=dashboard_host)
-    datasets = prepare_datasets(space.data.path, space.data.image_size, shards=shards,
-                                shuffle_buffer=space.data.shuffle_buffer)
-    job = job_for(space, hp, manifest.hash, plan=plan_of(space, manifest), **skipped_fields(shards), **job_extra)
-    trainer = make_trainer(job, datasets=datasets, storage_path=runs_dir, name=name,
-                           gpus_per_worker=space.resources.gpus_per_worker, max_failures=max_failures)
+    runs = Path(runs_dir).resolve()
+    run_dir = runs / name
+    ctx = experiment.trial_context(space, data, str(runs), hyperparameters=hp, record_ids_dir=record_ids_dir,
+                                   run_name=name, max_failures=max_failures,
+                                   job_extra={"extra": extra} if extra else None)
+    lines = experiment.callbacks(space, data.manifest, trials=1, concurrent=1, estimate_file=None,
+                                 trial_lines=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    run_dir = str(Path(runs_dir).resolve() / name)
-    try:
-        result = trainer.fit()
-        error = result.error
-    except Exception as exc:  # Ray Train raises its TrainingFailedError from fit()
-        error = exc
-    if error:
-        raise ZrayError(f"training run {name} failed: {failure_reason(error, run_dir)}") from None
+    tuner = tune.Tuner(
+        # The trial process only waits for its Ray Train run: no CPU of its own (Tune
+        # refuses a trial of no resources at all: one byte of memory stands for them).
+        tune.with_resources(tune.with_parameters(experiment.trial_function, ctx=ctx), {"cpu": 0, "memory": 1}),
+        run_config=tune.RunConfig(
+            # Tune's record of the run (result.json, TensorBoard events) beside its checkpoints.
+            name=TUNE_DIR, storage_path=str(run_dir), verbose=1 if is_verbose() else 0, callbacks=lines,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+        tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda trial: "trial",
+                                    trial_name_creator=lambda trial: name),
+    )
+    error = tuner.fit()[0].error
     reason = divergence(run_dir)
     if reason:
         raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")
-    state = read_state(result.checkpoint.path) if result.checkpoint else {}
+    if error:
+        raise ZrayError(f"training run {name} failed: {_trial_sentence(error, str(run_dir))}") from None
+    found = complete_checkpoints(run_dir)
+    state = read_state(found[-1]) if found else {}
     return {
-        "name": name, "identity": identity, "run_dir": run_dir,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "name": name, "identity": identity, "run_dir": str(run_dir),
+        "checkpoint": str(found[-1]) if found else None,
         "metrics": state.get("metrics", {}), "history": state.get("history", []),
         "wall_time_s": time.perf_counter() - t0, "hyperparameters": hp,
-        "rows_skipped": shards.rows_skipped, "skipped": shards.skipped, "baselines": table,
-        "rows_out_of_range": shards.rows_out_of_range,
+        "rows_skipped": data.shards.rows_skipped, "skipped": data.shards.skipped, "baselines": data.baselines,
+        "rows_out_of_range": data.shards.rows_out_of_range,
     }
+
+
+# Where `zray train` keeps Tune's record of its run, inside the run's folder.
+TUNE_DIR = "tune"
+
+
+def _trial_sentence(error: BaseException, run_dir: str) -> str:
+    """The sentence a failed trial raised (:func:`zray.experiment.trial_function`)."""
+    for line in reversed(str(error).strip().splitlines()):
+        if "RuntimeError: " in line:
+            return line.split("RuntimeError: ", 1)[1].strip()
+    return failure_reason(error, run_dir)
 
 
 def skipped_fields(shards) -> dict[str, Any]:

@@ -27,6 +27,7 @@ __all__ = [
     "plan_of",
     "learning_rate",
     "estimate_line",
+    "epoch_line",
     "model_hp",
     "DIVERGED_FILE",
     "DIVERGENCE_LOSS",
@@ -41,8 +42,6 @@ DIVERGED_FILE = "diverged.txt"
 # Fixed cost of one Ray Train run on top of its epochs (worker start-up,
 # TensorFlow import, dataset planning), as measured on 2 cores.
 RUN_OVERHEAD_S = 20.0
-# Seconds of steady training the estimate waits for.
-ESTIMATE_AFTER_S = 10.0
 # The estimate, kept beside a search's run folders once printed.
 ESTIMATE_FILE = "estimate.txt"
 
@@ -79,11 +78,7 @@ class TrainJob:
     # {"kill_at": {"epoch": E, "step": S, "rank": R}}).
     record_ids_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # What the whole job is, for the time estimate printed early in the first
-    # epoch (see :func:`estimate_line`): {"trials", "concurrent", "train_rows",
-    # "val_rows", ...}; empty for no estimate.
-    plan: dict[str, Any] = field(default_factory=dict)
-    # Rows of the training split (for the progress line inside an epoch).
+    # Rows of the training split (those left after skipped shards and dropped labels).
     train_rows: int = 0
 
     @property
@@ -141,7 +136,8 @@ def learning_rate(hp: dict[str, Any], epoch: int) -> float:
 
 
 def plan_of(space, manifest, trials: int = 1, concurrent: int = 1) -> dict[str, Any]:
-    """The :attr:`TrainJob.plan` of ``space`` on the dataset of ``manifest``."""
+    """What the whole experiment is, for the time estimate (:func:`estimate_line`):
+    ``{"trials", "concurrent", "train_rows", "val_rows", "simulated_n", "data_path"}``."""
     simulate = space.data.simulate
     return {
         "trials": trials, "concurrent": concurrent,
@@ -150,22 +146,21 @@ def plan_of(space, manifest, trials: int = 1, concurrent: int = 1) -> dict[str, 
     }
 
 
-def estimate_line(job: TrainJob, images_per_s: float) -> str:
-    """The time estimate from the first steps' speed, with the overrides that shorten it.
+def estimate_line(plan: dict[str, Any], epochs: int, images_per_s: float) -> str:
+    """The time estimate from the first epoch's speed, with the overrides that shorten it.
 
     An upper bound: every trial runs all its epochs (a scheduler such as ASHA
     stops poor trials earlier), validation runs at about three times the
     training speed, and each run pays :data:`RUN_OVERHEAD_S` of start-up.
     """
-    plan, hp = job.plan, job.hyperparameters
-    epochs = int(hp["epochs"])
+    epochs = int(epochs)
     rate = max(images_per_s, 1e-6)
     epoch_s = plan["train_rows"] / rate + plan.get("val_rows", 0) / (3 * rate)
     run_s = epochs * epoch_s + RUN_OVERHEAD_S
     trials = int(plan.get("trials", 1))
     concurrent = max(int(plan.get("concurrent", 1)), 1)
     total = math.ceil(trials / concurrent) * run_s
-    text = (f"zray: estimate: {rate:.0f} img/s here, so an epoch takes about {duration(epoch_s)} "
+    text = (f"estimate: {rate:.0f} img/s here, so an epoch takes about {duration(epoch_s)} "
             f"and one run of {epochs} epochs about {duration(run_s)}")
     if trials > 1:
         text += f"; the search of {trials} trials at most about {duration(total)}"
@@ -192,3 +187,12 @@ def duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    """``epoch 3/15  loss ...``: the line shown for each epoch a run reports."""
+    return (
+        f"epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_sigma_mad {m['val_sigma_mad']:.4f}  val_bias {m['val_bias']:+.4f}  "
+        f"outliers {m['val_outlier_fraction']:.3f}  ({m['train_images_per_s']:.0f} img/s, lr {m['lr']:.2g})"
+    )

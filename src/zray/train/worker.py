@@ -6,7 +6,7 @@ of the training split, drawn again for the next epoch from the run's seed
 and the epoch number (:mod:`zray.data.epochs`; equal row counts, so every
 worker runs the same number of steps and the gradient all-reduce never waits
 on one that ran out of data) under ``MultiWorkerMirroredStrategy``. Rank 0 also
-validates and prints the epoch line; every worker writes the checkpoint (the
+validates; every worker writes the checkpoint (the
 save may use collectives) and rank 0's copy is kept.
 """
 
@@ -43,19 +43,13 @@ from zray.train.faults import Instruments  # noqa: E402
 from zray.train.job import (  # noqa: E402
     DIVERGED_FILE,
     DIVERGENCE_LOSS,
-    ESTIMATE_AFTER_S,
-    ESTIMATE_FILE,
     TrainJob,
-    duration,
-    estimate_line,
     learning_rate,
     model_hp,
 )
 
 __all__ = ["worker_loop"]
 
-# A progress line inside an epoch once it has run this long, then this often.
-PROGRESS_AFTER_S = 3.0
 # Rank 0 keeps in-memory validation data up to this size as arrays between epochs:
 # reading it through Ray Data again cost each epoch 0.05-0.1 s, most of the time
 # between two epochs of a small search.
@@ -123,7 +117,6 @@ def worker_loop(job_fields: dict[str, Any], data) -> None:
             metrics.update(steps.validate(val_batches(), w.predict_step, job.bins))
             metrics["node_id"] = ray.get_runtime_context().get_node_id()  # which node trained
             w.history.append(metrics)
-            print(epoch_line(metrics, epochs), flush=True)
         _save_and_report(w, epoch, metrics)
         instruments.epoch_done(epoch, metrics["steps"])
 
@@ -187,7 +180,7 @@ def _train_one_epoch(w: _Worker, epoch: int, train, instruments: Instruments) ->
     lr = learning_rate(hp, epoch)
     w.optimizer.learning_rate.assign(lr)
     batch_size = max(1, int(hp["batch_size"]) // w.world)  # batch_size is the global batch
-    clock = _Clock(job, epoch, w.rank)
+    clock = _Clock(epoch)
     total_loss, n_steps, rows = 0.0, 0, 0
     batches = train.epoch_batches(epoch=epoch, rank=w.rank, world=w.world, batch_size=batch_size, seed=job.seed)
     with contextlib.closing(batches):  # its reading threads stop even if the loop does not end
@@ -203,14 +196,17 @@ def _train_one_epoch(w: _Worker, epoch: int, train, instruments: Instruments) ->
                 raise Diverged(f"training loss became {loss:.3g} at epoch {epoch + 1}, step {n_steps + 1} "
                                f"(learning rate {lr:g}); the run diverged")
             total_loss, n_steps, rows = total_loss + loss, n_steps + 1, rows + n
-            clock.tick(n * w.world, rows * w.world)
-    train_time = clock.done()
-    return {
+            clock.tick(n * w.world)
+    train_time, steady = clock.done()
+    metrics = {
         "epoch": epoch + 1, "loss": total_loss / max(n_steps, 1), "lr": lr, "steps": n_steps,
         "train_rows": rows * w.world, "rows_skipped": job.rows_skipped, "restored_epochs": w.start_epoch,
         "epoch_time_s": train_time,
         "train_images_per_s": rows * w.world / train_time if train_time > 0 else 0.0,
     }
+    if steady is not None:
+        metrics["steady_images_per_s"] = steady  # the time estimate's speed (first epoch)
+    return metrics
 
 
 def _save_and_report(w: _Worker, epoch: int, metrics: dict[str, Any]) -> None:
@@ -240,57 +236,26 @@ def _kept_batches(val):
 
 
 class _Clock:
-    """An epoch's timing on rank 0: the progress line inside the epoch and, in
-    the first epoch of a job with a plan, the time estimate."""
+    """An epoch's training time and, in the first epoch, the speed after the
+    first step (which traces the graph): what the time estimate is made from."""
 
-    def __init__(self, job: TrainJob, epoch: int, rank: int) -> None:
-        self.job, self.epoch = job, epoch
-        self.t0 = self.last = time.perf_counter()
-        self.progress = rank == 0 and bool(job.train_rows)
-        self.estimate_due = bool(job.plan) and rank == 0 and epoch == 0
+    def __init__(self, epoch: int) -> None:
+        self.t0 = time.perf_counter()
+        self.measure = epoch == 0
         self.steady_t0, self.steady_rows = None, 0
 
-    def tick(self, step_rows: int, rows_done: int) -> None:
-        now = time.perf_counter()
-        if self.progress and now - self.last >= PROGRESS_AFTER_S and now - self.t0 >= PROGRESS_AFTER_S:
-            self.last = now
-            rate = rows_done / max(now - self.t0, 1e-9)
-            eta = max(self.job.train_rows - rows_done, 0) / max(rate, 1e-9)
-            epochs = int(self.job.hyperparameters["epochs"])
-            print(f"zray: progress epoch {self.epoch + 1}/{epochs}  {rows_done}/{self.job.train_rows} rows  "
-                  f"{rate:.0f} img/s  ETA {duration(eta)}", flush=True)
-        if not self.estimate_due:
+    def tick(self, step_rows: int) -> None:
+        if not self.measure:
             return
         if self.steady_t0 is None:
-            self.steady_t0 = now  # after the first step, which traces the graph
+            self.steady_t0 = time.perf_counter()  # after the first step
             return
         self.steady_rows += step_rows
-        if now - self.steady_t0 >= ESTIMATE_AFTER_S:
-            self._announce(self.steady_rows / (now - self.steady_t0))
 
-    def done(self) -> float:
-        """End of the epoch: the estimate if still due (a short first epoch); the training time."""
-        if self.estimate_due and self.steady_rows:
-            self._announce(self.steady_rows / (time.perf_counter() - self.steady_t0))
-        return time.perf_counter() - self.t0
-
-    def _announce(self, images_per_s: float) -> None:
-        """Print the estimate, and leave it beside the run folders so the search's
-        later trials do not repeat it."""
-        from zray import storage as st
-
-        self.estimate_due = False
-        line = estimate_line(self.job, images_per_s)
-        print(line, flush=True)
-        if self.job.run_dir and int(self.job.plan.get("trials", 1)) > 1:
-            parent = self.job.run_dir.rstrip("/").rsplit("/", 1)[0]
-            st.write_text(st.join(parent, ESTIMATE_FILE), line + "\n")
-
-
-def epoch_line(m: dict[str, Any], epochs: int) -> str:
-    """``zray: epoch 3/15  loss ...``: what rank 0 prints after each epoch."""
-    return (
-        f"zray: epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-        f"val_sigma_mad {m['val_sigma_mad']:.4f}  val_bias {m['val_bias']:+.4f}  "
-        f"outliers {m['val_outlier_fraction']:.3f}  ({m['train_images_per_s']:.0f} img/s, lr {m['lr']:.2g})"
-    )
+    def done(self) -> tuple[float, float | None]:
+        """The epoch's training time, and the steady speed (images/s) if measured."""
+        end = time.perf_counter()
+        steady = None
+        if self.steady_rows and end > self.steady_t0:
+            steady = self.steady_rows / (end - self.steady_t0)
+        return end - self.t0, steady

@@ -1,0 +1,149 @@
+"""What ``zray train`` and ``zray tune`` share: one way to prepare an experiment and run its trials.
+
+``zray train`` is a search of one trial at the space's default
+hyperparameters; ``zray tune`` one of many, proposed by Optuna. Both go
+through the same steps, in this order:
+
+1. :func:`check_data`, before Ray starts: the data (simulated on first use),
+   a footer check of every shard, the labels against the bins, and the
+   reference predictors, so that a broken input is named at once;
+2. :func:`zray.runtime.init_ray`;
+3. :func:`trial_context`: the splits read and scaled once, for every trial
+   (they travel by reference), and what each trial needs to build its job;
+4. a Ray Tune ``Tuner`` whose trainable is :func:`trial_function`: one Ray
+   Train run per trial, its epochs reported to Tune by Ray's
+   ``TuneReportCallback``, and :func:`callbacks` writing the terminal's
+   lines from those reports.
+
+The lines a run shows (its epochs, the time estimate, how each trial ended)
+are written in the driver from the metrics the workers report: nothing a
+worker prints is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zray.console import LOG
+
+__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "trial_context", "trial_function",
+           "trial_hp", "trial_name"]
+
+
+@dataclass
+class CheckedData:
+    """The data of an experiment, checked before Ray starts."""
+
+    manifest: Any  # zray.data.shards.Manifest
+    shards: Any  # zray.data.pipeline.ShardCheck: which files to read, what was skipped or dropped
+    baselines: dict | None  # the reference predictors' figures (None when the data cannot give them)
+
+
+def check_data(space) -> CheckedData:
+    """Step 1: the data, the shards, the labels and the reference predictors."""
+    from zray import baselines
+    from zray.data.pipeline import check_shards
+    from zray.data.source import ensure_data
+
+    manifest = ensure_data(space)
+    shards = check_shards(space.data.path, skip_corrupt=space.data.skip_corrupt)
+    shards.check_labels(space.data.bins, drop=space.data.drop_out_of_range)
+    table = baselines.ensure_or_none(space.data.path, say=LOG.info)
+    return CheckedData(manifest=manifest, shards=shards, baselines=table)
+
+
+@dataclass
+class TrialContext:
+    """What a trial needs; plain data, shipped to the trial's process."""
+
+    space_json: dict
+    base_hp: dict
+    manifest_hash: str
+    trials_dir: str
+    record_ids_dir: str | None = None
+    # The splits, read and scaled once by the driver for every trial (they
+    # travel by reference: train.RunData), and what the shard check skipped.
+    datasets: Any = None
+    skipped: dict = field(default_factory=dict)
+    # The Ray Train run's name under trials_dir; None: one per trial (trial_name).
+    run_name: str | None = None
+    # Ray Train restarts of the run's workers before the trial fails.
+    max_failures: int = 1
+    # Further TrainJob fields (test instruments: zray.train.faults).
+    job_extra: dict = field(default_factory=dict)
+
+
+def trial_context(space, data: CheckedData, trials_dir: str, *, hyperparameters: dict | None = None,
+                  record_ids_dir: str | None = None, run_name: str | None = None, max_failures: int = 1,
+                  job_extra: dict | None = None) -> TrialContext:
+    """Step 3 (Ray started): the trials' shared context, with the data read and scaled
+    once here (a trial then starts with its Ray Train run, not with Ray Data planning
+    and reading the shards again). ``hyperparameters``: the fixed ones (default: the
+    space's defaults outside its search section)."""
+    from zray.train import prepare_datasets, skipped_fields
+
+    if hyperparameters is None:
+        hyperparameters = {k: v for k, v in space.default_hyperparameters().items() if k not in space.search}
+    return TrialContext(
+        space_json=space.model_dump(mode="json"), base_hp=dict(hyperparameters),
+        manifest_hash=data.manifest.hash, trials_dir=trials_dir, record_ids_dir=record_ids_dir,
+        datasets=prepare_datasets(space.data.path, space.data.image_size, shards=data.shards,
+                                  shuffle_buffer=space.data.shuffle_buffer),
+        skipped=skipped_fields(data.shards), run_name=run_name, max_failures=max_failures,
+        job_extra=dict(job_extra or {}),
+    )
+
+
+def trial_hp(ctx: TrialContext, config: dict) -> dict:
+    """A trial's hyperparameters: the fixed ones and what the searcher proposed."""
+    return {**ctx.base_hp, **{k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}}
+
+
+def trial_name(identity: str, trial_id: str) -> str:
+    """``trial-IDENTITY-NNNNN``: the run identity, plus Tune's trial counter in case
+    the sampler proposes the same point twice. Tune's trial folder and the
+    trial's Ray Train run share it, so a resumed trial finds its checkpoints."""
+    return f"trial-{identity}-{trial_id.rsplit('_', 1)[-1]}"
+
+
+def trial_function(config: dict, ctx: TrialContext) -> None:
+    """One trial: a Ray Train run at ``config``, reporting each epoch to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from zray.config import SearchSpace, run_identity
+    from zray.runtime import quiet_logs
+    from zray.train import divergence, failure_reason, job_for, make_trainer
+
+    quiet_logs(load=False)  # Optuna lives in the driver
+    space = SearchSpace.model_validate(ctx.space_json)
+    hp = trial_hp(ctx, config)
+    name = ctx.run_name or trial_name(run_identity(space.model, hp, ctx.manifest_hash),
+                                      tune.get_context().get_trial_id())
+    run_dir = f"{ctx.trials_dir.rstrip('/')}/{name}"
+    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir, **ctx.skipped, **ctx.job_extra)
+    trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
+                           gpus_per_worker=space.resources.gpus_per_worker, max_failures=ctx.max_failures,
+                           callbacks=[TuneReportCallback()])
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray Train's TrainingFailedError: keep Tune's error.txt to one sentence
+        raise RuntimeError(failure_reason(exc, run_dir)) from None
+    reason = divergence(run_dir)
+    if reason:
+        raise FloatingPointError(reason)
+
+
+def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: str | None,
+              trial_lines: bool = True) -> list:
+    """The Tune callbacks that write the terminal's lines (:class:`zray.search.progress.TrialLines`):
+    each epoch, the time estimate after the first epoch reported (once per experiment
+    when ``estimate_file`` is given: it is left there), and how each trial ended."""
+    from zray.search.progress import TrialLines
+    from zray.train import plan_of
+
+    plan = plan_of(space, manifest, trials=trials, concurrent=concurrent)
+    epochs = int(space.default_hyperparameters()["epochs"])
+    return [TrialLines(space.tune.metric, space.tune.mode, epochs, plan=plan, estimate_file=estimate_file,
+                       trials=trials, trial_lines=trial_lines)]

@@ -1,0 +1,47 @@
+"""Where zray works around a bug of Ray's: one function per bug, each naming it.
+
+``tests/test_ray_workarounds.py`` holds, for each, a test that reproduces the
+bug with Ray alone and fails once Ray is fixed; then delete the workaround and
+its test. Everything else in zray uses Ray as its documentation shows.
+
+The state API cannot tell which Ray it is in
+--------------------------------------------
+``ray.util.state`` (``list_actors``, ``get_actor``...) called with no address
+inside a Ray process looks for a Ray on the machine instead of using the one
+the process belongs to: with two Rays on one machine (a search beside a
+``zray predict``, a notebook or a test session) it raises "Found multiple
+active Ray instances", or reaches the Ray started last. Ray Train's
+placement-group cleaner asks the state API whether a run's controller is
+alive, so when Tune stops a trial its workers' CPUs stayed reserved and the
+next trial waited for them forever. Upstream: ray-project/ray#25639 (the
+error) and the fix proposed in ray-project/ray#54468 ("Default state API
+address when in a connected worker"), not in Ray 2.60's ``ray.util.state``.
+
+The workaround: a Ray that zray starts gets a known dashboard port, and its
+processes inherit ``RAY_API_SERVER_ADDRESS`` (the variable the state API reads
+before looking around) naming that dashboard.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ["STATE_API_ENV", "local_ray_options"]
+
+# Read by Ray's state API client before any search for a Ray on the machine.
+STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def local_ray_options() -> dict[str, int]:
+    """``ray.init`` options for a local Ray whose processes find their own state API.
+
+    Call just before ``ray.init(address="local", ...)``: it picks a free port
+    for the dashboard and sets :data:`STATE_API_ENV` in this process, which the
+    Ray started next passes on to every process it starts.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ[STATE_API_ENV] = f"http://127.0.0.1:{port}"
+    return {"dashboard_port": port}

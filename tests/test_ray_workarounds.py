@@ -1,0 +1,119 @@
+"""Each workaround of zray.ray_workarounds: the Ray bug it works around is still there
+(the first test of each pair fails once Ray fixes it: then delete the workaround and
+both tests), and the workaround does its job.
+
+Also: a search gives every trial's workers back, with Ray Train's own cleaner.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import yaml
+from ray.util.placement_group import placement_group_table
+
+from zray import config, search
+from zray.ray_workarounds import STATE_API_ENV
+
+
+def _wait_removed(groups, timeout_s: float = 30.0) -> dict[str, str]:
+    """Each group's state (by hex id) once all are REMOVED, or when ``timeout_s`` has passed."""
+    deadline = time.time() + timeout_s
+    while True:
+        table = placement_group_table()
+        states = {g: table[g]["state"] for g in groups}
+        if all(s == "REMOVED" for s in states.values()) or time.time() > deadline:
+            return states
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def second_ray():
+    """Another Ray on this machine (as a notebook or a `zray predict` beside a search), started
+    after the test session's, in its own process; stopped when the module's tests are done."""
+    temp_dir = tempfile.mkdtemp(prefix="zr2")
+    code = ("import sys, ray\n"
+            "ray.init(address='local', num_cpus=0, include_dashboard=False, _temp_dir=sys.argv[1])\n"
+            "print('up', flush=True)\n"
+            "sys.stdin.read()\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in (STATE_API_ENV, "RAY_ADDRESS")}
+    proc = subprocess.Popen([sys.executable, "-c", code, temp_dir], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "up"
+    yield proc
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def _state_api_in_a_task(keep_env: bool) -> str:
+    """What Ray's state API says, called with no address inside a task of the session's Ray."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def ask() -> str:
+        from ray.util.state import list_nodes
+
+        saved = {k: os.environ.get(k) for k in (STATE_API_ENV, "RAY_ADDRESS")}
+        if not keep_env:  # (the worker process is reused by later tasks: put them back after)
+            for key in saved:
+                os.environ.pop(key, None)
+        own = ray.get_runtime_context().get_node_id()
+        try:
+            nodes = list_nodes(timeout=20)
+        except Exception as exc:  # noqa: BLE001 - what the bug looks like
+            return f"error: {type(exc).__name__}: {exc}"
+        finally:
+            os.environ.update({k: v for k, v in saved.items() if v is not None})
+        return "own" if own in {n.node_id for n in nodes} else "another Ray"
+
+    return ray.get(ask.remote(), timeout=120)
+
+
+def test_rays_state_api_in_a_worker_still_looks_for_a_ray_on_the_machine(ray_session, second_ray):
+    """ray-project/ray#25639, #54468: with no address, the state API inside a Ray process
+    searches the machine. Once this fails, Ray has fixed it: delete
+    zray.ray_workarounds.local_ray_options (and its callers) and this test."""
+    answer = _state_api_in_a_task(keep_env=False)
+    assert answer != "own", ("Ray's state API now finds its own Ray inside a worker: the workaround "
+                             "in zray.ray_workarounds is no longer needed")
+
+
+def test_the_processes_of_a_ray_started_as_zray_does_find_their_own(ray_session, second_ray):
+    """The session's Ray is started with local_ray_options(), as zray starts one."""
+    assert _state_api_in_a_task(keep_env=True) == "own"
+
+
+@pytest.mark.slow
+def test_a_search_gives_every_trials_workers_back(ray_session, sim_data, tmp_path):
+    """ASHA stops trials (at the first rung, and at the last epoch): Tune then ends
+    the trial's process and with it the run's controller, before the controller
+    removes its workers' placement group. Ray Train's own cleaner removes them."""
+    before = set(placement_group_table())
+    space = {
+        "name": "reclaim", "model": "cnn",
+        "data": {"path": str(sim_data), "image_size": 32},
+        "fixed": {"epochs": 2, "batch_size": 64, "blocks": 1, "dense_units": 16, "filters": 8},
+        "search": {"learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+        # The time budget ends a search whose trials wait forever for CPUs that a
+        # leaked group holds (that is what happened without a guard).
+        "tune": {"num_samples": 3, "max_concurrent": 1, "seed": 0, "time_budget_s": 180,
+                 "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
+    }
+    path = tmp_path / "reclaim.yaml"
+    path.write_text(yaml.safe_dump(space))
+    summary = search.run(config.load(path), runs_dir=tmp_path / "runs")
+    assert len(summary["trials"]) == 3 and all(t["epochs"] >= 1 for t in summary["trials"]), summary["trials"]
+
+    new = [g for g in placement_group_table() if g not in before]
+    assert new, "the search's runs made no placement group"
+    states = _wait_removed(new)
+    table = placement_group_table()
+    left = {g: (state, table[g]["bundles"]) for g, state in states.items() if state != "REMOVED"}
+    assert not left, f"placement groups left after the search (state, bundles): {left}"
