@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -45,18 +46,24 @@ def test_the_raylets_worker_pool_warning_is_left_out_and_other_lines_kept(capsys
     assert "worker processes have been started" in capsys.readouterr().out
 
 
-def test_native_stderr_is_quiet_only_inside_the_block():
+def test_a_commands_native_stderr_is_quiet_and_pythons_is_not():
+    """Inside a command, what native code writes to file descriptor 2 (TensorFlow's
+    C++ start-up lines) is dropped; Python's own stderr and everything after it stay."""
     code = (
-        "import os\n"
+        "import os, sys\n"
         "from zray import console\n"
-        "with console.quiet_native_stderr():\n"
+        "with console.terminal():\n"
         "    os.write(2, b'I0000 oneDNN custom operations are on\\n')\n"
+        "    print('zray: error: a sentence', file=sys.stderr)\n"
         "os.write(2, b'after\\n')\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != console.VERBOSE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != console.VERBOSE_ENV}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stderr == "after\n"
+    assert out.stderr == "zray: error: a sentence\nafter\n"
+    verbose = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env={**env, console.VERBOSE_ENV: "1"})
+    assert "oneDNN" in verbose.stderr
 
 
 def test_no_zray_module_prints():

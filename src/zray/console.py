@@ -20,18 +20,19 @@ off it unless verbose: the raylet's warning that many Python worker
 processes have started (every trial starts a few, and the fractional CPUs it
 blames are zray's design on small machines), which Ray prints to this
 process's stdout itself; and TensorFlow's native start-up lines when this
-process imports TensorFlow (``zray evaluate``, ``zray predict``), which go to
-file descriptor 2 before Python can say anything (:func:`quiet_native_stderr`).
+process imports and starts TensorFlow (``zray evaluate``, ``zray predict``),
+which its C++ core writes to file descriptor 2 directly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
 
-__all__ = ["LOG", "VERBOSE_ENV", "is_verbose", "quiet_native_stderr", "terminal"]
+__all__ = ["LOG", "VERBOSE_ENV", "is_verbose", "set_verbose", "terminal"]
 
 LOG = logging.getLogger("zray")
 PREFIX = "zray:"
@@ -82,49 +83,80 @@ class _WithoutLines:
         return getattr(self._stream, name)
 
 
+# File descriptor 2 as it was before terminal() sent it to /dev/null (None: not sent).
+_native_stderr: dict[str, int | None] = {"saved": None}
+
+
 @contextlib.contextmanager
 def terminal():
     """For the length of a command: the ``zray`` logger's lines on stdout (DEBUG
-    too when verbose), and (unless verbose) none of the raylet's worker-pool
-    warnings. Verbosity is read as each line comes (``--verbose`` is an option
-    of the command, parsed inside the block)."""
+    too when verbose) and, unless verbose, neither the raylet's worker-pool
+    warnings nor native libraries' lines on file descriptor 2 (TensorFlow's
+    absl start-up lines, oneDNN, ``cuInit`` errors on machines without a GPU,
+    written there whatever Python's logging or ``TF_CPP_MIN_LOG_LEVEL`` say).
+    Python's own stderr (errors, warnings, tracebacks) still reaches the
+    terminal. ``--verbose``, an option of the command parsed inside the block,
+    calls :func:`set_verbose`, which gives file descriptor 2 back."""
     handler = _ZrayLines()
     saved_level, saved_propagate = LOG.level, LOG.propagate
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG)
     LOG.propagate = False  # shown once, here, not again by a root handler
     saved_streams = sys.stdout, sys.stderr
+    python_stderr = _quiet_native_stderr() if not is_verbose() else None
     sys.stdout = _WithoutLines(sys.stdout, (WORKER_POOL_WARNING,))
-    sys.stderr = _WithoutLines(sys.stderr, (WORKER_POOL_WARNING,))
+    sys.stderr = _WithoutLines(python_stderr or sys.stderr, (WORKER_POOL_WARNING,))
     try:
         yield
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         sys.stdout, sys.stderr = saved_streams
+        _give_back_native_stderr()
+        if python_stderr is not None:
+            with contextlib.suppress(Exception):
+                python_stderr.close()
         LOG.removeHandler(handler)
         LOG.setLevel(saved_level)
         LOG.propagate = saved_propagate
 
 
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """File descriptor 2 to /dev/null for the block (unless verbose): TensorFlow's
-    C++ start-up lines (absl's "I0000 ...", oneDNN, ``cuInit`` errors on machines
-    without a GPU) are written there while it is imported, whatever Python's
-    logging or ``TF_CPP_MIN_LOG_LEVEL`` say. Python's own errors are raised as
-    usual and printed after the block."""
-    if is_verbose():
-        yield
-        return
+def set_verbose() -> None:
+    """Verbose from here on: Ray's and TensorFlow's own output reach the terminal."""
+    os.environ[VERBOSE_ENV] = "1"
+    _give_back_native_stderr()
+
+
+def _quiet_native_stderr():
+    """Send file descriptor 2 to /dev/null; return a text stream on where it went
+    before, for Python's own stderr (None when sys.stderr is not file descriptor 2,
+    as under a test runner: then only the descriptor is quieted)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to quiet
-        yield
-        return
+    except (OSError, ValueError):
+        return None
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    _native_stderr["saved"] = saved
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
+        is_fd2 = sys.stderr.fileno() == 2
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        is_fd2 = False
+    if not is_fd2:
+        return None
+    return open(saved, "w", closefd=False, buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                errors="backslashreplace")
+
+
+def _give_back_native_stderr() -> None:
+    saved = _native_stderr["saved"]
+    if saved is None:
+        return
+    _native_stderr["saved"] = None
+    with contextlib.suppress(OSError):
         os.dup2(saved, 2)
+    with contextlib.suppress(OSError):
         os.close(saved)

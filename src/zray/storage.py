@@ -9,6 +9,7 @@ the environment, as for Ray itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -22,6 +23,50 @@ def join(base, *parts: str) -> str:
     if is_uri(base):
         return "/".join([str(base).rstrip("/"), *parts])
     return str(Path(base).resolve().joinpath(*parts))
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where one experiment lives: built once (:meth:`of`) by the command and passed down.
+
+    - :attr:`path`: ``STORAGE/NAME``, a folder or an object-store URI: what Ray
+      Tune and Ray Train write (trials, checkpoints, Tune's experiment state);
+    - :attr:`local`: the driver's own folder for the experiment (the Optuna
+      study, results, a copy of the search space): the same folder when the
+      storage is local, ``LOCAL_RUNS/NAME`` when it is an object store;
+    - :meth:`filesystem`: ``pyarrow.fs``' view of :attr:`path`, the same calls for both.
+    """
+
+    storage: str
+    name: str
+    local: Path
+
+    @classmethod
+    def of(cls, storage, name: str, local_runs="runs") -> Place:
+        if is_uri(storage):
+            return cls(str(storage).rstrip("/"), name, (Path(local_runs) / name).resolve())
+        root = Path(storage).resolve()
+        return cls(str(root), name, root / name)
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.storage)
+
+    @property
+    def path(self) -> str:
+        return join(self.storage, self.name)
+
+    def file(self, *parts: str) -> str:
+        """A path or URI under :attr:`path`."""
+        return join(self.path, *parts)
+
+    def filesystem(self):
+        """``(pyarrow FileSystem, path inside it)`` of :attr:`path`."""
+        from pyarrow import fs
+
+        if self.remote:
+            return fs.FileSystem.from_uri(self.path)
+        return fs.LocalFileSystem(), self.path
 
 
 def _fs(uri: str):

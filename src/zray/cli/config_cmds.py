@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -18,9 +17,9 @@ def set_option(func):
 
 def _verbose(ctx, param, value):
     if value:
-        from zray.console import VERBOSE_ENV
+        from zray.console import set_verbose
 
-        os.environ[VERBOSE_ENV] = "1"
+        set_verbose()
     return value
 
 

@@ -1,88 +1,236 @@
-"""Ray's OptunaSearch, made a faithful record of the search and able to survive a driver restart.
+"""Tune's searcher over an Optuna study that is a faithful record of the search and survives a driver restart.
 
 Its own module so Ray (imported here at the top) stays out of ``zray.search``'s
 import, while the class keeps one importable name for Tune's saved state.
 
-What Ray's OptunaSearch records differs from what zray reports, and
-optuna-dashboard then tells another story than ``zray status``: a trial the
-scheduler stopped early is COMPLETE, a trial's value is its last epoch's
+Ray's OptunaSearch records another story than ``zray status`` tells: a trial
+the scheduler stopped early is COMPLETE, a trial's value is its last epoch's
 metric while zray ranks by the best epoch, and the epoch on which the
-scheduler stopped a trial is missing. Here:
+scheduler stopped a trial is missing. :class:`ResumableOptunaSearch` is a
+Tune ``Searcher`` of its own, driving the study through Optuna's
+ask-and-tell interface:
 
-- every epoch is an intermediate value at step = epoch;
+- every epoch's metric is an intermediate value at step = epoch, reported once
+  (an epoch reported again, as after a resume, changes nothing);
 - a trial's value is its best epoch's metric (what zray ranks by);
 - a trial that ended before its last epoch without an error is PRUNED, a
-  failed one FAIL, the others COMPLETE;
-- user attributes ``zray_trial`` (the trial's folder name), ``zray_best_epoch``
-  and ``zray_best_checkpoint`` say where the best model is.
+  failed one (or one that reported no metric) FAIL, the others COMPLETE.
+  Optuna sets a PRUNED trial's value itself, to its last epoch's metric
+  (``Study.tell`` takes no value with that state);
+- user attributes ``zray_trial`` (the trial's folder name), ``zray_best_epoch``,
+  ``zray_best_value`` and ``zray_best_checkpoint`` say where the best model is;
+- a completion the study already holds changes nothing.
+
+Surviving a restart: Tune pickles the searcher (in its experiment state and
+with :meth:`ResumableOptunaSearch.save`) and restores it on ``--resume``. What
+is pickled is plain data: the search space, the sampler (so a seeded sampler
+continues where it was), the storage, Tune's trial id -> Optuna trial number
+and each trial's epochs; never a study or a trial. After a restore the study
+is loaded again from its storage, and a trial Tune resumes is found again by
+its number: ``optuna.trial.Trial(study, trial_id)`` with the trial's id read
+from the storage (``get_study_id_from_name`` and
+``get_trial_id_from_study_id_trial_number``), once the study says the trial
+is still RUNNING. Optuna has no endorsed way to get a live trial by number
+in a new process (its documentation discourages calling that constructor
+and the storage's methods directly; ``Study.tell`` alone takes a number), so
+this is the one place that leans on them. The samplers zray uses (TPE,
+random) do nothing in ``before_trial``, which that constructor calls.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import pickle
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from zray.search.results import TRIALS_DIR
+from zray.search.results import TRIALS_DIR, best_checkpoint
+
+__all__ = ["ResumableOptunaSearch"]
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """See the module docstring. ``experiment_dir`` is where the trials' folders are
-    (None with an object-store storage: then no checkpoint attribute)."""
+class ResumableOptunaSearch(Searcher):
+    """See the module docstring.
 
-    def __init__(self, *args, epochs: int = 0, experiment_dir: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    ``space``: parameter name -> Optuna distribution (``tuner.optuna_distributions``).
+    ``storage``: where the study lives (an Optuna storage, or its URL).
+    ``epochs``: a trial's last epoch (0: unknown, no trial counts as PRUNED).
+    ``experiment_dir``: where the trials' folders are (None with an object-store
+    storage: then no folder or checkpoint attribute).
+    """
+
+    def __init__(self, space: dict[str, Any] | None = None, metric: str | None = None,
+                 mode: str | None = None, *, sampler: optuna.samplers.BaseSampler | None = None,
+                 study_name: str = "optuna", storage: str | optuna.storages.BaseStorage | None = None,
+                 epochs: int = 0, experiment_dir: str | None = None):
+        if storage is None:
+            raise ValueError("ResumableOptunaSearch needs a storage (an Optuna storage or its URL), "
+                             "so the study outlives the driver")
+        super().__init__(metric=metric, mode=mode)
+        self._space = dict(space or {})
+        self._sampler = sampler or optuna.samplers.TPESampler()
+        self._study_name = study_name
+        self._db = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
         self._epochs = int(epochs)
         self._experiment_dir = experiment_dir
-        self._history: dict[str, dict[int, float]] = {}
+        self._numbers: dict[str, int] = {}  # Tune's trial id -> Optuna trial number
+        self._history: dict[str, dict[int, float]] = {}  # Tune's trial id -> {epoch: metric}
+        self._finished: set[str] = set()
+        self._open()
+        if self.metric and self.mode:
+            self._open_study()  # the study exists from the start, as optuna.db does
+
+    # -- Tune's Searcher interface -------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        """The space, metric and mode come with the constructor; Tune's own are not taken."""
+        return False
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """A new Optuna trial for ``trial_id`` (the same one if asked again): its parameters as plain values."""
+        if not self._space:
+            raise RuntimeError(f"{type(self).__name__}: no search space (pass space=)")
+        if not self.metric or not self.mode:
+            raise RuntimeError(f"{type(self).__name__}: no metric or mode (pass metric= and mode=)")
+        known = self._live.get(trial_id) or (self._frozen(self._numbers[trial_id])
+                                             if trial_id in self._numbers else None)
+        if known is None:
+            known = self._open_study().ask(fixed_distributions=self._space)
+            self._numbers[trial_id] = known.number
+            self._live[trial_id] = known
+        return {name: _plain(known.params[name]) for name in self._space}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._record(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
         if result:
             self._record(trial_id, result)
-        ot_trial = self._ot_trials[trial_id]
+        trial = self._trial(trial_id)
+        if trial is None:
+            return  # not ours, or already finished in the study: nothing changes
         history = self._history.get(trial_id, {})
-        sign = 1.0 if self._mode == "min" else -1.0
-        best_epoch = min(history, key=lambda e: sign * history[e]) if history else None
-        last_epoch = max(history) if history else 0
-        storage, number = self._ot_study._storage, ot_trial._trial_id
+        sign = 1.0 if self.mode == "min" else -1.0
+        best_epoch = min(history, key=lambda e: (sign * history[e], e)) if history else None
+        folder = self._trial_folder(trial_id)
         try:
-            folder = self._trial_folder(trial_id)
-            storage.set_trial_user_attr(number, "zray_trial", folder.name if folder else None)
-            storage.set_trial_user_attr(number, "zray_best_epoch", best_epoch)
-            storage.set_trial_user_attr(number, "zray_best_checkpoint", self._best_checkpoint(folder))
+            trial.set_user_attr("zray_trial", folder.name if folder else None)
+            trial.set_user_attr("zray_best_epoch", best_epoch)
+            trial.set_user_attr("zray_best_value", history[best_epoch] if history else None)
+            trial.set_user_attr("zray_best_checkpoint",
+                                best_checkpoint(folder, self.metric, self.mode) if folder else None)
+            study = self._open_study()
             if error or best_epoch is None:
-                storage.set_trial_state_values(number, TrialState.FAIL)
-            elif self._epochs and last_epoch < self._epochs:
-                storage.set_trial_state_values(number, TrialState.PRUNED, [history[best_epoch]])
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            elif self._epochs and max(history) < self._epochs:
+                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             else:
-                storage.set_trial_state_values(number, TrialState.COMPLETE, [history[best_epoch]])
+                study.tell(trial, history[best_epoch], state=TrialState.COMPLETE, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # a resumed search re-reporting a trial the study already holds
-        self._completed_trials.add(trial_id)
+            pass  # finished meanwhile by someone else: the study keeps what it holds
+        self._finish(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(pickle.load(f))
+
+    # -- pickling: plain data only, the study is loaded again from its storage -----
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric, "mode": self.mode, "space": self._space, "sampler": self._sampler,
+            "study_name": self._study_name, "storage": self._db, "epochs": self._epochs,
+            "experiment_dir": self._experiment_dir, "numbers": dict(self._numbers),
+            "history": {k: dict(v) for k, v in self._history.items()}, "finished": set(self._finished),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Searcher.__init__(self, metric=state["metric"], mode=state["mode"])
+        self._space = state["space"]
+        self._sampler = state["sampler"]
+        self._study_name = state["study_name"]
+        self._db = state["storage"]
+        self._epochs = state["epochs"]
+        self._experiment_dir = state["experiment_dir"]
+        self._numbers = state["numbers"]
+        self._history = state["history"]
+        self._finished = state["finished"]
+        self._open()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Forget the live study and trials (loaded again when needed)."""
+        self._study: optuna.Study | None = None
+        self._live: dict[str, optuna.trial.Trial] = {}
+
+    def _open_study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = optuna.create_study(
+                storage=self._db, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
+                study_name=self._study_name, load_if_exists=True,
+                direction="minimize" if self.mode == "min" else "maximize",
+            )
+        return self._study
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial | None:
+        return next((t for t in self._open_study().get_trials(deepcopy=False) if t.number == number), None)
+
+    def _trial(self, trial_id: str) -> optuna.trial.Trial | None:
+        """The live Optuna trial of a Tune trial, found again by its number after a
+        restore; None when the trial is not ours or already finished in the study."""
+        if trial_id in self._finished or trial_id not in self._numbers:
+            return None
+        trial = self._live.get(trial_id)
+        if trial is not None:
+            return trial
+        number = self._numbers[trial_id]
+        frozen = self._frozen(number)
+        if frozen is None or frozen.state != TrialState.RUNNING:
+            self._finished.add(trial_id)
+            return None
+        # The study holds the epochs reported before the restart: the first value of an epoch stays.
+        self._history[trial_id] = {**self._history.get(trial_id, {}),
+                                   **{int(step): float(v) for step, v in frozen.intermediate_values.items()}}
+        study = self._open_study()
+        study_id = self._db.get_study_id_from_name(study.study_name)
+        trial = optuna.trial.Trial(study, self._db.get_trial_id_from_study_id_trial_number(study_id, number))
+        self._live[trial_id] = trial
+        return trial
+
+    def _finish(self, trial_id: str) -> None:
+        self._finished.add(trial_id)
+        self._live.pop(trial_id, None)
 
     def _record(self, trial_id: str, result: dict) -> None:
         """Keep the epoch's metric and report it to Optuna once, at step = epoch."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        value, epoch = result.get(self.metric), result.get("epoch")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             return
-        value, epoch = result.get(self._metric), result.get("epoch")
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or epoch is None:
+        try:
+            epoch = int(epoch)
+        except (TypeError, ValueError):
+            return
+        trial = self._trial(trial_id)
+        if trial is None or epoch < 0:
             return
         seen = self._history.setdefault(trial_id, {})
-        if int(epoch) in seen:
+        if epoch in seen:
             return
-        seen[int(epoch)] = float(value)
+        seen[epoch] = float(value)
         try:
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+            trial.report(float(value), epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+            self._finish(trial_id)
 
     def _trial_folder(self, trial_id: str) -> Path | None:
         if not self._experiment_dir:
@@ -91,7 +239,7 @@ class ResumableOptunaSearch(OptunaSearch):
         found = sorted(Path(self._experiment_dir, TRIALS_DIR).glob(f"trial-*-{suffix}"))
         return found[0] if found else None
 
-    def _best_checkpoint(self, folder: Path | None) -> str | None:
-        from zray.search.results import best_checkpoint
 
-        return best_checkpoint(folder, self._metric, self._mode) if folder else None
+def _plain(value: Any) -> Any:
+    """A parameter value as a plain Python value (no numpy scalar)."""
+    return value.item() if hasattr(value, "item") else value

@@ -8,7 +8,6 @@ left RUNNING, or (stopped before the first save) a half-started search.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from zray.search.results import LOST_DIR, STUDY_FILE, TRIALS_DIR
@@ -16,23 +15,18 @@ from zray.search.results import LOST_DIR, STUDY_FILE, TRIALS_DIR
 __all__ = ["clear_unsaved", "set_aside_lost_trials", "close_orphans"]
 
 
-def clear_unsaved(experiment_path: str, experiment_dir: Path) -> None:
-    """Remove what a search stopped before its first Tune save left behind:
-    trial folders and the Optuna study (left there, they would be counted as trials)."""
-    from zray import storage as st
+def clear_unsaved(place) -> None:
+    """Remove what a search stopped before its first Tune save left behind at
+    ``place`` (a :class:`zray.storage.Place`): trial folders and the Optuna study
+    (left there, they would be counted as trials)."""
+    from pyarrow import fs
 
-    if st.is_uri(experiment_path):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(experiment_path)
-        for info in filesystem.get_file_info(fs.FileSelector(inner, allow_not_found=True)):
-            name = info.path.rsplit("/", 1)[-1]
-            if name.startswith("trial-") or name == TRIALS_DIR:
-                filesystem.delete_dir(info.path)
-    else:
-        for path in [*experiment_dir.glob("trial-*"), experiment_dir / TRIALS_DIR]:
-            shutil.rmtree(path, ignore_errors=True)
-    (experiment_dir / STUDY_FILE).unlink(missing_ok=True)
+    filesystem, inner = place.filesystem()
+    for info in filesystem.get_file_info(fs.FileSelector(inner, allow_not_found=True)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == fs.FileType.Directory and (name.startswith("trial-") or name == TRIALS_DIR):
+            filesystem.delete_dir(info.path)
+    (place.local / STUDY_FILE).unlink(missing_ok=True)
 
 
 def set_aside_lost_trials(experiment_dir: Path, known: set[str]) -> list[str]:
@@ -75,11 +69,10 @@ def close_orphans(experiment_dir: Path, study_name: str) -> int:
         return 0
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
     try:
-        study_id = storage.get_study_id_from_name(study_name)
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return 0
-    closed = 0
-    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        closed += 1
-    return closed
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)

@@ -119,58 +119,54 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     if address and address != "auto":
         check_reachable(address)  # before any data work: a wrong address is named at once
     name = check_name(name, "name") if name else space.name
-    remote = st.is_uri(runs_dir)
-    st.check_local_folder(local_runs if remote else runs_dir)
-    experiment_dir = ((Path(local_runs) if remote else Path(runs_dir)) / name).resolve()
-    experiment_path = st.join(runs_dir, name) if remote else str(experiment_dir)
-    resume = _check_resume(space, experiment_path, experiment_dir, resume)
+    st.check_local_folder(local_runs if st.is_uri(runs_dir) else runs_dir)
+    place = st.Place.of(runs_dir, name, local_runs)
+    resume = _check_resume(space, place, resume)
     data = experiment.check_data(space)  # before anything is written or started
     if resume is None:
         # Stopped before Tune saved its state the first time: nothing of the
         # search can be restored, so it starts again, without the leftovers.
-        LOG.info(f"{experiment_path} has no saved Tune state (stopped before its first save); "
+        LOG.info(f"{place.path} has no saved Tune state (stopped before its first save); "
                  "starting the search again")
-        clear_unsaved(experiment_path, experiment_dir)
+        clear_unsaved(place)
         resume = False
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(experiment_dir / SPACE_FILE, space.model_dump(mode="json"))
-    if remote:
-        st.write_text(st.join(experiment_path, SPACE_FILE),
-                      json.dumps(space.model_dump(mode="json"), indent=1, sort_keys=True))
+    place.local.mkdir(parents=True, exist_ok=True)
+    _write_json(place.local / SPACE_FILE, space.model_dump(mode="json"))
+    if place.remote:
+        st.write_text(place.file(SPACE_FILE), json.dumps(space.model_dump(mode="json"), indent=1, sort_keys=True))
     init_ray(address, dashboard_host=dashboard_host)
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    trials_dir = st.join(experiment_path, TRIALS_DIR)
-    ctx = experiment.trial_context(space, data, trials_dir, record_ids_dir=record_ids_dir)
+    ctx = experiment.trial_context(space, data, place.file(TRIALS_DIR), record_ids_dir=record_ids_dir)
     t0 = time.perf_counter()
     lines = experiment.callbacks(space, data.manifest, trials=space.tune.num_samples,
                                  concurrent=space.tune.max_concurrent,
-                                 estimate_file=st.join(trials_dir, ESTIMATE_FILE))
-    grid = _tuner(space, ctx, data.manifest.hash, name, runs_dir, experiment_path, experiment_dir, resume,
-                  lines).fit()
-    close_orphans(experiment_dir, space.name)
-    if remote:
+                                 estimate_file=place.file(TRIALS_DIR, ESTIMATE_FILE))
+    grid = _tuner(space, ctx, data.manifest.hash, place, resume, lines).fit()
+    close_orphans(place.local, space.name)
+    if place.remote:
         # Results live in the object store; `zray status` reads a local copy.
-        return {"experiment": experiment_path, "remote": True, "wall_time_s": time.perf_counter() - t0}
-    moved = set_aside_lost_trials(experiment_dir, {Path(r.path).name for r in grid if r.path})
+        return {"experiment": place.path, "remote": True, "wall_time_s": time.perf_counter() - t0}
+    moved = set_aside_lost_trials(place.local, {Path(r.path).name for r in grid if r.path})
     if moved:
         LOG.info(f"set aside {len(moved)} trial folder(s) Tune had not saved before its driver "
-                 f"stopped (their points were proposed again): {experiment_dir / LOST_DIR}")
-    summary = summarize(experiment_dir)
+                 f"stopped (their points were proposed again): {place.local / LOST_DIR}")
+    summary = summarize(place.local)
     write_results(summary)
     summary["wall_time_s"] = time.perf_counter() - t0
     return summary
 
 
-def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: bool) -> bool | None:
+def _check_resume(space, place, resume: bool) -> bool | None:
     """Whether to restore Tune's state: refuse a resume with nothing to resume or a
     changed search space, and a fresh start over an existing experiment. None: a
     search stopped before Tune's first save, to start again."""
     from zray import storage as st
 
-    state_exists = st.exists(st.join(experiment_path, "tuner.pkl"))
-    started = st.exists(st.join(experiment_path, SPACE_FILE)) or (experiment_dir / SPACE_FILE).exists()
+    experiment_path = place.path
+    state_exists = st.exists(place.file("tuner.pkl"))
+    started = st.exists(place.file(SPACE_FILE)) or (place.local / SPACE_FILE).exists()
     if resume and not state_exists and not started:
         raise ZrayError(f"{experiment_path}: nothing to resume (no Tune experiment state there); run without --resume")
     if not resume and state_exists:
@@ -191,12 +187,10 @@ def _check_resume(space, experiment_path: str, experiment_dir: Path, resume: boo
     return resume
 
 
-def _tuner(space, ctx, manifest_hash: str, name: str, runs_dir, experiment_path: str,
-           experiment_dir: Path, resume: bool, callbacks: list):
-    """A new ``tune.Tuner`` for the search, or the one restored from ``experiment_path``."""
+def _tuner(space, ctx, manifest_hash: str, place, resume: bool, callbacks: list):
+    """A new ``tune.Tuner`` for the search, or the one restored from ``place``."""
     from ray import tune
 
-    from zray import storage as st
     from zray.config import run_identity
     from zray.console import is_verbose
     from zray.experiment import trial_function, trial_hp, trial_name
@@ -208,24 +202,23 @@ def _tuner(space, ctx, manifest_hash: str, name: str, runs_dir, experiment_path:
                                     {"cpu": space.resources.trial_cpus})
     if resume:
         try:
-            return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+            return tune.Tuner.restore(place.path, trainable=trainable, resume_unfinished=True,
                                       resume_errored=False)
         except Exception as exc:  # Tune raises several types for unreadable state
-            raise ZrayError(f"{experiment_path}: the saved Tune state cannot be restored ({first_line(exc)}); "
+            raise ZrayError(f"{place.path}: the saved Tune state cannot be restored ({first_line(exc)}); "
                             "expected the state of a search started by zray tune (start again with --name NEW)"
                             ) from None
-    remote = st.is_uri(runs_dir)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             # Nothing to search: Tune repeats the fixed configuration num_samples times.
-            search_alg=make_searcher(space, experiment_dir, trials_local=not remote) if space.search else None,
+            search_alg=make_searcher(space, place.local, trials_local=not place.remote) if space.search else None,
             scheduler=make_scheduler(space), num_samples=space.tune.num_samples,
             time_budget_s=space.tune.time_budget_s,
             trial_name_creator=identity_of, trial_dirname_creator=identity_of,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(runs_dir) if remote else str(experiment_dir.parent),
+            name=place.name, storage_path=place.storage,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=1 if is_verbose() else 0,
             callbacks=callbacks,

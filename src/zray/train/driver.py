@@ -234,7 +234,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     from zray.console import is_verbose
     from zray.paths import check_name
     from zray.runtime import init_ray
-    from zray.storage import check_local_folder
+    from zray.storage import Place, check_local_folder
 
     if name is not None:
         check_name(name, "name")  # one folder under runs_dir, never a path out of it
@@ -244,9 +244,9 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     identity = run_identity(space.model, hp, data.manifest.hash)
     name = name or f"{space.name}-train-{identity}"
     init_ray(dashboard_host=dashboard_host)
-    runs = Path(runs_dir).resolve()
-    run_dir = runs / name
-    ctx = experiment.trial_context(space, data, str(runs), hyperparameters=hp, record_ids_dir=record_ids_dir,
+    place = Place.of(runs_dir, name)  # the run's folder: its checkpoints, and Tune's record in tune/
+    run_dir = place.local
+    ctx = experiment.trial_context(space, data, place.storage, hyperparameters=hp, record_ids_dir=record_ids_dir,
                                    run_name=name, max_failures=max_failures,
                                    job_extra={"extra": extra} if extra else None)
     lines = experiment.callbacks(space, data.manifest, trials=1, concurrent=1, estimate_file=None,
