@@ -30,7 +30,7 @@ def _searcher(tmp_path, epochs=3, mode="min", seed=0):
     return ResumableOptunaSearch(
         space=SPACE, metric="val_sigma_mad", mode=mode, sampler=optuna.samplers.RandomSampler(seed=seed),
         study_name="s", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
-        epochs=epochs, experiment_dir=str(tmp_path),
+        epochs=epochs, experiment_dir=str(tmp_path), seed=seed,
     )
 
 
@@ -186,8 +186,10 @@ def test_save_and_restore_continue_the_same_trials_through_tunes_wrapper(tmp_pat
     config = limited.suggest("c_00000")
     assert limited.suggest("c_00001") is None  # Tune's limit, not a new Optuna trial
     _epochs(limited, "c_00000", [0.05, 0.04])
-    checkpoint = tmp_path / "searcher-state.pkl"
+    checkpoint = tmp_path / "searcher-state.json"
     limited.save(str(checkpoint))
+    saved = json.loads(checkpoint.read_text())  # plain JSON: nothing is unpickled from it
+    assert saved["numbers"] == {"c_00000": 0} and saved["history"] == {"c_00000": {"1": 0.05, "2": 0.04}}
     # The old driver went on: epoch 3 and the completion reached the study, not the checkpoint.
     limited.on_trial_complete("c_00000", result={"epoch": 3, "val_sigma_mad": 0.03})
     (told,) = _trials(tmp_path)
@@ -203,7 +205,8 @@ def test_save_and_restore_continue_the_same_trials_through_tunes_wrapper(tmp_pat
     assert again.user_attrs == told.user_attrs and again.params == config
 
     # Restored before the completion reached the study: the restored searcher finishes the same trial.
-    fresh.searcher.suggest("c_00001")
+    # Its sampler is seeded again from the seed and the trials asked: not the search's first point again.
+    assert fresh.searcher.suggest("c_00001") != config
     _epochs(fresh.searcher, "c_00001", [0.05])
     fresh.searcher.save(str(checkpoint))
     other = _searcher(tmp_path)

@@ -1,9 +1,9 @@
 """The one place that imports Keras, so every model speaks legacy Keras 2.
 
-Ray's TensorFlow workers set ``TF_USE_LEGACY_KERAS=1`` because Keras 3 breaks
-``model.fit`` under ``MultiWorkerMirroredStrategy`` (docs/architecture.md, section 2).
-Building, saving and loading with the same flavour everywhere (workers,
-export, predict) keeps one weights format throughout.
+Ray Train's ``TensorflowConfig`` sets ``TF_USE_LEGACY_KERAS=1`` in every
+worker it starts, so the workers build their models with ``tf_keras``.
+Building, saving and loading with the same flavour everywhere else too
+(export, predict, evaluate, tests) keeps one weights format throughout.
 """
 
 from __future__ import annotations

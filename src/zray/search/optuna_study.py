@@ -21,11 +21,11 @@ ask-and-tell interface:
   ``zray_best_value`` and ``zray_best_checkpoint`` say where the best model is;
 - a completion the study already holds changes nothing.
 
-Surviving a restart: Tune pickles the searcher (in its experiment state and
-with :meth:`ResumableOptunaSearch.save`) and restores it on ``--resume``. What
-is pickled is plain data: the search space, the sampler (so a seeded sampler
-continues where it was), the storage, Tune's trial id -> Optuna trial number
-and each trial's epochs; never a study or a trial. After a restore the study
+Surviving a restart: Tune keeps the searcher with its experiment state (the
+object itself, as it was built, and :meth:`ResumableOptunaSearch.save`'s JSON
+of the progress since: Tune's trial id -> Optuna trial number, each trial's
+epochs, which are finished; never a study or a trial) and restores both on
+``--resume``. After a restore the study
 is loaded again from its storage, and a trial Tune resumes is found again by
 its number: ``optuna.trial.Trial(study, trial_id)`` with the trial's id read
 from the storage (``get_study_id_from_name`` and
@@ -39,9 +39,9 @@ random) do nothing in ``before_trial``, which that constructor calls.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +61,21 @@ class ResumableOptunaSearch(Searcher):
     ``storage``: where the study lives (an Optuna storage, or its URL).
     ``epochs``: a trial's last epoch (0: unknown, no trial counts as PRUNED).
     ``experiment_dir``: where the trials' folders are (None with an object-store
-    storage: then no folder or checkpoint attribute).
+    storage: then no folder or checkpoint attribute). ``seed``: the sampler's
+    seed, for a deterministic sampler again after a restore.
     """
 
     def __init__(self, space: dict[str, Any] | None = None, metric: str | None = None,
                  mode: str | None = None, *, sampler: optuna.samplers.BaseSampler | None = None,
                  study_name: str = "optuna", storage: str | optuna.storages.BaseStorage | None = None,
-                 epochs: int = 0, experiment_dir: str | None = None):
+                 epochs: int = 0, experiment_dir: str | None = None, seed: int | None = None):
         if storage is None:
             raise ValueError("ResumableOptunaSearch needs a storage (an Optuna storage or its URL), "
                              "so the study outlives the driver")
         super().__init__(metric=metric, mode=mode)
         self._space = dict(space or {})
-        self._sampler = sampler or optuna.samplers.TPESampler()
+        self._sampler = sampler or optuna.samplers.TPESampler(seed=seed)
+        self._seed = seed  # the sampler's seed (its class takes seed=): see restore()
         self._study_name = study_name
         self._db = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
         self._epochs = int(epochs)
@@ -136,12 +138,25 @@ class ResumableOptunaSearch(Searcher):
         self._finish(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__getstate__(), f)
+        """The search's progress as JSON (Tune saves it with its experiment state):
+        which Optuna trial each Tune trial is, their epochs, which are finished."""
+        state = {"numbers": self._numbers, "finished": sorted(self._finished),
+                 "history": {t: {str(e): v for e, v in h.items()} for t, h in self._history.items()}}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__setstate__(pickle.load(f))
+        """Continue from :meth:`save`'s file (``zray tune --resume``). The sampler, if
+        seeded (``seed``), is seeded again from the seed and the trials asked so far:
+        deterministic, and it does not propose the search's first points again."""
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self._numbers = {str(t): int(n) for t, n in state["numbers"].items()}
+        self._finished = {str(t) for t in state["finished"]}
+        self._history = {str(t): {int(e): float(v) for e, v in h.items()} for t, h in state["history"].items()}
+        if self._seed is not None:
+            self._sampler = type(self._sampler)(seed=self._seed + len(self._numbers))
+        self._open()
 
     # -- pickling: plain data only, the study is loaded again from its storage -----
 
@@ -149,7 +164,7 @@ class ResumableOptunaSearch(Searcher):
         return {
             "metric": self.metric, "mode": self.mode, "space": self._space, "sampler": self._sampler,
             "study_name": self._study_name, "storage": self._db, "epochs": self._epochs,
-            "experiment_dir": self._experiment_dir, "numbers": dict(self._numbers),
+            "experiment_dir": self._experiment_dir, "seed": self._seed, "numbers": dict(self._numbers),
             "history": {k: dict(v) for k, v in self._history.items()}, "finished": set(self._finished),
         }
 
@@ -161,6 +176,7 @@ class ResumableOptunaSearch(Searcher):
         self._db = state["storage"]
         self._epochs = state["epochs"]
         self._experiment_dir = state["experiment_dir"]
+        self._seed = state.get("seed")
         self._numbers = state["numbers"]
         self._history = state["history"]
         self._finished = state["finished"]

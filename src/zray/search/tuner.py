@@ -90,7 +90,7 @@ def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
     searcher = ResumableOptunaSearch(
         space=optuna_distributions(space), metric=space.tune.metric, mode=space.tune.mode, sampler=sampler,
         study_name=space.name, storage=storage, epochs=int(space.default_hyperparameters()["epochs"]),
-        experiment_dir=str(experiment_dir) if trials_local else None,
+        experiment_dir=str(experiment_dir) if trials_local else None, seed=seed,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
 

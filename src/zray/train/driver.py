@@ -265,12 +265,17 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda trial: "trial",
                                     trial_name_creator=lambda trial: name),
     )
-    error = tuner.fit()[0].error
+    try:
+        grid = tuner.fit()
+        error = str(grid[0].error) if grid.num_errors else None
+    except Exception:  # noqa: BLE001 - Tune reads its pickled record of the failed trial back, and
+        # raises when that record was cut short (a full disk): its text copy tells what happened
+        error = _error_text(run_dir)
     reason = divergence(run_dir)
     if reason:
         raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")
-    if error:
-        raise ZrayError(f"training run {name} failed: {_trial_sentence(error, str(run_dir))}") from None
+    if error is not None:
+        raise ZrayError(f"training run {name} failed: {_trial_sentence(error, run_dir)}") from None
     found = complete_checkpoints(run_dir)
     state = read_state(found[-1]) if found else {}
     return {
@@ -287,12 +292,32 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
 TUNE_DIR = "tune"
 
 
-def _trial_sentence(error: BaseException, run_dir: str) -> str:
-    """The sentence a failed trial raised (:func:`zray.experiment.trial_function`)."""
-    for line in reversed(str(error).strip().splitlines()):
+def _error_text(run_dir: Path) -> str:
+    """The failed trial's error.txt, as Tune wrote it (as much as a full disk let it)."""
+    try:
+        text = (run_dir / TUNE_DIR / "trial" / "error.txt").read_text(errors="replace")
+    except OSError:
+        text = ""
+    if not text.strip() and _no_space(run_dir):
+        text = "No space left on device"
+    return text
+
+
+def _trial_sentence(text: str, run_dir: Path) -> str:
+    """The sentence the failed trial raised (:func:`zray.experiment.trial_function`)."""
+    for line in reversed(text.strip().splitlines()):
         if "RuntimeError: " in line:
             return line.split("RuntimeError: ", 1)[1].strip()
-    return failure_reason(error, run_dir)
+    return failure_reason(RuntimeError(text or "failed"), str(run_dir))
+
+
+def _no_space(folder: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
 
 
 def skipped_fields(shards) -> dict[str, Any]:
