@@ -25,6 +25,10 @@ ZRAY = Path(sys.executable).with_name("zray")
 
 pytestmark = pytest.mark.slow
 
+# What a command's terminal must not show: the chatter of TensorFlow and of Ray's processes.
+NOISE = ("cuInit", "RayDeprecationWarning", "Progress bars disabled", "driver_artifacts", "╭", "I0000",
+         "oneDNN", "A new study created", "(pid=", "worker processes have been started")
+
 
 def code_block(heading: str) -> str:
     """The first ```bash block under the ``## heading`` section of README.md."""
@@ -103,8 +107,7 @@ def test_readme_quickstart_runs_in_a_fresh_copy_and_learns(quickstart):
     assert best["metrics"]["val_outlier_fraction"] < constant["outlier_fraction"]
     assert "NO BETTER THAN THE CONSTANT" not in done.stdout
     # A quiet terminal: zray's lines, not the chatter of the processes Ray starts.
-    for noise in ("cuInit", "RayDeprecationWarning", "Progress bars disabled", "driver_artifacts",
-                  "╭", "I0000", "oneDNN", "A new study created", "(pid="):
+    for noise in NOISE:
         assert noise not in output, f"{noise!r} in the quickstart's output"
     assert output.count("zray: trial ") == 3  # one line per finished trial
     assert "zray: estimate: " in done.stdout
@@ -144,6 +147,9 @@ def test_readme_walkthrough_runs_every_command(quickstart):
         assert argv[0] == "zray", line
         result = run([str(ZRAY), *argv[1:]], cwd=copy, timeout=600)
         assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
+        # Every command as quiet as the quickstart (TensorFlow starts in evaluate and predict too).
+        for noise in NOISE:
+            assert noise not in result.stdout + result.stderr, f"{noise!r} in the output of {line}"
     # What the walk-through says it writes is there, under the copy.
     assert (copy / "best" / "bundle.json").is_file()
     import pyarrow.parquet as pq

@@ -83,6 +83,9 @@ class _WithoutLines:
         return getattr(self._stream, name)
 
 
+# Ray Data's documented log level variable, and the variables terminal() set.
+RAY_DATA_LEVEL_ENV = "RAY_DATA_LOG_LEVEL"
+_set_here: dict[str, str] = {}
 # File descriptor 2 as it was before terminal() sent it to /dev/null (None: not sent).
 _native_stderr: dict[str, int | None] = {"saved": None}
 
@@ -103,6 +106,10 @@ def terminal():
     LOG.setLevel(logging.DEBUG)
     LOG.propagate = False  # shown once, here, not again by a root handler
     saved_streams = sys.stdout, sys.stderr
+    if not is_verbose() and RAY_DATA_LEVEL_ENV not in os.environ:
+        # Read once, when Ray Data is first imported (by whichever step of the command):
+        # its per-dataset notes and "Progress bars disabled" (zray disables them) stay off.
+        os.environ[RAY_DATA_LEVEL_ENV] = _set_here[RAY_DATA_LEVEL_ENV] = "ERROR"
     python_stderr = _quiet_native_stderr() if not is_verbose() else None
     sys.stdout = _WithoutLines(sys.stdout, (WORKER_POOL_WARNING,))
     sys.stderr = _WithoutLines(python_stderr or sys.stderr, (WORKER_POOL_WARNING,))
@@ -114,6 +121,7 @@ def terminal():
                 stream.flush()
         sys.stdout, sys.stderr = saved_streams
         _give_back_native_stderr()
+        _unset_ours()
         if python_stderr is not None:
             with contextlib.suppress(Exception):
                 python_stderr.close()
@@ -126,6 +134,15 @@ def set_verbose() -> None:
     """Verbose from here on: Ray's and TensorFlow's own output reach the terminal."""
     os.environ[VERBOSE_ENV] = "1"
     _give_back_native_stderr()
+    _unset_ours()
+
+
+def _unset_ours() -> None:
+    """Remove the variables terminal() set (a value the user set stays)."""
+    for key, value in list(_set_here.items()):
+        if os.environ.get(key) == value:
+            del os.environ[key]
+        del _set_here[key]
 
 
 def _quiet_native_stderr():

@@ -252,8 +252,9 @@ def quiet_logs(load: bool = True) -> None:
     names = ["ray.data", "ray.train", "ray.tune", "tensorflow", "absl"]
     # Some of Ray Train's loggers are named by file path, not module.
     names += [n for n in logging.root.manager.loggerDict if "ray/train" in n or n.startswith("ray.data")]
-    for name in names:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in names:  # at least WARNING (a quieter level set already, as Ray Data's, stays)
+        if logging.getLogger(name).getEffectiveLevel() < logging.WARNING:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not is_verbose():
         # The token set-up's note on every start: not actionable on a laptop (README
         # explains tokens for clusters).
