@@ -134,3 +134,20 @@ def test_binned_metrics_carry_the_baselines_per_bin():
     assert rows[0]["sigma_mad_constant"] == pytest.approx(1.4826 * np.median(np.abs(d - np.median(d))))
     assert rows[0]["outlier_fraction_constant"] == pytest.approx(np.mean(np.abs(d) > 0.05))
     assert rows[1]["sigma_mad_knn"] < rows[1]["sigma_mad_constant"]
+
+
+def test_a_dataset_with_its_baselines_is_still_zrays_to_overwrite(tmp_path):
+    """The reference predictors are written into the dataset after it was published:
+    `zray simulate --overwrite` still recognises the folder as its own."""
+    from click.testing import CliRunner
+
+    from zray.cli import main
+    from zray.data.simulate import simulate
+
+    out = tmp_path / "data"
+    simulate(out, 120, size=16, seed=0, workers=1, rows_per_shard=60, progress=False)
+    baselines.ensure(out, say=lambda line: None)
+    assert (out / baselines.BASELINES_FILE).is_file()
+    result = CliRunner().invoke(main, ["simulate", "--n", "60", "--size", "16", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out).rows["train"] + read_manifest(out).rows["val"] + read_manifest(out).rows["test"] == 60

@@ -29,6 +29,9 @@ __all__ = ["RECORD", "check_output", "make_parents", "publish_dir", "remove_pare
 
 # The list of files zray wrote into an output folder, and what kind of output it is.
 RECORD = ".zray-files.json"
+# Files zray adds to a published folder of that kind later, outside its record:
+# a dataset's reference predictors (zray.baselines), kept with the data on first use.
+WRITTEN_LATER = {"dataset": ("baselines.json", "baselines.parquet")}
 
 
 def publish_dir(tmp: Path, out: Path, kind: str | None = None) -> None:
@@ -100,6 +103,7 @@ def check_output(out: Path, *, kind: str, overwrite: bool, inputs: Iterable[Path
         if recorded is None:
             raise ZrayError(f"{out}: already exists and was not written by zray; expected a new or empty folder")
         found_kind, files = recorded
+        files = files | set(WRITTEN_LATER.get(found_kind, ()))
         foreign = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                          if (p.is_file() or p.is_symlink()) and p.name != RECORD
                          and p.relative_to(out).as_posix() not in files)
