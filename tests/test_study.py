@@ -14,6 +14,7 @@ import pickle
 
 import optuna
 import optuna.distributions as od
+import pytest
 from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter
 
@@ -216,3 +217,20 @@ def test_save_and_restore_continue_the_same_trials_through_tunes_wrapper(tmp_pat
     _, finished = _trials(tmp_path)
     assert finished.number == 1 and finished.state == TrialState.COMPLETE and finished.value == 0.02
     assert finished.intermediate_values == {1: 0.05, 2: 0.02, 3: 0.04}
+
+
+@pytest.mark.parametrize("content", ['{"numbers": {"t_1": "x"}, "finished": [], "history": {}}',
+                                     '{"numbers": {}, "finished": [], "history": {"t_1": {"1": NaN}}}',
+                                     '{"numbers": {}', '[1, 2]'])
+def test_an_unreadable_saved_search_state_is_one_sentence(tmp_path, content):
+    """A cut-short or edited searcher-state file stops the resume with a sentence naming it,
+    and leaves the searcher's state as it was."""
+    from zray.errors import ZrayError
+
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t_00000")
+    bad = tmp_path / "searcher-state.json"
+    bad.write_text(content)
+    with pytest.raises(ZrayError, match="unreadable search state"):
+        searcher.restore(str(bad))
+    assert searcher.suggest("t_00000") == searcher.suggest("t_00000")

@@ -146,4 +146,4 @@ def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: s
     plan = plan_of(space, manifest, trials=trials, concurrent=concurrent)
     epochs = int(space.default_hyperparameters()["epochs"])
     return [TrialLines(space.tune.metric, space.tune.mode, epochs, plan=plan, estimate_file=estimate_file,
-                       trials=trials, trial_lines=trial_lines)]
+                       trial_lines=trial_lines)]

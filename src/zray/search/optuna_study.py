@@ -49,6 +49,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from zray.errors import ZrayError
 from zray.search.results import TRIALS_DIR, best_checkpoint
 
 __all__ = ["ResumableOptunaSearch"]
@@ -149,11 +150,16 @@ class ResumableOptunaSearch(Searcher):
         """Continue from :meth:`save`'s file (``zray tune --resume``). The sampler, if
         seeded (``seed``), is seeded again from the seed and the trials asked so far:
         deterministic, and it does not propose the search's first points again."""
-        with open(checkpoint_path) as f:
-            state = json.load(f)
-        self._numbers = {str(t): int(n) for t, n in state["numbers"].items()}
-        self._finished = {str(t) for t in state["finished"]}
-        self._history = {str(t): {int(e): float(v) for e, v in h.items()} for t, h in state["history"].items()}
+        try:
+            with open(checkpoint_path) as f:
+                state = json.load(f)
+            numbers = {str(t): int(n) for t, n in state["numbers"].items()}
+            finished = {str(t) for t in state["finished"]}
+            history = {str(t): {int(e): _finite(v) for e, v in h.items()} for t, h in state["history"].items()}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            raise ZrayError(f"{checkpoint_path}: unreadable search state (cut short or edited?); expected the "
+                            "file zray tune saved (start afresh with --name NEW)") from None
+        self._numbers, self._finished, self._history = numbers, finished, history
         if self._seed is not None:
             self._sampler = type(self._sampler)(seed=self._seed + len(self._numbers))
         self._open()
@@ -254,6 +260,14 @@ class ResumableOptunaSearch(Searcher):
         suffix = trial_id.rsplit("_", 1)[-1]
         found = sorted(Path(self._experiment_dir, TRIALS_DIR).glob(f"trial-*-{suffix}"))
         return found[0] if found else None
+
+
+def _finite(value: Any) -> float:
+    """A saved epoch metric: a finite number, or ValueError (NaN is never a metric)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 def _plain(value: Any) -> Any:

@@ -24,10 +24,10 @@ class TrialLines(Callback):
     """
 
     def __init__(self, metric: str, mode: str, epochs: int, *, plan: dict | None = None,
-                 estimate_file: str | None = None, trials: int = 1, trial_lines: bool = True) -> None:
+                 estimate_file: str | None = None, trial_lines: bool = True) -> None:
         self.metric, self.mode, self.epochs = metric, mode, int(epochs)
         self.plan, self.estimate_file = plan, estimate_file
-        self.trial_lines = trial_lines and trials > 0
+        self.trial_lines = trial_lines
         self.best: dict[str, float] = {}
         self.estimated = False
 
