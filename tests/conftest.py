@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -48,4 +49,48 @@ def sim_data(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sim") / "data"
     simulate(out, 300, size=32, seed=0, workers=1, rows_per_shard=100, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(ray_session, sim_data, tmp_path_factory):
+    """One tiny real search (2 trials of a small cnn, 1 epoch) exported as a 1-member bundle ``best``
+    and a 2-member ``ens``, then predicted and evaluated with the CLI; shared by the modules that
+    need a bundle (about 40 s once). Treat its files as read-only."""
+    import yaml
+    from click.testing import CliRunner
+
+    from zray import config, search
+    from zray.cli import main
+
+    def _run(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert "Traceback" not in result.output, result.output
+        return result
+
+    tmp = tmp_path_factory.mktemp("export")
+    space = {
+        "name": "exp",
+        "model": "cnn",
+        "data": {"path": str(sim_data), "image_size": 32},
+        "fixed": {"epochs": 1, "batch_size": 32, "blocks": 2, "filters": 8, "dense_units": 32},
+        "search": {"learning_rate": {"type": "categorical", "choices": [1.0e-3, 3.0e-3]}},
+        "tune": {"num_samples": 2, "max_concurrent": 1, "seed": 0},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
+    }
+    (tmp / "space.yaml").write_text(yaml.safe_dump(space))
+    summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs")
+    experiment = Path(summary["experiment"])
+    out = {"tmp": tmp, "experiment": experiment, "summary": summary}
+    for name, k in (("best", 1), ("ens", 2)):
+        result = _run("export", experiment, "--top-k", k, "--out", tmp / name)
+        assert result.exit_code == 0, result.output
+        out[name] = tmp / name
+    result = _run("predict", out["best"], sim_data, "--out", tmp / "pz.parquet", "--batch-size", 64)
+    assert result.exit_code == 0, result.output
+    out["predict_output"] = result.output
+    result = _run("evaluate", out["best"], sim_data, "--out", tmp / "report")
+    assert result.exit_code == 0, result.output
+    out["evaluate_output"] = result.output
+    out["report"] = tmp / "report"
     return out

@@ -1,7 +1,8 @@
 """Export, predict and evaluate, from one tiny real search.
 
-One module-scoped search (2 trials, 1 epoch, a tiny cnn) is exported as a
-1-member and a 2-member bundle; everything else is derived from those.
+One session-scoped search (conftest's ``exported``: 2 trials, 1 epoch, a tiny
+cnn) is exported as a 1-member and a 2-member bundle; everything else is
+derived from those.
 Mismatch tests edit copies of the bundle and need no Ray.
 """
 
@@ -20,11 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from click.testing import CliRunner
 
 import zray
-from zray import config, search
 from zray.bundle import BUNDLE_FILE, read_bundle
 from zray.calibration import temper
 from zray.cli import main
@@ -41,36 +40,6 @@ def _run(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert "Traceback" not in result.output, result.output
     return result
-
-
-@pytest.fixture(scope="module")
-def exported(ray_session, sim_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    space = {
-        "name": "exp",
-        "model": "cnn",
-        "data": {"path": str(sim_data), "image_size": 32},
-        "fixed": {"epochs": 1, "batch_size": 32, "blocks": 2, "filters": 8, "dense_units": 32},
-        "search": {"learning_rate": {"type": "categorical", "choices": [1.0e-3, 3.0e-3]}},
-        "tune": {"num_samples": 2, "max_concurrent": 1, "seed": 0},
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
-    }
-    (tmp / "space.yaml").write_text(yaml.safe_dump(space))
-    summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs")
-    experiment = Path(summary["experiment"])
-    out = {"tmp": tmp, "experiment": experiment, "summary": summary}
-    for name, k in (("best", 1), ("ens", 2)):
-        result = _run("export", experiment, "--top-k", k, "--out", tmp / name)
-        assert result.exit_code == 0, result.output
-        out[name] = tmp / name
-    result = _run("predict", out["best"], sim_data, "--out", tmp / "pz.parquet", "--batch-size", 64)
-    assert result.exit_code == 0, result.output
-    out["predict_output"] = result.output
-    result = _run("evaluate", out["best"], sim_data, "--out", tmp / "report")
-    assert result.exit_code == 0, result.output
-    out["evaluate_output"] = result.output
-    out["report"] = tmp / "report"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +126,17 @@ def test_predict_output_columns_and_summary(exported, sim_data):
     table = pq.read_table(exported["tmp"] / "pz.parquet")
     manifest = read_manifest(sim_data)
     assert table.num_rows == manifest.total_rows
-    assert table.column_names == ["id", "z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68", "z_spec", "pdf"]
+    assert table.column_names == ["id", "z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68", "z_lo95", "z_hi95",
+                                  "odds", "z_draw", "z_spec", "pdf"]
     assert table.schema.field("pdf").type == pa.list_(pa.float32(), 180)
     assert sorted(table.column("id").to_pylist()) == list(range(300))
     pdf = np.stack(table.column("pdf").to_numpy(zero_copy_only=False))
     assert np.allclose(pdf.sum(axis=1), 1.0, atol=1e-4)
-    lo, med, hi = (table.column(c).to_numpy() for c in ("z_lo68", "z_median", "z_hi68"))
-    assert np.all(lo <= med) and np.all(med <= hi)
+    lo95, lo, med, hi, hi95 = (table.column(c).to_numpy() for c in ("z_lo95", "z_lo68", "z_median", "z_hi68",
+                                                                     "z_hi95"))
+    assert np.all(lo95 <= lo) and np.all(lo <= med) and np.all(med <= hi) and np.all(hi <= hi95)
+    odds, draw = table.column("odds").to_numpy(), table.column("z_draw").to_numpy()
+    assert np.all((odds >= 0) & (odds <= 1 + 1e-9)) and np.all((draw >= 0) & (draw < 0.4))
     meta = json.loads(table.schema.metadata[b"zray"])
     assert meta["bins"]["n_bins"] == 180
     assert f"predicted {manifest.total_rows} galaxies" in exported["predict_output"]

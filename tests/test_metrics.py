@@ -131,3 +131,37 @@ def test_summary_point_choice_changes_dz():
 def test_wrong_number_of_bins_is_refused():
     with pytest.raises(ValueError, match="pdf has 3 bins; expected 4"):
         metrics.point_estimates(np.ones(3), BINS)
+
+
+def test_95_interval_and_odds_worked_by_hand():
+    est = metrics.point_estimates(_delta(1), BINS)
+    # uniform within bin 1: the central 95% runs from 2.5% to 97.5% of the bin
+    assert est["lo95"] == pytest.approx([0.1 + 0.025 * W])
+    assert est["hi95"] == pytest.approx([0.1 + 0.975 * W])
+    # mode 0.15, window 0.03 * 1.15 = 0.0345 each side, all inside bin 1: 0.069 of its 0.1 width
+    assert est["odds"] == pytest.approx([2 * metrics.ODDS_WINDOW * 1.15 / W])
+    # a flat PDF over the 4 bins: the mode is the first centre 0.05, window [0.0185, 0.0815]
+    flat = metrics.point_estimates(np.ones(4), BINS)
+    assert flat["odds"] == pytest.approx([2 * metrics.ODDS_WINDOW * 1.05 / 0.4])
+    # a clean peak has higher odds than a double peak with the same mode
+    fine = RedshiftBins()
+    peak = np.exp(-0.5 * ((fine.centres - 0.2) / 0.005) ** 2)
+    double = peak + 0.8 * np.exp(-0.5 * ((fine.centres - 0.32) / 0.005) ** 2)
+    odds = metrics.point_estimates(np.stack([peak, double]), fine)["odds"]
+    assert odds[0] > 0.99 and odds[1] < 0.6
+
+
+def test_random_draws_follow_the_pdf_and_do_not_depend_on_batching():
+    fine = RedshiftBins()
+    pdf = np.exp(-0.5 * ((fine.centres - 0.15) / 0.02) ** 2) + 0.5 * np.exp(-0.5 * ((fine.centres - 0.3) / 0.01) ** 2)
+    n = 20_000
+    ids = np.arange(n) * 7 + 3
+    draws = metrics.random_draws(np.tile(pdf, (n, 1)), fine, ids)
+    # the draws' empirical CDF is the PDF's CDF (a Kolmogorov-Smirnov distance of a uniform sample)
+    u = np.sort(metrics.cdf(np.tile(pdf, (n, 1)), fine, draws))
+    assert metrics.pit_ks(u) < 1.63 / np.sqrt(n)  # the 1% critical value
+    # the same galaxy keeps its draw in any batch, in any order; another seed changes it
+    again = np.concatenate([metrics.random_draws(np.tile(pdf, (k, 1)), fine, part)
+                            for part in np.array_split(ids[::-1], 7) for k in [len(part)]])
+    assert np.array_equal(again, draws[::-1])
+    assert not np.allclose(metrics.random_draws(np.tile(pdf, (n, 1)), fine, ids, seed=1), draws)

@@ -13,3 +13,18 @@ def load(path):
     from zray.bundle import load as _load
 
     return _load(path)
+
+
+def to_qp(source, bins=None, *, ids=None, z_spec=None):
+    """zray PDFs as a qp ensemble (RAIL's format), point estimates under RAIL's names.
+
+    ``source``: a predictions file of ``zray predict``, or PDFs ``(N, n_bins)``
+    with ``bins`` (a bundle or its ``bins``). Needs ``pip install "zray[rail]"``;
+    see :func:`zray.qp_format.to_qp`.
+
+        >>> ens = zray.to_qp("pz.parquet")          # doctest: +SKIP
+        >>> ens.write_to("pz.hdf5")                 # doctest: +SKIP
+    """
+    from zray.qp_format import to_qp as _to_qp
+
+    return _to_qp(source, bins, ids=ids, z_spec=z_spec)

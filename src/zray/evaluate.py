@@ -1,7 +1,8 @@
 """``zray evaluate``: score a bundle on a labelled split and write a report folder.
 
 The report holds ``metrics.json`` (the metrics of docs/architecture.md section 6, overall,
-by spectroscopic redshift and by r magnitude), ``predictions.parquet`` (what
+by spectroscopic redshift and by r magnitude; with qp installed also the field's PDF
+metrics computed by qp, under ``qp``), ``predictions.parquet`` (what
 ``zray predict`` would write for the split), the PNG figures and an offline
 ``index.html``. Predictions come from :mod:`zray.predict`'s streaming path,
 so they are the ones ``zray predict`` gives.
@@ -235,7 +236,21 @@ def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dic
         "r_magnitudes": mag_note,
         "notes": notes,
     }
+    result["qp"], qp_note = _qp_figures(pdf, bins, z_spec)
+    if qp_note:
+        notes.append(qp_note)
     return result, binned
+
+
+def _qp_figures(pdf, bins, z_spec) -> tuple[dict | None, str]:
+    """The field's PDF metrics computed by qp, or None and why not (qp is an optional extra)."""
+    from zray.qp_format import INSTALL, qp_metrics
+
+    try:
+        import qp  # noqa: F401
+    except ImportError:
+        return None, f"qp's metrics (PIT KS, CvM and AD with p-values, CDE loss, Brier) not computed: {INSTALL}"
+    return qp_metrics(pdf, bins, z_spec), ""
 
 
 def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, manifest, bundle_name: str,

@@ -20,12 +20,19 @@ import numpy as np
 
 from zray.bins import RedshiftBins
 
-__all__ = ["POINT_ESTIMATES", "REPORTED_METRICS", "VALIDATION_METRICS", "bias_mean", "bias_median", "crps",
-           "crps_values", "direction", "dz", "outlier_fraction", "pit", "pit_ks", "point_estimates", "quantile",
-           "rail_outlier_rate", "sigma_iqr", "sigma_mad", "summary", "validation_metrics"]
+__all__ = ["ODDS_WINDOW", "POINT_ESTIMATES", "REPORTED_METRICS", "VALIDATION_METRICS", "bias_mean", "bias_median",
+           "cdf", "crps", "crps_values", "direction", "dz", "outlier_fraction", "pit", "pit_ks", "point_estimates",
+           "probability_within", "quantile", "rail_outlier_rate", "random_draws", "sigma_iqr", "sigma_mad", "summary",
+           "validation_metrics"]
 
 #: Central 68.27% interval (Gaussian 1 sigma) for ``lo68``/``hi68``.
 _LO68, _HI68 = 0.5 - 0.682689492 / 2, 0.5 + 0.682689492 / 2
+#: Central 95% interval for ``lo95``/``hi95``.
+_LO95, _HI95 = 0.025, 0.975
+#: ODDS: the probability within ``z_mode +- ODDS_WINDOW * (1 + z_mode)``. 0.03 is about twice the
+#: scatter of a good photo-z at these redshifts, so a galaxy whose PDF is one clean peak has ODDS
+#: near 1 and a double-peaked or flat one much less (the cut BPZ users make on ODDS).
+ODDS_WINDOW = 0.03
 POINT_ESTIMATES = ("mean", "median", "mode")
 
 #: What training reports on the validation split every epoch, and which way is
@@ -60,35 +67,78 @@ def _cdf_at_edges(p: np.ndarray) -> np.ndarray:
     return cdf
 
 
-def quantile(pdf, bins: RedshiftBins, q: float) -> np.ndarray:
-    """Redshift at which each row's piecewise-linear CDF reaches ``q`` (0 < q < 1)."""
+def quantile(pdf, bins: RedshiftBins, q) -> np.ndarray:
+    """Redshift at which each row's piecewise-linear CDF reaches ``q`` (0 < q < 1).
+
+    ``q`` is one level for every row, or one level per row (``random_draws`` uses that).
+    """
     p = _rows(pdf, bins)
-    cdf = _cdf_at_edges(p)
+    cum = _cdf_at_edges(p)
+    q = np.asarray(q, dtype=np.float64).reshape(-1, 1) if np.ndim(q) else q
     # k: the bin where the CDF crosses q (cdf[k] < q <= cdf[k+1]); empty bins are skipped.
-    k = np.clip((cdf[:, 1:-1] < q).sum(axis=1), 0, bins.n_bins - 1)
+    k = np.clip((cum[:, 1:-1] < q).sum(axis=1), 0, bins.n_bins - 1)
     rows = np.arange(p.shape[0])
     mass = p[rows, k]
-    frac = np.where(mass > 0, (q - cdf[rows, k]) / np.where(mass > 0, mass, 1.0), 0.5)
+    q = np.reshape(q, -1) if np.ndim(q) else q
+    frac = np.where(mass > 0, (q - cum[rows, k]) / np.where(mass > 0, mass, 1.0), 0.5)
     return bins.edges[k] + np.clip(frac, 0.0, 1.0) * bins.width
 
 
 def point_estimates(pdf, bins: RedshiftBins) -> dict[str, np.ndarray]:
-    """Per-object ``mean``, ``median``, ``mode``, ``std``, ``lo68``, ``hi68``.
+    """Per-object ``mean``, ``median``, ``mode``, ``std``, ``lo68``, ``hi68``, ``lo95``, ``hi95``, ``odds``.
 
-    Mean, std and mode use bin centres; median and the central 68% interval
-    interpolate the CDF within a bin.
+    Mean, std and mode use bin centres; the median and the central 68.27% and
+    95% intervals interpolate the CDF within a bin; ``odds`` is the
+    probability within ``mode +- ODDS_WINDOW * (1 + mode)``.
     """
     p = _rows(pdf, bins)
     c = bins.centres
     mean = p @ c
+    mode = c[np.argmax(p, axis=1)]
     return {
         "mean": mean,
         "median": quantile(p, bins, 0.5),
-        "mode": c[np.argmax(p, axis=1)],
+        "mode": mode,
         "std": np.sqrt(np.sum(p * (c - mean[:, None]) ** 2, axis=1)),
         "lo68": quantile(p, bins, _LO68),
         "hi68": quantile(p, bins, _HI68),
+        "lo95": quantile(p, bins, _LO95),
+        "hi95": quantile(p, bins, _HI95),
+        "odds": probability_within(p, bins, mode - ODDS_WINDOW * (1 + mode), mode + ODDS_WINDOW * (1 + mode)),
     }
+
+
+def cdf(pdf, bins: RedshiftBins, z) -> np.ndarray:
+    """Each row's piecewise-linear CDF at its own ``z`` (0 below the bins, 1 above)."""
+    p = _rows(pdf, bins)
+    cum = _cdf_at_edges(p)
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    pos = np.clip((z - bins.z_min) / bins.width, 0.0, bins.n_bins)  # position in bins
+    k = np.minimum(np.floor(pos).astype(np.int64), bins.n_bins - 1)
+    rows = np.arange(p.shape[0])
+    return np.clip(cum[rows, k] + p[rows, k] * (pos - k), 0.0, 1.0)
+
+
+def probability_within(pdf, bins: RedshiftBins, lo, hi) -> np.ndarray:
+    """Each row's probability between its own ``lo`` and ``hi``."""
+    return cdf(pdf, bins, hi) - cdf(pdf, bins, lo)
+
+
+def random_draws(pdf, bins: RedshiftBins, ids, seed: int = 0) -> np.ndarray:
+    """One redshift drawn from each row's PDF, the same for the same (``id``, ``seed``) in any batch.
+
+    The uniform number behind each draw is a hash of the id (SplitMix64), so
+    a galaxy keeps its draw however the input is split or ordered; the
+    draws of many galaxies stack into n(z) with the PDFs' own spread.
+    """
+    x = np.asarray(ids).astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    u = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)  # in (0, 1)
+    return quantile(pdf, bins, u)
 
 
 def dz(z_phot, z_spec) -> np.ndarray:
@@ -135,13 +185,7 @@ def pit(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
     Linear within the bin holding ``z_spec``; 0 below the range, 1 above it.
     A calibrated set of PDFs gives PIT values uniform on [0, 1].
     """
-    p = _rows(pdf, bins)
-    cdf = _cdf_at_edges(p)
-    z = np.asarray(z_spec, dtype=np.float64).reshape(-1)
-    pos = np.clip((z - bins.z_min) / bins.width, 0.0, bins.n_bins)  # position in bins
-    k = np.minimum(np.floor(pos).astype(np.int64), bins.n_bins - 1)
-    rows = np.arange(p.shape[0])
-    return np.clip(cdf[rows, k] + p[rows, k] * (pos - k), 0.0, 1.0)
+    return cdf(pdf, bins, z_spec)
 
 
 def crps_values(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
@@ -153,11 +197,11 @@ def crps_values(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
     range adds the distance to the range, where F is 0 or 1.
     """
     p = _rows(pdf, bins)
-    cdf = _cdf_at_edges(p)
+    cum = _cdf_at_edges(p)
     z = np.asarray(z_spec, dtype=np.float64).reshape(-1, 1)
     w = bins.width
     left_len = np.clip(z - bins.edges[:-1], 0.0, w)  # part of each bin below z_spec
-    a, b = cdf[:, :-1], cdf[:, 1:]
+    a, b = cum[:, :-1], cum[:, 1:]
     c = a + (b - a) * left_len / w  # F at the split point
     below = left_len * (a * a + a * c + c * c) / 3.0
     uc, ub = 1.0 - c, 1.0 - b

@@ -28,17 +28,21 @@ import numpy as np
 
 from zray.atomic import check_output, make_parents, remove_parents
 from zray.errors import ZrayError
+from zray.metrics import ODDS_WINDOW
 
-__all__ = ["POINT_COLUMNS", "Predictor", "iter_predictions", "open_input", "predict"]
+__all__ = ["FORMATS", "POINT_COLUMNS", "Predictor", "iter_predictions", "open_input", "predict"]
 
-POINT_COLUMNS = ("z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68")
+#: Per galaxy, beside id and pdf: the point estimates, the central 68.27% and 95% intervals,
+#: ODDS (probability within z_mode +- 0.03 (1 + z_mode)) and one random draw from the PDF.
+POINT_COLUMNS = ("z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68", "z_lo95", "z_hi95", "odds", "z_draw")
+#: --format: zray's Parquet (one row per galaxy), or a qp ensemble in HDF5 (what RAIL reads).
+FORMATS = ("parquet", "qp")
 # Galaxies per model call unless the caller says: in this process, small batches
 # (the first result sooner; 4,000 galaxies at 0.63x of the in-memory model here);
 # through Ray Data, large enough that its per-block costs vanish (100,000
 # galaxies stream at 0.82x after start-up, 0.46x at 256), about 170 MB at 64x64.
 IN_PROCESS_BATCH = 256
 STREAMING_BATCH = 2048
-_ESTIMATE_KEYS = ("mean", "median", "mode", "std", "lo68", "hi68")
 
 
 class Predictor:
@@ -54,13 +58,13 @@ class Predictor:
         self.passthrough = passthrough
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from zray.metrics import point_estimates
+        from zray.qp_format import estimate_columns
 
         pdf = self.bundle.predict(batch["image"], batch["ebv"], batch_size=max(len(batch["id"]), 1))
-        est = point_estimates(pdf, self.bundle.bins)
         out = {"id": np.asarray(batch["id"], dtype=np.int64)}
-        for column, key in zip(POINT_COLUMNS, _ESTIMATE_KEYS):
-            out[column] = est[key]
+        est = estimate_columns(pdf, self.bundle.bins, out["id"])
+        for column in POINT_COLUMNS:
+            out[column] = est[column]
         for column in self.passthrough:
             out[column] = np.asarray(batch[column])
         if self.with_pdf:
@@ -254,13 +258,17 @@ def predict(
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    fmt: str = "parquet",
 ) -> dict[str, Any]:
-    """Predict every object of ``source`` with the bundle into Parquet file ``out``.
+    """Predict every object of ``source`` with the bundle into ``out``.
 
-    Columns: id, z_spec (when the input has it), z_mean, z_median, z_mode,
-    z_std, z_lo68, z_hi68 and ``pdf`` (a fixed-size list of n_bins float32)
-    unless ``with_pdf`` is false. The file's metadata records the bundle and
-    its bins. Written to a temporary name and renamed when complete.
+    ``fmt="parquet"``: columns id, z_spec (when the input has it), the
+    :data:`POINT_COLUMNS` and ``pdf`` (a fixed-size list of n_bins float32)
+    unless ``with_pdf`` is false; the file's metadata records the bundle and
+    its bins. ``fmt="qp"``: a qp ``hist`` ensemble in HDF5 (``out`` ends in
+    .hdf5 or .h5) with the same figures as ancillary columns under RAIL's
+    names (:data:`zray.qp_format.ANCIL_NAMES`). Written to a temporary name
+    and renamed when complete.
 
         >>> from zray.predict import predict
         >>> predict("bundles/quickstart", "data/new-cutouts", "new.parquet")["rows"]   # doctest: +SKIP
@@ -270,8 +278,9 @@ def predict(
     from zray.data.shards import SPLITS
 
     out = Path(out)
+    _check_format(out, fmt, with_pdf)
     if out.is_dir():
-        raise ZrayError(f"{out}: is a folder; expected a .parquet file name for --out")
+        raise ZrayError(f"{out}: is a folder; expected a file name for --out")
     inputs = [Path(bundle_path), Path(source), *([Path(images)] if images else [])]
     check_output(out, kind="predictions file", overwrite=overwrite, inputs=inputs, ours=written_by_predict)
     info = read_bundle(bundle_path)
@@ -286,9 +295,13 @@ def predict(
         if isinstance(known_z, tuple):
             batches = _with_known_z(batches, known_z)
         meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
-                "bands": list(info.bands), "source": str(source), "splits": list(splits)}
-        done, first = _write_parquet(batches, out, meta, info.bins.n_bins,
-                                     total=sum(manifest.rows[s] for s in splits), progress=progress, source=source)
+                "bands": list(info.bands), "source": str(source), "splits": list(splits),
+                "odds_window": ODDS_WINDOW, "draw_seed": 0}
+        if fmt == "qp" and isinstance(known_z, tuple) and not np.all(np.isfinite(known_z[1])):
+            # qp's ancillary table has no null: a redshift column is written only when every galaxy has one
+            batches = ({k: v for k, v in b.items() if k != "z_spec"} for b in batches)
+        done, first = _write_output(batches, out, meta, info.bins, fmt=fmt,
+                                    total=sum(manifest.rows[s] for s in splits), progress=progress, source=source)
     elapsed = time.perf_counter() - t0
     first = (first[0] - t0, first[1])
     # After the first batch: throughput without Ray's and the model's start-up.
@@ -298,11 +311,35 @@ def predict(
             "members": len(info.member_dirs)}
 
 
+def _check_format(out: Path, fmt: str, with_pdf: bool) -> None:
+    """One sentence for a format that cannot be written as asked, before any work."""
+    from zray.qp_format import QP_SUFFIXES, require_qp
+
+    if fmt not in FORMATS:
+        raise ZrayError(f"--format {fmt!r} is not a format; expected one of {', '.join(FORMATS)}")
+    suffix = out.suffix.lower()
+    if fmt == "qp":
+        require_qp("--format qp")
+        if suffix not in QP_SUFFIXES:
+            raise ZrayError(f"{out}: --format qp writes HDF5, the format RAIL reads; expected a file name ending "
+                            f"in {' or '.join(QP_SUFFIXES)}")
+        if not with_pdf:
+            raise ZrayError("--format qp writes the PDFs themselves, so --no-pdf cannot go with it; expected one of "
+                            "the two")
+    elif suffix in QP_SUFFIXES:
+        raise ZrayError(f"{out}: an HDF5 name, but --format is parquet; expected --format qp for a qp file, or a "
+                        ".parquet name")
+
+
 def written_by_predict(path: Path) -> bool:
     """Whether ``path`` is a predictions file of ``zray predict`` (its metadata names a bundle)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from zray.qp_format import QP_SUFFIXES, written_by_zray
+
+    if path.suffix.lower() in QP_SUFFIXES:
+        return written_by_zray(path)
     try:
         meta = pq.read_schema(path).metadata or {}
         return "bundle" in json.loads(meta.get(b"zray", b"{}"))
@@ -310,35 +347,51 @@ def written_by_predict(path: Path) -> bool:
         return False
 
 
-def _write_parquet(batches, out: Path, meta: dict, n_bins: int, *, total: int, progress: bool,
-                   source) -> tuple[int, tuple[float, int]]:
+class _ParquetSink:
+    def __init__(self, path: Path, meta: dict, bins) -> None:
+        self.path, self.meta, self.n_bins = path, meta, bins.n_bins
+        self.writer = None
+
+    def write(self, batch: dict) -> int:
+        import pyarrow.parquet as pq
+
+        table = _arrow_table(batch, self.n_bins)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema.with_metadata({"zray": json.dumps(self.meta)}))
+        self.writer.write_table(table.cast(self.writer.schema))
+        return table.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    abort = close
+
+
+def _write_output(batches, out: Path, meta: dict, bins, *, fmt: str, total: int, progress: bool,
+                  source) -> tuple[int, tuple[float, int]]:
     """Stream prediction batches into ``out`` (via a temporary name, renamed when complete).
     Returns the rows written and (clock time, rows) when the first batch was written."""
-    import pyarrow.parquet as pq
-
     from zray.data.progress import Progress
+    from zray.qp_format import QpWriter
 
     made = make_parents(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    sink = QpWriter(tmp, bins, total, {**meta, "format": "qp"}) if fmt == "qp" else _ParquetSink(tmp, meta, bins)
     bar = Progress("predict", total, enabled=progress)
-    writer, first = None, None
+    first = None
     try:
         for batch in batches:
-            table = _arrow_table(batch, n_bins)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema.with_metadata({"zray": json.dumps(meta)}))
-            writer.write_table(table.cast(writer.schema))
-            bar.update(table.num_rows)
+            bar.update(sink.write(batch))
             if first is None:
                 first = (time.perf_counter(), bar.done)
-        if writer is None:
+        if first is None:
             raise ZrayError(f"{source}: no rows to predict; expected a non-empty dataset")
-        writer.close()
-        writer = None
+        sink.close()
         tmp.replace(out)
     finally:
-        if writer is not None:
-            writer.close()
+        sink.abort()
         tmp.unlink(missing_ok=True)
         if not out.exists():
             remove_parents(made)

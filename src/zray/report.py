@@ -75,6 +75,30 @@ def _binned_table(rows: list[dict], label: str, names: dict) -> str:
     return f"<table><tr><th class='l'>{html.escape(label)}</th>{head}</tr>{body}</table>"
 
 
+QP_LABELS = {
+    "pit_ks": ("PIT Kolmogorov-Smirnov", "pit_ks_pvalue"),
+    "pit_cvm": ("PIT Cramer-von Mises", "pit_cvm_pvalue"),
+    "pit_ad": ("PIT Anderson-Darling", "pit_ad_pvalue"),
+    "pit_outlier_rate": ("PIT outlier rate (PIT < 0.0001 or > 0.9999)", None),
+    "cde_loss": ("CDE loss (lower is better)", None),
+    "brier": ("Brier score over the bins (0 best, 2 worst)", None),
+}
+
+
+def _qp_table(figures: dict | None) -> str:
+    """The field's PDF metrics as qp computes them, with p-values where a test gives one."""
+    if not figures:
+        return ""
+    rows = "".join(
+        f"<tr><td class='l'>{html.escape(label)}</td><td>{_fmt(figures[key])}</td>"
+        f"<td>{_fmt(figures[p]) if p else ''}</td></tr>"
+        for key, (label, p) in QP_LABELS.items() if key in figures
+    )
+    return ("<h3>PDF metrics computed by qp</h3><p class='note'>A p-value below 0.05 says the PIT values are "
+            "unlikely to be uniform: the PDFs are not calibrated.</p>"
+            f"<table><tr><th class='l'>metric</th><th>value</th><th>p-value</th></tr>{rows}</table>")
+
+
 def write_index(path, *, title: str, metrics: dict, binned: dict, figures: list[tuple[str, str]],
                 notes: list[str], provenance: dict) -> Path:
     """Write the report page; ``figures`` are (file name, caption) beside it."""
@@ -102,6 +126,7 @@ def write_index(path, *, title: str, metrics: dict, binned: dict, figures: list[
         "neighbour regression on dereddened aperture colours measured from the cutouts. A network "
         "should beat both.</p>" if shown else "",
         f"<table><tr><th class='l'>metric</th>{overall_head}</tr>{overall}</table>",
+        _qp_table(metrics.get("qp")),
         "<h2>Figures</h2>",
     ]
     for name, caption in figures:

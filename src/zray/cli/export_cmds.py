@@ -59,7 +59,10 @@ def export_cmd(run_dir, top_k, out, overwrite, calibrate):
 @click.argument("bundle", type=click.Path(path_type=Path), callback=click_absolute)
 @click.argument("source", metavar="INPUT", type=click.Path(path_type=Path), callback=click_absolute)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, required=True,
-              help="Parquet file to write.")
+              help="File to write: .parquet, or .hdf5 with --format qp.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "qp"]), default="parquet", show_default=True,
+              help="parquet: one row per galaxy; qp: a qp ensemble in HDF5, which RAIL's stages read "
+                   '(needs pip install "zray[rail]").')
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, default=None,
               help="FITS folder, when INPUT is a catalogue (as for `zray prepare`).")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
@@ -70,19 +73,27 @@ def export_cmd(run_dir, top_k, out, overwrite, calibrate):
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Ray actors holding the model (1 CPU each).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers, overwrite):
+def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, overwrite):
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 
     INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
     catalogue (CSV/Parquet with id, ebv and FITS file columns, as `zray
     prepare` takes) with --images. Writes per galaxy: id, z_spec when known,
-    z_mean, z_median, z_mode, z_std, z_lo68, z_hi68 (central 68% interval)
-    and pdf (n_bins probabilities). Streams through Ray Data, so memory
-    stays bounded.
+    z_mean, z_median, z_mode, z_std, the central 68.27% and 95% intervals
+    (z_lo68, z_hi68, z_lo95, z_hi95), odds (the probability within z_mode
+    +- 0.03 (1 + z_mode)), z_draw (one random draw from the PDF, the same
+    for the same id on every run: stack them for n(z)) and pdf (n_bins
+    probabilities). Streams through Ray Data, so memory stays bounded.
+
+    With --format qp the file is a qp ensemble (a histogram on the bundle's
+    bin edges) that RAIL's evaluation reads, the figures above as its
+    ancillary columns under RAIL's names: id, zmode, zmean, zmedian, z_std,
+    z_q2p5, z_q16, z_q84, z_q97p5, odds, z_draw, and redshift when known.
 
     \b
     Examples:
       zray predict best/ data/new --out pz.parquet
+      zray predict best/ data/new --format qp --out pz.hdf5
       zray predict best/ galaxies.csv --images cutouts/ --out pz.parquet --no-pdf
     """
     from zray.predict import predict
@@ -90,10 +101,11 @@ def predict_cmd(bundle, source, out, images, splits, no_pdf, batch_size, workers
     if workers < 1:
         raise click.BadParameter(f"must be a positive integer, but got {workers!r}", param_hint="--workers")
     summary = predict(bundle, source, out, images=images, splits=splits or None, batch_size=batch_size,
-                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite)
+                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite, fmt=fmt)
     click.echo(
         f"predicted {summary['rows']} galaxies with {summary['members']} model(s) in {summary['seconds']:.1f} s "
         f"({summary['galaxies_per_s']:.0f} galaxies/s) -> {summary['out']}"
+        + (" (qp ensemble: qp.read(...) or RAIL's stages read it)" if fmt == "qp" else "")
     )
 
 
@@ -112,7 +124,11 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
 
     Writes metrics.json (bias, sigma_MAD, outlier fractions, sigma_IQR, CRPS,
     PIT KS; overall, by redshift and by r magnitude), predictions.parquet,
-    PNG figures and index.html, which opens offline in a browser.
+    PNG figures and index.html, which opens offline in a browser. With qp
+    installed (pip install "zray[rail]") it adds the field's PDF metrics as
+    qp computes them: PIT Kolmogorov-Smirnov, Cramer-von Mises and
+    Anderson-Darling with p-values, the PIT outlier rate, the CDE loss and
+    the Brier score.
 
     \b
     Example:
@@ -132,6 +148,13 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
             f"  reference {r['baseline_names'][name]:<30} sigma_MAD {b['sigma_mad']:.5f}  "
             f"bias {b['bias']:+.5f}  outliers {b['outlier_fraction']:.4f}  "
             f"(zray: {o['sigma_mad'] / max(b['sigma_mad'], 1e-12):.2f}x its sigma_MAD)"
+        )
+    q = r.get("qp")
+    if q:
+        click.echo(
+            f"  qp: PIT KS {q['pit_ks']:.3f} (p {q['pit_ks_pvalue']:.2g})  CvM {q['pit_cvm']:.3f} "
+            f"(p {q['pit_cvm_pvalue']:.2g})  AD {q['pit_ad']:.2f} (p {q['pit_ad_pvalue']:.2g})  "
+            f"PIT outliers {q['pit_outlier_rate']:.4f}  CDE loss {q['cde_loss']:.2f}  Brier {q['brier']:.4f}"
         )
     for note in r["notes"]:
         click.echo(f"note: {note}")
