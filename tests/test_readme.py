@@ -160,3 +160,40 @@ def test_readme_walkthrough_runs_every_command(quickstart):
     assert (copy / "report" / "index.html").is_file()
     assert (copy / "data" / "small" / "manifest.json").is_file()
     assert any((copy / "runs").glob("quickstart-train-*/checkpoint_*"))
+
+
+def test_readme_rail_and_qp_section_runs(quickstart):
+    """The "With RAIL and qp" block, after the walk-through, in the same copy: qp reads zray's file and
+    RAIL's pipeline (run by ceci) scores the bundle as `zray evaluate` does."""
+    copy, done = quickstart
+    assert done.returncode == 0, "the quickstart failed; see the test above"
+    assert (copy / "best" / "bundle.json").is_file(), "the walk-through (which exports best/) failed; see above"
+    lines = commands(code_block("With RAIL and qp"))
+    assert lines[0] == "source .venv/bin/activate", lines[0]
+    # The extra is installed here by `pip install -e ".[test]"`, which includes it: check it, don't reinstall.
+    assert lines[1] == 'pip install -e ".[rail]"', lines[1]
+    import qp
+    import rail.core.stage  # noqa: F401
+
+    env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    outputs = []
+    for line in lines[2:]:
+        argv = shlex.split(line)
+        if argv[0] == "zray":
+            argv = [str(ZRAY), *argv[1:]]
+        else:
+            assert argv[0] == "python", line
+            argv = [sys.executable, *argv[1:]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        result = subprocess.run(argv, cwd=copy, env={**env, "PATH": env_path, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
+        outputs.append(result.stdout)
+    ens = qp.read(str(copy / "pz.hdf5"))
+    assert ens.npdf > 0 and f"{ens.npdf} PDFs; zmedian" in outputs[1]
+    rail_figures = dict(re.findall(r"(\w+) (-?[\d.]+)", outputs[2].split("RAIL's evaluation (point estimate zmedian):")[1]))
+    report = json.loads((copy / "report" / "metrics.json").read_text())
+    assert report["split"] == "test"
+    # The walk-through's bundle is evaluated on the same test galaxies: RAIL and zray give one sigma_MAD.
+    assert float(rail_figures["point_stats_sigma_mad"]) == pytest.approx(report["overall"]["sigma_mad"], abs=1e-5)
+    assert (copy / "rail" / "output_estimate_zray.hdf5").is_file()
