@@ -186,6 +186,9 @@ class QpWriter:
 
         if self._file is None:
             return
+        if self.done != self.total:
+            raise ZrayError(f"{self.path}: {self.done} galaxies predicted, but the dataset's manifest counts "
+                            f"{self.total}; expected shards that hold what their manifest says")
         self._last.finalizeHdf5Write(self._file)  # closes the file
         self._file = None
         with h5py.File(self.path, "a") as f:
