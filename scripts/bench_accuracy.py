@@ -39,7 +39,7 @@ JSON rows with name, kind (baseline|zray), sigma_mad, bias,
 outlier_fraction, crps, pit_ks and train_s; zray rows add best_baseline and
 ratio_to_best_baseline.
 
-    python scripts/bench_accuracy.py                              # cnn_phot on 32,000 galaxies: ~31 min on 2 cores
+    python scripts/bench_accuracy.py                              # cnn_phot on 32,000 galaxies: ~33 min on 2 cores
     python scripts/bench_accuracy.py --n 8000 --budget quick      # a few minutes: checks the protocol
     python scripts/bench_accuracy.py --models cnn_phot,cnn,inception   # every model type: hours on 2 cores
     python scripts/bench_accuracy.py --n 50000 --size 64 --budget large   # a bigger machine
