@@ -237,3 +237,17 @@ def test_predict_overwrites_its_own_qp_file_but_not_another_hdf5(exported, sim_d
                       "--overwrite")
         assert result.exit_code == 0, result.output
     assert qp.read(str(ours)).npdf > 0
+
+
+def test_without_qp_predict_says_which_extra_and_evaluate_notes_what_it_skipped(monkeypatch, tmp_path):
+    """A Python without qp (3.10, or the core install): one sentence naming the extra, no traceback."""
+    from zray.evaluate import _qp_figures
+    from zray.predict import _check_format
+
+    monkeypatch.setitem(sys.modules, "qp", None)  # `import qp` now raises ImportError, as when not installed
+    with pytest.raises(ZrayError, match=r'--format qp needs qp, which is not installed; pip install "zray\[rail\]"'):
+        _check_format(tmp_path / "pz.hdf5", "qp", True)
+    _check_format(tmp_path / "pz.parquet", "parquet", True)  # zray's own format needs nothing more
+    pdf = np.full((3, BINS.n_bins), 1.0 / BINS.n_bins)
+    figures, note = _qp_figures(pdf, BINS, np.array([0.1, 0.2, 0.3]))
+    assert figures is None and 'pip install "zray[rail]"' in note
