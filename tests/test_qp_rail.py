@@ -92,6 +92,10 @@ def test_to_qp_in_python_gives_the_file_s_ensemble(test_split, exported):
     assert np.allclose(from_array.ancil["redshift"], ours["z_spec"])
     with pytest.raises(ZrayError, match="needs bins="):
         zray.to_qp(ours["pdf"])
+    broken = ours["pdf"].copy()
+    broken[1, 5] = np.nan
+    with pytest.raises(ZrayError, match="PDF row 1 is empty, negative or not a number"):
+        zray.to_qp(broken, bundle)
     with pytest.raises(ZrayError, match="one id per PDF"):
         zray.to_qp(ours["pdf"], bundle, ids=ours["id"][:-1])
 

@@ -64,13 +64,8 @@ def require_qp(what: str):
 def ensemble(columns: dict[str, np.ndarray], bins: RedshiftBins):
     """A qp ``hist`` ensemble from zray prediction columns (``pdf`` plus any of ANCIL_NAMES' values)."""
     qp = require_qp("a qp ensemble")
-    pdf = np.asarray(columns["pdf"], dtype=np.float64)
-    if pdf.ndim != 2 or pdf.shape[1] != bins.n_bins:
-        raise ZrayError(f"pdf has shape {pdf.shape}; expected (galaxies, {bins.n_bins}) for these bins")
-    total = pdf.sum(axis=1, keepdims=True)
-    if not np.all(np.isfinite(total)) or np.any(total <= 0):
-        raise ZrayError("a PDF row is empty, negative or not a number; expected probabilities per bin")
-    density = pdf / total / bins.width
+    pdf = _checked(columns["pdf"], bins)
+    density = pdf / pdf.sum(axis=1, keepdims=True) / bins.width
     ens = qp.Ensemble(qp.hist, data={"bins": bins.edges, "pdfs": density})
     ancil = {}
     for rail_name, name in ANCIL_NAMES.items():
@@ -82,6 +77,18 @@ def ensemble(columns: dict[str, np.ndarray], bins: RedshiftBins):
     if ancil:
         ens.set_ancil(ancil)
     return ens
+
+
+def _checked(pdf, bins: RedshiftBins) -> np.ndarray:
+    """PDF rows as float64 (galaxies, n_bins), or one sentence saying what is wrong with them."""
+    pdf = np.atleast_2d(np.asarray(pdf, dtype=np.float64))
+    if pdf.ndim != 2 or pdf.shape[1] != bins.n_bins:
+        raise ZrayError(f"pdf has shape {pdf.shape}; expected (galaxies, {bins.n_bins}) for these bins")
+    bad = ~np.isfinite(pdf).all(axis=1) | (pdf < 0).any(axis=1) | (pdf.sum(axis=1) <= 0)
+    if bad.any():
+        raise ZrayError(f"PDF row {int(np.argmax(bad))} is empty, negative or not a number; expected "
+                        "probabilities per bin")
+    return pdf
 
 
 def to_qp(source, bins: RedshiftBins | Any = None, *, ids=None, z_spec=None, seed: int = 0):
@@ -106,7 +113,7 @@ def to_qp(source, bins: RedshiftBins | Any = None, *, ids=None, z_spec=None, see
     if bins is None:
         raise ZrayError("to_qp: an array of PDFs needs bins= (a RedshiftBins or a bundle)")
     bins = getattr(bins, "bins", bins)
-    pdf = np.atleast_2d(np.asarray(source, dtype=np.float64))
+    pdf = _checked(source, bins)
     ids = np.arange(len(pdf), dtype=np.int64) if ids is None else np.asarray(ids)
     if len(ids) != len(pdf):
         raise ZrayError(f"to_qp: {len(ids)} ids for {len(pdf)} PDFs; expected one id per PDF")
