@@ -54,9 +54,10 @@ def sim_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(ray_session, sim_data, tmp_path_factory):
-    """One tiny real search (2 trials of a small cnn, 1 epoch) exported as a 1-member bundle ``best``
-    and a 2-member ``ens``, then predicted and evaluated with the CLI; shared by the modules that
-    need a bundle (about 40 s once). Treat its files as read-only."""
+    """One tiny real search (2 trials of a small cnn, 1 epoch) exported as a 1-member bundle ``best``,
+    a 2-member ``ens`` (the best trial and a second seed of it) and ``trials`` (the two trials, or
+    the better alone), then predicted and evaluated with the CLI; shared by the modules that need a
+    bundle (about a minute once). Treat its files as read-only."""
     import yaml
     from click.testing import CliRunner
 
@@ -82,10 +83,14 @@ def exported(ray_session, sim_data, tmp_path_factory):
     summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs")
     experiment = Path(summary["experiment"])
     out = {"tmp": tmp, "experiment": experiment, "summary": summary}
-    for name, k in (("best", 1), ("ens", 2)):
-        result = _run("export", experiment, "--top-k", k, "--out", tmp / name)
+    # best: the best trial; ens: it and one more seed of its configuration, trained here and kept
+    # whatever the validation check says; trials: the two trials as they are, as the check decides.
+    exports = {"best": ["--top-k", 1], "ens": ["--top-k", 2, "--keep-ensemble"],
+               "trials": ["--top-k", 2, "--members", "trials"]}
+    for name, args in exports.items():
+        result = _run("export", experiment, *args, "--out", tmp / name)
         assert result.exit_code == 0, result.output
-        out[name] = tmp / name
+        out[name], out[f"{name}_output"] = tmp / name, result.output
     result = _run("predict", out["best"], sim_data, "--out", tmp / "pz.parquet", "--batch-size", 64)
     assert result.exit_code == 0, result.output
     out["predict_output"] = result.output

@@ -81,8 +81,80 @@ def test_bundle_records_what_predicting_needs(exported, sim_data):
     # Nothing temporary left beside the bundle.
     assert not [p for p in exported["tmp"].iterdir() if p.name.startswith(".")]
     ens = json.loads((exported["ens"] / BUNDLE_FILE).read_text())
-    assert [m["trial"] for m in ens["members"]] == [r["trial"] for r in ranked[:2]]
     assert ens["ensemble"] == "mean of member PDFs"
+
+
+def test_seed_ensemble_trains_the_best_configuration_again(exported):
+    """--members seeds: the best trial, then its configuration trained with the next seed for the
+    search's full epochs under RUN/ensemble/; the validation check's figures are recorded."""
+    from zray.ensemble import ENSEMBLE_DIR
+    from zray.train import TrainJob, read_state
+
+    best = exported["summary"]["ranked"][0]
+    ens = json.loads((exported["ens"] / BUNDLE_FILE).read_text())
+    assert [m["trial"] for m in ens["members"]] == [best["trial"], f"{best['trial']}-seed1"]
+    first, second = ens["members"]
+    assert first["hyperparameters"] == second["hyperparameters"]
+    assert first["training"] == second["training"]
+    assert Path(second["checkpoint"]).is_relative_to(exported["experiment"] / ENSEMBLE_DIR)
+    jobs = [TrainJob(**read_state(m["checkpoint"])["job"]) for m in ens["members"]]
+    assert [j.seed for j in jobs] == [0, 1]
+    assert second["epoch"] == jobs[1].hyperparameters["epochs"] == 1
+    sel = ens["selection"]
+    assert sel["rule"] == "seeds" and sel["metric"] == "val_sigma_mad"
+    assert sel["n"] == read_manifest(jobs[0].data_path).rows["val"]
+    values = [m["val_sigma_mad"] for m in sel["members"]]
+    assert sel["best_member"] == int(np.argmin(values))
+    assert sel["ratio"] == pytest.approx(sel["ensemble"]["val_sigma_mad"] / min(values))
+    # --keep-ensemble: shipped whatever the check said, and the reason says which.
+    assert sel["shipped"] == "ensemble"
+    beats = sel["ensemble"]["val_sigma_mad"] < min(values)
+    assert ("does not beat" not in sel["reason"]) == beats
+    assert "ensemble members: the best trial's configuration trained with different seeds" in exported["ens_output"]
+
+
+def test_an_ensemble_that_does_not_beat_its_best_member_ships_that_member(exported):
+    """--members trials: the two trials as the search left them; shipped only if their mean PDF
+    beats the better of them on the validation split, else that member alone."""
+    info = json.loads((exported["trials"] / BUNDLE_FILE).read_text())
+    ranked = exported["summary"]["ranked"]
+    sel = info["selection"]
+    values = [m["val_sigma_mad"] for m in sel["members"]]
+    # The members were scored in the search's order.
+    assert values == pytest.approx([r["best"]["val_sigma_mad"] for r in ranked[:2]], rel=1e-4)
+    if sel["ensemble"]["val_sigma_mad"] < min(values):
+        assert sel["shipped"] == "ensemble"
+        assert [m["trial"] for m in info["members"]] == [r["trial"] for r in ranked[:2]]
+    else:
+        assert sel["shipped"] == "best member"
+        assert [m["trial"] for m in info["members"]] == [ranked[sel["best_member"]]["trial"]]
+        assert info["ensemble"] == "single model"
+        assert sorted(p.name for p in (exported["trials"] / "members").iterdir()) == [f"m{sel['best_member']}"]
+        assert f"shipping member m{sel['best_member']} alone" in exported["trials_output"]
+    assert info["calibration"]["n"] == sel["n"]
+
+
+def test_decide_ships_the_ensemble_only_when_it_beats_every_member():
+    from zray.ensemble import decide
+
+    members = [{"val_sigma_mad": 0.020}, {"val_sigma_mad": 0.018}, {"val_sigma_mad": 0.025}]
+    won = decide({"val_sigma_mad": 0.017}, members, "val_sigma_mad", "min")
+    assert won["shipped"] == "ensemble" and won["best_member"] == 1
+    assert won["ratio"] == pytest.approx(0.017 / 0.018)
+    lost = decide({"val_sigma_mad": 0.018}, members, "val_sigma_mad", "min")
+    assert lost["shipped"] == "best member" and "shipping member m1 alone" in lost["reason"]
+    kept = decide({"val_sigma_mad": 0.019}, members, "val_sigma_mad", "min", keep_ensemble=True)
+    assert kept["shipped"] == "ensemble" and "--keep-ensemble" in kept["reason"]
+
+
+def test_a_second_seed_export_reuses_the_members_already_trained(exported, tmp_path):
+    result = _run("export", exported["experiment"], "--top-k", 2, "--keep-ensemble", "--no-calibrate",
+                  "--out", tmp_path / "again")
+    assert result.exit_code == 0, result.output
+    assert "already trained" in result.output
+    first = json.loads((exported["ens"] / BUNDLE_FILE).read_text())["members"]
+    again = json.loads((tmp_path / "again" / BUNDLE_FILE).read_text())["members"]
+    assert [m["checkpoint"] for m in again] == [m["checkpoint"] for m in first]
 
 
 def test_export_from_a_training_run_folder(exported, tmp_path):
@@ -184,7 +256,8 @@ def test_ensemble_pdf_is_the_mean_of_its_members(exported, sim_data):
 
 
 def test_calibration_temperature_round_trips_through_the_bundle(exported, sim_data, tmp_path):
-    result = _run("export", exported["experiment"], "--top-k", 2, "--out", tmp_path / "raw", "--no-calibrate")
+    result = _run("export", exported["experiment"], "--top-k", 2, "--keep-ensemble", "--out", tmp_path / "raw",
+                  "--no-calibrate")
     assert result.exit_code == 0, result.output
     raw_info = json.loads((tmp_path / "raw" / BUNDLE_FILE).read_text())
     assert "calibration" not in raw_info

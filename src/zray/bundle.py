@@ -244,6 +244,21 @@ class Bundle:
             pdf = temper(pdf, self.temperature)
         return pdf.astype(np.float32)
 
+    def member_pdfs(self, images, ebv, batch_size: int = 256) -> np.ndarray:
+        """Each member's own PDFs for raw cutouts, ``(members, N, n_bins)`` float64, not
+        tempered: what the ensemble averages (export scores them one by one)."""
+        images = np.asarray(images)
+        ebv = np.asarray(ebv, dtype=np.float32).reshape(-1, 1)
+        if len(ebv) != len(images):
+            raise ZrayError(f"ebv has {len(ebv)} values for {len(images)} images; expected one per image")
+        out = np.empty((len(self.models), len(images), self.bins.n_bins), dtype=np.float64)
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            x = self.preprocess(images[sl])
+            for i, model in enumerate(self.models):
+                out[i, sl] = np.asarray(model.predict_on_batch([x, ebv[sl]]), dtype=np.float64)
+        return out
+
     def predict(self, images, ebv, batch_size: int = 256) -> np.ndarray:
         """PDFs ``(N, n_bins)`` (float32) for raw cutouts; see the class docstring."""
         images = np.asarray(images)

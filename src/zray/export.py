@@ -57,14 +57,19 @@ class Candidate:
     metrics: dict[str, Any]
 
 
-def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
+def candidates(run_dir, top_k: int = 1, trial: str | None = None) -> tuple[list[Candidate], str]:
     """The ``top_k`` best checkpoints in ``run_dir`` and what kind of folder it is.
 
     ``run_dir`` is a search (``runs/NAME`` of ``zray tune``: its best trials,
-    best first, by the search's metric), a training run (``runs/NAME`` of
-    ``zray train``: its best checkpoint by the run's metric, validation
-    sigma_MAD unless the search space said otherwise) or one checkpoint
-    folder (holding ``state.json``).
+    best first, by the search's metric; a two-objective search's Pareto front
+    first, by :data:`zray.search.results.PARETO_RULE`, then the others), a
+    training run (``runs/NAME`` of ``zray train``: its best checkpoint by the
+    run's metric, validation sigma_MAD unless the search space said otherwise)
+    or one checkpoint folder (holding ``state.json``).
+
+    ``trial`` (``--trial``, a search's trial folder name as ``zray status``
+    lists it) puts that trial's best checkpoint first, whatever its rank: the
+    way to export another point of a Pareto front.
     """
     from zray import search
     from zray.metrics import VALIDATION_METRICS, direction
@@ -75,9 +80,20 @@ def candidates(run_dir, top_k: int = 1) -> tuple[list[Candidate], str]:
         raise ZrayError(f"--top-k must be a positive integer, but got {top_k!r}")
     if not run_dir.is_dir():
         raise ZrayError(f"{run_dir}: no such folder; expected runs/NAME of `zray tune` or `zray train`")
+    if trial is not None and not (run_dir / search.SPACE_FILE).exists():
+        raise ZrayError(f"--trial {trial}: {run_dir} is not a search (no {search.SPACE_FILE}); "
+                        "expected runs/NAME of `zray tune`")
     if (run_dir / search.SPACE_FILE).exists():
-        ranked = search.summarize(run_dir)["ranked"]
-        ranked = [r for r in ranked if r.get("best_checkpoint")]
+        summary = search.summarize(run_dir)
+        ranked = [r for r in summary["ranked"] if r.get("best_checkpoint")]
+        if trial is not None:
+            named = next((r for r in summary["trials"] if r["trial"] == trial), None)
+            if named is None or not named.get("best_checkpoint"):
+                have = ", ".join(r["trial"] for r in ranked) or "none"
+                problem = "has no scored checkpoint" if named else "is not a trial there"
+                raise ZrayError(f"--trial {trial}: {problem} in {run_dir}; expected one of its trials with "
+                                f"a checkpoint ({have})")
+            ranked = [named] + [r for r in ranked if r is not named]
         if len(ranked) < top_k:
             raise ZrayError(
                 f"{run_dir}: {len(ranked)} trial(s) have a scored checkpoint but --top-k is {top_k}; "
@@ -165,7 +181,8 @@ def _calibrate(bundle_dir: Path, info: dict) -> dict[str, Any]:
     return {**fitted, "fitted_on": f"val split of {data['path']}"}
 
 
-def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: bool = True) -> dict[str, Any]:
+def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: bool = True,
+           members: str = "seeds", keep_ensemble: bool = False, trial: str | None = None) -> dict[str, Any]:
     """Export the ``top_k`` best checkpoints of ``run_dir`` as a bundle at ``out``.
 
     With ``calibrate``, one PDF temperature is fitted on the validation split
@@ -174,13 +191,25 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     is written under a temporary name beside ``out`` and renamed when
     complete. Returns ``bundle.json``'s contents plus ``path``.
 
+    With ``top_k`` > 1 the members of a search's ensemble follow ``members``
+    (:data:`zray.ensemble.MEMBER_RULES`: ``seeds`` trains the best
+    configuration with further seeds, ``trials`` takes the best trials as
+    they are), and the ensemble is shipped only if it beats its best member on
+    the validation split (or with ``keep_ensemble``): :mod:`zray.ensemble`.
+    The temperature is fitted on what is shipped.
+
     >>> info = export("runs/quickstart", "best", top_k=2)   # doctest: +SKIP
     >>> info["calibration"]["temperature"]                  # doctest: +SKIP
     0.83
     """
     out = Path(out)
     check_output(out, kind="bundle", overwrite=overwrite, inputs=[Path(run_dir)])
-    chosen, kind = candidates(run_dir, top_k)
+    chosen, kind = candidates(run_dir, top_k, trial=trial)  # trial: that one first (candidates)
+    rule = _member_rule(members, kind) if len(chosen) > 1 else None
+    if rule == "seeds":  # long: trained before anything is written at --out
+        from zray.ensemble import seed_members
+
+        chosen = seed_members(run_dir, chosen[0], top_k)
     made = make_parents(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -205,6 +234,9 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
             "versions": _versions(),
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if rule is not None:  # scored as written; what is shipped is then calibrated
+            info["selection"] = _select(tmp, info, rule, first, keep_ensemble)
+            (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if calibrate:
             info["calibration"] = _calibrate(tmp, info)
             (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -214,6 +246,32 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
         if not out.exists():
             remove_parents(made)
     return {**info, "path": str(out)}
+
+
+def _member_rule(members: str, kind: str) -> str:
+    from zray.ensemble import MEMBER_RULES
+
+    if members not in MEMBER_RULES:
+        raise ZrayError(f"--members {members!r}: expected one of {', '.join(MEMBER_RULES)}")
+    # A training run has one configuration and its own best checkpoints: nothing to retrain.
+    return members if kind == "search" else "checkpoints"
+
+
+def _select(tmp: Path, info: dict, rule: str, first, keep_ensemble: bool) -> dict[str, Any]:
+    """Score the ensemble written at ``tmp`` against its members (:func:`zray.ensemble.choose`);
+    when the best member alone is to be shipped, leave only it in ``tmp`` and ``info``."""
+    from zray.ensemble import MEMBER_RULES, choose
+
+    selection = choose(tmp, info, first.metric, first.mode, keep_ensemble)
+    selection = {"rule": rule, "rule_text": MEMBER_RULES.get(rule, "the run's best checkpoints"), **selection}
+    if selection["shipped"] == "best member":
+        keep = info["members"][selection["best_member"]]
+        for member in info["members"]:
+            if member is not keep:
+                shutil.rmtree(tmp / member["path"])
+        info["members"] = [keep]
+        info["ensemble"] = "single model"
+    return selection
 
 
 def _write_members(chosen: list[Candidate], tmp: Path) -> tuple[list[dict[str, Any]], Any]:

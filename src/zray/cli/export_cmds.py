@@ -12,13 +12,24 @@ from zray.paths import click_absolute
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path), callback=click_absolute)
 @click.option("--top-k", "top_k", type=int, default=1, show_default=True,
-              help="Export the K best trials as an ensemble averaging their PDFs.")
+              help="Export an ensemble of K networks averaging their PDFs (see --members).")
+@click.option("--members", type=click.Choice(["seeds", "trials"]), default="seeds", show_default=True,
+              help="How a search's ensemble is made: seeds trains the best trial's configuration K times "
+                   "(the best trial, then seeds seed+1, ...), each for the search's full epochs, under "
+                   "RUN_DIR/ensemble/; trials takes the K best trials as the search left them.")
+@click.option("--keep-ensemble", is_flag=True,
+              help="Ship the ensemble even when it does not beat its best member on the validation split.")
+@click.option("--trial", default=None, metavar="NAME",
+              help="Export this trial of a search (its folder name, as `zray status` lists it) instead of "
+                   "the best: e.g. another point of a two-objective search's Pareto front. By default a "
+                   "two-objective search exports the front's trial with the best first metric of "
+                   "tune.metrics (ties: the better second).")
 @click.option("--out", type=click.Path(path_type=Path), callback=click_absolute, required=True,
               help="Bundle folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="Fit one PDF temperature on the training data's validation split (PIT closer to uniform).")
-def export_cmd(run_dir, top_k, out, overwrite, calibrate):
+def export_cmd(run_dir, top_k, members, keep_ensemble, trial, out, overwrite, calibrate):
     """Export the best trial(s) of a search as a bundle for inference.
 
     RUN_DIR is an experiment folder of `zray tune` (runs/NAME; trials ranked
@@ -28,13 +39,33 @@ def export_cmd(run_dir, top_k, out, overwrite, calibrate):
     bins, band order, image size, preprocessing, validation metrics and
     versions.
 
+    An ensemble (--top-k K) is worth shipping only when its members are
+    fully trained and it beats the best of them: the members and their mean
+    PDF are scored on the training data's validation split, and if the
+    ensemble does not beat its best member, that member is shipped alone
+    (bundle.json's `selection` records the figures and the decision). The PDF
+    temperature is then fitted on what is shipped.
+
     \b
-    Example:
-      zray export runs/quickstart --top-k 3 --out best/
+    Examples:
+      zray export runs/quickstart --out best/
+      zray export runs/quickstart --top-k 3 --out ens/        # trains 2 more seeds of the best trial
+      zray export runs/quickstart --top-k 3 --members trials --out ens/
+      zray export runs/pareto --trial trial-47dce19109-00002 --out other/
     """
     from zray.export import export
 
-    info = export(run_dir, out, top_k=top_k, overwrite=overwrite, calibrate=calibrate)
+    info = export(run_dir, out, top_k=top_k, overwrite=overwrite, calibrate=calibrate, members=members,
+                  keep_ensemble=keep_ensemble, trial=trial)
+    selection = info.get("selection")
+    if selection:
+        click.echo(f"ensemble members: {selection['rule_text']}")
+        for i, m in enumerate(selection.get("members", [])):
+            click.echo(f"  member {i}: {selection['metric']} {m[selection['metric']]:.5f} on {selection['n']} "
+                       "validation galaxies")
+        if "ensemble" in selection:
+            click.echo(f"  ensemble: {selection['metric']} {selection['ensemble'][selection['metric']]:.5f}")
+        click.echo(f"{selection['reason']}")
     click.echo(f"exported {len(info['members'])} model(s) from {run_dir} ({info['source']['kind']}) to {out}")
     for member in info["members"]:
         val = member["validation"]

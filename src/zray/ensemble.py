@@ -1,0 +1,175 @@
+"""Ensembles worth shipping: fully trained members, checked on the validation split.
+
+A search's K best trials make a poor ensemble when a scheduler such as ASHA
+stopped most of them after a few epochs: averaging half-trained networks into
+the best one dilutes it. So ``zray export RUN --top-k K`` builds the members
+by one of two rules (``--members``):
+
+- ``seeds`` (the default): a deep ensemble, the best trial's configuration
+  trained K times with different seeds (Lakshminarayanan et al. 2017). The
+  best trial itself is the first member when it ran all the search's epochs;
+  otherwise its configuration is trained again at the search's own seed as
+  well. The other members use seeds ``seed + 1``, ``seed + 2``, ... Each is a
+  ``zray train`` run under ``RUN/ensemble/TRIAL-seedS``, trained for the
+  search's full epochs; a member already trained there is reused, so an
+  interrupted export picks up where it stopped.
+- ``trials``: the K best trials as the search left them (nothing is
+  trained), for a search whose trials all ran to the end.
+
+Then :func:`choose` scores every member and their mean PDF on the training
+data's validation split, by the search's metric. When the ensemble does not
+beat its best member there, the best member is shipped alone (unless told to
+keep the ensemble) and the bundle says why. Everything measured is recorded
+in ``bundle.json`` under ``selection``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zray.console import LOG
+from zray.errors import ZrayError
+
+__all__ = ["ENSEMBLE_DIR", "MEMBER_RULES", "VALIDATION_ROWS", "choose", "decide", "replace_seed", "seed_members"]
+
+# Where the seed members of a search's ensembles are trained, inside the search's folder.
+ENSEMBLE_DIR = "ensemble"
+MEMBER_RULES = {
+    "seeds": "the best trial's configuration trained with different seeds, every member for the search's "
+             "full epochs",
+    "trials": "the best trials as the search left them",
+}
+# Validation rows scored when choosing between an ensemble and its best member, at most.
+VALIDATION_ROWS = 20_000
+
+
+def seed_members(run_dir, best, k: int) -> list:
+    """``k`` fully trained networks of ``best``'s configuration (a :class:`zray.export.Candidate`
+    of the search at ``run_dir``), as Candidates: see the module docstring."""
+    from zray import search
+    from zray.export import Candidate, candidates
+    from zray.train import TrainJob, read_state
+
+    run_dir = Path(run_dir)
+    job = TrainJob(**read_state(best.checkpoint)["job"])
+    epochs = int(job.hyperparameters["epochs"])
+    row = next((r for r in search.summarize(run_dir)["ranked"] if r["trial"] == best.trial), None)
+    finished = row is not None and row["status"] == "complete"
+    members = [best] if finished else []
+    seeds = [job.seed + i for i in range(len(members), k)]
+    space = _space_for(run_dir, job)
+    for n, seed in enumerate(seeds, start=len(members) + 1):
+        name = f"{best.trial}-seed{seed}"
+        folder = run_dir / ENSEMBLE_DIR / name
+        if _trained(folder, epochs):
+            LOG.info(f"ensemble member {n}/{k}: {name} already trained ({folder})")
+        else:
+            LOG.info(f"ensemble member {n}/{k}: training {best.trial}'s configuration with seed {seed} "
+                     f"for {epochs} epochs")
+            from zray import train
+
+            train.run(replace_seed(space, seed), runs_dir=run_dir / ENSEMBLE_DIR, name=name)
+        chosen, _ = candidates(folder, 1)
+        members.append(Candidate(chosen[0].checkpoint, name, chosen[0].metrics))
+    return members
+
+
+def _space_for(run_dir: Path, job):
+    """The search's space with the trial's hyperparameters all fixed, nothing searched and its
+    data where the trial read it (an absolute path: the export may run from another folder)."""
+    import json
+
+    from zray.config import SearchSpace
+    from zray.data.shards import read_manifest
+    from zray.search import SPACE_FILE
+
+    saved = json.loads((run_dir / SPACE_FILE).read_text())
+    saved["fixed"], saved["search"] = dict(job.hyperparameters), {}
+    saved["data"] = {**saved["data"], "path": job.data_path, "simulate": None}
+    manifest = read_manifest(job.data_path)
+    if manifest.hash != job.manifest_hash:
+        raise ZrayError(f"{job.data_path}: changed since the search trained on it (manifest hash "
+                        f"{manifest.hash[:12]}, the trial's {job.manifest_hash[:12]}); expected the same data "
+                        "to train more ensemble members (or export with --members trials)")
+    return SearchSpace.model_validate(saved)
+
+
+def replace_seed(space, seed: int):
+    """``space`` with ``tune.seed`` set to ``seed`` (the seed of a ``zray train`` run)."""
+    return space.model_copy(update={"tune": space.tune.model_copy(update={"seed": seed})})
+
+
+def _trained(folder: Path, epochs: int) -> bool:
+    """Whether ``folder`` holds a run that reached its last epoch (its latest checkpoint's state)."""
+    from zray.train import complete_checkpoints, read_state
+
+    if not folder.is_dir():
+        return False
+    found = complete_checkpoints(folder)
+    return bool(found) and max(int(read_state(c).get("epoch", -1)) for c in found) + 1 >= epochs
+
+
+def decide(ensemble: dict[str, float], members: list[dict[str, float]], metric: str, mode: str,
+           keep_ensemble: bool = False) -> dict[str, Any]:
+    """Ship the ensemble only when its ``metric`` beats every member's (or ``keep_ensemble``).
+
+    ``ensemble`` and each of ``members``: validation figures (``val_*``). Returns
+    ``{"shipped": "ensemble" | "best member", "best_member": index, "ratio": ensemble / best
+    member, "reason": sentence}``.
+    """
+    sign = 1.0 if mode == "min" else -1.0
+    values = [float(m[metric]) for m in members]
+    best = int(np.argmin([sign * v for v in values]))
+    ens, top = float(ensemble[metric]), values[best]
+    ratio = ens / top if top else float("inf")
+    beats = sign * ens < sign * top
+    if beats:
+        reason = f"the ensemble's {metric} {ens:.5f} beats its best member's {top:.5f} ({ratio:.3f}x)"
+    else:
+        reason = f"the ensemble's {metric} {ens:.5f} does not beat its best member's {top:.5f} ({ratio:.3f}x)"
+    shipped = "ensemble" if beats or keep_ensemble else "best member"
+    if not beats:
+        reason += ("; shipping the ensemble as asked (--keep-ensemble)" if keep_ensemble
+                   else f"; shipping member m{best} alone (--keep-ensemble ships the ensemble anyway)")
+    return {"shipped": shipped, "best_member": best, "ratio": ratio, "reason": reason}
+
+
+def choose(bundle_dir: Path, info: dict, metric: str, mode: str, keep_ensemble: bool = False) -> dict[str, Any]:
+    """Score the members of the (not yet calibrated) bundle at ``bundle_dir`` and their mean
+    PDF on the validation split of the training data; :func:`decide` which to ship.
+
+    Returns the ``selection`` record of ``bundle.json``: the figures of the ensemble and of
+    each member, the decision and its reason. Without a validation split to score on (the
+    data moved or changed since training) the ensemble is kept, and the record says so.
+    """
+    from zray.bins import RedshiftBins
+    from zray.bundle import Bundle
+    from zray.data import load_arrays
+    from zray.data.shards import read_manifest
+    from zray.metrics import validation_metrics
+
+    data = info["data"]
+    try:
+        manifest = read_manifest(data["path"])
+    except ZrayError as exc:
+        return {"shipped": "ensemble", "reason": f"not checked on validation data: {exc}"}
+    if manifest.hash != data["manifest_hash"]:
+        return {"shipped": "ensemble", "reason": f"not checked on validation data: {data['path']} changed "
+                                                 "since training"}
+    if manifest.rows["val"] < 10:
+        return {"shipped": "ensemble", "reason": f"not checked on validation data: {data['path']} has too "
+                                                 "few val rows"}
+    val = load_arrays(data["path"], "val")
+    rows = slice(0, VALIDATION_ROWS)
+    z = val["z_spec"][rows].astype(np.float64)
+    bins = RedshiftBins(**info["bins"])
+    pdfs = Bundle(bundle_dir).member_pdfs(val["image"][rows], val["ebv"][rows])
+    members = [validation_metrics(p, bins, z) for p in pdfs]
+    ensemble = validation_metrics(np.mean(pdfs, axis=0), bins, z)
+    record = decide(ensemble, members, metric, mode, keep_ensemble)
+    return {**record, "metric": metric, "n": int(len(z)), "fitted_on": f"val split of {data['path']}",
+            "ensemble": ensemble, "members": members}
+
