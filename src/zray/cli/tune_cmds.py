@@ -21,8 +21,18 @@ from zray.paths import click_absolute, click_name
     "or an object-store URI such as s3://bucket/zray.",
 )
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+@click.option(
+    "--warm-start", "warm_start", default=None, type=click.Path(file_okay=False), callback=click_absolute,
+    metavar="RUNS/OLD",
+    help="Build on an earlier search: its complete and pruned trials (configurations, values, epochs) seed "
+    "this search's Optuna study, so the sampler starts knowing them; they are not run again, and "
+    "tune.num_samples new trials run. Refused (one sentence) when its model, metric, bins, image size or "
+    "other fixed values differ (another data path is only warned about); earlier trials outside this "
+    "search space (a choice no longer offered, a value outside low..high) are skipped, with a count. "
+    "With --resume it may only name the folder the experiment was warm-started from, and adds nothing.",
+)
 @run_options
-def tune(file, overrides, resume, name, storage, address, skip_corrupt, drop_out_of_range,
+def tune(file, overrides, resume, name, storage, address, warm_start, skip_corrupt, drop_out_of_range,
          dashboard_host) -> None:
     """Search hyperparameters: Ray Tune trials proposed by Optuna.
 
@@ -41,6 +51,7 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, drop_out
       zray tune search_spaces/quickstart.yaml
       zray tune search_spaces/inception.yaml --set tune.num_samples=4
       zray tune search_spaces/inception.yaml --resume
+      zray tune search_spaces/quickstart.yaml --name more --warm-start runs/quickstart
       RAY_ADDRESS=127.0.0.1:6379 zray tune search_spaces/inception.yaml --storage s3://my-bucket/zray
     """
     from zray import config, search
@@ -50,10 +61,12 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, drop_out
         f"zray: {'resuming' if resume else 'starting'} search {name or space.name}: model {space.model}, "
         f"{space.tune.num_samples} trials, scheduler {space.tune.scheduler.type}, "
         f"searching {', '.join(space.search) or 'nothing'}"
+        + (f", warm-started from {warm_start}" if warm_start and not resume else "")
     )
     summary = search.run(
         space, runs_dir=storage, name=name, resume=resume, address=address,
         on_check=lambda line: click.echo(f"zray: {line}"), dashboard_host=dashboard_host,
+        warm_start=warm_start,
     )
     click.echo("")
     if summary.get("remote"):
@@ -79,6 +92,11 @@ def tune(file, overrides, resume, name, storage, address, skip_corrupt, drop_out
               help="How many of the best trials to list.")
 def status(experiment: str, top: int) -> None:
     """Show the trials of a running or finished experiment, best first.
+
+    A two-objective search (tune.metrics) shows its Pareto front: the trials
+    no other beats on both metrics, each at its best epoch by the first
+    metric. Its chosen trial is the front's best by the first metric (ties:
+    the better second); `zray export --trial NAME` exports another.
 
     \b
     Example:

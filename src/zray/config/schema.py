@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer, model_validator
 
 from zray.bins import RedshiftBins
 from zray.hyperparameters import DEFAULTS
@@ -157,14 +157,29 @@ class TuneConfig(_Strict):
 
     ``metric`` is one of :data:`zray.metrics.VALIDATION_METRICS`; ``mode``
     follows from it (giving it is allowed, contradicting it is refused).
+
+    ``metrics`` makes it a two-objective search: exactly two distinct
+    validation metrics, searched with Optuna's multi-objective samplers
+    (``tpe``, ``random`` or ``nsga2``), whose result is a Pareto front
+    (:func:`zray.search.results.pareto_front`). ``modes`` follow from them as
+    ``mode`` does. ``metric`` is then ``metrics[0]``: what checkpoints are
+    ranked by, what the trial lines show, and the rule that picks the front's
+    trial to export. ASHA and median stopping compare trials on one metric, so
+    a two-objective search takes ``scheduler.type: none``.
+
+    Without ``metrics`` nothing changes, and the saved search space reads as
+    it did before (``metrics``/``modes`` are left out of the dump when unset,
+    so an experiment started earlier still resumes).
     """
 
     metric: str = "val_sigma_mad"
     mode: Literal["min", "max"] | None = None
+    metrics: list[str] | None = None
+    modes: list[Literal["min", "max"]] | None = None
     num_samples: PosInt = 10
     max_concurrent: PosInt = 1
     scheduler: SchedulerConfig = SchedulerConfig()
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     seed: NonNegInt = 0
     time_budget_s: float | None = Field(None, gt=0)
 
@@ -172,6 +187,7 @@ class TuneConfig(_Strict):
     def _check_metric(self) -> TuneConfig:
         from zray.metrics import VALIDATION_METRICS
 
+        self._check_metrics()
         if self.metric not in VALIDATION_METRICS:
             raise _KeyedError("metric", f"unknown metric {self.metric!r}; expected one of "
                                         f"{', '.join(VALIDATION_METRICS)}")
@@ -182,6 +198,59 @@ class TuneConfig(_Strict):
             better = "lower" if want == "min" else "higher"
             raise _KeyedError("mode", f"{self.metric} is better when {better}; expected {want!r}, got {self.mode!r}")
         return self
+
+    def _check_metrics(self) -> None:
+        """The two objectives: known, distinct, their modes right, a scheduler that can take
+        them; ``metric`` (and ``modes``) filled from them."""
+        from zray.metrics import VALIDATION_METRICS
+
+        if self.metrics is None:
+            if self.modes is not None:
+                raise _KeyedError("modes", "belongs with tune.metrics (two objectives); for one metric give "
+                                           "tune.mode, or add tune.metrics")
+            return
+        if len(self.metrics) != 2:
+            raise _KeyedError("metrics", f"expected exactly two metrics (a two-objective search), "
+                                         f"got {len(self.metrics)}: {self.metrics!r}")
+        for name in self.metrics:
+            if name not in VALIDATION_METRICS:
+                raise _KeyedError("metrics", f"unknown metric {name!r}; expected two of "
+                                             f"{', '.join(VALIDATION_METRICS)}")
+        if self.metrics[0] == self.metrics[1]:
+            raise _KeyedError("metrics", f"names {self.metrics[0]} twice; expected two different metrics")
+        if "metric" in self.model_fields_set and self.metric != self.metrics[0]:
+            raise _KeyedError("metric", f"is {self.metric} but tune.metrics starts with {self.metrics[0]}; "
+                                        "expected tune.metric left out (it is tune.metrics' first) or equal to it")
+        want = [VALIDATION_METRICS[name] for name in self.metrics]
+        if self.modes is not None:
+            if len(self.modes) != 2:
+                raise _KeyedError("modes", f"expected one mode per metric ({want!r}), got {self.modes!r}")
+            for name, mode, right in zip(self.metrics, self.modes, want):
+                if mode != right:
+                    better = "lower" if right == "min" else "higher"
+                    raise _KeyedError("modes", f"{name} is better when {better}; expected {want!r}, "
+                                               f"got {self.modes!r}")
+        if self.scheduler.type != "none":
+            stopper = {"asha": "ASHA", "median": "median stopping"}.get(self.scheduler.type, self.scheduler.type)
+            raise _KeyedError("scheduler.type", f"{stopper} stops trials on one metric but tune.metrics names "
+                                                "two; expected none for a two-objective search")
+        object.__setattr__(self, "modes", want)  # frozen model: filled once, here
+        object.__setattr__(self, "metric", self.metrics[0])
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) of each objective: one, or the two of ``metrics``."""
+        if self.metrics:
+            return list(zip(self.metrics, self.modes))
+        return [(self.metric, self.mode)]
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        if self.metrics is None:  # a one-metric search dumps as it always did
+            data.pop("metrics", None)
+            data.pop("modes", None)
+        return data
 
 
 class ResourcesConfig(_Strict):

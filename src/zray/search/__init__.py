@@ -4,6 +4,8 @@
 - :mod:`zray.search.results`: reading a search's folder (what ``zray status``
   shows; writes nothing) and writing ``results.csv``/``best.json`` at the end.
 - :mod:`zray.search.recovery`: putting the folder right after a killed driver.
+- :mod:`zray.search.warm_start`: seeding a new study with an earlier search's
+  finished trials (``zray tune --warm-start runs/OLD``).
 - :mod:`zray.search.optuna_study`, :mod:`zray.search.progress`: the Optuna
   searcher and the per-trial line, as Tune's saved state names them.
 
@@ -24,6 +26,7 @@ from zray.search.results import (
     SPACE_FILE,
     STUDY_FILE,
     TRIALS_DIR,
+    WARM_START_FILE,
     best_checkpoint,
     format_summary,
     summarize,
@@ -44,6 +47,7 @@ __all__ = [
     "SPACE_FILE",
     "STUDY_FILE",
     "TRIALS_DIR",
+    "WARM_START_FILE",
     "best_checkpoint",
     "close_orphans",
     "format_summary",

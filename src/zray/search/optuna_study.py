@@ -21,6 +21,19 @@ ask-and-tell interface:
   ``zray_best_value`` and ``zray_best_checkpoint`` say where the best model is;
 - a completion the study already holds changes nothing.
 
+A two-objective search (``metrics=[first, second]``, ``tune.metrics``) is a
+study with both directions. Optuna keeps no intermediate values for it
+(``Trial.report`` refuses a multi-objective study), so each epoch's pair is
+kept in the user attribute ``zray_epochs`` (``{"epoch": [first, second]}``,
+written as each epoch arrives, read back after a restore as intermediate values
+are). A trial's best epoch is the one best by the first metric (the one its
+checkpoints are ranked by; ties: the earlier epoch), and the trial is told that
+epoch's pair of values, so every point of the study's Pareto front is a model
+that exists as a checkpoint; ``zray_best_values`` holds the pair. An epoch
+counts only when it reported both metrics. A PRUNED trial has no values there
+(Optuna takes a pruned trial's value from intermediate values, which a
+two-objective study has none of); its best pair is in the attributes.
+
 Surviving a restart: Tune keeps the searcher with its experiment state (the
 object itself, as it was built, and :meth:`ResumableOptunaSearch.save`'s JSON
 of the progress since: Tune's trial id -> Optuna trial number, each trial's
@@ -34,7 +47,8 @@ is still RUNNING. Optuna has no endorsed way to get a live trial by number
 in a new process (its documentation discourages calling that constructor
 and the storage's methods directly; ``Study.tell`` alone takes a number), so
 this is the one place that leans on them. The samplers zray uses (TPE,
-random) do nothing in ``before_trial``, which that constructor calls.
+random, NSGA-II) do nothing in ``before_trial``, which that constructor calls
+(NSGA-II's generation of a trial is a system attribute, set once when asked).
 """
 
 from __future__ import annotations
@@ -52,7 +66,10 @@ from ray.tune.search import Searcher
 from zray.errors import ZrayError
 from zray.search.results import TRIALS_DIR, best_checkpoint
 
-__all__ = ["ResumableOptunaSearch"]
+__all__ = ["ResumableOptunaSearch", "EPOCHS_ATTR"]
+
+#: User attribute of a two-objective study's trial: each epoch's pair of metrics.
+EPOCHS_ATTR = "zray_epochs"
 
 
 class ResumableOptunaSearch(Searcher):
@@ -64,15 +81,26 @@ class ResumableOptunaSearch(Searcher):
     ``experiment_dir``: where the trials' folders are (None with an object-store
     storage: then no folder or checkpoint attribute). ``seed``: the sampler's
     seed, for a deterministic sampler again after a restore.
+    ``metrics``/``modes``: two of each for a two-objective search (``metric``
+    and ``mode`` are then their first, and may be left out).
     """
 
     def __init__(self, space: dict[str, Any] | None = None, metric: str | None = None,
                  mode: str | None = None, *, sampler: optuna.samplers.BaseSampler | None = None,
                  study_name: str = "optuna", storage: str | optuna.storages.BaseStorage | None = None,
-                 epochs: int = 0, experiment_dir: str | None = None, seed: int | None = None):
+                 epochs: int = 0, experiment_dir: str | None = None, seed: int | None = None,
+                 metrics: list[str] | None = None, modes: list[str] | None = None):
         if storage is None:
             raise ValueError("ResumableOptunaSearch needs a storage (an Optuna storage or its URL), "
                              "so the study outlives the driver")
+        self._second: tuple[str, str] | None = None  # a two-objective search's second (metric, mode)
+        if metrics:
+            if len(metrics) != 2 or len(modes or ()) != 2:
+                raise ValueError(f"ResumableOptunaSearch takes two metrics and two modes, got {metrics!r}, {modes!r}")
+            metric, mode = metric or metrics[0], mode or modes[0]
+            if (metric, mode) != (metrics[0], modes[0]):
+                raise ValueError(f"metric and mode ({metric}, {mode}) must be the first of metrics and modes")
+            self._second = (metrics[1], modes[1])
         super().__init__(metric=metric, mode=mode)
         self._space = dict(space or {})
         self._sampler = sampler or optuna.samplers.TPESampler(seed=seed)
@@ -83,6 +111,7 @@ class ResumableOptunaSearch(Searcher):
         self._experiment_dir = experiment_dir
         self._numbers: dict[str, int] = {}  # Tune's trial id -> Optuna trial number
         self._history: dict[str, dict[int, float]] = {}  # Tune's trial id -> {epoch: metric}
+        self._second_history: dict[str, dict[int, float]] = {}  # the same, of the second metric
         self._finished: set[str] = set()
         self._open()
         if self.metric and self.mode:
@@ -118,6 +147,9 @@ class ResumableOptunaSearch(Searcher):
         if trial is None:
             return  # not ours, or already finished in the study: nothing changes
         history = self._history.get(trial_id, {})
+        second = self._second_history.get(trial_id, {})
+        if self._second:  # an epoch counts with both metrics
+            history = {e: v for e, v in history.items() if e in second}
         sign = 1.0 if self.mode == "min" else -1.0
         best_epoch = min(history, key=lambda e: (sign * history[e], e)) if history else None
         folder = self._trial_folder(trial_id)
@@ -125,6 +157,9 @@ class ResumableOptunaSearch(Searcher):
             trial.set_user_attr("zray_trial", folder.name if folder else None)
             trial.set_user_attr("zray_best_epoch", best_epoch)
             trial.set_user_attr("zray_best_value", history[best_epoch] if history else None)
+            if self._second:
+                trial.set_user_attr("zray_best_values", [history[best_epoch], second[best_epoch]] if history
+                                    else None)
             trial.set_user_attr("zray_best_checkpoint",
                                 best_checkpoint(folder, self.metric, self.mode) if folder else None)
             study = self._open_study()
@@ -133,16 +168,20 @@ class ResumableOptunaSearch(Searcher):
             elif self._epochs and max(history) < self._epochs:
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             else:
-                study.tell(trial, history[best_epoch], state=TrialState.COMPLETE, skip_if_finished=True)
+                told = [history[best_epoch], second[best_epoch]] if self._second else history[best_epoch]
+                study.tell(trial, told, state=TrialState.COMPLETE, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished meanwhile by someone else: the study keeps what it holds
         self._finish(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
         """The search's progress as JSON (Tune saves it with its experiment state):
-        which Optuna trial each Tune trial is, their epochs, which are finished."""
+        which Optuna trial each Tune trial is, their epochs, which are finished
+        (a two-objective search: the second metric's epochs too, as ``second``)."""
         state = {"numbers": self._numbers, "finished": sorted(self._finished),
                  "history": {t: {str(e): v for e, v in h.items()} for t, h in self._history.items()}}
+        if self._second:
+            state["second"] = {t: {str(e): v for e, v in h.items()} for t, h in self._second_history.items()}
         with open(checkpoint_path, "w") as f:
             json.dump(state, f)
 
@@ -156,10 +195,13 @@ class ResumableOptunaSearch(Searcher):
             numbers = {str(t): int(n) for t, n in state["numbers"].items()}
             finished = {str(t) for t in state["finished"]}
             history = {str(t): {int(e): _finite(v) for e, v in h.items()} for t, h in state["history"].items()}
+            second = ({str(t): {int(e): _finite(v) for e, v in h.items()} for t, h in state["second"].items()}
+                      if self._second else {})
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise ZrayError(f"{checkpoint_path}: unreadable search state (cut short or edited?); expected the "
                             "file zray tune saved (start afresh with --name NEW)") from None
         self._numbers, self._finished, self._history = numbers, finished, history
+        self._second_history = second
         if self._seed is not None:
             self._sampler = type(self._sampler)(seed=self._seed + len(self._numbers))
         self._open()
@@ -172,6 +214,7 @@ class ResumableOptunaSearch(Searcher):
             "study_name": self._study_name, "storage": self._db, "epochs": self._epochs,
             "experiment_dir": self._experiment_dir, "seed": self._seed, "numbers": dict(self._numbers),
             "history": {k: dict(v) for k, v in self._history.items()}, "finished": set(self._finished),
+            "second": self._second, "second_history": {k: dict(v) for k, v in self._second_history.items()},
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -186,6 +229,8 @@ class ResumableOptunaSearch(Searcher):
         self._numbers = state["numbers"]
         self._history = state["history"]
         self._finished = state["finished"]
+        self._second = state.get("second")  # absent from a searcher pickled before two objectives
+        self._second_history = state.get("second_history", {})
         self._open()
 
     # -- helpers ---------------------------------------------------------------------
@@ -197,10 +242,11 @@ class ResumableOptunaSearch(Searcher):
 
     def _open_study(self) -> optuna.Study:
         if self._study is None:
+            modes = [self.mode] + ([self._second[1]] if self._second else [])
             self._study = optuna.create_study(
                 storage=self._db, sampler=self._sampler, pruner=optuna.pruners.NopPruner(),
                 study_name=self._study_name, load_if_exists=True,
-                direction="minimize" if self.mode == "min" else "maximize",
+                directions=["minimize" if mode == "min" else "maximize" for mode in modes],
             )
         return self._study
 
@@ -221,8 +267,14 @@ class ResumableOptunaSearch(Searcher):
             self._finished.add(trial_id)
             return None
         # The study holds the epochs reported before the restart: the first value of an epoch stays.
-        self._history[trial_id] = {**self._history.get(trial_id, {}),
-                                   **{int(step): float(v) for step, v in frozen.intermediate_values.items()}}
+        if self._second:
+            pairs = _pairs(frozen.user_attrs.get(EPOCHS_ATTR))
+            self._history[trial_id] = {**self._history.get(trial_id, {}), **{e: p[0] for e, p in pairs.items()}}
+            self._second_history[trial_id] = {**self._second_history.get(trial_id, {}),
+                                              **{e: p[1] for e, p in pairs.items()}}
+        else:
+            self._history[trial_id] = {**self._history.get(trial_id, {}),
+                                       **{int(step): float(v) for step, v in frozen.intermediate_values.items()}}
         study = self._open_study()
         study_id = self._db.get_study_id_from_name(study.study_name)
         trial = optuna.trial.Trial(study, self._db.get_trial_id_from_study_id_trial_number(study_id, number))
@@ -234,9 +286,11 @@ class ResumableOptunaSearch(Searcher):
         self._live.pop(trial_id, None)
 
     def _record(self, trial_id: str, result: dict) -> None:
-        """Keep the epoch's metric and report it to Optuna once, at step = epoch."""
+        """Keep the epoch's metric and report it to Optuna once, at step = epoch (two
+        objectives: the pair, in the trial's ``zray_epochs`` attribute)."""
         value, epoch = result.get(self.metric), result.get("epoch")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        other = result.get(self._second[0]) if self._second else 0.0
+        if not _usable(value) or not _usable(other):
             return
         try:
             epoch = int(epoch)
@@ -250,7 +304,13 @@ class ResumableOptunaSearch(Searcher):
             return
         seen[epoch] = float(value)
         try:
-            trial.report(float(value), epoch)
+            if self._second:
+                pairs = self._second_history.setdefault(trial_id, {})
+                pairs[epoch] = float(other)
+                trial.set_user_attr(EPOCHS_ATTR, {str(e): [v, pairs[e]] for e, v in sorted(seen.items())
+                                                  if e in pairs})
+            else:
+                trial.report(float(value), epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             self._finish(trial_id)
 
@@ -268,6 +328,23 @@ def _finite(value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError(f"not a finite number: {value!r}")
     return number
+
+
+def _usable(value: Any) -> bool:
+    """A reported metric that counts: a finite number (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _pairs(stored: Any) -> dict[int, tuple[float, float]]:
+    """The ``zray_epochs`` attribute as {epoch: (first, second)}; what is not a finite pair is left out."""
+    pairs: dict[int, tuple[float, float]] = {}
+    for epoch, pair in (stored.items() if isinstance(stored, dict) else ()):
+        try:
+            first, second = (_finite(v) for v in pair)
+            pairs[int(epoch)] = (first, second)
+        except (TypeError, ValueError):
+            continue
+    return pairs
 
 
 def _plain(value: Any) -> Any:

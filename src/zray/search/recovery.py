@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zray.search.results import LOST_DIR, STUDY_FILE, TRIALS_DIR
+from zray.search.results import LOST_DIR, STUDY_FILE, TRIALS_DIR, WARM_START_FILE
 
 __all__ = ["clear_unsaved", "set_aside_lost_trials", "close_orphans"]
 
@@ -18,7 +18,7 @@ __all__ = ["clear_unsaved", "set_aside_lost_trials", "close_orphans"]
 def clear_unsaved(place) -> None:
     """Remove what a search stopped before its first Tune save left behind at
     ``place`` (a :class:`zray.storage.Place`): trial folders and the Optuna study
-    (left there, they would be counted as trials)."""
+    (left there, they would be counted as trials), with the record of its warm start."""
     from pyarrow import fs
 
     filesystem, inner = place.filesystem()
@@ -27,6 +27,7 @@ def clear_unsaved(place) -> None:
         if info.type == fs.FileType.Directory and (name.startswith("trial-") or name == TRIALS_DIR):
             filesystem.delete_dir(info.path)
     (place.local / STUDY_FILE).unlink(missing_ok=True)
+    (place.local / WARM_START_FILE).unlink(missing_ok=True)
 
 
 def set_aside_lost_trials(experiment_dir: Path, known: set[str]) -> list[str]:

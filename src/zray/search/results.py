@@ -10,6 +10,13 @@ someone else's results. The search's driver writes ``results.csv`` and
     >>> summary["best"]["best"]["val_sigma_mad"]               # doctest: +SKIP
     0.019
     >>> print(search.format_summary(summary))                 # doctest: +SKIP
+
+A two-objective search (``tune.metrics``) has a Pareto front: the trials
+whose best-epoch pair of metrics no other trial beats on both
+(:func:`pareto_front`, computed here from zray's own records, so Optuna is not
+needed to read it). Its chosen trial follows :data:`PARETO_RULE`: the front's
+trial with the best first metric, ties broken by the second; it heads
+``ranked``, and ``zray export --trial NAME`` takes any other.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from typing import Any
 from zray.errors import ZrayError, first_line, last_error_line
 from zray.metrics import REPORTED_METRICS
 
-__all__ = ["summarize", "format_summary", "write_results", "trial_records", "best_checkpoint",
-           "RESULTS_FILE", "BEST_FILE", "SPACE_FILE", "STUDY_FILE", "TRIALS_DIR", "LOST_DIR"]
+__all__ = ["summarize", "format_summary", "write_results", "trial_records", "best_checkpoint", "pareto_front",
+           "PARETO_RULE", "RESULTS_FILE", "BEST_FILE", "SPACE_FILE", "STUDY_FILE", "TRIALS_DIR", "LOST_DIR",
+           "WARM_START_FILE"]
 
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
@@ -32,8 +40,12 @@ SPACE_FILE = "search_space.json"
 STUDY_FILE = "optuna.db"
 TRIALS_DIR = "trials"
 LOST_DIR = "lost"
+# Which earlier experiment seeded the study, and with how many trials (zray.search.warm_start).
+WARM_START_FILE = "warm_start.json"
 # Per trial, its final and best epoch's figures: the reported metrics, the training loss and the epoch.
 _METRIC_KEYS = (*REPORTED_METRICS, "loss", "epoch")
+#: How a two-objective search's trial is chosen from its Pareto front (best.json, status, export).
+PARETO_RULE = "the Pareto front's trial with the best {first} (ties: the better {second})"
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -68,11 +80,15 @@ def _status(error: str, final: dict, target: int) -> str:
     return "stopped" if final.get("done") else "unfinished"
 
 
-def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
+def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int,
+                  required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One record per trial: parameters, status, final and best metrics, best checkpoint.
 
     Status is ``error``, ``complete`` (all ``epochs`` run), ``stopped`` (ended
-    early by the scheduler) or ``unfinished`` (running, or interrupted).
+    early by the scheduler) or ``unfinished`` (running, or interrupted). The
+    best epoch is the one best by ``metric`` (ties: the earlier) among those
+    that also reported every metric of ``required`` (a two-objective search's
+    second), as the Optuna searcher picks it.
     """
     sign = 1.0 if mode == "min" else -1.0
     records = []
@@ -90,7 +106,7 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int) -> 
         error_file = trial_dir / "error.txt"
         error = last_error_line(error_file.read_text()) if error_file.exists() else ""
         final = results[-1] if results else {}
-        scored = [r for r in results if _finite(r.get(metric))]
+        scored = [r for r in results if all(_finite(r.get(m)) for m in (metric, *required))]
         best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
         records.append({
             "trial": trial_dir.name,
@@ -125,10 +141,33 @@ def best_checkpoint(run_dir: Path, metric: str, mode: str) -> str | None:
     return best
 
 
+def pareto_front(records: list[dict[str, Any]], objectives: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The records no other record dominates on their best-epoch values of ``objectives``
+    ((metric, mode) pairs), ordered by :data:`PARETO_RULE`. A record dominates another
+    when it is no worse on every objective and better on one; equal pairs are both on
+    the front (as in Optuna). Records missing a value are left out."""
+    signs = [1.0 if mode == "min" else -1.0 for _, mode in objectives]
+
+    def key(r: dict[str, Any]) -> tuple[float, ...]:
+        return tuple(s * r["best"][m] for s, (m, _) in zip(signs, objectives))
+
+    scored = [r for r in records if all(_finite(r["best"].get(m)) for m, _ in objectives)]
+    front = [r for r in scored
+             if not any(all(a <= b for a, b in zip(key(o), key(r))) and key(o) != key(r) for o in scored)]
+    return sorted(front, key=key)
+
+
 def summarize(experiment_dir) -> dict[str, Any]:
-    """The search's trials, ranked by its metric, with the dataset's baselines. Writes nothing."""
+    """The search's trials, ranked by its metric, with the dataset's baselines. Writes nothing.
+
+    A two-objective search also gets ``metrics``, ``modes``, ``pareto`` (its
+    front's records, by :data:`PARETO_RULE`) and ``rule``; each record gets
+    ``pareto`` (on the front or not), and ``ranked`` is the front first by the
+    rule, then the others by the same order (first metric, then second).
+    """
     from zray import baselines
     from zray.config.loading import validate
+    from zray.search.warm_start import read_record
 
     experiment_dir = Path(experiment_dir)
     space_file = experiment_dir / SPACE_FILE
@@ -145,11 +184,24 @@ def summarize(experiment_dir) -> dict[str, Any]:
     space = validate(raw, space_file)  # the schema and the registry's checks, as for a YAML file
     metric, mode = space.tune.metric, space.tune.mode
     epochs = int(space.default_hyperparameters()["epochs"])
-    records = trial_records(experiment_dir, metric, mode, epochs)
+    objectives = space.tune.objectives
+    records = trial_records(experiment_dir, metric, mode, epochs, required=tuple(m for m, _ in objectives[1:]))
     sign = 1.0 if mode == "min" else -1.0
     ranked = sorted((r for r in records if _finite(r["best"].get(metric))), key=lambda r: sign * r["best"][metric])
+    two: dict[str, Any] = {}
+    if len(objectives) > 1:
+        front = pareto_front(records, objectives)
+        on_front = {id(r) for r in front}
+        for r in records:
+            r["pareto"] = id(r) in on_front
+        rest = sorted((r for r in records if id(r) not in on_front and r["best"]),
+                      key=lambda r: tuple((1.0 if md == "min" else -1.0) * r["best"][m] for m, md in objectives))
+        ranked = front + rest
+        two = {"metrics": [m for m, _ in objectives], "modes": [md for _, md in objectives], "pareto": front,
+               "rule": PARETO_RULE.format(first=objectives[0][0], second=objectives[1][0])}
     best = ranked[0] if ranked else None
     return {
+        **two,
         "experiment": str(experiment_dir),
         "num_samples": space.tune.num_samples,
         "metric": metric,
@@ -159,6 +211,7 @@ def summarize(experiment_dir) -> dict[str, Any]:
         "best": best,
         "best_checkpoint": best["best_checkpoint"] if best else None,
         "baselines": baselines.load(space.data.path),
+        "warm_start": read_record(experiment_dir),  # the earlier trials in the study, or None
     }
 
 
@@ -168,23 +221,31 @@ def write_results(summary: dict[str, Any]) -> None:
     records = summary["trials"]
     param_names = sorted({k for r in records for k in r["params"]})
     metric_names = [k for k in _METRIC_KEYS if k != "epoch"]
+    two = "metrics" in summary  # a two-objective search: a pareto column (true/false)
     tmp = experiment_dir / (RESULTS_FILE + ".tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["trial", "status", "epochs", *param_names] + [f"final_{m}" for m in metric_names]
-                        + [f"best_{m}" for m in metric_names] + ["best_checkpoint", "error"])
+                        + [f"best_{m}" for m in metric_names] + ["best_checkpoint", "error"]
+                        + (["pareto"] if two else []))
         for r in records:
             writer.writerow([r["trial"], r["status"], r["epochs"], *(r["params"].get(p, "") for p in param_names)]
                             + [r["final"].get(m, "") for m in metric_names]
                             + [r["best"].get(m, "") for m in metric_names]
-                            + [r["best_checkpoint"] or "", r["error"]])
+                            + [r["best_checkpoint"] or "", r["error"]]
+                            + ([str(bool(r.get("pareto"))).lower()] if two else []))
     tmp.replace(experiment_dir / RESULTS_FILE)
     best = summary["best"]
-    _write_json(experiment_dir / BEST_FILE, {
+    chosen = {
         "metric": summary["metric"], "mode": summary["mode"], "trial": best and best["trial"],
         "params": best and best["params"], "metrics": best and best["best"],
         "checkpoint": best and best["best_checkpoint"],
-    })
+    }
+    if two:  # which objectives, the front, and the rule that chose "trial" from it
+        chosen.update({"objectives": summary["metrics"], "modes": summary["modes"], "rule": summary["rule"],
+                       "pareto": [{"trial": r["trial"], **{m: r["best"][m] for m in summary["metrics"]}}
+                                  for r in summary["pareto"]]})
+    _write_json(experiment_dir / BEST_FILE, chosen)
 
 
 def _write_json(path: Path, data) -> None:
@@ -204,7 +265,9 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
         f"trials      {len(records)} of {summary['num_samples']}: "
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"),
     ]
+    lines += _warm_start_lines(summary)
     lines += _ranking_lines(summary, top)
+    lines += _pareto_lines(summary)
     lines += _baseline_lines(summary)
     lines += [f"failed {r['trial']}: {r['error']}" for r in records if r["status"] == "error"]
     if (Path(summary["experiment"]) / RESULTS_FILE).exists():
@@ -217,23 +280,48 @@ def _ranking_lines(summary: dict[str, Any], top: int) -> list[str]:
     if not ranked:
         return []
     metric = summary["metric"]
+    extra = [m for m in summary.get("metrics", [metric]) if m not in ("val_sigma_mad", "val_outlier_fraction")]
+    two = "metrics" in summary
     params = sorted({k for r in ranked for k in r["params"]})
-    header = ["rank", "trial", *params, "sigma_mad", "bias", "outliers", "epochs"]
-    if metric not in ("val_sigma_mad", "val_outlier_fraction"):
-        header.insert(-1, metric.removeprefix("val_"))
+    header = ["rank", "trial", *params, "sigma_mad", "bias", "outliers",
+              *(m.removeprefix("val_") for m in extra), *(["pareto"] if two else []), "epochs"]
     rows = []
     for i, r in enumerate(ranked, 1):
         b = r["best"]
-        row = [str(i), r["trial"], *(_fmt(r["params"].get(p)) for p in params), _fmt(b.get("val_sigma_mad")),
-               _fmt(b.get("val_bias")), _fmt(b.get("val_outlier_fraction")), str(r["epochs"])]
-        if metric not in ("val_sigma_mad", "val_outlier_fraction"):
-            row.insert(-1, _fmt(b.get(metric)))
-        rows.append(row)
+        rows.append([str(i), r["trial"], *(_fmt(r["params"].get(p)) for p in params), _fmt(b.get("val_sigma_mad")),
+                     _fmt(b.get("val_bias")), _fmt(b.get("val_outlier_fraction")), *(_fmt(b.get(m)) for m in extra),
+                     *(["yes" if r.get("pareto") else ""] if two else []), str(r["epochs"])])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     return ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)),
             *("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows), "",
             f"best {metric}: {_fmt(summary['best']['best'].get(metric))}  ({summary['best']['trial']})",
             f"best checkpoint: {summary['best_checkpoint']}"]
+
+
+def _warm_start_lines(summary: dict[str, Any]) -> list[str]:
+    """The earlier trials the study was seeded with (they are in optuna.db, not in the table)."""
+    record = summary.get("warm_start")
+    if not record:
+        return []
+    skipped = record.get("skipped")
+    return [f"warm-started from {record['source']}: {record.get('trials')} earlier trials in the study"
+            + (f" ({skipped} outside this search space skipped)" if skipped else "")]
+
+
+def _pareto_lines(summary: dict[str, Any]) -> list[str]:
+    """A two-objective search's front: each trial with its best epoch's pair, and the rule."""
+    if "metrics" not in summary or not summary["pareto"]:
+        return []
+    first, second = summary["metrics"]
+    rows = [(r["trial"], _fmt(r["best"].get(first)), _fmt(r["best"].get(second))) for r in summary["pareto"]]
+    header = ("trial", first, second)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    return ["", f"Pareto front ({len(rows)} trial(s) no other beats on both {first} and {second}, "
+                "best epoch of each):",
+            "  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+            *("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows),
+            f"chosen: {summary['best']['trial']}, {summary['rule']}; "
+            "`zray export --trial NAME` exports another"]
 
 
 def _baseline_lines(summary: dict[str, Any]) -> list[str]:

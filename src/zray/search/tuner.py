@@ -30,6 +30,7 @@ from typing import Any
 from zray.console import LOG
 from zray.errors import ZrayError, first_line
 from zray.paths import check_name
+from zray.search import warm_start as _warm_start
 from zray.search.recovery import clear_unsaved, close_orphans, set_aside_lost_trials
 from zray.search.results import (
     LOST_DIR,
@@ -84,21 +85,27 @@ def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
     from zray.search.optuna_study import ResumableOptunaSearch
 
     seed = space.tune.seed
-    sampler = (optuna.samplers.TPESampler(seed=seed) if space.tune.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=seed))
+    # TPE, random and NSGA-II each take one objective or two (tune.metrics).
+    sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "nsga2": optuna.samplers.NSGAIISampler}[space.tune.sampler](seed=seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir.resolve() / STUDY_FILE}")
     searcher = ResumableOptunaSearch(
         space=optuna_distributions(space), metric=space.tune.metric, mode=space.tune.mode, sampler=sampler,
         study_name=space.name, storage=storage, epochs=int(space.default_hyperparameters()["epochs"]),
         experiment_dir=str(experiment_dir) if trials_local else None, seed=seed,
+        metrics=space.tune.metrics, modes=space.tune.modes,  # two objectives, or None
     )
     return ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
 
 
 def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume: bool = False,
         address: str | None = None, record_ids_dir: str | None = None, local_runs: str | Path = "runs",
-        on_check=None, dashboard_host: str = "127.0.0.1") -> dict[str, Any]:
+        on_check=None, dashboard_host: str = "127.0.0.1", warm_start: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the search; return the summary that ``zray status`` also prints.
+
+    ``warm_start``: an earlier experiment's folder (``runs/OLD``) whose finished
+    trials seed the new study before its first trial; checked before Ray starts
+    (:mod:`zray.search.warm_start`).
 
     ``runs_dir`` is the storage: a folder, or an object-store URI (then the
     driver's own files go to ``local_runs/NAME`` and the summary only names
@@ -122,6 +129,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     st.check_local_folder(local_runs if st.is_uri(runs_dir) else runs_dir)
     place = st.Place.of(runs_dir, name, local_runs)
     resume = _check_resume(space, place, resume)
+    warm = warm_start and _warm_start.check(warm_start, space, place.local, resume=bool(resume))
     data = experiment.check_data(space)  # before anything is written or started
     if resume is None:
         # Stopped before Tune saved its state the first time: nothing of the
@@ -143,7 +151,10 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     lines = experiment.callbacks(space, data.manifest, trials=space.tune.num_samples,
                                  concurrent=space.tune.max_concurrent,
                                  estimate_file=place.file(TRIALS_DIR, ESTIMATE_FILE))
-    grid = _tuner(space, ctx, data.manifest.hash, place, resume, lines).fit()
+    tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
+    if warm:
+        warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones
+    grid = tuner.fit()
     close_orphans(place.local, space.name)
     if place.remote:
         # Results live in the object store; `zray status` reads a local copy.
