@@ -46,6 +46,8 @@ ratio_to_best_baseline.
     python scripts/bench_accuracy.py                              # cnn_phot on 32,000 galaxies: ~33 min on 2 cores
     python scripts/bench_accuracy.py --n 8000 --budget quick      # a few minutes: checks the protocol
     python scripts/bench_accuracy.py --models cnn_phot,cnn,inception   # every model type: hours on 2 cores
+    python scripts/bench_accuracy.py --n 16000 --size 64 --set tune.num_samples=2 --set fixed.epochs=10
+                                                                  # the paper's size: ~40 min on 2 cores
     python scripts/bench_accuracy.py --n 50000 --size 64 --budget large   # a bigger machine
     python scripts/bench_accuracy.py --train data/mine --test data/mine-test --out acc.json
     python scripts/bench_accuracy.py --models cnn_phot --variant "no-aug=fixed.augment=false"
@@ -440,6 +442,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="cutout size in pixels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="default")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further `zray tune --set` override for every search, after the budget's "
+                         "(repeatable), e.g. --set fixed.epochs=10")
     ap.add_argument("--models", default="cnn_phot",
                     help="comma-separated model types (cnn_phot,cnn,inception: each gets the budget's search)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
@@ -469,7 +474,7 @@ def main() -> None:
     print(f"baseline settings: FlexZBoost {json.dumps(FLEXZBOOST)}; RAIL kNN {json.dumps(RAIL_KNN)}; "
           f"gradient boosting {json.dumps(HGB)}")
     print_table(rows, len(test["id"]))
-    budget = BUDGETS[args.budget]
+    budget = {model: sets + args.sets for model, sets in BUDGETS[args.budget].items()}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         note = " (token budget on CPU)" if model == "inception" and args.budget != "large" else ""
         rows += zray_rows(model, model, budget[model], data, test, args.work.resolve(), size, bins, note,
@@ -480,7 +485,7 @@ def main() -> None:
         rows += zray_rows(f"cnn_phot-{name}", "cnn_phot", budget["cnn_phot"] + sets.split(","), data, test,
                           args.work.resolve(), size, bins, reuse=args.reuse)
         print_table(rows, len(test["id"]))
-    print(f"\nbudget {args.budget}: {json.dumps(budget)}")
+    print(f"\nbudget {args.budget}{' with ' + ' '.join(args.sets) if args.sets else ''}: {json.dumps(budget)}")
     print(f"total {time.perf_counter() - t_start:.0f} s")
     if args.out:
         tmp = args.out.with_name(args.out.name + ".tmp")
