@@ -170,7 +170,7 @@ def test_export_from_a_training_run_folder(exported, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--top-k", "3"], r"2 trial\(s\) have a scored checkpoint but --top-k is 3"),
+        (["--top-k", "3", "--members", "trials"], r"2 trial\(s\) have a scored checkpoint but --top-k is 3"),
         (["--top-k", "0"], r"--top-k must be a positive integer, but got 0"),
     ],
 )

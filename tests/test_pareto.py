@@ -2,8 +2,9 @@
 
 The searcher is driven as Tune drives it (see tests/test_study.py) against a
 real Optuna study in SQLite, read back with Optuna's own API; then one tiny
-real `zray tune` with ``tune.metrics`` checks that Optuna's front, zray's
-front (status, results.csv, best.json) and export's choice agree.
+real `zray tune` with ``tune.metrics``, warm-started from an earlier study,
+checks that Optuna's front, zray's front (status, results.csv, best.json) and
+export's choice agree, and that the earlier trials are in the study, not re-run.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from zray import config
+from zray import config, search
 from zray.errors import ZrayError
+from zray.search import warm_start
 from zray.search.optuna_study import EPOCHS_ATTR, ResumableOptunaSearch
 from zray.search.results import pareto_front
 
@@ -190,8 +192,15 @@ def test_a_bad_two_objective_config_is_one_sentence(tmp_path, tune, message):
 
 @pytest.fixture(scope="module")
 def pareto_search(ray_session, sim_data, tmp_path_factory):
-    """3 trials of a tiny cnn (1 epoch each) searched on sigma_MAD and the outlier fraction."""
-    from zray import search
+    """2 trials of a tiny cnn (1 epoch each) searched on sigma_MAD and the outlier fraction, through
+    `zray tune --warm-start` from an earlier two-objective study (built here with Optuna) of one
+    complete trial, far off the front (both metrics 1.0), and one failed trial. One Ray search for
+    the two features (each Ray search costs a minute on 2 cores)."""
+    from click.testing import CliRunner
+
+    from zray.cli import main
+    from zray.search import SPACE_FILE, STUDY_FILE
+    from zray.search.tuner import optuna_distributions
 
     tmp = tmp_path_factory.mktemp("pareto")
     space = {
@@ -200,13 +209,27 @@ def pareto_search(ray_session, sim_data, tmp_path_factory):
         "data": {"path": str(sim_data), "image_size": 32},
         "fixed": {"epochs": 1, "batch_size": 32, "blocks": 2, "filters": 8, "dense_units": 32},
         "search": {"learning_rate": {"type": "categorical", "choices": [1.0e-3, 3.0e-3, 1.0e-2]}},
-        "tune": {"metrics": METRICS, "num_samples": 3, "max_concurrent": 1, "seed": 0,
+        "tune": {"metrics": METRICS, "num_samples": 2, "max_concurrent": 1, "seed": 0,
                  "scheduler": {"type": "none"}},
         "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
     }
+    old = tmp / "runs" / "old"
+    old.mkdir(parents=True)
+    (tmp / "old.yaml").write_text(yaml.safe_dump({**space, "name": "old"}))
+    old_space = config.load(tmp / "old.yaml")
+    (old / SPACE_FILE).write_text(json.dumps(old_space.model_dump(mode="json")))
+    study = optuna.create_study(storage=f"sqlite:///{old / STUDY_FILE}", study_name="old",
+                                directions=["minimize", "minimize"])
+    for state, lr, values in ((TrialState.COMPLETE, 1.0e-2, [1.0, 1.0]), (TrialState.FAIL, 3.0e-3, None)):
+        study.add_trial(optuna.trial.create_trial(state=state, values=values, params={"learning_rate": lr},
+                                                  distributions=optuna_distributions(old_space)))
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
-    summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs")
-    return {"tmp": tmp, "experiment": Path(summary["experiment"]), "summary": summary}
+    result = CliRunner().invoke(main, ["tune", str(tmp / "space.yaml"), "--storage", str(tmp / "runs"),
+                                       "--warm-start", str(old)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, (result.output, repr(result.exception))
+    experiment = tmp / "runs" / "pareto"
+    return {"tmp": tmp, "experiment": experiment, "summary": search.summarize(experiment), "old": old,
+            "output": result.output}
 
 
 def _cli(*args):
@@ -221,11 +244,12 @@ def _cli(*args):
 
 def test_the_study_and_zray_agree_on_the_front(pareto_search):
     summary, experiment = pareto_search["summary"], pareto_search["experiment"]
-    assert [r["status"] for r in summary["trials"]] == ["complete"] * 3
+    assert [r["status"] for r in summary["trials"]] == ["complete"] * 2
     study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert study.directions == [StudyDirection.MINIMIZE, StudyDirection.MINIMIZE]
     by_name = {r["trial"]: r for r in summary["trials"]}
-    for trial in study.trials:  # each told the pair of the epoch its checkpoint is ranked by
+    fresh = [t for t in study.trials if warm_start.ATTR not in t.user_attrs]
+    for trial in fresh:  # each told the pair of the epoch its checkpoint is ranked by
         record = by_name[trial.user_attrs["zray_trial"]]
         assert trial.values == pytest.approx([record["best"][m] for m in METRICS])
         assert trial.user_attrs["zray_best_checkpoint"] == record["best_checkpoint"]
@@ -246,6 +270,24 @@ def test_the_study_and_zray_agree_on_the_front(pareto_search):
     best = json.loads((experiment / "best.json").read_text())
     assert best["trial"] == front[0] and best["objectives"] == METRICS and "best val_sigma_mad" in best["rule"]
     assert [p["trial"] for p in best["pareto"]] == front
+
+
+def test_a_warm_started_search_runs_only_its_new_trials(pareto_search):
+    """The earlier complete trial is in the new study, marked, with both values; the failed one is
+    not; Tune ran exactly num_samples new trials; status says where the study was seeded from."""
+    experiment, old = pareto_search["experiment"], pareto_search["old"]
+    assert f"warm-started from {old}" in pareto_search["output"]
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    earlier = [t for t in study.trials if t.user_attrs.get(warm_start.ATTR) == str(old)]
+    assert [(t.state, t.params, t.values) for t in earlier] == [
+        (TrialState.COMPLETE, {"learning_rate": 1.0e-2}, [1.0, 1.0])]
+    fresh = [t for t in study.trials if warm_start.ATTR not in t.user_attrs]
+    assert len(fresh) == 2 and {t.state for t in fresh} == {TrialState.COMPLETE}
+    assert len(list((experiment / "trials").glob("trial-*"))) == 2  # Tune ran only the new ones
+    assert len(list(experiment.glob("trial-*"))) == 2
+    shown = _cli("status", experiment)
+    assert f"warm-started from {old}: 1 earlier trials in the study" in shown
+    assert "trials      2 of 2: 2 complete" in shown
 
 
 def test_export_takes_the_rules_choice_or_the_named_trial(pareto_search):

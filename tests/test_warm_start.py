@@ -280,40 +280,5 @@ def test_the_cli_refuses_before_anything_is_written(tmp_path):
     assert not (tmp_path / "runs" / "new").exists()
 
 
-# --- one real warm-started search through Ray ----------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_warm_started_search_runs_only_its_new_trials(ray_session, sim_data, tmp_path):
-    old = tmp_path / "runs" / "old"
-    _, space = _space(tmp_path, "old", sim_data, fixed={"epochs": 1},
-                      search={"learning_rate": {"type": "categorical", "choices": [1.0e-3, 3.0e-3]}})
-    old.mkdir(parents=True)
-    (old / search.SPACE_FILE).write_text(json.dumps(space.model_dump(mode="json")))
-    study = optuna.create_study(storage=f"sqlite:///{old / search.STUDY_FILE}", study_name="old")
-    for state, lr, value in ((TrialState.COMPLETE, 1.0e-3, 0.05), (TrialState.PRUNED, 3.0e-3, 0.3),
-                             (TrialState.FAIL, 3.0e-3, None)):
-        study.add_trial(optuna.trial.create_trial(
-            state=state, value=value, params={"learning_rate": lr}, distributions=optuna_distributions(space),
-            intermediate_values={1: value} if value else None))
-    path, _ = _space(tmp_path, "new", sim_data, fixed={"epochs": 1},
-                     search={"learning_rate": {"type": "categorical", "choices": [1.0e-3, 3.0e-3]}})
-
-    result = CliRunner().invoke(main, ["tune", str(path), "--storage", str(tmp_path / "runs"),
-                                       "--warm-start", str(old)])
-    assert result.exit_code == 0, (result.output, repr(result.exception))
-    assert "warm-started from" in result.output and "Traceback" not in result.output
-    new = tmp_path / "runs" / "new"
-    trials = _trials(new)
-    earlier = [t for t in trials if t.user_attrs.get(warm_start.ATTR) == str(old)]
-    assert [(t.state, t.params, t.value) for t in earlier] == [
-        (TrialState.COMPLETE, {"learning_rate": 1.0e-3}, 0.05), (TrialState.PRUNED, {"learning_rate": 3.0e-3}, 0.3)]
-    fresh = [t for t in trials if warm_start.ATTR not in t.user_attrs]
-    assert len(fresh) == 1 and fresh[0].state == TrialState.COMPLETE  # num_samples new trials, and only those
-    assert len(list((new / "trials").glob("trial-*"))) == 1  # Tune ran only the new one
-    assert len(list(new.glob("trial-*"))) == 1
-
-    status = CliRunner().invoke(main, ["status", str(new)])
-    assert status.exit_code == 0, status.output
-    assert f"warm-started from {old}: 2 earlier trials in the study" in status.output
-    assert "trials      1 of 1: 1 complete" in status.output
+# The real warm-started search through Ray and the CLI shares its Ray search with the
+# two-objective one: tests/test_pareto.py::test_a_warm_started_search_runs_only_its_new_trials.

@@ -204,8 +204,12 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     """
     out = Path(out)
     check_output(out, kind="bundle", overwrite=overwrite, inputs=[Path(run_dir)])
-    chosen, kind = candidates(run_dir, top_k, trial=trial)  # trial: that one first (candidates)
-    rule = _member_rule(members, kind) if len(chosen) > 1 else None
+    from zray.search import SPACE_FILE
+
+    # Seeds of a search's best configuration need one finished trial, whatever K is.
+    seeds = _member_rule(members, "search") == "seeds" and (Path(run_dir) / SPACE_FILE).exists()
+    chosen, kind = candidates(run_dir, 1 if seeds else top_k, trial=trial)  # trial: that one first
+    rule = _member_rule(members, kind) if top_k > 1 else None
     if rule == "seeds":  # long: trained before anything is written at --out
         from zray.ensemble import seed_members
 
