@@ -80,13 +80,11 @@ def seed_members(run_dir, best, k: int) -> list:
 def _space_for(run_dir: Path, job):
     """The search's space with the trial's hyperparameters all fixed, nothing searched and its
     data where the trial read it (an absolute path: the export may run from another folder)."""
-    import json
-
     from zray.config import SearchSpace
     from zray.data.shards import read_manifest
-    from zray.search import SPACE_FILE
+    from zray.search.results import saved_space
 
-    saved = json.loads((run_dir / SPACE_FILE).read_text())
+    saved = saved_space(run_dir).model_dump(mode="json")
     saved["fixed"], saved["search"] = dict(job.hyperparameters), {}
     saved["data"] = {**saved["data"], "path": job.data_path, "simulate": None}
     manifest = read_manifest(job.data_path)

@@ -30,9 +30,9 @@ from typing import Any
 from zray.errors import ZrayError, first_line, last_error_line
 from zray.metrics import REPORTED_METRICS
 
-__all__ = ["summarize", "format_summary", "write_results", "trial_records", "best_checkpoint", "pareto_front",
-           "PARETO_RULE", "RESULTS_FILE", "BEST_FILE", "SPACE_FILE", "STUDY_FILE", "TRIALS_DIR", "LOST_DIR",
-           "WARM_START_FILE"]
+__all__ = ["summarize", "saved_space", "format_summary", "write_results", "trial_records", "best_checkpoint",
+           "pareto_front", "PARETO_RULE", "RESULTS_FILE", "BEST_FILE", "SPACE_FILE", "STUDY_FILE", "TRIALS_DIR",
+           "LOST_DIR", "WARM_START_FILE"]
 
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
@@ -157,6 +157,23 @@ def pareto_front(records: list[dict[str, Any]], objectives: list[tuple[str, str]
     return sorted(front, key=key)
 
 
+def saved_space(experiment_dir):
+    """The search space an experiment started with (its ``search_space.json``), checked by the
+    schema and the registry as a YAML file is; one sentence when it is unreadable."""
+    from zray.config.loading import validate
+
+    space_file = Path(experiment_dir) / SPACE_FILE
+    try:
+        raw = json.loads(space_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ZrayError(f"{space_file}: unreadable ({first_line(exc)}); expected the search space zray "
+                        "saved when the experiment started") from None
+    if not isinstance(raw, dict):
+        raise ZrayError(f"{space_file}: holds {type(raw).__name__}; expected the search space zray saved "
+                        "when the experiment started")
+    return validate(raw, space_file)
+
+
 def summarize(experiment_dir) -> dict[str, Any]:
     """The search's trials, ranked by its metric, with the dataset's baselines. Writes nothing.
 
@@ -166,22 +183,12 @@ def summarize(experiment_dir) -> dict[str, Any]:
     rule, then the others by the same order (first metric, then second).
     """
     from zray import baselines
-    from zray.config.loading import validate
     from zray.search.warm_start import read_record
 
     experiment_dir = Path(experiment_dir)
-    space_file = experiment_dir / SPACE_FILE
-    if not space_file.exists():
+    if not (experiment_dir / SPACE_FILE).exists():
         raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
-    try:
-        raw = json.loads(space_file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ZrayError(f"{space_file}: unreadable ({first_line(exc)}); expected the search space zray "
-                        "saved when the experiment started") from None
-    if not isinstance(raw, dict):
-        raise ZrayError(f"{space_file}: holds {type(raw).__name__}; expected the search space zray saved "
-                        "when the experiment started")
-    space = validate(raw, space_file)  # the schema and the registry's checks, as for a YAML file
+    space = saved_space(experiment_dir)
     metric, mode = space.tune.metric, space.tune.mode
     epochs = int(space.default_hyperparameters()["epochs"])
     objectives = space.tune.objectives

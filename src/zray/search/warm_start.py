@@ -79,7 +79,7 @@ from typing import Any
 
 from zray.console import LOG
 from zray.errors import ZrayError, first_line
-from zray.search.results import SPACE_FILE, STUDY_FILE, WARM_START_FILE, _write_json
+from zray.search.results import SPACE_FILE, STUDY_FILE, WARM_START_FILE, _write_json, saved_space
 
 __all__ = ["ATTR", "WarmStart", "check", "seed_study", "read_record"]
 
@@ -137,7 +137,6 @@ def check(source: str | Path, space, experiment_dir: str | Path, *, resume: bool
     ``resume``: the experiment resumes its saved Tune state; then nothing is added
     (None), and ``source`` must be the folder it was warm-started from.
     """
-    from zray.config.loading import validate
     from zray.search.tuner import optuna_distributions
 
     source = Path(source).absolute()
@@ -156,15 +155,7 @@ def check(source: str | Path, space, experiment_dir: str | Path, *, resume: bool
         if not needed.is_file():
             raise ZrayError(f"{source}: not a zray experiment ({needed.name} missing); expected the folder "
                             "of an earlier search, runs/NAME")
-    try:
-        raw = json.loads(space_file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ZrayError(f"{space_file}: unreadable ({first_line(exc)}); expected the search space zray "
-                        "saved when that experiment started") from None
-    if not isinstance(raw, dict):
-        raise ZrayError(f"{space_file}: holds {type(raw).__name__}; expected the search space zray saved "
-                        "when that experiment started")
-    old = validate(raw, space_file)
+    old = saved_space(source)
     _check_same_objective(source, old, space)
     study = _load(study_file, old.name, source)
     if study is None:
