@@ -51,16 +51,17 @@ def seed_members(run_dir, best, k: int) -> list:
     of the search at ``run_dir``), as Candidates: see the module docstring."""
     from zray import search
     from zray.export import Candidate, candidates
-    from zray.train import TrainJob, read_state
+    from zray.train import TrainJob, load_checkpoint_model
 
     run_dir = Path(run_dir)
-    job = TrainJob(**read_state(best.checkpoint)["job"])
-    epochs = int(job.hyperparameters["epochs"])
+    _, state = load_checkpoint_model(best.checkpoint)  # the whole checkpoint checked: one sentence if not
+    job = TrainJob(**state["job"])
+    space = _space_for(run_dir, job, Path(best.checkpoint))
+    epochs = int(space.default_hyperparameters()["epochs"])
     row = next((r for r in search.summarize(run_dir)["ranked"] if r["trial"] == best.trial), None)
     finished = row is not None and row["status"] == "complete"
     members = [best] if finished else []
     seeds = [job.seed + i for i in range(len(members), k)]
-    space = _space_for(run_dir, job)
     for n, seed in enumerate(seeds, start=len(members) + 1):
         name = f"{best.trial}-seed{seed}"
         folder = run_dir / ENSEMBLE_DIR / name
@@ -77,12 +78,13 @@ def seed_members(run_dir, best, k: int) -> list:
     return members
 
 
-def _space_for(run_dir: Path, job):
+def _space_for(run_dir: Path, job, checkpoint: Path):
     """The search's space with the trial's hyperparameters all fixed, nothing searched and its
     data where the trial read it (an absolute path: the export may run from another folder)."""
-    from zray.config import SearchSpace
+    from zray.config.loading import validate
     from zray.data.shards import read_manifest
     from zray.search.results import saved_space
+    from zray.train import STATE_FILE
 
     saved = saved_space(run_dir).model_dump(mode="json")
     saved["fixed"], saved["search"] = dict(job.hyperparameters), {}
@@ -92,7 +94,8 @@ def _space_for(run_dir: Path, job):
         raise ZrayError(f"{job.data_path}: changed since the search trained on it (manifest hash "
                         f"{manifest.hash[:12]}, the trial's {job.manifest_hash[:12]}); expected the same data "
                         "to train more ensemble members (or export with --members trials)")
-    return SearchSpace.model_validate(saved)
+    # The trial's hyperparameters checked as a search-space file is (one sentence naming its state file).
+    return validate(saved, checkpoint / STATE_FILE)
 
 
 def replace_seed(space, seed: int):

@@ -206,6 +206,8 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     check_output(out, kind="bundle", overwrite=overwrite, inputs=[Path(run_dir)])
     from zray.search import SPACE_FILE
 
+    if top_k < 1:
+        raise ZrayError(f"--top-k must be a positive integer, but got {top_k!r}")
     # Seeds of a search's best configuration need one finished trial, whatever K is.
     seeds = _member_rule(members, "search") == "seeds" and (Path(run_dir) / SPACE_FILE).exists()
     chosen, kind = candidates(run_dir, 1 if seeds else top_k, trial=trial)  # trial: that one first
