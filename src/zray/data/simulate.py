@@ -83,9 +83,19 @@ def simulate_from_catalog(
     rendered and written in the order of a hash of the id, and each galaxy's
     noise comes from its id. The whole file is checked, whatever ``limit``.
     """
+    _check_size(size)
+    params = catalog_population(catalog_path, seed=seed, limit=limit, bins=bins)
+    source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size)}
+    return _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source)
+
+
+def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
+                       bins: RedshiftBins = DEFAULT_BINS, positions: bool = False) -> dict[str, np.ndarray]:
+    """The parameters of a catalogue's galaxies (see :func:`simulate_from_catalog`), in the order
+    of a hash of the id. ``positions``: also ``ra`` and ``dec`` (degrees) where the catalogue
+    has both columns (``zray simulate --frames``)."""
     from zray.data.population import population_from_catalog
 
-    _check_size(size)
     table = read_catalog(catalog_path, ("id", "z", *MAG_COLUMNS))
     ids = id_column(table, catalog_path)
     z = numeric_column(table, "z", catalog_path, ids)
@@ -95,6 +105,11 @@ def simulate_from_catalog(
     if ebv is not None and (ebv < 0).any():
         i = int(np.flatnonzero(ebv < 0)[0])
         raise ZrayError(f"{catalog_path}: row {i + 1} (id {ids[i]}): ebv {ebv[i]} is negative; expected >= 0")
+    sky = {}
+    if positions and ("ra" in table.column_names or "dec" in table.column_names):
+        from zray.data.survey import sky_columns
+
+        sky = dict(zip(("ra", "dec"), sky_columns(table, catalog_path, ids)))
     # Morphology is drawn in the order of the id hash, not the catalogue's: the
     # same galaxy gets the same parameters (and pixels) however the file is sorted.
     order = write_order(ids, seed)
@@ -104,8 +119,8 @@ def simulate_from_catalog(
     ebv = None if ebv is None else ebv[order]
     params = population_from_catalog(z, mags, ebv, int(seed))
     params["id"] = ids
-    source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size)}
-    return _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source)
+    params.update({k: v[order] for k, v in sky.items()})
+    return params
 
 
 def _check_size(size: int) -> None:
