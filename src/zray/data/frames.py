@@ -265,7 +265,7 @@ def simulate_frames(
         table = {"id": pa.array(params["id"], pa.int64()), "ra": params["ra"], "dec": params["dec"],
                  "z_spec": z, "ebv": params["ebv"]}
         table.update({f"mag_{b}": params["mags"][:, k] for k, b in enumerate(BANDS)})
-        pcsv.write_csv(pa.table(table), tmp / CATALOG_NAME)
+        pcsv.write_csv(pa.table(table).sort_by("id"), tmp / CATALOG_NAME)
         truth = _catalog_table(params)
         truth = truth.append_column("ra", pa.array(params["ra"])).append_column("dec", pa.array(params["dec"]))
         pq.write_table(truth, tmp / TRUTH_NAME)

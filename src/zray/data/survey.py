@@ -462,8 +462,12 @@ def make_cutouts(
     bins: RedshiftBins = DEFAULT_BINS,
     overwrite: bool = False,
     progress: bool = True,
+    stop_after_tasks: int | None = None,
 ) -> CutoutReport:
-    """Cut the catalogue's galaxies from the frames into a dataset at ``out`` (module docstring)."""
+    """Cut the catalogue's galaxies from the frames into a dataset at ``out`` (module docstring).
+
+    ``stop_after_tasks`` is a test instrument: the run stops as if interrupted (KeyboardInterrupt)
+    once that many tasks are saved, leaving them for the next run."""
     from zray.atomic import check_output
     from zray.console import LOG
     from zray.data.writer import DatasetWriter
@@ -517,6 +521,8 @@ def make_cutouts(
         _save_task(folder, name, cat.ids[groups[f]], images, bad)
         results[f] = _load_task(folder, name, cat.ids[groups[f]])
         bar.update(len(groups[f]))
+        if stop_after_tasks is not None and len(results) - resumed >= stop_after_tasks:
+            raise KeyboardInterrupt
     cut_seconds = time.perf_counter() - start
 
     # where each cut galaxy's cutout is, and the bad-pixel limit
