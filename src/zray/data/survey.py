@@ -60,12 +60,25 @@ from pathlib import Path
 import numpy as np
 
 from zray.bins import RedshiftBins
-from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog, where
+from zray.data.catalog import (
+    check_redshifts,
+    ebv_column,
+    id_column,
+    magnitude_columns,
+    numeric_column,
+    read_catalog,
+    where,
+)
+from zray.data.cutouts import check_size
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, PIXEL_SCALE, Manifest, write_order
 from zray.errors import ZrayError, first_line
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2", ".fit.bz2", ".fits.fz")
+PLAIN_FITS = (".fits", ".fit", ".fts")  # not compressed: the file's length shows a truncated download
+EQUATORIAL = ("ICRS", "FK5", "")  # the catalogue's ra and dec: ICRS, or FK5 J2000 within 0.1"
+SCALE_TOLERANCE = 0.02  # frames' pixel scales that differ by more are from different surveys
+UNITS = ("nanomaggy", "nanomaggies", "nmgy")
 REFERENCE_BAND = "r"
 MAX_BAD_FRACTION = 0.01
 SKIPPED_SUFFIX = ".skipped.csv"
@@ -171,14 +184,9 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS) -> Catalogue:
     ra, dec = sky_columns(table, path, ids)
     z = numeric_column(table, "z_spec", path, ids)
     check_redshifts(z, bins, path, ids)
-    given = "ebv" in table.column_names
-    ebv = numeric_column(table, "ebv", path, ids) if given else np.zeros(len(ids))
-    if (ebv < 0).any():
-        i = int(np.flatnonzero(ebv < 0)[0])
-        raise ZrayError(f"{path}: {where(i, ids)}: ebv {ebv[i]} is negative; expected E(B-V) >= 0")
-    extra = {f"mag_{b}": numeric_column(table, f"mag_{b}", path, ids) for b in BANDS
-             if f"mag_{b}" in table.column_names}
-    return Catalogue(path, ids, ra, dec, z, ebv, given, extra)
+    ebv = ebv_column(table, path, ids)
+    extra = magnitude_columns(table, path, ids, BANDS)
+    return Catalogue(path, ids, ra, dec, z, np.zeros(len(ids)) if ebv is None else ebv, ebv is not None, extra)
 
 
 # --- the frames ---------------------------------------------------------------------------
@@ -210,12 +218,13 @@ def fits_files(folder: Path) -> list[Path]:
 
 
 def read_frames(folder) -> list[Frame]:
-    """Every FITS frame under ``folder`` (searched recursively), checked: a 2-D image naming its
-    band (FILTER or BAND) with a celestial WCS. Anything else is one sentence."""
+    """Every FITS frame under ``folder`` (searched recursively), checked from the headers: a whole
+    2-D image naming its band (FILTER or BAND) with an RA/Dec WCS (ICRS or FK5, the catalogue's
+    ra and dec), all frames at one pixel scale. Anything else is one sentence naming the file."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from zray.data.ingest import _header_band
+    from zray.data.ingest import header_band
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -224,19 +233,24 @@ def read_frames(folder) -> list[Frame]:
     if not files:
         raise ZrayError(f"{folder}: holds no FITS frames ({', '.join('*' + s for s in FITS_SUFFIXES[:2])}); "
                         "expected one FITS image per band and field")
-    frames = []
+    frames, scales, units = [], [], {}
     for path in files:
         name = path.relative_to(folder).as_posix()
         try:
-            with fits.open(path, memmap=True) as hdul:
-                found = [(k, h.header) for k, h in enumerate(hdul)
-                         if getattr(h, "is_image", False) and h.header.get("NAXIS") == 2]
+            with warnings.catch_warnings():  # astropy's own truncation warning: the check below says it
+                warnings.simplefilter("ignore")
+                with fits.open(path, memmap=True) as hdul:
+                    found = [(k, h.header, hdul.fileinfo(k)["datLoc"] + h.size) for k, h in enumerate(hdul)
+                             if getattr(h, "is_image", False) and h.header.get("NAXIS") == 2]
         except Exception as exc:  # astropy raises many types for corrupt files
             raise ZrayError(f"{path}: is not a readable FITS file ({first_line(exc, 120)})") from None
         if not found:
             raise ZrayError(f"{path}: holds no 2-D image; expected a frame of one band")
-        k, header = found[0]
-        band = _header_band(header, path, name)
+        k, header, end = found[0]
+        if path.name.lower().endswith(PLAIN_FITS) and path.stat().st_size < end:
+            raise ZrayError(f"{path}: is {path.stat().st_size} bytes, shorter than its header says ({end}); "
+                            "expected a whole FITS file (an interrupted download?)")
+        band = header_band(header, str(path))
         if band is None:
             raise ZrayError(f"{path}: header has no FILTER or BAND keyword; expected each frame to name its "
                             "band (u,g,r,i,z)")
@@ -251,9 +265,47 @@ def read_frames(folder) -> list[Frame]:
         if not ok:
             raise ZrayError(f"{path}: has no celestial WCS; expected each frame to carry its own "
                             "(CTYPE1/2 RA---TAN/DEC--TAN, CRVAL, CRPIX, CD or CDELT)")
+        # The plan maps the catalogue's ra, dec to pixels with the WCS as it is, while reproject
+        # converts between frames: a galactic or FK4 frame would place galaxies in the wrong pixels.
+        system = str(wcs.wcs.radesys).strip().upper()
+        if wcs.wcs.lngtyp != "RA" or wcs.wcs.lattyp != "DEC" or system not in EQUATORIAL:
+            raise ZrayError(f"{path}: its WCS is in {'/'.join(map(str, wcs.wcs.ctype))}"
+                            f"{f' ({system})' if system else ''} coordinates; expected RA/Dec in ICRS or FK5 "
+                            "(CTYPE RA---TAN/DEC--TAN), the system of the catalogue's ra and dec")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            area = float(wcs.proj_plane_pixel_area().to_value("arcsec2"))
+        if not np.isfinite(area) or area <= 0:
+            raise ZrayError(f"{path}: its WCS gives pixels of area {area:g} arcsec^2; expected a CD (or CDELT) "
+                            "matrix giving the pixel scale")
+        scales.append(np.sqrt(area))
+        unit = str(header.get("BUNIT", "")).strip()
+        if unit and unit.lower() not in UNITS:
+            units.setdefault(unit, name)
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
         frames.append(Frame(path, name, band, k, shape, wcs.to_header(relax=True).tostring()))
+    _check_scales(frames, np.array(scales))
+    if units:
+        from zray.console import LOG
+
+        unit, name = next(iter(units.items()))
+        LOG.warning(f"{folder / name}: BUNIT is {unit!r}, not nanomaggies; the cutouts keep the frames' pixel "
+                    "values as they are, so calibrate the frames first unless every frame is in the same unit")
     return frames
+
+
+def _check_scales(frames: list[Frame], scales: np.ndarray) -> None:
+    """All frames at one pixel scale (else they are from different surveys or binnings, and the
+    bands' resolutions would differ in the cutouts); a scale other than SDSS's is warned about."""
+    lo, hi = int(scales.argmin()), int(scales.argmax())
+    if scales[hi] > scales[lo] * (1 + SCALE_TOLERANCE):
+        raise ZrayError(f"{frames[hi].path}: has pixels of {scales[hi]:.3f}\" but {frames[lo].path} of "
+                        f"{scales[lo]:.3f}\"; expected all frames at one pixel scale (one survey)")
+    if abs(np.median(scales) / PIXEL_SCALE - 1) > SCALE_TOLERANCE:
+        from zray.console import LOG
+
+        LOG.warning(f"the frames' pixels are {np.median(scales):.3f}\", not SDSS's {PIXEL_SCALE}\": the cutouts "
+                    f"are resampled to {PIXEL_SCALE}\"/pixel (flux kept), which the networks expect")
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -318,8 +370,14 @@ def plan_cutouts(frames: list[Frame], ra, dec, size: int) -> Plan:
 def _frame_data(frame: Frame) -> np.ndarray:
     from astropy.io import fits
 
-    with fits.open(frame.path, memmap=True) as hdul:
-        return np.asarray(hdul[frame.hdu].data, dtype=np.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(frame.path, memmap=True) as hdul:
+                return np.asarray(hdul[frame.hdu].data, dtype=np.float64)
+    except Exception as exc:  # a file changed or truncated (compressed) since its header was read
+        raise ZrayError(f"{frame.path}: its pixels cannot be read ({first_line(exc, 120)}); expected a whole "
+                        "FITS file") from None
 
 
 def cut_band(data: np.ndarray, wcs, ra: float, dec: float, size: int) -> np.ndarray:
@@ -473,8 +531,7 @@ def make_cutouts(
     from zray.data.writer import DatasetWriter
 
     catalog, frames_dir, out = Path(catalog), Path(frames_dir), Path(out)
-    if not 8 <= int(size) <= 512:
-        raise ZrayError(f"--size must be between 8 and 512 pixels, but got {size!r}")
+    check_size(size)
     if not 0 <= float(max_bad) < 1:
         raise ZrayError(f"--max-bad must be a fraction of a cutout's pixels in [0, 1), but got {max_bad!r}")
     cat = read_survey_catalog(catalog, bins)
@@ -482,6 +539,9 @@ def make_cutouts(
     inputs = (catalog, frames_dir)
     check_output(out, kind="dataset", overwrite=overwrite, inputs=inputs)
     listing = skipped_path(out)
+    if Path(os.path.realpath(out.parent)).is_relative_to(os.path.realpath(frames_dir)):
+        # the frames folder is searched recursively, and its files key the resumable partial results
+        raise ZrayError(f"{out}: lies inside the --frames folder {frames_dir}; expected the dataset outside it")
     check_output(listing, kind="list of skipped galaxies", overwrite=overwrite,
                  inputs=inputs, ours=_is_skipped_list)
     if not cat.ebv_given:
@@ -545,7 +605,8 @@ def make_cutouts(
                for i in range(len(cat.ids)) if reason[i] is not None]
     counts = Counter(s[4] for s in skipped)
     report = CutoutReport(None, len(keep), skipped, listing, resumed, len(groups), cut, cut_seconds, workers, counts)
-    if keep.size == 0:
+    if keep.size == 0:  # nothing to resume from: only the list of reasons stays
+        shutil.rmtree(folder, ignore_errors=True)
         _write_skipped(listing, skipped)
         raise ZrayError(f"{catalog}: none of its {len(cat.ids)} galaxies could be cut from the frames in "
                         f"{frames_dir} ({_count_line(counts)}); the reasons are listed in {listing}")
