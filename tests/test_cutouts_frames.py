@@ -237,3 +237,85 @@ def test_simulate_frames_command(tmp_path):
     assert data.shape == (96, 96) and data.dtype.kind == "f" and np.std(data) > 0  # the sky's noise
     result = _run("simulate", "--frames", "--n", 4, "--fields", "2by2", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "--fields '2by2' is not COLSxROWS; expected e.g. 2x2" in result.output
+
+
+# --- careless inputs, on tiny frames written by astropy alone (no GalSim: fast) ------------------
+
+TINY = 48
+
+
+def _tiny_frame(path, band, scale=PIXEL_SCALE, ctype=("RA---TAN", "DEC--TAN"), header=None):
+    w = WCS(naxis=2)
+    w.wcs.ctype = list(ctype)
+    w.wcs.crval = list(CENTRE)
+    w.wcs.crpix = [(TINY + 1) / 2] * 2
+    w.wcs.cd = np.diag([-scale, scale]) / 3600
+    h = w.to_header()
+    h["FILTER"] = band
+    h.update(header or {})
+    y, x = np.indices((TINY, TINY))
+    fits.PrimaryHDU(np.exp(-((x - TINY / 2) ** 2 + (y - TINY / 2) ** 2) / 8).astype(np.float32),
+                    header=h).writeto(path)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Five aligned 48x48 frames at (150, 2.2) and a catalogue of one galaxy on them."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for b in BANDS:
+        _tiny_frame(folder / f"f-{b}.fits", b)
+    pcsv.write_csv(pa.table({"id": [7], "ra": [CENTRE[0]], "dec": [CENTRE[1]], "z_spec": [0.1], "ebv": [0.02]}),
+                   tmp_path / "cat.csv")
+    return tmp_path
+
+
+def _spoil(kind, frames):
+    """Make the frames folder careless in one way; returns (--out, the expected message's end)."""
+    g = frames / "f-g.fits"
+    if kind == "galactic":
+        g.unlink()
+        _tiny_frame(g, "g", ctype=("GLON-TAN", "GLAT-TAN"))
+        return None, "f-g.fits: its WCS is in GLON-TAN/GLAT-TAN coordinates; expected RA/Dec in ICRS or FK5"
+    if kind == "fk4":
+        g.unlink()
+        _tiny_frame(g, "g", header={"RADESYS": "FK4", "EQUINOX": 1950.0})
+        return None, "f-g.fits: its WCS is in RA---TAN/DEC--TAN (FK4) coordinates; expected RA/Dec in ICRS or FK5"
+    if kind == "scales":
+        g.unlink()
+        _tiny_frame(g, "g", scale=2 * PIXEL_SCALE)
+        return None, "f-g.fits: has pixels of 0.792\" but"
+    if kind == "truncated":
+        g.write_bytes(g.read_bytes()[:4000])
+        return None, "f-g.fits: is 4000 bytes, shorter than its header says"
+    if kind == "out inside frames":
+        return frames / "mine", f"mine: lies inside the --frames folder {frames}; expected the dataset outside it"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["galactic", "fk4", "scales", "truncated", "out inside frames"])
+def test_careless_frames_are_one_sentence_and_nothing_written(tiny, kind):
+    out, message = _spoil(kind, tiny / "frames")
+    before = sorted(p.relative_to(tiny) for p in tiny.rglob("*"))
+    result = _run("cutouts", tiny / "cat.csv", "--frames", tiny / "frames", "--out", out or tiny / "mine",
+                  "--size", 16, "--workers", 1)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.output.count("zray: error:") == 1 and "WARNING" not in result.output, result.output
+    assert sorted(p.relative_to(tiny) for p in tiny.rglob("*")) == before  # nothing written
+
+
+def test_tiny_frames_bz2_and_nothing_left_when_none_is_cut(tiny):
+    """SDSS's frames come as .fits.bz2; a run that cuts no galaxy leaves only its list of reasons."""
+    import bz2
+
+    r = tiny / "frames" / "f-r.fits"
+    r.with_name("f-r.fits.bz2").write_bytes(bz2.compress(r.read_bytes()))
+    r.unlink()
+    result = _run("cutouts", tiny / "cat.csv", "--frames", tiny / "frames", "--out", tiny / "mine", "--size", 16,
+                  "--workers", 1)
+    assert result.exit_code == 0 and "wrote 1 of 1 galaxies" in result.output, result.output
+    pcsv.write_csv(pa.table({"id": [8], "ra": [10.0], "dec": [0.0], "z_spec": [0.1]}), tiny / "off.csv")
+    result = _run("cutouts", tiny / "off.csv", "--frames", tiny / "frames", "--out", tiny / "none", "--size", 16)
+    assert result.exit_code == 1 and "none of its 1 galaxies could be cut" in result.output, result.output
+    assert not (tiny / "none").exists() and not partial_path(tiny / "none").exists()
+    assert _skipped(tiny / "none")[8]["reason"] == OFF_FRAMES
