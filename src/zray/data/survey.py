@@ -7,6 +7,12 @@ and the frames are slightly turned against each other). For every galaxy of
 the catalogue (``id``, ``ra``, ``dec``, ``z_spec`` and, when given, ``ebv``
 and ``mag_u`` .. ``mag_z``):
 
+0. **Frames** (headers only): each names its band and has an RA/Dec WCS in
+   ICRS or FK5, because the plan maps the catalogue's ra and dec to pixels
+   through the WCS as it is (a galactic or FK4 frame would put every galaxy in
+   the wrong place, silently); all frames share one pixel scale (mixed scales
+   mean mixed surveys, whose bands would differ in resolution); a file shorter
+   than its header says is refused before any work.
 1. **Plan** (in this process, from the headers alone): in each band, the
    frames whose pixels hold the whole cutout (its four corners inside the
    frame); of those the one where the galaxy lies farthest from an edge, so a
