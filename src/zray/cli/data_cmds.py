@@ -173,7 +173,7 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrit
       zray simulate --frames --n 300 --out data/frames
       zray cutouts data/frames/catalog.csv --frames data/frames --out data/mine --size 64
     """
-    from zray.data.survey import make_cutouts
+    from zray.data.survey import count_line, make_cutouts
 
     start = time.perf_counter()
     report = make_cutouts(catalog, frames_dir, out, size=size, seed=seed, max_bad=max_bad, workers=workers,
@@ -185,7 +185,7 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrit
                f"in {time.perf_counter() - start:.0f} s ({rate:.1f} cutouts/s/core on {report.workers} "
                f"worker(s){f'; {report.resumed} frames kept from an interrupted run' if report.resumed else ''})")
     if report.skipped:
-        click.echo(f"skipped {len(report.skipped)}: " + ", ".join(f"{v} {k}" for k, v in report.counts.most_common()))
+        click.echo(f"skipped {len(report.skipped)}: {count_line(report.counts)}")
     click.echo(f"not written, with reasons: {report.skipped_path}; next: zray inspect {out}")
 
 

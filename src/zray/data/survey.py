@@ -173,6 +173,8 @@ def sky_columns(table, path, ids) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Catalogue:
+    """The checked catalogue's columns, in its row order (``ebv`` 0 where it has none)."""
+
     path: Path
     ids: np.ndarray
     ra: np.ndarray
@@ -184,6 +186,7 @@ class Catalogue:
 
 
 def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS) -> Catalogue:
+    """The catalogue ``zray cutouts`` takes, checked with the same rules as ``zray prepare``'s."""
     path = Path(path)
     table = read_catalog(path, ("id", "ra", "dec", "z_spec"))
     ids = id_column(table, path)
@@ -615,7 +618,7 @@ def make_cutouts(
         shutil.rmtree(folder, ignore_errors=True)
         _write_skipped(listing, skipped)
         raise ZrayError(f"{catalog}: none of its {len(cat.ids)} galaxies could be cut from the frames in "
-                        f"{frames_dir} ({_count_line(counts)}); the reasons are listed in {listing}")
+                        f"{frames_dir} ({count_line(counts)}); the reasons are listed in {listing}")
     source = {"kind": "cutouts", "catalog": str(catalog), "frames": str(frames_dir), "size": int(size),
               "resampling": "reproject_exact", "max_bad": float(max_bad), "skipped": len(skipped)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins, overwrite=overwrite,
@@ -638,7 +641,8 @@ def make_cutouts(
     return report
 
 
-def _count_line(counts: Counter) -> str:
+def count_line(counts: Counter) -> str:
+    """``3 off every frame, 1 band missing``: galaxies not written, by reason, the most first."""
     return ", ".join(f"{v} {k}" for k, v in counts.most_common()) or "none"
 
 
