@@ -12,13 +12,19 @@
    The epoch shuffle's cost is each path's rate in its epoch order against
    the same path in storage order. Peak resident memory of this process is
    printed for the streamed reader and the baseline.
-3. With ``--train-epochs N``: ``zray train`` on the same files with a 500 MB
+3. With ``--cutouts N`` (and nothing else): ``zray cutouts`` on N galaxies in simulated
+   frames (2x2 fields of 512 pixels, with noise), one worker: cutouts per second per core
+   (the cutting itself, and end to end with planning and writing), against the baseline of
+   reproject_exact alone on the same galaxies' bands (a crop of the frame, onto the same
+   grid), in the same run.
+4. With ``--train-epochs N``: ``zray train`` on the same files with a 500 MB
    object store (the split streamed, as a split larger than the store is),
    and the peak resident memory of every process on the machine.
 
     python scripts/bench_data.py                          # ~1 min on 2 cores
     python scripts/bench_data.py --rows 8000 --size 64 --render 100
     python scripts/bench_data.py --rows 50000 --size 64 --render 0 --memory-rows 8000 --train-epochs 1  # at scale
+    python scripts/bench_data.py --cutouts 200 --size 64                # zray cutouts
 """
 
 from __future__ import annotations
@@ -191,8 +197,13 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=0,
                     help="also run zray train for this many epochs on the files, streamed, measuring the "
                          "memory of every process")
+    ap.add_argument("--cutouts", type=int, default=0,
+                    help="only benchmark zray cutouts, on this many galaxies in simulated frames")
     args = ap.parse_args()
 
+    if args.cutouts:
+        cutouts(args)
+        return
     if args.render:
         simulator(args)
     readers(args)
@@ -204,6 +215,49 @@ def simulator(args) -> None:
     print(f"simulator: population draw {draw:,.0f} galaxies/s; rendering "
           f"{render:.0f} galaxies/s/core at {args.size}x{args.size} ({1000 / render:.1f} ms each), "
           f"{render32:.0f}/s/core at 32x32")
+
+
+def cutouts(args) -> None:
+    """zray cutouts (one worker) against reproject_exact alone on the same galaxies' bands."""
+    from reproject import reproject_exact
+
+    from zray.data.frames import CATALOG_NAME, simulate_frames
+    from zray.data.survey import _frame_data, grid_wcs, make_cutouts, plan_cutouts, read_frames, read_survey_catalog
+
+    size = args.size
+    with tempfile.TemporaryDirectory(prefix="zrc") as tmp:
+        frames_dir = Path(tmp) / "frames"
+        t0 = time.perf_counter()
+        simulate_frames(frames_dir, args.cutouts, fields="2x2", frame_size=512, overlap=128, seed=1, progress=False)
+        print(f"rendered 20 frames of 512x512 holding {args.cutouts} galaxies in {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        report = make_cutouts(frames_dir / CATALOG_NAME, frames_dir, Path(tmp) / "data", size=size, workers=1,
+                              progress=False)
+        total = time.perf_counter() - t0
+        # the baseline: each written galaxy's five bands with reproject_exact alone
+        cat = read_survey_catalog(frames_dir / CATALOG_NAME)
+        frames = read_frames(frames_dir)
+        plan = plan_cutouts(frames, cat.ra, cat.dec, size)
+        data = {f: (_frame_data(frames[f]), frames[f].wcs()) for f in set(plan.choice[plan.choice >= 0].tolist())}
+        todo = [i for i, r in enumerate(plan.reason) if r is None]
+        half = int(size * 0.75) + 2
+        t0 = time.perf_counter()
+        for i in todo:
+            out = grid_wcs(cat.ra[i], cat.dec[i], size)
+            for f in plan.choice[i]:
+                image, w = data[int(f)]
+                x, y = (int(round(float(v))) for v in w.world_to_pixel_values(cat.ra[i], cat.dec[i]))
+                y0, x0 = max(y - half, 0), max(x - half, 0)
+                reproject_exact((image[y0: y + half, x0: x + half], w[y0: y + half, x0: x + half]), out,
+                                shape_out=(size, size), parallel=False)
+        base = len(todo) / (time.perf_counter() - t0)
+    rate = report.cut / report.cut_seconds
+    print(f"zray cutouts, {size}x{size}, 1 worker: {report.written} written, {len(report.skipped)} skipped "
+          f"({', '.join(f'{v} {k}' for k, v in report.counts.most_common())})")
+    print(f"  reproject_exact alone        {base:7.1f} cutouts/s/core   1.00x")
+    print(f"  zray cutouts, cutting        {rate:7.1f} cutouts/s/core   {rate / base:.2f}x")
+    print(f"  zray cutouts, end to end     {report.written / total:7.1f} cutouts/s/core   "
+          f"{report.written / total / base:.2f}x   (planning, cutting, writing shards; {total:.1f} s)")
 
 
 def readers(args) -> None:

@@ -197,3 +197,31 @@ def test_readme_rail_and_qp_section_runs(quickstart):
     # The walk-through's bundle is evaluated on the same test galaxies: RAIL and zray give one sigma_MAD.
     assert float(rail_figures["point_stats_sigma_mad"]) == pytest.approx(report["overall"]["sigma_mad"], abs=1e-5)
     assert (copy / "rail" / "output_estimate_zray.hdf5").is_file()
+
+
+def test_readme_survey_images_section_runs(quickstart):
+    """The "Your own survey images" block in the same fresh copy: frames rendered, cut into aligned
+    shards with the skipped galaxies listed, inspected, and searched by `zray tune`."""
+    copy, done = quickstart
+    assert done.returncode == 0, "the quickstart failed; see the test above"
+    lines = commands(code_block("Your own survey images"))
+    assert [shlex.split(line)[1] for line in lines] == ["simulate", "cutouts", "inspect", "tune"], lines
+    outputs = []
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "zray", line
+        result = run([str(ZRAY), *argv[1:]], cwd=copy, timeout=600)
+        assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
+        for noise in NOISE:
+            assert noise not in result.stdout + result.stderr, f"{noise!r} in the output of {line}"
+        outputs.append(result.stdout)
+    frames = sorted(p.name for p in (copy / "data" / "frames").glob("frame-*.fits"))
+    assert len(frames) == 5 * 4, frames  # five bands x 2x2 fields
+    manifest = json.loads((copy / "data" / "mine" / "manifest.json").read_text())
+    written = sum(manifest["rows"].values())
+    listed = (copy / "data" / "mine.skipped.csv").read_text().splitlines()
+    catalogue = (copy / "data" / "frames" / "catalog.csv").read_text().splitlines()
+    # Every catalogue galaxy is either in the shards or listed with its reason.
+    assert written + len(listed) - 1 == len(catalogue) - 1 and written > 0.5 * (len(catalogue) - 1)
+    assert f"{written}" in outputs[1]
+    assert (copy / "runs" / "mine" / "results.csv").is_file()

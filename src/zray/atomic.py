@@ -78,7 +78,7 @@ def check_output(out: Path, *, kind: str, overwrite: bool, inputs: Iterable[Path
                  ours: Callable[[Path], bool] | None = None) -> None:
     """Refuse an output that would replace an input or anything zray did not write.
 
-    ``kind`` names the output (``"dataset"``, ``"bundle"``, ``"report"`` for a
+    ``kind`` names the output (``"dataset"``, ``"bundle"``, ``"report"``, ``"frames"`` for a
     folder published by :func:`publish_dir`; anything else for a single
     file, which ``ours(path)`` must recognise as zray's own before it is
     replaced). ``inputs`` are the paths the same command reads.
@@ -93,7 +93,7 @@ def check_output(out: Path, *, kind: str, overwrite: bool, inputs: Iterable[Path
                             "expected an output apart from the command's inputs")
     if not out.exists() and not out.is_symlink():
         return
-    folder = kind in ("dataset", "bundle", "report")
+    folder = kind in ("dataset", "bundle", "report", "frames")
     if folder:
         if not out.is_dir() or out.is_symlink():
             raise ZrayError(f"{out}: exists and is not a folder; expected a new or empty folder for the {kind}")

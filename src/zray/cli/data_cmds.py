@@ -1,4 +1,4 @@
-"""Data commands: simulate, prepare, inspect.
+"""Data commands: simulate, prepare, cutouts, inspect.
 
 Thin wrappers over :mod:`zray.data`: parse, call the library, print a
 summary. Progress goes to stderr, summaries to stdout.
@@ -41,8 +41,17 @@ def _percentiles(z) -> str:
               help="Worker processes (default: all CPU cores).")
 @click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
               help="CSV/Parquet with id, z, dereddened mag_u..mag_z [, ebv]: render these galaxies.")
+@click.option("--frames", "frames", is_flag=True,
+              help="Render survey frames instead of cutouts: one FITS per band and field, each band with its own "
+                   "WCS (shifted by tens of pixels, turned by up to 0.5 degrees), overlapping at the edges, plus "
+                   "catalog.csv for `zray cutouts`. --out is then a folder of frames.")
+@click.option("--fields", default="2x2", show_default=True, help="With --frames: fields as COLSxROWS.")
+@click.option("--frame-size", type=int, default=512, show_default=True,
+              help="With --frames: each frame's width and height in pixels (SDSS's are 2048x1489).")
+@click.option("--overlap", type=int, default=128, show_default=True,
+              help="With --frames: pixels neighbouring fields share at their edges (SDSS: 128).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
-def simulate_cmd(n, out, size, seed, workers, catalog, overwrite):
+def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_size, overlap, overwrite):
     """Simulate SDSS-like u,g,r,i,z cutouts with known redshifts.
 
     A magnitude-limited sample like the SDSS Main Galaxy Sample (r < 17.77,
@@ -51,14 +60,35 @@ def simulate_cmd(n, out, size, seed, workers, catalog, overwrite):
     Galactic extinction. Writes Parquet shards, manifest.json and the true
     catalogue catalog.parquet.
 
+    With --frames, the same galaxies are drawn into survey-like frames
+    instead (sky-subtracted nanomaggies with noise, like SDSS's frame files),
+    placed at random over the fields, or where --catalog's ra and dec columns
+    say; `zray cutouts` turns them into a dataset.
+
     \b
     Example:
       zray simulate --n 5000 --out data/sim
       zray simulate --catalog my_survey.csv --out data/mysim --size 64
+      zray simulate --frames --n 300 --fields 2x2 --out data/frames
     """
     from zray.data.simulate import catalog_path, simulate, simulate_from_catalog
 
     start = time.perf_counter()
+    if frames:
+        from zray.data.frames import CATALOG_NAME, simulate_frames
+
+        if catalog is None and n is None:
+            raise ZrayError("--n is required unless --catalog is given, e.g. "
+                            "`zray simulate --frames --n 300 --out data/frames`")
+        report = simulate_frames(out, n, catalog=catalog, fields=fields, frame_size=frame_size, overlap=overlap,
+                                 seed=seed, workers=workers, overwrite=overwrite)
+        lay = report.layout
+        click.echo(f"wrote {report.frames} frames ({lay.cols}x{lay.rows} fields x 5 bands, {lay.frame_size}x"
+                   f"{lay.frame_size} pixels, {lay.overlap} overlapping) holding {report.on_frames} of "
+                   f"{report.galaxies} galaxies to {out} in {time.perf_counter() - start:.0f} s")
+        click.echo(f"catalogue: {out / CATALOG_NAME}; next: zray cutouts {out / CATALOG_NAME} --frames {out} "
+                   f"--out data/mine")
+        return
     if catalog is not None:
         manifest = simulate_from_catalog(catalog, out, size=size, seed=seed, workers=workers,
                                          limit=n, overwrite=overwrite)
@@ -104,6 +134,59 @@ def prepare_cmd(catalog, images, out, size, seed, overwrite):
         f"wrote {manifest.total_rows} galaxies ({_split_summary(manifest)}) of {size}x{size} "
         f"pixels to {out} in {time.perf_counter() - start:.0f} s; next: zray inspect {out}"
     )
+
+
+@click.command("cutouts")
+@click.argument("catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute)
+@click.option("--frames", "frames_dir", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute,
+              required=True, help="Folder of survey frames (searched recursively): FITS images of one band each, "
+                                  "naming it in FILTER or BAND, each with its own celestial WCS.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
+              help="Output dataset directory; the galaxies not written are listed in OUT.skipped.csv beside it.")
+@click.option("--size", type=int, default=64, show_default=True,
+              help="Cutout size in pixels of 0.396\" (SDSS's scale), centred on each galaxy.")
+@click.option("--max-bad", type=float, default=0.01, show_default=True,
+              help="Largest fraction of a band's pixels that may be NaN or masked in the frame (they become 0, "
+                   "the subtracted sky, counted in the bad_pixels column); more skips the galaxy.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split seed.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: all CPU cores).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset (and its list of skipped galaxies).")
+def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrite):
+    """Cut aligned five-band cutouts of a catalogue's galaxies from survey frames.
+
+    CATALOG is CSV or Parquet with id, ra, dec (degrees), z_spec and, when
+    known, ebv (else 0, with a warning) and mag_u..mag_z (carried into the
+    shards). In each band the frame holding the galaxy's whole cutout is
+    found from the frames' WCS (the one where it lies farthest from an edge,
+    so a galaxy on one field's edge takes the neighbouring field's frame), and
+    the band is resampled onto one grid centred on the galaxy, north up, east
+    left, with reproject's flux-conserving reproject_exact. Galaxies off every
+    frame, missing a band, on an edge of every frame holding them, or with too
+    many NaN or masked pixels are skipped; the end says why, and
+    OUT.skipped.csv lists them. Pixels stay as they are (nanomaggies for SDSS
+    frames). An interrupted run, started again with the same inputs, keeps the
+    frames it had finished.
+
+    \b
+    Example:
+      zray simulate --frames --n 300 --out data/frames
+      zray cutouts data/frames/catalog.csv --frames data/frames --out data/mine --size 64
+    """
+    from zray.data.survey import count_line, make_cutouts
+
+    start = time.perf_counter()
+    report = make_cutouts(catalog, frames_dir, out, size=size, seed=seed, max_bad=max_bad, workers=workers,
+                          overwrite=overwrite)
+    m = report.manifest
+    total = report.written + len(report.skipped)
+    rate = report.cut / max(report.cut_seconds, 1e-9) / report.workers
+    click.echo(f"wrote {report.written} of {total} galaxies ({_split_summary(m)}) of {size}x{size} pixels to {out} "
+               f"in {time.perf_counter() - start:.0f} s ({rate:.1f} cutouts/s/core on {report.workers} "
+               f"worker(s){f'; {report.resumed} frames kept from an interrupted run' if report.resumed else ''})")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)}: {count_line(report.counts)}")
+    click.echo(f"not written, with reasons: {report.skipped_path}; next: zray inspect {out}")
 
 
 @click.command("inspect")
@@ -154,4 +237,4 @@ def inspect_cmd(root, max_problems):
     raise ZrayError(f"{root}: {len(report.problems) + report.problems_dropped} problem(s) found; see the list above")
 
 
-COMMANDS: list = [simulate_cmd, prepare_cmd, inspect_cmd]
+COMMANDS: list = [simulate_cmd, prepare_cmd, cutouts_cmd, inspect_cmd]

@@ -1,6 +1,6 @@
 """Reading user catalogues (CSV or Parquet) with checked columns.
 
-Shared by ``zray simulate --catalog`` and ``zray prepare``. Rows in messages
+Shared by ``zray simulate --catalog``, ``zray prepare`` and ``zray cutouts``. Rows in messages
 are counted from 1 over the data rows (the CSV header is not a row), and the
 object's id is given too, so users can find the line either way.
 """
@@ -87,6 +87,23 @@ def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z
             f"{path}: {where(i, ids)}: {name} {z[i]:.4g} is outside the binning range; "
             f"expected {bins.z_min} <= z < {bins.z_max}"
         )
+
+
+def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:
+    """The ``ebv`` column (E(B-V), magnitudes, >= 0), or None where the catalogue has none."""
+    if "ebv" not in table.column_names:
+        return None
+    ebv = numeric_column(table, "ebv", path, ids)
+    if (ebv < 0).any():
+        i = int(np.flatnonzero(ebv < 0)[0])
+        raise ZrayError(f"{path}: {where(i, ids)}: ebv {ebv[i]} is negative; expected E(B-V) >= 0")
+    return ebv
+
+
+def magnitude_columns(table: pa.Table, path, ids, bands: str) -> dict[str, np.ndarray]:
+    """The optional ``mag_<band>`` columns the catalogue has, checked, to carry into the shards."""
+    return {f"mag_{b}": numeric_column(table, f"mag_{b}", path, ids) for b in bands
+            if f"mag_{b}" in table.column_names}
 
 
 def where(i: int, ids=None) -> str:

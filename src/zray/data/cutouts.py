@@ -20,7 +20,15 @@ import numpy as np
 
 from zray.errors import ZrayError
 
-__all__ = ["crop_centre", "check_cutouts"]
+__all__ = ["crop_centre", "check_cutouts", "check_size"]
+
+MIN_SIZE, MAX_SIZE = 8, 512
+
+
+def check_size(size) -> None:
+    """The ``--size`` every command that makes cutouts takes: MIN_SIZE to MAX_SIZE pixels."""
+    if not MIN_SIZE <= int(size) <= MAX_SIZE:
+        raise ZrayError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, but got {size!r}")
 
 
 def crop_centre(image: np.ndarray, size: int, label: str = "cutouts", axes: tuple[int, int] = (-2, -1)) -> np.ndarray:

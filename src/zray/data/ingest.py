@@ -29,8 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from zray.bins import RedshiftBins
-from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog, where
-from zray.data.cutouts import crop_centre
+from zray.data.catalog import (
+    check_redshifts,
+    ebv_column,
+    id_column,
+    magnitude_columns,
+    numeric_column,
+    read_catalog,
+    where,
+)
+from zray.data.cutouts import check_size, crop_centre
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
 from zray.data.writer import DatasetWriter
@@ -65,13 +73,14 @@ def _open(path: Path, label: str):
     return hdul
 
 
-def _header_band(header, path: Path, label: str) -> str | None:
+def header_band(header, what: str) -> str | None:
+    """The band a FITS header names in FILTER (or BAND), normalised; None where it names none.
+    ``what`` starts the message when the keyword holds no band (the file, and the catalogue row)."""
     for key in BAND_KEYS:
         if key in header:
             band = normalise_band(header[key])
             if band is None:
-                raise ZrayError(f"{label}: {path} header {key}={header[key]!r} is not a band; "
-                                "expected one of u,g,r,i,z")
+                raise ZrayError(f"{what} header {key}={header[key]!r} is not a band; expected one of u,g,r,i,z")
             return band
     return None
 
@@ -102,7 +111,7 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
         for k, hdu in images:
             if hdu.data.ndim != 2:
                 raise ZrayError(f"{label}: {path} HDU {k} has {hdu.data.ndim} axes; expected 2-D images")
-            band = _header_band(hdu.header, path, label)
+            band = header_band(hdu.header, f"{label}: {path}")
             if band is None:
                 raise ZrayError(
                     f"{label}: {path} HDU {k} has no FILTER or BAND keyword; "
@@ -131,7 +140,7 @@ def read_single_band(path: Path, band: str, label: str) -> np.ndarray:
         hdu = next((h for h in hdul if h.data is not None and getattr(h, "is_image", False)), None)
         if hdu is None or hdu.data.ndim != 2:
             raise ZrayError(f"{label}: {path} has no 2-D image; expected one band ({band}) per file")
-        found = _header_band(hdu.header, path, label)
+        found = header_band(hdu.header, f"{label}: {path}")
         if found is not None and found != band:
             raise ZrayError(f"{label}: {path} header says band {found} but it is listed as file_{band}")
         return np.asarray(hdu.data, dtype=np.float32)
@@ -165,8 +174,7 @@ def prepare_dataset(
     """Read the catalogue and its FITS cutouts into a dataset at ``out``."""
     catalog = Path(catalog)
     images_dir = Path(images_dir)
-    if not 8 <= int(size) <= 512:
-        raise ZrayError(f"--size must be between 8 and 512 pixels, but got {size!r}")
+    check_size(size)
     if not images_dir.is_dir():
         raise ZrayError(f"{images_dir}: --images directory not found")
     table = read_catalog(catalog, ("id", "z_spec", "ebv"))
@@ -174,13 +182,9 @@ def prepare_dataset(
     ids = id_column(table, catalog)
     z = numeric_column(table, "z_spec", catalog, ids)
     check_redshifts(z, bins, catalog, ids)
-    ebv = numeric_column(table, "ebv", catalog, ids)
-    if (ebv < 0).any():
-        i = int(np.flatnonzero(ebv < 0)[0])
-        raise ZrayError(f"{catalog}: {where(i, ids)}: ebv {ebv[i]} is negative; expected E(B-V) >= 0")
+    ebv = ebv_column(table, catalog, ids)
     files = _file_lists(table, per_band, images_dir, catalog, ids)
-    extra = {f"mag_{b}": numeric_column(table, f"mag_{b}", catalog, ids) for b in BANDS
-             if f"mag_{b}" in table.column_names}
+    extra = magnitude_columns(table, catalog, ids, BANDS)
     bar = Progress("prepare", len(ids), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,

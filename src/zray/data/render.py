@@ -61,12 +61,9 @@ def galaxy_rng(seed: int, gal_id: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & mask, int(gal_id) & mask, 2]))
 
 
-def render_galaxy(p: dict, size: int, seed: int) -> np.ndarray:
-    """(5, size, size) float32 image in nanomaggies of one galaxy with noise.
-
-    ``p`` holds scalars: id, mags (5,), ebv, bulge_frac, bulge/disk r50 and
-    axis ratios, angle_deg, dx_pix, dy_pix, psf_fwhm_{band}.
-    """
+def galaxy_profile(p: dict):
+    """The galaxy of one parameter row as a GalSim profile of unit flux, in arcsec on the sky
+    (bulge + disk, sheared and turned by ``angle_deg``), before the seeing."""
     import galsim
 
     gsp = _gsparams()
@@ -80,20 +77,46 @@ def render_galaxy(p: dict, size: int, seed: int) -> np.ndarray:
     if bt < 1:
         disk = galsim.Exponential(half_light_radius=float(p["disk_r50_arcsec"]), flux=1 - bt, gsparams=gsp)
         parts.append(disk.shear(q=float(p["disk_q"]), beta=angle))
-    galaxy = galsim.Add(parts) if len(parts) > 1 else parts[0]
+    return galsim.Add(parts) if len(parts) > 1 else parts[0]
+
+
+def band_profile(p: dict, k: int, galaxy=None):
+    """Band ``k``'s image of the galaxy as GalSim draws it: the profile at the band's
+    reddened flux in nanomaggies, convolved with the band's Moffat seeing.
+
+    The one definition shared by the direct cutouts (:func:`render_galaxy`) and
+    the survey frames (:mod:`zray.data.frames`), so a galaxy in a frame and its
+    direct cutout come from the same profile."""
+    import galsim
+
+    b = BANDS[k]
+    galaxy = galaxy_profile(p) if galaxy is None else galaxy
+    flux = nanomaggies(p["mags"][k] + EXTINCTION_R[b] * p["ebv"])
+    psf = galsim.Moffat(beta=MOFFAT_BETA, fwhm=float(p[f"psf_fwhm_{b}"]), gsparams=_gsparams())
+    return galsim.Convolve(galaxy * float(flux), psf)
+
+
+def add_noise(img: np.ndarray, band: str, rng: np.random.Generator) -> np.ndarray:
+    """``img`` (sky-subtracted nanomaggies) plus the sky's and the source's noise of ``band``."""
+    sky, gain = noise_model()[band]
+    var = (sky + np.maximum(img, 0.0)) / gain
+    return img + rng.standard_normal(img.shape) * np.sqrt(var)
+
+
+def render_galaxy(p: dict, size: int, seed: int, noise: bool = True) -> np.ndarray:
+    """(5, size, size) float32 image in nanomaggies of one galaxy with noise
+    (``noise=False``: the noise-free image, for comparisons).
+
+    ``p`` holds scalars: id, mags (5,), ebv, bulge_frac, bulge/disk r50 and
+    axis ratios, angle_deg, dx_pix, dy_pix, psf_fwhm_{band}.
+    """
+    galaxy = galaxy_profile(p)
     rng = galaxy_rng(seed, p["id"])
-    noise = noise_model()
     out = np.empty((len(BANDS), size, size), dtype=np.float32)
     offset = (float(p["dx_pix"]), float(p["dy_pix"]))
     for k, b in enumerate(BANDS):
-        flux = nanomaggies(p["mags"][k] + EXTINCTION_R[b] * p["ebv"])
-        psf = galsim.Moffat(beta=MOFFAT_BETA, fwhm=float(p[f"psf_fwhm_{b}"]), gsparams=gsp)
-        img = galsim.Convolve(galaxy * float(flux), psf).drawImage(
-            nx=size, ny=size, scale=PIXEL_SCALE, offset=offset
-        ).array
-        sky, gain = noise[b]
-        var = (sky + np.maximum(img, 0.0)) / gain
-        out[k] = img + rng.standard_normal(img.shape) * np.sqrt(var)
+        img = band_profile(p, k, galaxy).drawImage(nx=size, ny=size, scale=PIXEL_SCALE, offset=offset).array
+        out[k] = add_noise(img, b, rng) if noise else img
     return out
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from zray.bins import RedshiftBins
-from zray.data.catalog import check_redshifts, id_column, numeric_column, read_catalog
+from zray.data.catalog import check_redshifts, ebv_column, id_column, numeric_column, read_catalog
+from zray.data.cutouts import check_size
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
 from zray.data.writer import DatasetWriter
@@ -53,7 +54,7 @@ def simulate(
 
     if int(n) < 1:
         raise ZrayError(f"--n must be a positive number of galaxies, but got {n!r}")
-    _check_size(size)
+    check_size(size)
     params = draw_population(int(n), int(seed))
     params["id"] = np.arange(int(n), dtype=np.int64)
     source = {"kind": "simulate", "n": int(n), "seed": int(seed), "size": int(size)}
@@ -83,18 +84,30 @@ def simulate_from_catalog(
     rendered and written in the order of a hash of the id, and each galaxy's
     noise comes from its id. The whole file is checked, whatever ``limit``.
     """
+    check_size(size)
+    params = catalog_population(catalog_path, seed=seed, limit=limit, bins=bins)
+    source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size)}
+    return _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source)
+
+
+def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
+                       bins: RedshiftBins = DEFAULT_BINS, positions: bool = False) -> dict[str, np.ndarray]:
+    """The parameters of a catalogue's galaxies (see :func:`simulate_from_catalog`), in the order
+    of a hash of the id. ``positions``: also ``ra`` and ``dec`` (degrees) where the catalogue
+    has both columns (``zray simulate --frames``)."""
     from zray.data.population import population_from_catalog
 
-    _check_size(size)
     table = read_catalog(catalog_path, ("id", "z", *MAG_COLUMNS))
     ids = id_column(table, catalog_path)
     z = numeric_column(table, "z", catalog_path, ids)
     check_redshifts(z, bins, catalog_path, ids, name="z")
     mags = np.stack([numeric_column(table, c, catalog_path, ids) for c in MAG_COLUMNS], axis=1)
-    ebv = numeric_column(table, "ebv", catalog_path, ids) if "ebv" in table.column_names else None
-    if ebv is not None and (ebv < 0).any():
-        i = int(np.flatnonzero(ebv < 0)[0])
-        raise ZrayError(f"{catalog_path}: row {i + 1} (id {ids[i]}): ebv {ebv[i]} is negative; expected >= 0")
+    ebv = ebv_column(table, catalog_path, ids)
+    sky = {}
+    if positions and ("ra" in table.column_names or "dec" in table.column_names):
+        from zray.data.survey import sky_columns
+
+        sky = dict(zip(("ra", "dec"), sky_columns(table, catalog_path, ids)))
     # Morphology is drawn in the order of the id hash, not the catalogue's: the
     # same galaxy gets the same parameters (and pixels) however the file is sorted.
     order = write_order(ids, seed)
@@ -104,13 +117,8 @@ def simulate_from_catalog(
     ebv = None if ebv is None else ebv[order]
     params = population_from_catalog(z, mags, ebv, int(seed))
     params["id"] = ids
-    source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size)}
-    return _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source)
-
-
-def _check_size(size: int) -> None:
-    if not 8 <= int(size) <= 512:
-        raise ZrayError(f"--size must be between 8 and 512 pixels, but got {size!r}")
+    params.update({k: v[order] for k, v in sky.items()})
+    return params
 
 
 def _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source) -> Manifest:
