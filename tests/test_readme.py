@@ -80,6 +80,21 @@ def run(argv: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_zray_lines(lines: list[str], copy: Path) -> list[str]:
+    """Run each ``zray ...`` line in ``copy`` with this environment's zray; each must succeed and be
+    as quiet as the quickstart (TensorFlow starts in evaluate and predict too). Their stdouts."""
+    outputs = []
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "zray", line
+        result = run([str(ZRAY), *argv[1:]], cwd=copy, timeout=600)
+        assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
+        for noise in NOISE:
+            assert noise not in result.stdout + result.stderr, f"{noise!r} in the output of {line}"
+        outputs.append(result.stdout)
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     """A fresh copy with the README's quickstart search run in it (about 2-3 minutes)."""
@@ -143,14 +158,7 @@ def test_readme_walkthrough_runs_every_command(quickstart):
     # prepare needs the user's FITS files; cutouts has its own section (test_readme_survey_images_section_runs)
     missing = table_commands() - used - {"prepare", "cutouts"}
     assert not missing, f"README walk-through does not show: {sorted(missing)}"
-    for line in lines:
-        argv = shlex.split(line)
-        assert argv[0] == "zray", line
-        result = run([str(ZRAY), *argv[1:]], cwd=copy, timeout=600)
-        assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
-        # Every command as quiet as the quickstart (TensorFlow starts in evaluate and predict too).
-        for noise in NOISE:
-            assert noise not in result.stdout + result.stderr, f"{noise!r} in the output of {line}"
+    run_zray_lines(lines, copy)
     # What the walk-through says it writes is there, under the copy.
     assert (copy / "best" / "bundle.json").is_file()
     import pyarrow.parquet as pq
@@ -207,15 +215,7 @@ def test_readme_survey_images_section_runs(quickstart):
     assert done.returncode == 0, "the quickstart failed; see the test above"
     lines = commands(code_block("Your own survey images"))
     assert [shlex.split(line)[1] for line in lines] == ["simulate", "cutouts", "inspect", "tune"], lines
-    outputs = []
-    for line in lines:
-        argv = shlex.split(line)
-        assert argv[0] == "zray", line
-        result = run([str(ZRAY), *argv[1:]], cwd=copy, timeout=600)
-        assert result.returncode == 0, f"{line}\n{(result.stdout + result.stderr)[-3000:]}"
-        for noise in NOISE:
-            assert noise not in result.stdout + result.stderr, f"{noise!r} in the output of {line}"
-        outputs.append(result.stdout)
+    outputs = run_zray_lines(lines, copy)
     frames = sorted(p.name for p in (copy / "data" / "frames").glob("frame-*.fits"))
     assert len(frames) == 5 * 4, frames  # five bands x 2x2 fields
     manifest = json.loads((copy / "data" / "mine" / "manifest.json").read_text())
