@@ -46,8 +46,8 @@ ratio_to_best_baseline.
     python scripts/bench_accuracy.py                              # cnn_phot on 32,000 galaxies: ~33 min on 2 cores
     python scripts/bench_accuracy.py --n 8000 --budget quick      # a few minutes: checks the protocol
     python scripts/bench_accuracy.py --models cnn_phot,cnn,inception   # every model type: hours on 2 cores
-    python scripts/bench_accuracy.py --n 16000 --size 64 --set tune.num_samples=2 --set fixed.epochs=10
-                                                                  # the paper's size: ~40 min on 2 cores
+    python scripts/bench_accuracy.py --n 8000 --size 64 --set tune.num_samples=2 --set fixed.epochs=8
+                                                                  # the paper's size: ~18 min on 2 cores
     python scripts/bench_accuracy.py --n 50000 --size 64 --budget large   # a bigger machine
     python scripts/bench_accuracy.py --train data/mine --test data/mine-test --out acc.json
     python scripts/bench_accuracy.py --models cnn_phot --variant "no-aug=fixed.augment=false"
