@@ -147,6 +147,15 @@ def test_decide_ships_the_ensemble_only_when_it_beats_every_member():
     assert kept["shipped"] == "ensemble" and "--keep-ensemble" in kept["reason"]
 
 
+def test_a_bundle_inside_the_ensembles_training_folder_is_refused(exported):
+    from zray.ensemble import ENSEMBLE_DIR
+
+    out = exported["experiment"] / ENSEMBLE_DIR / "bundle"
+    result = _run("export", exported["experiment"], "--top-k", 2, "--out", out)
+    assert result.exit_code == 1 and "where the ensemble's members are trained" in result.output, result.output
+    assert not out.exists()
+
+
 def test_a_second_seed_export_reuses_the_members_already_trained(exported, tmp_path):
     result = _run("export", exported["experiment"], "--top-k", 2, "--keep-ensemble", "--no-calibrate",
                   "--out", tmp_path / "again")

@@ -33,7 +33,7 @@ import numpy as np
 from zray.console import LOG
 from zray.errors import ZrayError
 
-__all__ = ["ENSEMBLE_DIR", "MEMBER_RULES", "VALIDATION_ROWS", "choose", "decide", "replace_seed", "seed_members"]
+__all__ = ["ENSEMBLE_DIR", "MEMBER_RULES", "choose", "decide", "replace_seed", "seed_members"]
 
 # Where the seed members of a search's ensembles are trained, inside the search's folder.
 ENSEMBLE_DIR = "ensemble"
@@ -42,8 +42,6 @@ MEMBER_RULES = {
              "full epochs",
     "trials": "the best trials as the search left them",
 }
-# Validation rows scored when choosing between an ensemble and its best member, at most.
-VALIDATION_ROWS = 20_000
 
 
 def seed_members(run_dir, best, k: int) -> list:
@@ -138,39 +136,28 @@ def decide(ensemble: dict[str, float], members: list[dict[str, float]], metric: 
     return {"shipped": shipped, "best_member": best, "ratio": ratio, "reason": reason}
 
 
-def choose(bundle_dir: Path, info: dict, metric: str, mode: str, keep_ensemble: bool = False) -> dict[str, Any]:
+def choose(bundle_dir: Path, info: dict, val: dict | None, source: str, metric: str, mode: str,
+           keep_ensemble: bool = False) -> dict[str, Any]:
     """Score the members of the (not yet calibrated) bundle at ``bundle_dir`` and their mean
-    PDF on the validation split of the training data; :func:`decide` which to ship.
+    PDF on ``val`` (rows of the training data's validation split, from ``source``);
+    :func:`decide` which to ship.
 
     Returns the ``selection`` record of ``bundle.json``: the figures of the ensemble and of
-    each member, the decision and its reason. Without a validation split to score on (the
-    data moved or changed since training) the ensemble is kept, and the record says so.
+    each member, the decision and its reason. Without validation rows (``val`` None: the data
+    moved or changed since training; ``source`` says why) the ensemble is kept, and the
+    record says so.
     """
     from zray.bins import RedshiftBins
     from zray.bundle import Bundle
-    from zray.data import load_arrays
-    from zray.data.shards import read_manifest
     from zray.metrics import validation_metrics
 
-    data = info["data"]
-    try:
-        manifest = read_manifest(data["path"])
-    except ZrayError as exc:
-        return {"shipped": "ensemble", "reason": f"not checked on validation data: {exc}"}
-    if manifest.hash != data["manifest_hash"]:
-        return {"shipped": "ensemble", "reason": f"not checked on validation data: {data['path']} changed "
-                                                 "since training"}
-    if manifest.rows["val"] < 10:
-        return {"shipped": "ensemble", "reason": f"not checked on validation data: {data['path']} has too "
-                                                 "few val rows"}
-    val = load_arrays(data["path"], "val")
-    rows = slice(0, VALIDATION_ROWS)
-    z = val["z_spec"][rows].astype(np.float64)
+    if val is None:
+        return {"shipped": "ensemble", "reason": f"not checked on validation data: {source}"}
+    z = val["z_spec"]
     bins = RedshiftBins(**info["bins"])
-    pdfs = Bundle(bundle_dir).member_pdfs(val["image"][rows], val["ebv"][rows])
+    pdfs = Bundle(bundle_dir).member_pdfs(val["image"], val["ebv"])
     members = [validation_metrics(p, bins, z) for p in pdfs]
     ensemble = validation_metrics(np.mean(pdfs, axis=0), bins, z)
     record = decide(ensemble, members, metric, mode, keep_ensemble)
-    return {**record, "metric": metric, "n": int(len(z)), "fitted_on": f"val split of {data['path']}",
+    return {**record, "metric": metric, "n": int(len(z)), "fitted_on": source,
             "ensemble": ensemble, "members": members}
-

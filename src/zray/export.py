@@ -153,13 +153,15 @@ def _bands_of(data_path: str) -> tuple[tuple[str, ...], str]:
         return tuple(BANDS), "zray default (training data manifest not found)"
 
 
-# Validation rows used to fit the temperature, at most (the fit is one number).
-CALIBRATION_ROWS = 20_000
+# Validation rows scored to choose an ensemble and to fit the temperature, at most.
+VALIDATION_ROWS = 20_000
 
 
-def _calibrate(bundle_dir: Path, info: dict) -> dict[str, Any]:
-    """Fit the PDF temperature of the bundle at ``bundle_dir`` on its training data's val split."""
-    from zray import calibration
+def _validation_split(info: dict) -> tuple[dict | None, str]:
+    """The first :data:`VALIDATION_ROWS` rows of the training data's val split (z_spec as float64)
+    and where they came from; or None and why they cannot be used (the data moved, changed since
+    training, or holds too few val rows). Read once per export: the ensemble's choice and the
+    temperature are both made on it."""
     from zray.data import load_arrays
     from zray.data.shards import read_manifest
 
@@ -167,18 +169,27 @@ def _calibrate(bundle_dir: Path, info: dict) -> dict[str, Any]:
     try:
         manifest = read_manifest(data["path"])
     except ZrayError as exc:
-        return {"temperature": 1.0, "note": f"not calibrated: {exc}"}
+        return None, str(exc)
     if manifest.hash != data["manifest_hash"]:
-        return {"temperature": 1.0, "note": f"not calibrated: {data['path']} changed since training"}
+        return None, f"{data['path']} changed since training"
     if manifest.rows["val"] < 10:
-        return {"temperature": 1.0, "note": f"not calibrated: {data['path']} has too few val rows"}
+        return None, f"{data['path']} has too few val rows"
     val = load_arrays(data["path"], "val")
-    rows = slice(0, CALIBRATION_ROWS)
-    pdf = Bundle(bundle_dir).predict(val["image"][rows], val["ebv"][rows]).astype(np.float64)
-    z = val["z_spec"][rows].astype(np.float64)
+    rows = slice(0, VALIDATION_ROWS)
+    return ({"image": val["image"][rows], "ebv": val["ebv"][rows], "z_spec": val["z_spec"][rows].astype(np.float64)},
+            f"val split of {data['path']}")
+
+
+def _calibrate(bundle_dir: Path, info: dict, val: dict | None, source: str) -> dict[str, Any]:
+    """Fit the PDF temperature of the bundle at ``bundle_dir`` on ``val`` (:func:`_validation_split`)."""
+    from zray import calibration
+
+    if val is None:
+        return {"temperature": 1.0, "note": f"not calibrated: {source}"}
+    pdf = Bundle(bundle_dir).predict(val["image"], val["ebv"]).astype(np.float64)
     bins = RedshiftBins(**info["bins"])
-    fitted = calibration.report(pdf, bins, z, calibration.fit_temperature(pdf, bins, z))
-    return {**fitted, "fitted_on": f"val split of {data['path']}"}
+    fitted = calibration.report(pdf, bins, val["z_spec"], calibration.fit_temperature(pdf, bins, val["z_spec"]))
+    return {**fitted, "fitted_on": source}
 
 
 def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: bool = True,
@@ -213,7 +224,12 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     chosen, kind = candidates(run_dir, 1 if seeds else top_k, trial=trial)  # trial: that one first
     rule = _member_rule(members, kind) if top_k > 1 else None
     if rule == "seeds":  # long: trained before anything is written at --out
-        from zray.ensemble import seed_members
+        from zray.ensemble import ENSEMBLE_DIR, seed_members
+
+        members_dir = Path(os.path.realpath(Path(run_dir) / ENSEMBLE_DIR))
+        if Path(os.path.realpath(out)).is_relative_to(members_dir):
+            raise ZrayError(f"{out}: lies inside {members_dir}, where the ensemble's members are trained; "
+                            "expected a bundle folder outside it")
 
         chosen = seed_members(run_dir, chosen[0], top_k)
     made = make_parents(out)
@@ -240,11 +256,12 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
             "versions": _versions(),
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        val, source = _validation_split(info) if rule is not None or calibrate else (None, "")
         if rule is not None:  # scored as written; what is shipped is then calibrated
-            info["selection"] = _select(tmp, info, rule, first, keep_ensemble)
+            info["selection"] = _select(tmp, info, rule, first, keep_ensemble, val, source)
             (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if calibrate:
-            info["calibration"] = _calibrate(tmp, info)
+            info["calibration"] = _calibrate(tmp, info, val, source)
             (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         publish_dir(tmp, out, kind="bundle")
     finally:
@@ -263,12 +280,13 @@ def _member_rule(members: str, kind: str) -> str:
     return members if kind == "search" else "checkpoints"
 
 
-def _select(tmp: Path, info: dict, rule: str, first, keep_ensemble: bool) -> dict[str, Any]:
+def _select(tmp: Path, info: dict, rule: str, first, keep_ensemble: bool, val: dict | None,
+            source: str) -> dict[str, Any]:
     """Score the ensemble written at ``tmp`` against its members (:func:`zray.ensemble.choose`);
     when the best member alone is to be shipped, leave only it in ``tmp`` and ``info``."""
     from zray.ensemble import MEMBER_RULES, choose
 
-    selection = choose(tmp, info, first.metric, first.mode, keep_ensemble)
+    selection = choose(tmp, info, val, source, first.metric, first.mode, keep_ensemble)
     selection = {"rule": rule, "rule_text": MEMBER_RULES.get(rule, "the run's best checkpoints"), **selection}
     if selection["shipped"] == "best member":
         keep = info["members"][selection["best_member"]]
