@@ -251,6 +251,21 @@ def test_predict_no_pdf_one_split(exported, sim_data, tmp_path):
     assert table.num_rows == read_manifest(sim_data).rows["val"]
 
 
+@pytest.mark.timeout(300)
+def test_predict_with_a_worker_per_cpu_finishes_and_agrees(exported, sim_data, ray_session, tmp_path):
+    """As many actors as the Ray has CPUs (--workers 2 on a two-core laptop) once left the shards'
+    read tasks no CPU and never finished (zray.ray_workarounds.actor_pool_cpus)."""
+    workers = int(ray_session.cluster_resources()["CPU"])
+    result = _run("predict", exported["best"], sim_data, "--split", "val", "--no-pdf", "--workers", workers,
+                  "--out", tmp_path / "v.parquet")
+    assert result.exit_code == 0, result.output
+    got = pq.read_table(tmp_path / "v.parquet").to_pydict()
+    one = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
+    by_id = dict(zip(one["id"], one["z_median"]))
+    assert len(got["id"]) == read_manifest(sim_data).rows["val"]
+    np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
+
+
 def test_ensemble_pdf_is_the_mean_of_its_members(exported, sim_data):
     from zray.models import load_model
 

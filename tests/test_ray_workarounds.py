@@ -117,3 +117,51 @@ def test_a_search_gives_every_trials_workers_back(ray_session, sim_data, tmp_pat
     table = placement_group_table()
     left = {g: (state, table[g]["bundles"]) for g, state in states.items() if state != "REMOVED"}
     assert not left, f"placement groups left after the search (state, bundles): {left}"
+
+
+# A Ray Data pipeline shaped as zray predict's: Parquet read, then an actor pool asking for
+# every CPU of a one-CPU Ray (argv: temp folder, shard files...).
+_ACTORS_ON_EVERY_CPU = """
+import sys, ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False)
+
+class Identity:
+    def __call__(self, batch):
+        return batch
+
+ds = ray.data.read_parquet(sys.argv[2:]).select_columns(["id"]).map_batches(
+    Identity, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_format="numpy")
+print("rows", sum(len(b["id"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")), flush=True)
+"""
+
+
+def test_ray_data_still_hangs_when_its_actors_hold_every_cpu(sim_data):
+    """ray-project/ray#44687: the pipeline never gets a CPU for its read tasks. It reads the
+    rows in a few seconds once Ray has fixed it: then delete
+    zray.ray_workarounds.actor_pool_cpus (and its caller) and this test."""
+    from zray.data.shards import read_manifest
+
+    files = [str(f) for f in read_manifest(sim_data).files("train")]
+    env = {k: v for k, v in os.environ.items() if k not in (STATE_API_ENV, "RAY_ADDRESS")}
+    proc = subprocess.Popen([sys.executable, "-c", _ACTORS_ON_EVERY_CPU, tempfile.mkdtemp(prefix="zr3"), *files],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        out = None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=30)
+    assert out is None, (f"Ray Data no longer hangs with actors on every CPU ({out.strip()!r}): the "
+                         "workaround in zray.ray_workarounds is no longer needed")
+
+
+def test_an_actor_pool_leaves_a_cpu_for_the_other_tasks(ray_session):
+    from zray.ray_workarounds import actor_pool_cpus
+
+    total = ray_session.cluster_resources()["CPU"]
+    cpus = actor_pool_cpus(int(total), 1.0)
+    assert 0 < cpus and total * cpus <= total - min(1.0, total / 2), cpus
+    assert actor_pool_cpus(1, 0.25) == 0.25  # a pool that leaves room is asked for as given

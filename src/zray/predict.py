@@ -136,9 +136,11 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    from zray.ray_workarounds import actor_pool_cpus
     from zray.runtime import init_ray
 
     init_ray()
+    cpus_per_worker = actor_pool_cpus(workers, cpus_per_worker)
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.target_max_block_size
     ctx.execution_options.preserve_order = True

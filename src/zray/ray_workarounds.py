@@ -20,6 +20,19 @@ address when in a connected worker"), not in Ray 2.60's ``ray.util.state``.
 The workaround: a Ray that zray starts gets a known dashboard port, and its
 processes inherit ``RAY_API_SERVER_ADDRESS`` (the variable the state API reads
 before looking around) naming that dashboard.
+
+Ray Data hangs when its actors hold every CPU
+---------------------------------------------
+A Ray Data pipeline whose actor pool asks for all the cluster's CPUs (``zray
+predict --workers 2`` on a two-core laptop: two actors of one CPU each) never
+finishes: the actors are placed first, and the read tasks that would feed
+them wait for a CPU forever. Upstream: ray-project/ray#44687 ("Dataset hangs
+if you launch actors on all CPUs"), open in Ray 2.60.
+
+The workaround: :func:`actor_pool_cpus` asks for less per actor, so that the
+pool leaves one CPU (half of a one-CPU Ray) to the other tasks. A logical CPU
+is only a scheduling token: each actor still runs on as many cores as the
+machine gives it.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["STATE_API_ENV", "local_ray_options"]
+__all__ = ["STATE_API_ENV", "actor_pool_cpus", "local_ray_options"]
 
 # Read by Ray's state API client before any search for a Ray on the machine.
 STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
@@ -45,3 +58,14 @@ def local_ray_options() -> dict[str, int]:
         port = s.getsockname()[1]
     os.environ[STATE_API_ENV] = f"http://127.0.0.1:{port}"
     return {"dashboard_port": port}
+
+
+def actor_pool_cpus(workers: int, cpus_per_actor: float) -> float:
+    """CPUs to ask for each of ``workers`` Ray Data actors: ``cpus_per_actor``, or less where
+    the pool would otherwise leave the connected Ray's other tasks (its read tasks) no CPU."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    spare = min(1.0, total / 2)
+    fits = (total - spare) / max(int(workers), 1)
+    return min(float(cpus_per_actor), fits) if fits > 0 else float(cpus_per_actor)
