@@ -251,19 +251,44 @@ def test_predict_no_pdf_one_split(exported, sim_data, tmp_path):
     assert table.num_rows == read_manifest(sim_data).rows["val"]
 
 
+# zray predict as a user runs it with no Ray of their own: it starts one with the machine's
+# CPUs, predicts with a worker per CPU, then is asked for more workers than CPUs
+# (argv: bundle, shards, out folder, workers).
+_PREDICT_A_WORKER_PER_CPU = """
+import sys
+from zray.cli import main
+bundle, data, out, workers = sys.argv[1:]
+main(["predict", bundle, data, "--split", "val", "--no-pdf", "--workers", workers, "--out", out + "/v.parquet"],
+     standalone_mode=False)
+try:
+    main(["predict", bundle, data, "--workers", "1000", "--out", out + "/many.parquet"], standalone_mode=False)
+except SystemExit as exc:
+    print("exit", exc.code)
+"""
+
+
 @pytest.mark.timeout(300)
-def test_predict_with_a_worker_per_cpu_finishes_and_agrees(exported, sim_data, ray_session, tmp_path):
+def test_predict_with_a_worker_per_cpu_finishes_and_agrees(exported, sim_data, tmp_path):
     """As many actors as the Ray has CPUs (--workers 2 on a two-core laptop) once left the shards'
-    read tasks no CPU and never finished (zray.ray_workarounds.actor_pool_cpus)."""
-    workers = int(ray_session.cluster_resources()["CPU"])
-    result = _run("predict", exported["best"], sim_data, "--split", "val", "--no-pdf", "--workers", workers,
-                  "--out", tmp_path / "v.parquet")
-    assert result.exit_code == 0, result.output
+    read tasks no CPU and never finished (zray.ray_workarounds.actor_pool_cpus). Run in a process
+    of its own, with the Ray it starts, as a user would: the test session's Ray is left alone."""
+    from zray.ray_workarounds import STATE_API_ENV
+
+    workers = os.cpu_count() or 2
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", STATE_API_ENV)}
+    proc = subprocess.run([sys.executable, "-c", _PREDICT_A_WORKER_PER_CPU, str(exported["best"]), str(sim_data),
+                           str(tmp_path), str(workers)], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     got = pq.read_table(tmp_path / "v.parquet").to_pydict()
     one = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
     by_id = dict(zip(one["id"], one["z_median"]))
     assert len(got["id"]) == read_manifest(sim_data).rows["val"]
     np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
+    # More actors than CPUs (each a copy of the model) is refused in one sentence, nothing written.
+    assert "exit 1" in proc.stdout, proc.stdout
+    assert f"--workers 1000: the Ray this runs on has {workers} CPUs" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "many.parquet").exists()
 
 
 def test_ensemble_pdf_is_the_mean_of_its_members(exported, sim_data):

@@ -140,6 +140,10 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
     from zray.runtime import init_ray
 
     init_ray()
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if workers > cpus > 0:  # each actor holds a copy of the model: more than one per CPU only costs memory
+        raise ZrayError(f"--workers {workers}: the Ray this runs on has {cpus:g} CPUs; expected at most "
+                        f"{int(cpus)} workers, one per CPU (on a cluster, start its nodes first)")
     cpus_per_worker = actor_pool_cpus(workers, cpus_per_worker)
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.target_max_block_size
