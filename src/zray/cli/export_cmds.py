@@ -102,8 +102,8 @@ def export_cmd(run_dir, top_k, members, keep_ensemble, trial, out, overwrite, ca
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Galaxies per model call [default: 256 in this process, 2048 through Ray Data].")
 @click.option("--workers", type=int, default=1, show_default=True,
-              help="Ray actors holding the model (1 CPU each, less where that would leave Ray no CPU to read "
-                   "the shards).")
+              help="Ray actors holding the model, at most one per CPU of the Ray (1 CPU each, less where that "
+                   "would leave Ray no CPU to read the shards).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, overwrite):
     """Photometric redshifts for every galaxy of INPUT with a bundle.
