@@ -118,6 +118,10 @@ def test_summary_shows_both_baselines_and_flags_a_trial_that_learned_nothing(dat
     assert "no better than the constant predictor: useless" in text
     only_bad = search.format_summary(_summary({"useless": 1.2 * constant}, table))
     assert "NO BETTER THAN THE CONSTANT PREDICTOR" in only_bad
+    # Between the two: learned something, but the colour fit is still better, and the user is told what helps.
+    between = search.format_summary(_summary({"middling": 1.1 * knn}, table))
+    assert "1.10x the kNN's -- the colour kNN still does better" in between and "more training galaxies" in between
+    assert "still does better" not in search.format_summary(_summary({"fine": 0.9 * knn}, table))
 
 
 def test_binned_metrics_carry_the_baselines_per_bin():

@@ -215,7 +215,8 @@ def predictions(root, ids: np.ndarray) -> dict[str, np.ndarray] | None:
 
 def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = "val") -> str:
     """One phrase placing a model's sigma_MAD against the baselines, e.g.
-    ``0.45x the constant predictor's, 1.2x the kNN's``; empty without baselines."""
+    ``0.45x the constant predictor's, 0.9x the kNN's``, with what to do when
+    either does as well; empty without baselines."""
     if table is None or sigma_mad is None or split not in table.get("splits", {}):
         return ""
     ref = table["splits"][split]
@@ -227,6 +228,9 @@ def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = 
     text = ", ".join(parts)
     if sigma_mad >= ref["constant"]["sigma_mad"]:
         text += " -- NO BETTER THAN THE CONSTANT PREDICTOR: the network learned nothing"
+    elif sigma_mad >= ref["knn"]["sigma_mad"]:
+        text += (" -- the colour kNN still does better: a network needs more galaxies than a colour fit "
+                 "(more training galaxies, e.g. data.simulate.n, or more epochs)")
     return text
 
 
