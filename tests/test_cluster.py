@@ -23,14 +23,29 @@ from zray.train import TrainJob, make_trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- cluster.yaml, checked by Ray's own functions ----------------------------------
+# --- cluster.yaml, checked by Ray's own means ----------------------------------------
 
 
-def _validate(config: dict) -> dict:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+def ray_checked(config: dict) -> dict:
+    """``config`` with the provider's defaults filled in by Ray's public SDK
+    (``ray.autoscaler.sdk.fillout_defaults``), validated against the JSON schema
+    Ray ships beside it (``ray/autoscaler/ray-schema.json``, what ``ray up``
+    applies), and its head node type one of the node types it defines.
 
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
+    ``setup_commands`` stay apart from ``head_setup_commands`` and
+    ``worker_setup_commands`` here: ``ray up`` runs them on every node first.
+    """
+    import importlib.resources
+
+    import jsonschema
+    from ray.autoscaler.sdk import fillout_defaults
+
+    schema = json.loads((importlib.resources.files("ray.autoscaler") / "ray-schema.json").read_text())
+    prepared = fillout_defaults(copy.deepcopy(config))
+    jsonschema.validate(prepared, schema)
+    types = prepared.get("available_node_types", {})
+    if types and prepared.get("head_node_type") not in types:
+        raise ValueError(f"head_node_type {prepared.get('head_node_type')!r} is none of {sorted(types)}")
     return prepared
 
 
@@ -40,7 +55,7 @@ def _cluster_file() -> dict:
 
 def test_cluster_yaml_passes_ray_validation():
     config = _cluster_file()
-    prepared = _validate(config)
+    prepared = ray_checked(config)
     assert prepared["provider"]["type"] in ("aws", "gcp")
     head = prepared["head_node_type"]
     types = prepared["available_node_types"]
@@ -49,8 +64,8 @@ def test_cluster_yaml_passes_ray_validation():
     assert gpu_types and all(t["min_workers"] == 0 and t["max_workers"] > 0 for t in gpu_types)
     # zray is installed on every node from the repository that file_mounts copies there.
     mounted = set(config["file_mounts"])
-    assert any(m.rstrip("/") in cmd for m in mounted for cmd in prepared["worker_setup_commands"])
-    assert any("pip install" in cmd and "zray" in cmd for cmd in prepared["head_setup_commands"])
+    assert any(m.rstrip("/") in cmd for m in mounted for cmd in prepared["setup_commands"])
+    assert any("pip install" in cmd and "zray" in cmd for cmd in prepared["setup_commands"])
     assert "s3://" in (ROOT / "cluster.yaml").read_text()
 
 
@@ -70,7 +85,7 @@ def test_broken_cluster_yaml_fails_ray_validation(break_it):
     config = _cluster_file()
     break_it(config)
     with pytest.raises((jsonschema.ValidationError, ValueError)):
-        _validate(config)
+        ray_checked(config)
 
 
 # --- storage helpers and GPU placement (no Ray started) --------------------------------

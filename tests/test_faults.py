@@ -292,7 +292,7 @@ def test_local_ray_dashboard_listens_on_localhost(tmp_path):
         "import os, ray\n"
         "from zray.runtime import init_ray\n"
         "init_ray()\n"
-        "print('URL', ray._private.worker.global_worker.node.address_info['webui_url'])\n"
+        "print('URL', ray.init(ignore_reinit_error=True).dashboard_url)  # the running Ray's context\n"
         "@ray.remote(num_cpus=0)\n"
         "class Probe:\n"
         "    def look(self):\n"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -224,18 +226,29 @@ def test_a_script_that_fails_bash_n_is_not_written(tmp_path, monkeypatch):
                              "it with the command line)")
 
 
-def test_without_bash_the_syntax_check_is_skipped(monkeypatch):
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+def test_without_bash_the_syntax_check_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no bash on the PATH
+    assert shutil.which("bash") is None
     slurm.check_syntax("if then\n")  # no bash to ask: nothing raised
 
 
-def test_a_failed_write_leaves_neither_script_nor_temporary_file(tmp_path, monkeypatch):
-    def fail(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("os.replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        slurm.write(tmp_path / "job.sbatch", "#!/bin/bash\necho hi\n")
+def test_a_failed_write_leaves_neither_script_nor_temporary_file(tmp_path):
+    """A real failed write: the file-size limit of the writing process (RLIMIT_FSIZE,
+    in a process of its own) is below the script's size, so the write fails with
+    EFBIG ("File too large"), as on a full disk."""
+    code = textwrap.dedent(f"""
+        import resource, signal
+        from pathlib import Path
+        from zray import slurm
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG as an OSError, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+        try:
+            slurm.write(Path({str(tmp_path / "job.sbatch")!r}), "#!/bin/bash\\n" + "echo hi\\n" * 100)
+        except OSError as e:
+            print("FAILED", e.strerror)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "FAILED File too large", done.stdout + done.stderr[-2000:]
     assert _tree(tmp_path) == set()
 
 
