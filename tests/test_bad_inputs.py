@@ -273,6 +273,9 @@ CASES = {
                       ["status", str(t / "exp")])[2],
         "search_space.json: unreadable (Unterminated string"),
     "inspect-missing-folder": (lambda t, d: ["inspect", str(t / "nowhere")], "nowhere: no such dataset directory"),
+    "inspect-a-catalogue-file": (
+        lambda t, d: ((t / "cat.csv").write_text("ra,dec,z\n1,2,0.1\n"), ["inspect", str(t / "cat.csv")])[1],
+        "cat.csv: a file, not a dataset directory; expected a folder written by `zray simulate` or `zray prepare`"),
     "inspect-manifest-not-json": (
         lambda t, d: ((dataset(t, d) / "manifest.json").write_text("{not json"), ["inspect", str(t / "data")])[1],
         "manifest.json: not readable JSON"),

@@ -177,6 +177,9 @@ def read_manifest(root) -> Manifest:
     """Read and check ``root/manifest.json``; errors name the field at fault."""
     root = Path(root)
     path = root / MANIFEST_NAME
+    if root.exists() and not root.is_dir():
+        raise ZrayError(f"{root}: a file, not a dataset directory; expected a folder written by "
+                        "`zray simulate` or `zray prepare`")
     if not root.is_dir():
         raise ZrayError(f"{root}: no such dataset directory")
     if not path.is_file():
