@@ -106,6 +106,8 @@ def test_seed_ensemble_trains_the_best_configuration_again(exported):
     values = [m["val_sigma_mad"] for m in sel["members"]]
     assert sel["best_member"] == int(np.argmin(values))
     assert sel["ratio"] == pytest.approx(sel["ensemble"]["val_sigma_mad"] / min(values))
+    lo, hi = sel["ratio_interval"]  # the ratio's spread over resamples of the validation galaxies
+    assert 0 < lo <= hi and f"{lo:.3f}x-{hi:.3f}x in 95% of resamples of the {sel['n']:,} validation" in sel["reason"]
     # --keep-ensemble: shipped whatever the check said, and the reason says which.
     assert sel["shipped"] == "ensemble"
     beats = sel["ensemble"]["val_sigma_mad"] < min(values)
@@ -145,6 +147,33 @@ def test_decide_ships_the_ensemble_only_when_it_beats_every_member():
     assert lost["shipped"] == "best member" and "shipping member m1 alone" in lost["reason"]
     kept = decide({"val_sigma_mad": 0.019}, members, "val_sigma_mad", "min", keep_ensemble=True)
     assert kept["shipped"] == "ensemble" and "--keep-ensemble" in kept["reason"]
+
+
+def test_ratio_interval_is_the_spread_of_the_ensembles_ratio_over_resampled_galaxies():
+    from zray.ensemble import decide, ratio_interval
+
+    rng = np.random.default_rng(1)
+    member = {"dz": rng.normal(0.0, 0.02, 3000), "crps": rng.uniform(0.01, 0.02, 3000)}
+    # The same galaxies drawn for both: an ensemble exactly half as wrong is 0.5x in every resample.
+    assert ratio_interval({"dz": member["dz"] / 2}, member, "val_sigma_mad") == pytest.approx((0.5, 0.5))
+    assert ratio_interval(member, member, "val_crps") == pytest.approx((1.0, 1.0))
+    # Networks as good as each other, errors partly shared: the ratio is 1 within a few percent.
+    shared = rng.normal(0.0, 0.02, 3000)
+    twin = {"dz": shared + rng.normal(0.0, 0.005, 3000)}
+    lo, hi = ratio_interval(twin, {"dz": shared + rng.normal(0.0, 0.005, 3000)}, "val_sigma_mad")
+    assert lo < 1.0 < hi and 0.01 < hi - lo < 0.2
+    # 10% less scatter on 3,000 galaxies is beyond that noise.
+    lo, hi = ratio_interval({"dz": shared * 0.9 + rng.normal(0.0, 0.001, 3000)}, twin, "val_sigma_mad")
+    assert hi < 1.0
+    # No outliers among the member's galaxies: a ratio to 0 means nothing.
+    assert ratio_interval({"dz": member["dz"]}, {"dz": np.zeros(3000)}, "val_outlier_fraction") is None
+    said = decide({"val_sigma_mad": 0.0201}, [{"val_sigma_mad": 0.0200}], "val_sigma_mad", "min",
+                  interval=(0.98, 1.03), n=3258)
+    assert "(1.005x; 0.980x-1.030x in 95% of resamples of the 3,258 validation galaxies: within the noise)" \
+        in said["reason"] and said["ratio_interval"] == [0.98, 1.03]
+    said = decide({"val_sigma_mad": 0.018}, [{"val_sigma_mad": 0.020}], "val_sigma_mad", "min",
+                  interval=(0.85, 0.95), n=3258)
+    assert said["reason"].endswith("galaxies: beyond the noise)") and said["shipped"] == "ensemble"
 
 
 def test_a_bundle_inside_the_ensembles_training_folder_is_refused(exported):

@@ -165,3 +165,17 @@ def test_random_draws_follow_the_pdf_and_do_not_depend_on_batching():
                             for part in np.array_split(ids[::-1], 7) for k in [len(part)]])
     assert np.array_equal(again, draws[::-1])
     assert not np.allclose(metrics.random_draws(np.tile(pdf, (n, 1)), fine, ids, seed=1), draws)
+
+
+def test_every_ranking_metric_follows_from_its_per_galaxy_figures():
+    """What the ensemble's resampling reads (row_figures, FROM_ROW_FIGURES) gives, on all the
+    galaxies, exactly the validation figures training reports."""
+    bins = RedshiftBins(0.0, 0.4, 40)
+    rng = np.random.default_rng(3)
+    pdf = rng.gamma(0.5, size=(300, 40))
+    z = rng.uniform(0.0, 0.4, 300)
+    figures, reported = metrics.row_figures(pdf, bins, z), metrics.validation_metrics(pdf, bins, z)
+    assert set(metrics.FROM_ROW_FIGURES) == set(metrics.VALIDATION_METRICS)
+    for metric, (key, of) in metrics.FROM_ROW_FIGURES.items():
+        assert len(figures[key]) == 300
+        assert of(figures[key]) == pytest.approx(reported[metric], rel=1e-12), metric

@@ -16,13 +16,16 @@ renormalised to sum to 1; ``dz = (z_phot - z_spec) / (1 + z_spec)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from zray.bins import RedshiftBins
 
-__all__ = ["ODDS_WINDOW", "POINT_ESTIMATES", "REPORTED_METRICS", "VALIDATION_METRICS", "bias_mean", "bias_median",
-           "cdf", "crps", "crps_values", "direction", "dz", "outlier_fraction", "pit", "pit_ks", "point_estimates",
-           "probability_within", "quantile", "rail_outlier_rate", "random_draws", "sigma_iqr", "sigma_mad", "summary",
+__all__ = ["FROM_ROW_FIGURES", "ODDS_WINDOW", "POINT_ESTIMATES", "REPORTED_METRICS", "VALIDATION_METRICS",
+           "bias_mean", "bias_median", "cdf", "crps", "crps_values", "direction", "dz", "log_loss_values",
+           "outlier_fraction", "pit", "pit_ks", "point_estimates", "probability_within", "quantile",
+           "rail_outlier_rate", "random_draws", "row_figures", "sigma_iqr", "sigma_mad", "summary",
            "validation_metrics"]
 
 #: Central 68.27% interval (Gaussian 1 sigma) for ``lo68``/``hi68``.
@@ -250,14 +253,39 @@ def summary(pdf, bins: RedshiftBins, z_spec, point: str = "median") -> dict[str,
     }
 
 
+def log_loss_values(pdf, bins: RedshiftBins, z_spec) -> np.ndarray:
+    """Per-galaxy -log of the probability in z_spec's bin (training's loss, one-hot targets)."""
+    z = np.asarray(z_spec, dtype=np.float64).reshape(-1)
+    p_true = _rows(pdf, bins)[np.arange(len(z)), bins.index(z)]
+    return -np.log(np.clip(p_true, 1e-7, 1.0))
+
+
+def row_figures(pdf, bins: RedshiftBins, z_spec) -> dict[str, np.ndarray]:
+    """Per-galaxy figures behind the ranking metrics (:data:`FROM_ROW_FIGURES`): the dz of
+    the median, the CRPS and the log loss, for recomputing a metric on resampled galaxies."""
+    pdf = np.asarray(pdf, dtype=np.float64)
+    z = np.asarray(z_spec, dtype=np.float64).reshape(-1)
+    return {"dz": dz(point_estimates(pdf, bins)["median"], z), "crps": crps_values(pdf, bins, z),
+            "log_loss": log_loss_values(pdf, bins, z)}
+
+
+#: Each ranking metric of :data:`VALIDATION_METRICS` as a function of :func:`row_figures`'
+#: per-galaxy figures, and the one figure it reads.
+FROM_ROW_FIGURES: dict[str, tuple[str, Callable[[np.ndarray], float]]] = {
+    "val_sigma_mad": ("dz", sigma_mad),
+    "val_outlier_fraction": ("dz", outlier_fraction),
+    "val_crps": ("crps", lambda v: float(np.mean(v))),
+    "val_loss": ("log_loss", lambda v: float(np.mean(v))),
+}
+
+
 def validation_metrics(pdf, bins: RedshiftBins, z_spec) -> dict[str, float]:
     """The ``val_*`` figures of :data:`REPORTED_METRICS` (plus ``val_rows``) for PDFs on the validation split."""
     pdf = np.asarray(pdf, dtype=np.float64)
     z = np.asarray(z_spec, dtype=np.float64)
-    p_true = _rows(pdf, bins)[np.arange(len(z)), bins.index(z)]
     s = summary(pdf, bins, z)
     return {
-        "val_loss": float(-np.mean(np.log(np.clip(p_true, 1e-7, 1.0)))),
+        "val_loss": float(np.mean(log_loss_values(pdf, bins, z))),
         "val_sigma_mad": s["sigma_mad"],
         "val_bias": s["bias_mean"],
         "val_bias_median": s["bias_median"],
