@@ -112,6 +112,19 @@ def test_print_table_ends_with_the_comparison(bench, capsys):
     assert last == "best baseline: kNN sigma_MAD 0.0200; zray cnn_phot best trial: 0.85x its sigma_MAD"
 
 
+def test_print_table_gives_the_ensembles_ratio_to_its_best_member_with_its_range(bench, capsys):
+    row = {"name": "zray cnn_phot ensemble of 3 seeds", "kind": "zray", "sigma_mad": 0.0145, "bias": 0.0,
+           "outlier_fraction": 0.01, "crps": 0.009, "pit_ks": 0.03, "train_s": 60.0,
+           "members_sigma_mad": [0.01463, 0.01472, 0.01444], "ensemble_uncalibrated_sigma_mad": 0.01437,
+           "ratio_to_best_member": 0.01437 / 0.01444, "ratio_interval": (0.981, 1.009),
+           "val_ratio_to_best_member": 1.007}
+    bench.print_table([row], 3110)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "zray cnn_phot ensemble of 3 seeds: its members' sigma_MAD on the test rows 0.01463, 0.01472, 0.01444; "
+        "their mean PDF 0.01437 = 0.995x the best member (0.981x-1.009x in 95% of resamples of the test "
+        "galaxies; on the validation split: 1.007x)")
+
+
 def test_missing_packages_exit_with_one_sentence(bench):
     bench.require_bench_packages()  # installed here
     with pytest.raises(SystemExit) as exit_info:
