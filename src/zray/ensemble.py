@@ -35,7 +35,7 @@ import numpy as np
 from zray.console import LOG
 from zray.errors import ZrayError
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "ENSEMBLE_DIR", "MEMBER_RULES", "choose", "decide", "ratio_interval",
+__all__ = ["BOOTSTRAP_RESAMPLES", "ENSEMBLE_DIR", "MEMBER_RULES", "best_member", "choose", "decide", "ratio_interval",
            "replace_seed", "seed_members"]
 
 # Where the seed members of a search's ensembles are trained, inside the search's folder.
@@ -114,6 +114,12 @@ def _trained(folder: Path, epochs: int) -> bool:
     return bool(found) and max(int(read_state(c).get("epoch", -1)) for c in found) + 1 >= epochs
 
 
+def best_member(members: list[dict[str, float]], metric: str, mode: str) -> int:
+    """Index of the member whose ``metric`` is best (``mode``: ``min`` or ``max``)."""
+    sign = 1.0 if mode == "min" else -1.0
+    return int(np.argmin([sign * float(m[metric]) for m in members]))
+
+
 def decide(ensemble: dict[str, float], members: list[dict[str, float]], metric: str, mode: str,
            keep_ensemble: bool = False, interval: tuple[float, float] | None = None,
            n: int | None = None) -> dict[str, Any]:
@@ -127,9 +133,8 @@ def decide(ensemble: dict[str, float], members: list[dict[str, float]], metric: 
     member, "ratio_interval": interval, "reason": sentence}``.
     """
     sign = 1.0 if mode == "min" else -1.0
-    values = [float(m[metric]) for m in members]
-    best = int(np.argmin([sign * v for v in values]))
-    ens, top = float(ensemble[metric]), values[best]
+    best = best_member(members, metric, mode)
+    ens, top = float(ensemble[metric]), float(members[best][metric])
     ratio = ens / top if top else float("inf")
     beats = sign * ens < sign * top
     verb = "beats" if beats else "does not beat"
@@ -137,8 +142,8 @@ def decide(ensemble: dict[str, float], members: list[dict[str, float]], metric: 
     if interval is not None:
         lo, hi = interval
         noise = "within the noise" if lo <= 1.0 <= hi else "beyond the noise"
-        figure += (f"; {lo:.3f}x-{hi:.3f}x in 95% of resamples of the {n:,} validation galaxies: "
-                   f"{noise}")
+        galaxies = f"the {n:,} validation galaxies" if n else "the validation galaxies"
+        figure += f"; {lo:.3f}x-{hi:.3f}x in 95% of resamples of {galaxies}: {noise}"
     reason = f"the ensemble's {metric} {ens:.5f} {verb} its best member's {top:.5f} ({figure})"
     shipped = "ensemble" if beats or keep_ensemble else "best member"
     if not beats:
@@ -204,8 +209,7 @@ def choose(bundle_dir: Path, info: dict, val: dict | None, source: str, metric: 
     mean_pdf = np.mean(pdfs, axis=0)
     members = [validation_metrics(p, bins, z) for p in pdfs]
     ensemble = validation_metrics(mean_pdf, bins, z)
-    sign = 1.0 if mode == "min" else -1.0
-    best = int(np.argmin([sign * m[metric] for m in members]))
+    best = best_member(members, metric, mode)
     interval = ratio_interval(row_figures(mean_pdf, bins, z), row_figures(pdfs[best], bins, z), metric)
     record = decide(ensemble, members, metric, mode, keep_ensemble, interval=interval, n=len(z))
     return {**record, "metric": metric, "n": int(len(z)), "fitted_on": source,
