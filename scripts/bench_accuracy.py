@@ -375,7 +375,7 @@ def members_on_test(run_dir: Path, out: Path, k: int, test: dict, bins) -> dict:
     the test rows: what the ensemble gains over its best member on galaxies it never saw."""
     from zray import metrics
     from zray.bundle import load
-    from zray.ensemble import ratio_interval
+    from zray.ensemble import ratio_interval, shared_errors
     from zray.export import export
 
     export(run_dir, out, top_k=k, overwrite=True, keep_ensemble=True, calibrate=False)  # members reused
@@ -388,7 +388,8 @@ def members_on_test(run_dir: Path, out: Path, k: int, test: dict, bins) -> dict:
     best = int(np.argmin(members))
     return {"members_sigma_mad": members, "ensemble_uncalibrated_sigma_mad": ensemble,
             "ratio_to_best_member": ensemble / members[best],
-            "ratio_interval": ratio_interval(figures[-1], figures[best], "val_sigma_mad")}
+            "ratio_interval": ratio_interval(figures[-1], figures[best], "val_sigma_mad"),
+            "shared": shared_errors([f["dz"] for f in figures[:-1]])}
 
 
 def print_table(rows: list[dict], n_test: int) -> None:
@@ -400,6 +401,8 @@ def print_table(rows: list[dict], n_test: int) -> None:
                  _cell(r, "crps", "7.4f").rjust(7), _cell(r, "pit_ks", "7.3f").rjust(7),
                  _cell(r, "train_s", "8.0f").rjust(8)]
         print(f"{r['name']:<{width}}  " + " ".join(cells))
+    from zray.ensemble import shared_sentence
+
     line = compare_to_best_baseline(rows)
     if line:
         print(line)
@@ -410,6 +413,8 @@ def print_table(rows: list[dict], n_test: int) -> None:
                   f"{r['ensemble_uncalibrated_sigma_mad']:.5f} = {r['ratio_to_best_member']:.3f}x the best member "
                   f"({_interval(r['ratio_interval'])} in 95% of resamples of the test galaxies; on the validation "
                   f"split: {r['val_ratio_to_best_member'] or float('nan'):.3f}x)")
+            if r.get("shared"):
+                print(f"  {shared_sentence(r['shared'], len(r['members_sigma_mad']), 'test')}")
 
 
 def _interval(bounds) -> str:
@@ -497,7 +502,7 @@ def main() -> None:
         tmp = args.out.with_name(args.out.name + ".tmp")
         compare_to_best_baseline(rows)
         zray_keys = ("best_baseline", "ratio_to_best_baseline", "members_sigma_mad", "ratio_to_best_member",
-                     "val_ratio_to_best_member")
+                     "val_ratio_to_best_member", "shared")
         tmp.write_text(json.dumps([{k: r.get(k) for k in ("name", "kind", *COLUMNS,
                                                           *(zray_keys if r["kind"] == "zray" else ()))}
                                    for r in rows], indent=1) + "\n")

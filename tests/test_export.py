@@ -113,6 +113,12 @@ def test_seed_ensemble_trains_the_best_configuration_again(exported):
     beats = sel["ensemble"]["val_sigma_mad"] < min(values)
     assert ("does not beat" not in sel["reason"]) == beats
     assert "ensemble members: the best trial's configuration trained with different seeds" in exported["ens_output"]
+    # How alike the two members' errors are, and what averaging them can gain for it.
+    shared = sel["shared"]
+    assert -1.0 <= shared["correlation"] <= 1.0 and 0 < shared["rows"] <= sel["n"]
+    assert shared["expected_ratio"] == pytest.approx(np.sqrt(shared["correlation"] + (1 - shared["correlation"]) / 2))
+    assert f"the members' errors correlate at {shared['correlation']:.2f} on {shared['rows']:,} validation" \
+        in exported["ens_output"]
 
 
 def test_an_ensemble_that_does_not_beat_its_best_member_ships_that_member(exported):
@@ -174,6 +180,33 @@ def test_ratio_interval_is_the_spread_of_the_ensembles_ratio_over_resampled_gala
     said = decide({"val_sigma_mad": 0.018}, [{"val_sigma_mad": 0.020}], "val_sigma_mad", "min",
                   interval=(0.85, 0.95), n=3258)
     assert said["reason"].endswith("galaxies: beyond the noise)") and said["shipped"] == "ensemble"
+
+
+def test_shared_errors_say_what_averaging_the_members_can_gain():
+    from zray.ensemble import shared_errors
+    from zray.metrics import sigma_mad
+
+    rng = np.random.default_rng(2)
+    # Three members erring by the same noise (sigma 0.008) plus their own (0.004): correlation
+    # 0.8, and their mean's scatter sqrt(0.8 + 0.2 / 3) = 0.931x a member's.
+    common = rng.normal(0.0, 0.008, 20000)
+    dz = [common + rng.normal(0.0, 0.004, 20000) for _ in range(3)]
+    got = shared_errors(dz)
+    assert got["correlation"] == pytest.approx(0.8, abs=0.01) and got["rows"] == 20000
+    assert got["expected_ratio"] == pytest.approx(np.sqrt(0.8 + 0.2 / 3), abs=0.005)
+    assert got["expected_ratio"] == pytest.approx(sigma_mad(np.mean(dz, axis=0)) / sigma_mad(dz[0]), abs=0.02)
+    # A few catastrophic outliers do not move it: they are left out.
+    wild = [d.copy() for d in dz]
+    wild[0][:50] = 0.5
+    assert shared_errors(wild)["correlation"] == pytest.approx(got["correlation"], abs=0.005)
+    assert shared_errors(wild)["rows"] == 20000 - 50
+    # Independent members: the full 1/sqrt(K); identical ones: nothing to gain.
+    alone = shared_errors([rng.normal(0.0, 0.01, 20000) for _ in range(4)])
+    assert alone["expected_ratio"] == pytest.approx(0.5, abs=0.02)
+    assert shared_errors([dz[0], dz[0]])["expected_ratio"] == pytest.approx(1.0)
+    # Nothing to say for one member, or errors that do not vary.
+    assert shared_errors(dz[:1]) is None
+    assert shared_errors([np.zeros(100), dz[0][:100]]) is None
 
 
 def test_a_bundle_inside_the_ensembles_training_folder_is_refused(exported):

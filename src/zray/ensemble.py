@@ -22,7 +22,10 @@ beat its best member there, the best member is shipped alone (unless told to
 keep the ensemble) and the bundle says why, with the range the ratio
 ensemble / best member takes over resamples of the validation galaxies
 (:func:`ratio_interval`): whether the verdict is beyond the noise of that
-split. Everything measured is recorded in ``bundle.json`` under ``selection``.
+split. How much the members' errors have in common (:func:`shared_errors`)
+says what averaging them could gain at all: networks that all err by the
+photometric noise of the same galaxies have little left to average out.
+Everything measured is recorded in ``bundle.json`` under ``selection``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from zray.console import LOG
 from zray.errors import ZrayError
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "ENSEMBLE_DIR", "MEMBER_RULES", "best_member", "choose", "decide", "ratio_interval",
-           "replace_seed", "seed_members"]
+           "replace_seed", "seed_members", "shared_errors", "shared_sentence"]
 
 # Where the seed members of a search's ensembles are trained, inside the search's folder.
 ENSEMBLE_DIR = "ensemble"
@@ -186,6 +189,38 @@ def ratio_interval(ensemble_rows: dict[str, np.ndarray], member_rows: dict[str, 
     return float(lo), float(hi)
 
 
+def shared_errors(member_dz: list[np.ndarray], threshold: float = 0.05) -> dict[str, Any] | None:
+    """How alike the members' errors are, and what an average of them can gain for it.
+
+    ``member_dz``: each member's dz on the same galaxies. ``correlation``: the mean over pairs
+    of members of the Pearson correlation of their dz, on the galaxies that no member puts
+    beyond ``threshold`` (a few outliers would dominate a Pearson correlation); ``rows``: how
+    many galaxies that is. ``expected_ratio``: ``sqrt(rho + (1 - rho) / K)``, the scatter of
+    the mean of K members of equal scatter so correlated, over one member's: about the most
+    the ensemble gains over its best member (less when the members differ in skill). None
+    with fewer than two members or fewer than three such galaxies, or where a member's
+    errors do not vary.
+    """
+    dz = np.asarray(member_dz, dtype=np.float64)
+    if dz.ndim != 2 or len(dz) < 2:
+        return None
+    inliers = np.all(np.abs(dz) <= threshold, axis=0)
+    kept = dz[:, inliers]
+    if kept.shape[1] < 3 or np.any(np.std(kept, axis=1) == 0):
+        return None
+    k = len(dz)
+    rho = float(np.mean(np.corrcoef(kept)[np.triu_indices(k, 1)]))
+    return {"correlation": rho, "rows": int(kept.shape[1]),
+            "expected_ratio": float(np.sqrt(max(rho + (1.0 - rho) / k, 0.0)))}
+
+
+def shared_sentence(shared: dict[str, Any], k: int, split: str = "validation") -> str:
+    """:func:`shared_errors`' figures in words, for ``k`` members scored on the ``split`` galaxies."""
+    return (f"the members' errors correlate at {shared['correlation']:.2f} on {shared['rows']:,} {split} galaxies "
+            f"(outliers aside): an average of {k} members so alike narrows the scatter to about "
+            f"{shared['expected_ratio']:.3f}x a member's at best")
+
+
 def choose(bundle_dir: Path, info: dict, val: dict | None, source: str, metric: str, mode: str,
            keep_ensemble: bool = False) -> dict[str, Any]:
     """Score the members of the (not yet calibrated) bundle at ``bundle_dir`` and their mean
@@ -210,7 +245,8 @@ def choose(bundle_dir: Path, info: dict, val: dict | None, source: str, metric: 
     members = [validation_metrics(p, bins, z) for p in pdfs]
     ensemble = validation_metrics(mean_pdf, bins, z)
     best = best_member(members, metric, mode)
-    interval = ratio_interval(row_figures(mean_pdf, bins, z), row_figures(pdfs[best], bins, z), metric)
+    rows = [row_figures(p, bins, z) for p in pdfs]
+    interval = ratio_interval(row_figures(mean_pdf, bins, z), rows[best], metric)
     record = decide(ensemble, members, metric, mode, keep_ensemble, interval=interval, n=len(z))
     return {**record, "metric": metric, "n": int(len(z)), "fitted_on": source,
-            "ensemble": ensemble, "members": members}
+            "ensemble": ensemble, "members": members, "shared": shared_errors([r["dz"] for r in rows])}
