@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,43 @@ def ray_session():
     )
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# A Ray in a process of its own, started as zray starts one; prints its GCS address and
+# the state API address its processes use, then runs until its stdin closes.
+_OWN_RAY = """
+import os, sys, ray
+from zray.ray_workarounds import STATE_API_ENV, local_ray_options
+ray.init(address="local", num_cpus=int(sys.argv[2]), object_store_memory=1 << 30, _temp_dir=sys.argv[1],
+         include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False,
+         **local_ray_options())
+print(ray.get_runtime_context().gcs_address, os.environ[STATE_API_ENV], flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster_ray():
+    """A Ray that outlives the drivers connected to it, as a cluster's does, for the tests
+    that SIGKILL a driver: the environment for a `zray` process to run on it, and the pid
+    of the process that started it (its workers are that process's descendants).
+
+    Not the session's Ray: a driver killed at the wrong moment can leave one of Ray Train's
+    placement groups behind (registered after Ray cleaned up the dead job), holding CPUs
+    that the tests after it need; this Ray goes away with the module.
+    """
+    from zray.ray_workarounds import STATE_API_ENV
+
+    temp_dir = tempfile.mkdtemp(prefix="zc")  # short: Ray's socket paths have a length limit
+    env = {k: v for k, v in os.environ.items() if k not in (STATE_API_ENV, "RAY_ADDRESS")}
+    proc = subprocess.Popen([sys.executable, "-c", _OWN_RAY, temp_dir, str(os.cpu_count() or 2)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    gcs, state_api = proc.stdout.readline().split()
+    yield {"env": {**env, "RAY_ADDRESS": gcs, STATE_API_ENV: state_api}, "pid": proc.pid}
+    proc.stdin.close()
+    proc.wait(timeout=120)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -244,13 +244,13 @@ EPOCHS = 6
 
 
 @pytest.fixture(scope="module")
-def chaos_run(ray_session, sim_data, tmp_path_factory):
+def chaos_run(cluster_ray, sim_data, tmp_path_factory):
     chaos = _chaos()
     tmp = tmp_path_factory.mktemp("chaos")
     # 6 epochs: after the first driver kill (right after a checkpoint, once a worker was killed and
     # restarted), the resumed launch still has checkpoints before its last epoch for the second kill.
     space = chaos.make_space(tmp, sim_data, trials=2, epochs=EPOCHS)
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env = cluster_ray["env"]
     # Each driver kill right after a checkpoint of that launch (the trial must
     # continue from there; a kill at a random time could come after a launch of
     # these fast trials had finished, or before its first restore). A Ray Train
@@ -258,7 +258,7 @@ def chaos_run(ray_session, sim_data, tmp_path_factory):
     # one killed at a random time could land in Ray Train's start of the worker
     # group, where it ends the run instead of restarting it.
     faults = chaos.run_chaos(
-        space, tmp / "runs", env=env, root_pid=os.getpid(), driver_kills=2, worker_kills=1,
+        space, tmp / "runs", env=env, root_pid=cluster_ray["pid"], driver_kills=2, worker_kills=1,
         seed=3, kill_window=(4.0, 40.0), kill_modes=("checkpoint", "checkpoint"), worker_kill_mode="checkpoint",
         log_dir=tmp / "logs",
     )

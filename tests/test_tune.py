@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -83,10 +82,6 @@ def test_scheduler_choice(tmp_path):
 
 
 
-def _env(ray_session) -> dict:
-    return {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-
-
 def _results(experiment: Path) -> list[dict]:
     with (experiment / search.RESULTS_FILE).open() as handle:
         return list(csv.DictReader(handle))
@@ -101,8 +96,9 @@ def _epochs_done(experiment: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(ray_session, sim_data, tmp_path_factory):
-    """A 3-trial search whose driver is SIGKILLed once a trial has finished, then resumed."""
+def killed_and_resumed(cluster_ray, sim_data, tmp_path_factory):
+    """A 3-trial search whose driver is SIGKILLed once a trial has finished, then resumed,
+    on a Ray that outlives its drivers (as a cluster's)."""
     tmp = tmp_path_factory.mktemp("tune")
     path = write_space(
         tmp,
@@ -119,7 +115,7 @@ def killed_and_resumed(ray_session, sim_data, tmp_path_factory):
     log = (tmp / "first.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "zray", "tune", str(path), "--runs", str(runs)],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(ray_session),
+        stdout=log, stderr=subprocess.STDOUT, env=cluster_ray["env"],
     )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -135,7 +131,7 @@ def killed_and_resumed(ray_session, sim_data, tmp_path_factory):
 
     resumed = subprocess.run(
         [sys.executable, "-m", "zray", "tune", str(path), "--runs", str(runs), "--resume"],
-        capture_output=True, text=True, timeout=600, env=_env(ray_session),
+        capture_output=True, text=True, timeout=600, env=cluster_ray["env"],
     )
     return {"experiment": experiment, "before": before, "resumed": resumed, "path": path}
 
