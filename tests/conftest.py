@@ -70,7 +70,11 @@ def cluster_ray():
     env = {k: v for k, v in os.environ.items() if k not in (STATE_API_ENV, "RAY_ADDRESS")}
     proc = subprocess.Popen([sys.executable, "-c", _OWN_RAY, temp_dir, str(os.cpu_count() or 2)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    gcs, state_api = proc.stdout.readline().split()
+    line = proc.stdout.readline().split()
+    if len(line) != 2:
+        proc.kill()
+        pytest.fail(f"the module's own Ray did not start (exit {proc.wait()}); its output: {line}")
+    gcs, state_api = line
     yield {"env": {**env, "RAY_ADDRESS": gcs, STATE_API_ENV: state_api}, "pid": proc.pid}
     proc.stdin.close()
     proc.wait(timeout=120)
