@@ -393,6 +393,8 @@ def members_on_test(run_dir: Path, out: Path, k: int, test: dict, bins) -> dict:
 
 
 def print_table(rows: list[dict], n_test: int) -> None:
+    from zray.ensemble import shared_sentence
+
     print(f"\non {n_test} test galaxies (dz = (z_phot - z_spec) / (1 + z_spec); z_phot = PDF median):")
     width = max(len(r["name"]) for r in rows)
     print(f"{'':<{width}}  sigma_MAD      bias  outliers    CRPS  PIT_KS  train_s")
@@ -401,8 +403,6 @@ def print_table(rows: list[dict], n_test: int) -> None:
                  _cell(r, "crps", "7.4f").rjust(7), _cell(r, "pit_ks", "7.3f").rjust(7),
                  _cell(r, "train_s", "8.0f").rjust(8)]
         print(f"{r['name']:<{width}}  " + " ".join(cells))
-    from zray.ensemble import shared_sentence
-
     line = compare_to_best_baseline(rows)
     if line:
         print(line)
