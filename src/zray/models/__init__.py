@@ -24,6 +24,7 @@ from zray.models._registry import (
     describe,
     model_hyperparameters,
     model_type,
+    recorded_hyperparameters,
     register,
     resolve_hyperparameters,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "model_hyperparameters",
     "model_type",
     "read_info",
+    "recorded_hyperparameters",
     "register",
     "resolve_hyperparameters",
     "save_model",

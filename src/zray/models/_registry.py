@@ -65,17 +65,23 @@ class ModelType:
     build: Builder
     hyperparameters: Mapping[str, Any]
     description: str
+    # Hyperparameters added after models of this type were first saved, each with
+    # the value that rebuilds those older models as they were trained.
+    introduced: Mapping[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelType] = {}
 
 
-def register(name: str, hyperparameters: Mapping[str, Any], description: str = ""):
+def register(name: str, hyperparameters: Mapping[str, Any], description: str = "",
+             introduced: Mapping[str, Any] | None = None):
     """Decorator registering ``build(hp, spec) -> keras.Model`` under ``name``.
 
     Defaults must be plain ``int``/``float``/``bool``/``str`` values: their
     types are how :func:`resolve_hyperparameters` checks what a search or a
-    YAML file passes in.
+    YAML file passes in. ``introduced`` names hyperparameters added after
+    models of this type were first saved, with the value that reproduces
+    those models (see :func:`recorded_hyperparameters`).
     """
 
     def decorator(build: Builder) -> Builder:
@@ -89,6 +95,7 @@ def register(name: str, hyperparameters: Mapping[str, Any], description: str = "
             build=build,
             hyperparameters=MappingProxyType(dict(hyperparameters)),
             description=description or (build.__doc__ or "").strip().split("\n")[0],
+            introduced=MappingProxyType(dict(introduced or {})),
         )
         return build
 
@@ -136,6 +143,21 @@ def resolve_hyperparameters(name: str, hp: Mapping[str, Any] | None) -> dict[str
             )
         resolved[key] = _coerce(name, key, value, defaults[key])
     return resolved
+
+
+def recorded_hyperparameters(name: str, hp: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`resolve_hyperparameters` for hyperparameters zray recorded when it
+    trained or saved a model (``model.json``, a checkpoint's job).
+
+    zray records every hyperparameter of a model it trains, so one missing from
+    such a record was added to the model type later: it takes the value that
+    rebuilds the older model as trained (the registration's ``introduced``),
+    not today's default, whose weights would not fit it.
+    """
+    recorded = dict(hp or {})
+    for key, before in model_type(name).introduced.items():
+        recorded.setdefault(key, before)
+    return resolve_hyperparameters(name, recorded)
 
 
 def _coerce(model: str, key: str, value: Any, default: Any) -> Any:

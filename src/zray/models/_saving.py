@@ -24,6 +24,7 @@ from zray.models._registry import (
     ModelSpec,
     build_model,
     count_parameters,
+    recorded_hyperparameters,
     resolve_hyperparameters,
 )
 
@@ -92,7 +93,7 @@ def read_info(path) -> ModelInfo:
     try:
         spec = ModelSpec.from_dict(data["spec"])
         name, hp = data["model"], dict(data["hyperparameters"])
-        hp = resolve_hyperparameters(name, hp)
+        hp = recorded_hyperparameters(name, hp)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ZrayError(
             f"{file}: missing or malformed field {exc}; expected model, hyperparameters and spec"

@@ -10,6 +10,10 @@ predictor), in one aperture or, with ``apertures: 2`` or ``3``, also in
 half and twice that radius (colour gradients and concentration). A small
 dense branch on these joins the convolutional features before the PDF head
 (as in GaZNet, Li et al. 2022, which fed a network both images and photometry).
+The branch sees each colour centred and divided by its spread in the SDSS
+Main Galaxy Sample (``scaled_colours``): r-i and i-z, which carry much of the
+redshift, spread over a tenth of a magnitude, and unscaled a dense layer
+learns from them several times more slowly.
 
 Because the measurement is a layer of the model, training, ``zray predict``
 and ``zray evaluate`` compute it identically, for simulated and for ``zray
@@ -32,6 +36,10 @@ from zray.photometry import SOFTENING, aperture_mask
 
 # r magnitudes of the Main Galaxy Sample span about 14-17.8: centred and scaled to ~unit range.
 R_CENTRE, R_SCALE = 17.0, 2.0
+# Centre and spread of the colours u-g, g-r, r-i, i-z in the Main Galaxy Sample
+# (0 < z < 0.4): what ``scaled_colours`` subtracts and divides by.
+COLOUR_CENTRE = (1.3, 0.7, 0.35, 0.25)
+COLOUR_SCALE = (0.4, 0.3, 0.1, 0.07)
 
 
 # Aperture radii as multiples of the standard 3 arcsec: the first is the kNN
@@ -60,8 +68,17 @@ def photometry_features(image, ebv, apertures: int = 1):
     return tf.concat(features, axis=1)
 
 
-def aperture_photometry(apertures: int = 1, name: str = "aperture_photometry"):
-    """A weightless layer: inputs [image, ebv] -> :func:`photometry_features`.
+def scale_colours(features, apertures: int = 1):
+    """:func:`photometry_features` with every colour centred and divided by its
+    spread (``COLOUR_CENTRE``, ``COLOUR_SCALE``); the r term is already scaled."""
+    centre = np.tile(np.array([*COLOUR_CENTRE, 0.0], np.float32), apertures)
+    scale = np.tile(np.array([*COLOUR_SCALE, 1.0], np.float32), apertures)
+    return (features - centre) / scale
+
+
+def aperture_photometry(apertures: int = 1, scaled: bool = True, name: str = "aperture_photometry"):
+    """A weightless layer: inputs [image, ebv] -> :func:`photometry_features`
+    (through :func:`scale_colours` when ``scaled``).
 
     The class is made on first use so that importing the registry does not
     import TensorFlow.
@@ -70,17 +87,19 @@ def aperture_photometry(apertures: int = 1, name: str = "aperture_photometry"):
     if _LAYER_CLASS is None:
 
         class AperturePhotometry(keras().layers.Layer):
-            def __init__(self, apertures: int = 1, **kwargs):
+            def __init__(self, apertures: int = 1, scaled: bool = True, **kwargs):
                 super().__init__(**kwargs)
                 self.apertures = apertures
+                self.scaled = scaled
 
             def call(self, inputs):
                 image, ebv = inputs
-                return photometry_features(image, ebv, self.apertures)
+                features = photometry_features(image, ebv, self.apertures)
+                return scale_colours(features, self.apertures) if self.scaled else features
 
         _LAYER_CLASS = AperturePhotometry
     # float32 whatever the global policy: magnitudes under float16 lose a tenth of a magnitude.
-    return _LAYER_CLASS(apertures=apertures, name=name, dtype="float32", trainable=False)
+    return _LAYER_CLASS(apertures=apertures, scaled=scaled, name=name, dtype="float32", trainable=False)
 
 
 _LAYER_CLASS = None
@@ -89,8 +108,10 @@ _LAYER_CLASS = None
 @register(
     "cnn_phot",
     hyperparameters={"filters": 16, "blocks": 2, "dense_units": 128, "dropout": 0.0, "phot_units": 64,
-                     "apertures": 1},
+                     "apertures": 1, "scaled_colours": True},
     description="small CNN plus a dense branch on aperture colours measured from the cutout",
+    # cnn_phot models saved before scaled_colours existed saw the colours unscaled.
+    introduced={"scaled_colours": False},
 )
 def build(hp: dict, spec):
     """Conv blocks on the image; two ``phot_units`` ReLU layers on its photometry; joined."""
@@ -105,7 +126,7 @@ def build(hp: dict, spec):
     layers = keras().layers
     image, ebv = inputs(spec)
     x = conv_blocks(image, hp["filters"], hp["blocks"])
-    p = aperture_photometry(hp["apertures"])([image, ebv])
+    p = aperture_photometry(hp["apertures"], hp["scaled_colours"])([image, ebv])
     for i in (1, 2):
         p = layers.Dense(hp["phot_units"], activation="relu", name=f"phot_fc{i}")(p)
     pdf = pdf_head(x, ebv, spec, hp["dense_units"], n_dense=1, dropout=hp["dropout"], extra=[p])

@@ -28,6 +28,7 @@ from zray.train.job import DIVERGED_FILE, TrainJob, model_hp
 __all__ = [
     "STATE_FILE",
     "WEIGHTS_PREFIX",
+    "check_resumable",
     "checkpoint_complete",
     "complete_checkpoints",
     "read_state",
@@ -113,6 +114,23 @@ def load_checkpoint_model(checkpoint_dir: str | Path):
         raise ZrayError(f"{checkpoint_dir}: weights cannot be read ({first_line(exc)}); expected a whole "
                         "checkpoint written by zray") from None
     return model, state
+
+
+def check_resumable(directory, state: dict[str, Any], job: TrainJob) -> None:
+    """Raise unless the checkpoint whose ``state.json`` is ``state`` can carry
+    ``job`` on: trained on the same data, and of the same model (the weights of
+    another architecture would not fit it, or would fit and mean something else)."""
+    if state["job"]["manifest_hash"] != job.manifest_hash:
+        raise ZrayError(
+            f"{directory}: checkpoint was trained on data {state['job']['manifest_hash'][:12]}, "
+            f"but {job.data_path} is {job.manifest_hash[:12]}; expected the same data to resume"
+        )
+    trained = model_hp(TrainJob(**state["job"]))
+    if state["job"]["model"] != job.model or trained != model_hp(job):
+        raise ZrayError(
+            f"{directory}: checkpoint is of a {state['job']['model']} with {trained}, but this run builds a "
+            f"{job.model} with {model_hp(job)}; expected the same model to resume (start a new search with --name)"
+        )
 
 
 def latest_checkpoint(registered, run_dir: str | None):

@@ -88,10 +88,14 @@ class TrainJob:
 
 def job_for(space, hyperparameters: dict[str, Any], manifest_hash: str, **extra) -> TrainJob:
     """The TrainJob of a search space at the given hyperparameters."""
+    from zray.models import model_hyperparameters
+
     data = space.data
+    # Every architecture hyperparameter is recorded, defaults included: a model
+    # type that gains one later still rebuilds this job's model as trained.
     return TrainJob(
         model=space.model,
-        hyperparameters=dict(hyperparameters),
+        hyperparameters={**model_hyperparameters(space.model), **hyperparameters},
         data_path=str(Path(data.path).resolve()),
         image_size=data.image_size,
         z_min=data.z_min,
@@ -110,11 +114,12 @@ def job_for(space, hyperparameters: dict[str, Any], manifest_hash: str, **extra)
 
 
 def model_hp(job: TrainJob) -> dict[str, Any]:
-    """The hyperparameters of ``job`` that its model type's builder takes."""
-    from zray.models import model_hyperparameters
+    """The hyperparameters of ``job`` that its model type's builder takes, as
+    the job was trained (:func:`zray.models.recorded_hyperparameters`)."""
+    from zray.models import model_hyperparameters, recorded_hyperparameters
 
     names = model_hyperparameters(job.model)
-    return {k: v for k, v in job.hyperparameters.items() if k in names}
+    return recorded_hyperparameters(job.model, {k: v for k, v in job.hyperparameters.items() if k in names})
 
 
 def learning_rate(hp: dict[str, Any], epoch: int) -> float:

@@ -29,11 +29,11 @@ from zray.models import ModelSpec, build_model, keras
 k = keras()  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 import tensorflow as tf  # noqa: E402
 
-from zray.errors import ZrayError  # noqa: E402
 from zray.train import steps  # noqa: E402
 from zray.train.checkpoints import (  # noqa: E402
     STATE_FILE,
     WEIGHTS_PREFIX,
+    check_resumable,
     file_sizes,
     latest_checkpoint,
     read_state,
@@ -163,11 +163,7 @@ def _restore(w: _Worker) -> bool:
         return False
     with restored.as_directory() as directory:
         state = read_state(directory)
-        if state["job"]["manifest_hash"] != job.manifest_hash:
-            raise ZrayError(
-                f"{directory}: checkpoint was trained on data {state['job']['manifest_hash'][:12]}, "
-                f"but {job.data_path} is {job.manifest_hash[:12]}; expected the same data to resume"
-            )
+        check_resumable(directory, state, job)
         w.ckpt.read(os.path.join(directory, WEIGHTS_PREFIX)).assert_existing_objects_matched()
         w.start_epoch = int(state["epoch"]) + 1
         w.history = list(state["history"])
