@@ -119,9 +119,20 @@ def test_summary_shows_both_baselines_and_flags_a_trial_that_learned_nothing(dat
     only_bad = search.format_summary(_summary({"useless": 1.2 * constant}, table))
     assert "NO BETTER THAN THE CONSTANT PREDICTOR" in only_bad
     # Between the two: learned something, but the colour fit is still better, and the user is told what helps.
-    between = search.format_summary(_summary({"middling": 1.1 * knn}, table))
-    assert "1.10x the kNN's -- the colour kNN still does better" in between and "more training galaxies" in between
-    assert "still does better" not in search.format_summary(_summary({"fine": 0.9 * knn}, table))
+    n = table["splits"]["val"]["knn"]["n"]
+    noise = baselines.sigma_mad_noise(n)
+    assert noise == pytest.approx(1.17 / np.sqrt(n))
+    behind = 1 + 1.5 * noise
+    between = search.format_summary(_summary({"middling": behind * knn}, table))
+    assert f"{behind:.2f}x the kNN's -- the colour kNN still does better" in between
+    assert "more training galaxies" in between
+    # Closer to the kNN than a sigma_MAD on these galaxies can tell: level, on either side, not "better".
+    for ratio in (1 + 0.5 * noise, 1 - 0.5 * noise):
+        level = search.format_summary(_summary({"close": ratio * knn}, table))
+        assert f"level with the colour kNN: on {n:,} galaxies a sigma_MAD is uncertain by about {noise:.0%}" in level
+        assert "still does better" not in level and "more training galaxies" in level
+    ahead = search.format_summary(_summary({"fine": (1 - 1.5 * noise) * knn}, table))
+    assert "still does better" not in ahead and "level with" not in ahead
 
 
 def test_binned_metrics_carry_the_baselines_per_bin():

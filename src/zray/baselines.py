@@ -26,6 +26,7 @@ both tied to the manifest's content hash so a changed dataset is recomputed.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "point_metrics",
     "predictions",
     "compare",
+    "sigma_mad_noise",
 ]
 
 BASELINES_FILE = "baselines.json"
@@ -213,10 +215,18 @@ def predictions(root, ids: np.ndarray) -> dict[str, np.ndarray] | None:
     return {name: table.column(f"z_{name}").to_numpy()[rows] for name in NAMES}
 
 
+def sigma_mad_noise(n: int) -> float:
+    """The relative standard error of a sigma_MAD measured on ``n`` galaxies with
+    Gaussian errors, ``1.17 / sqrt(n)`` (from the asymptotic variance of the median
+    absolute deviation): two figures closer than this cannot be told apart."""
+    return 1.17 / math.sqrt(max(int(n), 1))
+
+
 def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = "val") -> str:
     """One phrase placing a model's sigma_MAD against the baselines, e.g.
     ``0.45x the constant predictor's, 0.9x the kNN's``, with what to do when
-    either does as well; empty without baselines."""
+    either does as well (or the two cannot be told apart on so few galaxies);
+    empty without baselines."""
     if table is None or sigma_mad is None or split not in table.get("splits", {}):
         return ""
     ref = table["splits"][split]
@@ -226,11 +236,17 @@ def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = 
         if base > 0:
             parts.append(f"{sigma_mad / base:.2f}x the {label}")
     text = ", ".join(parts)
+    knn, n = ref["knn"]["sigma_mad"], int(ref["knn"].get("n", 0))
+    noise = sigma_mad_noise(n)
+    more = ("a network needs more galaxies than a colour fit (more training galaxies, e.g. data.simulate.n, "
+            "or more epochs)")
     if sigma_mad >= ref["constant"]["sigma_mad"]:
         text += " -- NO BETTER THAN THE CONSTANT PREDICTOR: the network learned nothing"
-    elif sigma_mad >= ref["knn"]["sigma_mad"]:
-        text += (" -- the colour kNN still does better: a network needs more galaxies than a colour fit "
-                 "(more training galaxies, e.g. data.simulate.n, or more epochs)")
+    elif sigma_mad >= knn * (1 + noise):
+        text += f" -- the colour kNN still does better: {more}"
+    elif knn > 0 and abs(sigma_mad / knn - 1) < noise:
+        text += (f" -- level with the colour kNN: on {n:,} galaxies a sigma_MAD is uncertain by about "
+                 f"{noise:.0%}; to pull ahead of a colour fit, {more}")
     return text
 
 
