@@ -238,15 +238,14 @@ def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = 
     text = ", ".join(parts)
     knn, n = ref["knn"]["sigma_mad"], int(ref["knn"].get("n", 0))
     noise = sigma_mad_noise(n)
-    more = ("a network needs more galaxies than a colour fit (more training galaxies, e.g. data.simulate.n, "
-            "or more epochs)")
+    more = "(more training galaxies, e.g. data.simulate.n, or more epochs)"
     if sigma_mad >= ref["constant"]["sigma_mad"]:
         text += " -- NO BETTER THAN THE CONSTANT PREDICTOR: the network learned nothing"
     elif sigma_mad >= knn * (1 + noise):
-        text += f" -- the colour kNN still does better: {more}"
+        text += f" -- the colour kNN still does better: a network needs more galaxies than a colour fit {more}"
     elif knn > 0 and abs(sigma_mad / knn - 1) < noise:
         text += (f" -- level with the colour kNN: on {n:,} galaxies a sigma_MAD is uncertain by about "
-                 f"{noise:.0%}; to pull ahead of a colour fit, {more}")
+                 f"{noise:.0%}; a network pulls ahead of a colour fit with more galaxies {more}")
     return text
 
 
