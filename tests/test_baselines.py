@@ -133,6 +133,11 @@ def test_summary_shows_both_baselines_and_flags_a_trial_that_learned_nothing(dat
         assert "still does better" not in level and "more training galaxies" in level
     ahead = search.format_summary(_summary({"fine": (1 - 1.5 * noise) * knn}, table))
     assert "still does better" not in ahead and "level with" not in ahead
+    # A diverged run's NaN is placed against nothing; a table without its galaxy count claims no noise.
+    assert baselines.compare(float("nan"), table) == "nan -- not a number: the run diverged, nothing to compare"
+    uncounted = {"splits": {"val": {k: {**v, "n": 0} for k, v in table["splits"]["val"].items()}}}
+    assert "level with" not in baselines.compare(1.05 * knn, uncounted)
+    assert "still does better" in baselines.compare(1.05 * knn, uncounted)
 
 
 def test_binned_metrics_carry_the_baselines_per_bin():

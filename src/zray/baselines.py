@@ -229,6 +229,8 @@ def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = 
     empty without baselines."""
     if table is None or sigma_mad is None or split not in table.get("splits", {}):
         return ""
+    if not math.isfinite(sigma_mad):  # a diverged run: no ratio means anything
+        return f"{sigma_mad} -- not a number: the run diverged, nothing to compare"
     ref = table["splits"][split]
     parts = []
     for name, label in (("constant", "constant predictor's"), ("knn", "kNN's")):
@@ -237,7 +239,7 @@ def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = 
             parts.append(f"{sigma_mad / base:.2f}x the {label}")
     text = ", ".join(parts)
     knn, n = ref["knn"]["sigma_mad"], int(ref["knn"].get("n", 0))
-    noise = sigma_mad_noise(n)
+    noise = sigma_mad_noise(n) if n > 0 else 0.0  # a table without its count: no noise claimed
     more = "(more training galaxies, e.g. data.simulate.n, or more epochs)"
     if sigma_mad >= ref["constant"]["sigma_mad"]:
         text += " -- NO BETTER THAN THE CONSTANT PREDICTOR: the network learned nothing"

@@ -125,11 +125,11 @@ def check_resumable(directory, state: dict[str, Any], job: TrainJob) -> None:
             f"{directory}: checkpoint was trained on data {state['job']['manifest_hash'][:12]}, "
             f"but {job.data_path} is {job.manifest_hash[:12]}; expected the same data to resume"
         )
-    trained = model_hp(TrainJob(**state["job"]))
-    if state["job"]["model"] != job.model or trained != model_hp(job):
+    trained, wanted = model_hp(TrainJob(**state["job"])), model_hp(job)
+    if state["job"]["model"] != job.model or trained != wanted:
         raise ZrayError(
             f"{directory}: checkpoint is of a {state['job']['model']} with {trained}, but this run builds a "
-            f"{job.model} with {model_hp(job)}; expected the same model to resume (start a new search with --name)"
+            f"{job.model} with {wanted}; expected the same model to resume (start a new search with --name)"
         )
 
 
