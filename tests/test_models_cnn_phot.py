@@ -138,3 +138,7 @@ def test_jobs_record_every_model_hyperparameter_and_resume_only_the_same_model(t
         check_resumable(tmp_path / "ckpt", {"job": before}, job)
     with pytest.raises(ZrayError, match="expected the same data to resume"):
         check_resumable(tmp_path / "ckpt", {"job": {**dataclasses.asdict(job), "manifest_hash": "1" * 16}}, job)
+    # A state.json whose job is cut short or of another shape: one sentence naming the file.
+    for broken in ({"job": {"model": "cnn_phot"}}, {"job": ["cnn_phot"]}, {}):
+        with pytest.raises(ZrayError, match=r"state.json: missing or malformed job"):
+            check_resumable(tmp_path / "ckpt", broken, job)

@@ -120,15 +120,21 @@ def check_resumable(directory, state: dict[str, Any], job: TrainJob) -> None:
     """Raise unless the checkpoint whose ``state.json`` is ``state`` can carry
     ``job`` on: trained on the same data, and of the same model (the weights of
     another architecture would not fit it, or would fit and mean something else)."""
-    if state["job"]["manifest_hash"] != job.manifest_hash:
+    try:
+        recorded = TrainJob(**state["job"])
+        trained = model_hp(recorded)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ZrayError(f"{Path(directory) / STATE_FILE}: missing or malformed job ({first_line(exc)}); "
+                        "expected a checkpoint state written by zray") from None
+    if recorded.manifest_hash != job.manifest_hash:
         raise ZrayError(
-            f"{directory}: checkpoint was trained on data {state['job']['manifest_hash'][:12]}, "
+            f"{directory}: checkpoint was trained on data {recorded.manifest_hash[:12]}, "
             f"but {job.data_path} is {job.manifest_hash[:12]}; expected the same data to resume"
         )
-    trained, wanted = model_hp(TrainJob(**state["job"])), model_hp(job)
-    if state["job"]["model"] != job.model or trained != wanted:
+    wanted = model_hp(job)
+    if recorded.model != job.model or trained != wanted:
         raise ZrayError(
-            f"{directory}: checkpoint is of a {state['job']['model']} with {trained}, but this run builds a "
+            f"{directory}: checkpoint is of a {recorded.model} with {trained}, but this run builds a "
             f"{job.model} with {wanted}; expected the same model to resume (start a new search with --name)"
         )
 
