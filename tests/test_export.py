@@ -313,6 +313,32 @@ def test_predict_no_pdf_one_split(exported, sim_data, tmp_path):
     assert table.num_rows == read_manifest(sim_data).rows["val"]
 
 
+def test_predict_says_when_the_ray_has_no_cpus_free_for_it(ray_session, exported, sim_data, tmp_path):
+    """With a search holding the Ray's CPUs, `zray predict` once waited for them without a
+    word: it now says so, and predicts once they come free (here: a group let go after 3 s)."""
+    import threading
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": ray_session.cluster_resources()["CPU"] - 0.5}])
+    ray_session.get(group.ready(), timeout=60)
+    release = threading.Timer(3.0, remove_placement_group, args=(group,))
+    release.start()
+    try:
+        result = _run("predict", exported["best"], sim_data, "--split", "val", "--no-pdf",
+                      "--out", tmp_path / "v.parquet")
+    finally:
+        release.join()
+    assert result.exit_code == 0, result.output
+    assert "warning: the Ray this runs on has 0.5 of its" in result.output, result.output
+    assert "predicting starts once" in result.output, result.output
+    got = pq.read_table(tmp_path / "v.parquet").to_pydict()
+    one = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
+    by_id = dict(zip(one["id"], one["z_median"]))
+    assert len(got["id"]) == read_manifest(sim_data).rows["val"]
+    np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
+
+
 # zray predict as a user runs it with no Ray of their own: it starts one with the machine's
 # CPUs, predicts with a worker per CPU, then is asked for more workers than CPUs
 # (argv: bundle, shards, out folder, workers).

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from zray.atomic import check_output, make_parents, remove_parents
+from zray.console import LOG
 from zray.errors import ZrayError
 from zray.metrics import ODDS_WINDOW
 
@@ -145,6 +146,7 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
         raise ZrayError(f"--workers {workers}: the Ray this runs on has {cpus:g} CPUs; expected at most "
                         f"{int(cpus)} workers, one per CPU (on a cluster, start its nodes first)")
     cpus_per_worker = actor_pool_cpus(workers, cpus_per_worker)
+    _say_if_waiting_for_cpus(cpus, workers * cpus_per_worker + min(1.0, cpus / 2))
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.target_max_block_size
     ctx.execution_options.preserve_order = True
@@ -166,6 +168,17 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
         yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
     finally:
         ctx.execution_options.preserve_order, ctx.target_max_block_size = saved
+
+
+def _say_if_waiting_for_cpus(cpus: float, need: float) -> None:
+    """Say so when the Ray has fewer CPUs free than the actors and their reads ask for
+    (a search, or another job, holds them): Ray then waits, silently, until they come free."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0.0)
+    if free + 1e-6 < need:
+        LOG.warning(f"the Ray this runs on has {free:.3g} of its {cpus:g} CPUs free (a search or another job "
+                    f"holds the rest); predicting starts once {need:.3g} are free (`ray status` shows who holds them)")
 
 
 @contextlib.contextmanager
