@@ -305,17 +305,10 @@ def test_predict_matches_evaluate_and_the_python_api(exported, sim_data):
     assert bundle.bins.n_bins == 180 and bundle.info.image_size == 32
 
 
-def test_predict_no_pdf_one_split(exported, sim_data, tmp_path):
-    result = _run("predict", exported["best"], sim_data, "--split", "val", "--no-pdf", "--out", tmp_path / "v.parquet")
-    assert result.exit_code == 0, result.output
-    table = pq.read_table(tmp_path / "v.parquet")
-    assert "pdf" not in table.column_names
-    assert table.num_rows == read_manifest(sim_data).rows["val"]
-
-
-def test_predict_says_when_the_ray_has_no_cpus_free_for_it(ray_session, exported, sim_data, tmp_path):
-    """With a search holding the Ray's CPUs, `zray predict` once waited for them without a
-    word: it now says so, and predicts once they come free (here: a group let go after 3 s)."""
+def test_predict_no_pdf_one_split_says_when_the_ray_has_no_cpus_free(ray_session, exported, sim_data, tmp_path):
+    """One split, no PDFs, on a Ray whose CPUs a search holds: `zray predict` once waited for
+    them without a word; it now says so, and predicts once they come free (here: a group let
+    go after 3 s)."""
     import threading
 
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -332,7 +325,9 @@ def test_predict_says_when_the_ray_has_no_cpus_free_for_it(ray_session, exported
     assert result.exit_code == 0, result.output
     assert "warning: the Ray this runs on has 0.5 of its" in result.output, result.output
     assert "predicting starts once" in result.output, result.output
-    got = pq.read_table(tmp_path / "v.parquet").to_pydict()
+    table = pq.read_table(tmp_path / "v.parquet")
+    assert "pdf" not in table.column_names
+    got = table.to_pydict()
     one = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
     by_id = dict(zip(one["id"], one["z_median"]))
     assert len(got["id"]) == read_manifest(sim_data).rows["val"]
