@@ -308,20 +308,38 @@ def test_predict_matches_evaluate_and_the_python_api(exported, sim_data):
 def test_predict_no_pdf_one_split_says_when_the_ray_has_no_cpus_free(ray_session, exported, sim_data, tmp_path):
     """One split, no PDFs, on a Ray whose CPUs a search holds: `zray predict` once waited for
     them without a word; it now says so, and predicts once they come free (here: a group let
-    go after 3 s)."""
+    go as soon as predict has said so, or after a minute if it never does)."""
+    import logging
     import threading
 
     from ray.util.placement_group import placement_group, remove_placement_group
 
+    from zray.console import LOG
+
     group = placement_group([{"CPU": ray_session.cluster_resources()["CPU"] - 0.5}])
     ray_session.get(group.ready(), timeout=60)
-    release = threading.Timer(3.0, remove_placement_group, args=(group,))
-    release.start()
+    said = threading.Event()
+
+    class ReleaseWhenSaid(logging.Handler):
+        def emit(self, record):
+            if "CPUs free" in record.getMessage():
+                said.set()
+
+    def release():
+        said.wait(timeout=60)
+        remove_placement_group(group)
+
+    handler = ReleaseWhenSaid()
+    LOG.addHandler(handler)
+    releaser = threading.Thread(target=release)
+    releaser.start()
     try:
         result = _run("predict", exported["best"], sim_data, "--split", "val", "--no-pdf",
                       "--out", tmp_path / "v.parquet")
     finally:
-        release.join()
+        said.set()
+        releaser.join()
+        LOG.removeHandler(handler)
     assert result.exit_code == 0, result.output
     assert "warning: the Ray this runs on has 0.5 of its" in result.output, result.output
     assert "predicting starts once" in result.output, result.output

@@ -137,7 +137,7 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from zray.ray_workarounds import actor_pool_cpus
+    from zray.ray_workarounds import actor_pool_cpus, spare_cpus
     from zray.runtime import init_ray
 
     init_ray()
@@ -146,7 +146,7 @@ def _predict_with_ray(bundle_path, manifest, files, *, batch_size, with_pdf, pas
         raise ZrayError(f"--workers {workers}: the Ray this runs on has {cpus:g} CPUs; expected at most "
                         f"{int(cpus)} workers, one per CPU (on a cluster, start its nodes first)")
     cpus_per_worker = actor_pool_cpus(workers, cpus_per_worker)
-    _say_if_waiting_for_cpus(cpus, workers * cpus_per_worker + min(1.0, cpus / 2))
+    _say_if_waiting_for_cpus(cpus, workers * cpus_per_worker + spare_cpus(cpus))
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.target_max_block_size
     ctx.execution_options.preserve_order = True

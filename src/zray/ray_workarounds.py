@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["STATE_API_ENV", "actor_pool_cpus", "local_ray_options"]
+__all__ = ["STATE_API_ENV", "actor_pool_cpus", "local_ray_options", "spare_cpus"]
 
 # Read by Ray's state API client before any search for a Ray on the machine.
 STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
@@ -60,12 +60,17 @@ def local_ray_options() -> dict[str, int]:
     return {"dashboard_port": port}
 
 
+def spare_cpus(total: float) -> float:
+    """CPUs an actor pool on a Ray of ``total`` CPUs leaves to the pipeline's other tasks
+    (its read tasks): one, or half of a one-CPU Ray."""
+    return min(1.0, total / 2)
+
+
 def actor_pool_cpus(workers: int, cpus_per_actor: float) -> float:
     """CPUs to ask for each of ``workers`` Ray Data actors: ``cpus_per_actor``, or less where
     the pool would otherwise leave the connected Ray's other tasks (its read tasks) no CPU."""
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 0.0))
-    spare = min(1.0, total / 2)
-    fits = (total - spare) / max(int(workers), 1)
+    fits = (total - spare_cpus(total)) / max(int(workers), 1)
     return min(float(cpus_per_actor), fits) if fits > 0 else float(cpus_per_actor)
