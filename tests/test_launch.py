@@ -267,8 +267,12 @@ def test_ray_up_runs_a_search_on_both_nodes_and_ray_down_leaves_nothing(sshd, si
         for result_file in (storage / "onprem").glob("trial-*/result.json"):
             rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
             trained_on[result_file.parent.name] = {r["node_id"] for r in rows if "node_id" in r}
-        assert len(trained_on) == 2, trained_on
+        # Two trials at once, one 1.1-CPU worker each on 2-CPU nodes: each trained on one node, the
+        # two on both nodes; the best checkpoint is whole on the shared storage.
+        assert len(trained_on) == 2 and all(len(ids) == 1 for ids in trained_on.values()), trained_on
         assert set().union(*trained_on.values()) == {n["id"] for n in nodes}, trained_on
+        best = json.loads((storage / "onprem" / "best.json").read_text())
+        assert Path(best["checkpoint"], "state.json").exists(), best
 
         down = _run([RAY, "down", "-y", str(path)], env, timeout=180)
         assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
