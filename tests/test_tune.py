@@ -266,3 +266,5 @@ def test_tune_exits_non_zero_with_one_sentence_when_every_trial_fails(ray_sessio
     assert "diverged" in last and "Traceback" not in result.output
     rows = _results(tmp_path / "runs" / "allfail")
     assert [r["status"] for r in rows] == ["error"], rows
+    status = CliRunner().invoke(main, ["status", str(tmp_path / "runs" / "allfail")])
+    assert status.exit_code == 0 and "1 of 1: 1 error" in status.output, status.output
