@@ -20,11 +20,17 @@
 4. With ``--train-epochs N``: ``zray train`` on the same files with a 500 MB
    object store (the split streamed, as a split larger than the store is),
    and the peak resident memory of every process on the machine.
+5. With ``--prepare N`` (and nothing else): the time a search takes to prepare its
+   splits (``zray.train.prepare_datasets``: train and val read by Ray Data, scaled,
+   cropped and kept in the object store) for N simulated galaxies, with the Parquet
+   reader zray picks (``zray.runtime.choose_parquet_reader``) against Ray Data's
+   default reader (the baseline), alternating in one Ray.
 
     python scripts/bench_data.py                          # ~1 min on 2 cores
     python scripts/bench_data.py --rows 8000 --size 64 --render 100
     python scripts/bench_data.py --rows 50000 --size 64 --render 0 --memory-rows 8000 --train-epochs 1  # at scale
     python scripts/bench_data.py --cutouts 200 --size 64                # zray cutouts
+    python scripts/bench_data.py --prepare 2000 --size 32               # a search's data preparation
 """
 
 from __future__ import annotations
@@ -199,10 +205,15 @@ def main() -> None:
                          "memory of every process")
     ap.add_argument("--cutouts", type=int, default=0,
                     help="only benchmark zray cutouts, on this many galaxies in simulated frames")
+    ap.add_argument("--prepare", type=int, default=0,
+                    help="only benchmark a search's data preparation, on this many simulated galaxies")
     args = ap.parse_args()
 
     if args.cutouts:
         cutouts(args)
+        return
+    if args.prepare:
+        prepare(args)
         return
     if args.render:
         simulator(args)
@@ -258,6 +269,39 @@ def cutouts(args) -> None:
     print(f"  zray cutouts, cutting        {rate:7.1f} cutouts/s/core   {rate / base:.2f}x")
     print(f"  zray cutouts, end to end     {report.written / total:7.1f} cutouts/s/core   "
           f"{report.written / total / base:.2f}x   (planning, cutting, writing shards; {total:.1f} s)")
+
+
+def prepare(args) -> None:
+    """Seconds to prepare a search's splits, zray's Parquet reader against Ray Data's default."""
+    import ray
+    from ray.data import DataContext
+
+    from zray.data.simulate import simulate
+    from zray.runtime import choose_parquet_reader, init_ray
+    from zray.train import prepare_datasets
+
+    with tempfile.TemporaryDirectory(prefix="zrb") as tmp:
+        root = Path(tmp) / "data"
+        simulate(root, args.prepare, size=args.size, seed=0, workers=1, progress=False)
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=tempfile.mkdtemp(prefix="zr"))
+        init_ray()  # zray's settings on this Ray (progress bars off, its reader)
+        ctx = DataContext.get_current()
+        prepare_datasets(root, args.size)  # warm-up: Ray Data's own actors, imports
+        times = {"default": [], "zray": []}
+        for _ in range(args.repeat):  # interleaved, so a slow minute of the machine hits both
+            for name in times:
+                ctx.use_datasource_v2 = True  # Ray Data's default
+                if name == "zray":
+                    choose_parquet_reader()
+                t0 = time.perf_counter()
+                prepare_datasets(root, args.size)
+                times[name].append(time.perf_counter() - t0)
+        ray.shutdown()
+        base, ours = (sorted(times[k])[len(times[k]) // 2] for k in ("default", "zray"))
+        print(f"preparing the splits of {args.prepare} galaxies at {args.size}x{args.size} (median of "
+              f"{args.repeat}): Ray Data's default Parquet reader {base:.2f} s, zray's {ours:.2f} s: "
+              f"{ours / base:.2f}x")
 
 
 def readers(args) -> None:

@@ -22,6 +22,9 @@ def test_scale_pixels_formula():
 
 
 def test_ray_reader_yields_what_was_written_for_every_split(ray_session, sim_data):
+    from zray.runtime import init_ray
+
+    init_ray()  # the session's Ray, with the Parquet reader zray picks
     manifest = read_manifest(sim_data)
     assert len(manifest.files("train")) > 1  # several shards are read, not one
     for split in manifest.splits:
@@ -36,6 +39,40 @@ def test_ray_reader_yields_what_was_written_for_every_split(ray_session, sim_dat
         order, ref = np.argsort(got["id"]), np.argsort(want["id"])
         for k in got:
             np.testing.assert_array_equal(got[k][order], want[k][ref])
+
+
+def test_reading_the_splits_starts_no_actor_unless_the_user_picks_rays_newer_reader(ray_session, sim_data,
+                                                                                 monkeypatch):
+    """zray reads its shards with Ray Data's first Parquet reader: Ray 2.60's default starts a pool
+    of footer-reading actor processes per read (5.1 s against 1.1 s for the quickstart's two splits on
+    two cores: scripts/bench_data.py --prepare). Ray's own variable still picks the newer reader; once that reader stops starting actors
+    for a few files, the second half fails and zray's choice (runtime.choose_parquet_reader) can go."""
+    from ray.data import DataContext
+    from ray.util.state import list_actors
+
+    from zray.runtime import PARQUET_READER_ENV, init_ray
+    from zray.train import prepare_datasets
+
+    def actors_started_by_reading() -> list[str]:
+        before = {a.actor_id for a in list_actors(limit=10_000)}
+        prepare_datasets(sim_data, 32)
+        return sorted(a.class_name for a in list_actors(limit=10_000) if a.actor_id not in before)
+
+    ctx = DataContext.get_current()
+    saved = ctx.use_datasource_v2
+    monkeypatch.delenv(PARQUET_READER_ENV, raising=False)
+    try:
+        init_ray()
+        assert ctx.use_datasource_v2 is False
+        prepare_datasets(sim_data, 32)  # Ray Data's own once-per-session actors start here
+        assert actors_started_by_reading() == []
+        monkeypatch.setenv(PARQUET_READER_ENV, "1")
+        ctx.use_datasource_v2 = True  # what the variable gives a process where Ray Data is imported after it
+        init_ray()
+        assert ctx.use_datasource_v2 is True, "the user's choice of reader was overridden"
+        assert actors_started_by_reading(), "Ray's newer reader starts no actors now: zray's choice can go"
+    finally:
+        ctx.use_datasource_v2 = saved
 
 
 def test_ray_map_batches_preprocess(ray_session, sim_data):
