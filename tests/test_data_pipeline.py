@@ -44,9 +44,10 @@ def test_ray_reader_yields_what_was_written_for_every_split(ray_session, sim_dat
 def test_reading_the_splits_starts_no_actor_unless_the_user_picks_rays_newer_reader(ray_session, sim_data,
                                                                                  monkeypatch):
     """zray reads its shards with Ray Data's first Parquet reader: Ray 2.60's default starts a pool
-    of footer-reading actor processes per read (5.1 s against 1.1 s for the quickstart's two splits on
-    two cores: scripts/bench_data.py --prepare). Ray's own variable still picks the newer reader; once that reader stops starting actors
-    for a few files, the second half fails and zray's choice (runtime.choose_parquet_reader) can go."""
+    of footer-reading actor processes per read (5.1 s against 1.1 s for the quickstart's two splits
+    on two cores: scripts/bench_data.py --prepare). Ray's own variable still picks the newer reader;
+    once that reader stops starting actors for a few files, the second half fails and zray's choice
+    (runtime.choose_parquet_reader) can go."""
     from ray.data import DataContext
     from ray.util.state import list_actors
 

@@ -32,7 +32,9 @@ def init_ray(address: str | None = None, *, dashboard_host: str = "127.0.0.1") -
     A local Ray keeps its dashboard on (Ray Train's placement-group cleaner
     asks it whether a run's controller is alive), bound to 127.0.0.1 unless
     asked otherwise. A Ray already initialised in this process (a test
-    session, a notebook) is used as it is.
+    session, a notebook) is used as it is; zray's settings of the process's
+    Ray Data (no progress bars, :func:`choose_parquet_reader`) apply in
+    every case.
 
     What Ray's processes print stays in Ray's log files
     (``/tmp/ray/session_latest/logs``) unless verbose (``ZRAY_VERBOSE=1``,
