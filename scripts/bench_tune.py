@@ -118,6 +118,9 @@ def run_once(args) -> tuple[int, float, str]:
 
     work = Path(tempfile.mkdtemp(prefix="zray-bench-tune-"))
     overrides = list(args.overrides) + [f"data.path={args.data or work / 'data'}"]
+    simulated = config.load(args.space, args.overrides).data.simulate
+    if not args.data and simulated:  # a data.path given with --set is simulated into only when asked again
+        overrides.append(f"data.simulate.n={simulated.n}")
     space = config.load(args.space, overrides)
 
     t0 = time.perf_counter()

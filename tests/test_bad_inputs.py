@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 import yaml
 from astropy.io import fits
@@ -194,7 +195,8 @@ CASES = {
                      "--set tune.num_samples=many: tune.num_samples: expected a valid integer, got 'many'"),
     "simulate-without-n": (lambda t, d: ["simulate", "--out", str(t / "out")], "--n is required unless --catalog is given"),
     "simulate-size-not-int": (lambda t, d: ["simulate", "--n", "10", "--size", "big", "--out", str(t / "out")], "'big' is not a valid integer"),
-    "export-top-k-zero": (lambda t, d: ["export", str(t), "--top-k", "0", "--out", str(t / "out")], "--top-k must be a positive integer"),
+    "export-top-k-zero": (lambda t, d: ["export", str(t), "--top-k", "0", "--out", str(t.parent / "out")],
+                          "--top-k must be a positive integer"),
     "status-not-an-experiment": (lambda t, d: ["status", str(t)], "not a zray experiment (search_space.json missing)"),
     # NaN and infinity are never valid numbers, wherever they are written
     "space-nan-z-max": (lambda t, d: ["validate", space(t, data={"path": "x", "z_max": float("nan")})],
@@ -290,6 +292,36 @@ CASES = {
         lambda t, d: ((t / "cat.txt").write_text("id z\n"), ["prepare", str(t / "cat.txt"), "--images", str(t),
                                                              "--out", str(t / "out")])[1],
         "cat.txt: missing column(s) id, z_spec, ebv; expected columns id, z_spec, ebv"),
+    "catalog-misspelt-column-after-a-space": (
+        lambda t, d: ((t / "cat.csv").write_text("id, zspec, ebv, file\n1, 0.1, 0.03, a.fits\n"),
+                      ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],
+        "cat.csv: missing column(s) z_spec; expected columns id, z_spec, ebv (found 'id', 'zspec', 'ebv', 'file')"),
+    # SDSS specObjIDs reach 2**64; zray keeps signed 64-bit ids, and never wraps one round to a negative
+    "catalog-uint64-id-in-parquet": (
+        lambda t, d: (fits_setup(t), pa.parquet.write_table(pa.table(
+            {"id": pa.array([100, 2**64 - 10, 102], pa.uint64()), "z_spec": [0.05, 0.1, 0.15], "ebv": [0.03] * 3,
+             "file": ["g0.fits", "g1.fits", "g2.fits"]}), t / "cat.parquet"),
+            ["prepare", str(t / "cat.parquet"), "--images", str(t / "img"), "--out", str(t / "out"), "--size", "16"])[2],
+        "cat.parquet: row 2: id 18446744073709551606 is larger than 9223372036854775807, the largest id zray keeps"),
+    "catalog-uint64-id-in-csv": (
+        lambda t, d: fits_setup(t, rows={"id": pa.array([100, 101, 2**63], pa.uint64())}),
+        "cat.csv: row 3: id 9223372036854775808 is larger than 9223372036854775807, the largest id zray keeps"),
+    "catalog-fractional-id-in-csv": (lambda t, d: fits_setup(t, rows={"id": [100, 101.5, 102]}),
+                                     "cat.csv: row 2: id '101.5' is not a whole number; expected integer ids"),
+    "simulate-catalog-sentinel-magnitude": (
+        lambda t, d: ((t / "cat.csv").write_text("id,z,mag_u,mag_g,mag_r,mag_i,mag_z\n7,0.1,19,18,17.5,17,16.8\n"
+                                                  "8,0.2,-9999,19,18,17.6,17.4\n"),
+                      ["simulate", "--catalog", str(t / "cat.csv"), "--size", "16", "--out", str(t / "out")])[1],
+        "cat.csv: row 2 (id 8): mag_u -9999 is not a galaxy's apparent magnitude; expected 5 to 35"),
+    "simulate-catalog-99-magnitude": (
+        lambda t, d: ((t / "cat.csv").write_text("id,z_spec,mag_u,mag_g,mag_r,mag_i,mag_z\n7,0.1,19,18,17.5,17,99\n"),
+                      ["simulate", "--catalog", str(t / "cat.csv"), "--size", "16", "--out", str(t / "out")])[1],
+        "cat.csv: row 1 (id 7): mag_z 99 is not a galaxy's apparent magnitude"),
+    # a data.path given with --set names data: a mistyped one is not filled with a simulation
+    "train-mistyped-data-path-is-not-simulated": (
+        lambda t, d: ["train", str(Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml"),
+                      "--set", f"data.path={t / 'dat'}", "--runs", str(t / "runs")],
+        "dat: no dataset there (manifest.json missing)"),
     "catalog-missing-column": (
         lambda t, d: ((t / "cat.csv").write_text("id,ebv,file\n1,0.03,a.fits\n"),
                       ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],
@@ -369,6 +401,15 @@ CASES = {
     "simulate-overwrite-a-report": (
         lambda t, d: ["simulate", "--n", "20", "--size", "16", "--out", str(zray_report(t, None)), "--overwrite"],
         "report: holds a zray report, not a dataset; choose another --out"),
+    # nor is anything new written inside a folder zray reads as a whole (a dataset, a bundle, a run)
+    "predict-new-file-inside-its-dataset": (
+        lambda t, d: ["predict", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(t / "data" / "pz.parquet")],
+        "pz.parquet: is, holds or lies inside"),
+    "evaluate-report-inside-its-bundle": (
+        lambda t, d: ["evaluate", str(format2_bundle(t)), str(dataset(t, d)), "--out", str(t / "bundle" / "report")],
+        "report: is, holds or lies inside"),
+    "export-bundle-inside-its-run": (lambda t, d: ["export", str(t), "--out", str(t / "b")],
+                                     "b: is, holds or lies inside"),
     "slurm-out-is-its-own-search-space": (
         lambda t, d: ["slurm", space(t), "--shared", str(t), "--out", str(t / "space.yaml"), "--overwrite"],
         "space.yaml: is, holds or lies inside"),

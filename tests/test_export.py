@@ -470,6 +470,28 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     np.testing.assert_allclose(withz["z_median"], [by_id[i] for i in withz["id"]], atol=1e-6)
 
 
+def test_predict_refuses_what_it_cannot_do_as_asked(exported, sim_data, tmp_path):
+    """--split on a catalogue (zray's split hash would pick a share of its galaxies), a CSV name
+    for Parquet output: one sentence each, and no file. A split named twice is predicted once."""
+    pq.write_table(pa.table({"id": [1, 2], "ebv": [0.0, 0.0], "file": ["a.fits", "b.fits"]}), tmp_path / "cat.parquet")
+    result = _run("predict", exported["best"], tmp_path / "cat.parquet", "--images", tmp_path, "--split", "test",
+                  "--out", tmp_path / "c.parquet")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"zray: error: {tmp_path / 'cat.parquet'}: is a catalogue file, and --split test chooses among a shard "
+        "folder's splits; expected no --split (every galaxy of a catalogue is predicted)")
+    result = _run("predict", exported["best"], sim_data, "--out", tmp_path / "pz.csv")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"zray: error: {tmp_path / 'pz.csv'}: --format parquet writes Parquet, "
+                                    "whatever the name says; expected a name ending in .parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.parquet"]
+    result = _run("predict", exported["best"], sim_data, "--split", "test", "--split", "test",
+                  "--out", tmp_path / "twice.parquet")
+    assert result.exit_code == 0, result.output
+    ids = pq.read_table(tmp_path / "twice.parquet").column("id").to_pylist()
+    assert sorted(ids) == sorted(load_arrays(sim_data, "test")["id"].tolist())
+
+
 def test_evaluate_scores_galaxies_beyond_the_bins_apart(exported, sim_data, tmp_path):
     """Data reaching past the bundle's bins: the figures are of the galaxies it can place;
     the others are counted and scored on their own, and named in a note."""

@@ -45,6 +45,15 @@ def test_search_space_data_path_is_relative_to_where_zray_runs(tmp_path, monkeyp
     assert config.load(path, [f"data.path={tmp_path}/abs"]).data.path == f"{tmp_path}/abs"
 
 
+def test_a_data_path_given_with_set_is_simulated_into_only_when_asked(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "model": "cnn", "data": {"path": "data/sim", "simulate": {"n": 50}}}))
+    assert config.load(path).data.simulate.n == 50  # the path the file names: simulated on first use
+    assert config.load(path, ["data.path=other"]).data.simulate is None  # a typo must not become a dataset
+    assert config.load(path, ["data.path=other", "data.simulate.n=70"]).data.simulate.n == 70
+    assert config.load(path, ["data.simulate.seed=3"]).data.simulate.seed == 3
+
+
 def test_errors_name_the_resolved_data_folder(tmp_path, monkeypatch):
     path = _space(tmp_path)
     monkeypatch.chdir(tmp_path)

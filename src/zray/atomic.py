@@ -75,19 +75,26 @@ def remove_parents(made: list[Path]) -> None:
 
 
 def check_output(out: Path, *, kind: str, overwrite: bool, inputs: Iterable[Path] = (),
-                 ours: Callable[[Path], bool] | None = None) -> None:
+                 ours: Callable[[Path], bool] | None = None, sealed: Iterable[Path] = ()) -> None:
     """Refuse an output that would replace an input or anything zray did not write.
 
     ``kind`` names the output (``"dataset"``, ``"bundle"``, ``"report"``, ``"frames"`` for a
     folder published by :func:`publish_dir`; anything else for a single
     file, which ``ours(path)`` must recognise as zray's own before it is
-    replaced). ``inputs`` are the paths the same command reads.
+    replaced). ``inputs`` are the paths the same command reads: the output
+    may not be one, nor hold one. ``sealed`` are input folders zray wrote (a
+    dataset, a bundle, a search's run): the output may not lie anywhere
+    inside them either, even as a new file, where it would become a stray
+    shard or member. A plain input folder (the user's FITS cutouts, read by
+    name) may hold a new output; any file of theirs it would replace is
+    refused below, as not zray's.
     """
     out = Path(out)
     target = Path(os.path.realpath(out))  # unlike Path.resolve, never raises on a link loop
-    for given in inputs:
+    sealed = list(sealed)
+    for given in (*inputs, *sealed):
         source = Path(os.path.realpath(given))
-        clash = target == source or source.is_relative_to(target) or (out.exists() and target.is_relative_to(source))
+        clash = target == source or source.is_relative_to(target) or (given in sealed and target.is_relative_to(source))
         if clash:
             raise ZrayError(f"{out}: is, holds or lies inside {given}, an input of this command; "
                             "expected an output apart from the command's inputs")

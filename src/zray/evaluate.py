@@ -136,7 +136,7 @@ def evaluate(
     from zray.data.shards import read_manifest
 
     out = Path(out)
-    check_output(out, kind="report", overwrite=overwrite, inputs=[Path(bundle_path), Path(data)])
+    check_output(out, kind="report", overwrite=overwrite, sealed=[Path(bundle_path), Path(data)])
     info = read_bundle(bundle_path)
     manifest = read_manifest(data)
     info.check_data(manifest)
@@ -242,6 +242,10 @@ def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dic
     return result, binned
 
 
+#: The fewest galaxies qp's PIT metrics are computed on.
+MIN_QP_GALAXIES = 10
+
+
 def _qp_figures(pdf, bins, z_spec) -> tuple[dict | None, str]:
     """The field's PDF metrics computed by qp, or None and why not (qp is an optional extra)."""
     from zray.qp_format import INSTALL, qp_metrics
@@ -250,6 +254,9 @@ def _qp_figures(pdf, bins, z_spec) -> tuple[dict | None, str]:
         import qp  # noqa: F401
     except ImportError:
         return None, f"qp's metrics (PIT KS, CvM and AD with p-values, CDE loss, Brier) not computed: {INSTALL}"
+    if len(z_spec) < MIN_QP_GALAXIES:  # qp's PIT fails below 3, and its tests say nothing on a few
+        return None, (f"qp's metrics (PIT KS, CvM and AD, CDE loss, Brier) not computed: {len(z_spec)} galaxies; "
+                      f"they test the PIT's shape and need at least {MIN_QP_GALAXIES}")
     return qp_metrics(pdf, bins, z_spec), ""
 
 

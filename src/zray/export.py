@@ -214,7 +214,7 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     0.83
     """
     out = Path(out)
-    check_output(out, kind="bundle", overwrite=overwrite, inputs=[Path(run_dir)])
+    check_output(out, kind="bundle", overwrite=overwrite, sealed=[Path(run_dir)])
     from zray.search import SPACE_FILE
 
     if top_k < 1:

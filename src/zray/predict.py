@@ -38,6 +38,7 @@ __all__ = ["FORMATS", "POINT_COLUMNS", "Predictor", "iter_predictions", "open_in
 POINT_COLUMNS = ("z_mean", "z_median", "z_mode", "z_std", "z_lo68", "z_hi68", "z_lo95", "z_hi95", "odds", "z_draw")
 #: --format: zray's Parquet (one row per galaxy), or a qp ensemble in HDF5 (what RAIL reads).
 FORMATS = ("parquet", "qp")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 # Galaxies per model call unless the caller says: in this process, small batches
 # (the first result sooner; 4,000 galaxies at 0.63x of the in-memory model here);
 # through Ray Data, large enough that its per-block costs vanish (100,000
@@ -301,11 +302,17 @@ def predict(
     if out.is_dir():
         raise ZrayError(f"{out}: is a folder; expected a file name for --out")
     inputs = [Path(bundle_path), Path(source), *([Path(images)] if images else [])]
-    check_output(out, kind="predictions file", overwrite=overwrite, inputs=inputs, ours=written_by_predict)
+    sealed = [Path(bundle_path), *([Path(source)] if Path(source).is_dir() else [])]  # not the FITS folder
+    check_output(out, kind="predictions file", overwrite=overwrite, inputs=inputs, ours=written_by_predict,
+                 sealed=sealed)
+    if splits and Path(source).is_file():
+        # a catalogue has no splits of its own: zray's split hash would pick a share of its galaxies
+        raise ZrayError(f"{source}: is a catalogue file, and --split {' '.join(splits)} chooses among a shard "
+                        "folder's splits; expected no --split (every galaxy of a catalogue is predicted)")
     info = read_bundle(bundle_path)
     if batch_size is not None and batch_size < 1:
         raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
-    splits = tuple(splits or SPLITS)
+    splits = tuple(dict.fromkeys(splits or SPLITS))  # a split named twice is still predicted once
     t0 = time.perf_counter()
     with open_input(source, images=images, bundle=info, progress=progress) as (manifest, known_z):
         info.check_data(manifest)
@@ -348,6 +355,9 @@ def _check_format(out: Path, fmt: str, with_pdf: bool) -> None:
     elif suffix in QP_SUFFIXES:
         raise ZrayError(f"{out}: an HDF5 name, but --format is parquet; expected --format qp for a qp file, or a "
                         ".parquet name")
+    elif suffix not in PARQUET_SUFFIXES:
+        raise ZrayError(f"{out}: --format parquet writes Parquet, whatever the name says; expected a name ending in "
+                        ".parquet (pandas.read_parquet reads it; .to_csv makes a CSV of it)")
 
 
 def written_by_predict(path: Path) -> bool:

@@ -40,7 +40,7 @@ def _percentiles(z) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all CPU cores).")
 @click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
-              help="CSV/Parquet with id, z, dereddened mag_u..mag_z [, ebv]: render these galaxies.")
+              help="CSV/Parquet with id, z (or z_spec), dereddened mag_u..mag_z [, ebv]: render these galaxies.")
 @click.option("--frames", "frames", is_flag=True,
               help="Render survey frames instead of cutouts: one FITS per band and field, each band with its own "
                    "WCS (shifted by tens of pixels, turned by up to 0.5 degrees), overlapping at the edges, plus "

@@ -175,6 +175,7 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
     Example:
       zray evaluate best/ data/sim --out report/
     """
+    from zray.baselines import compare_with
     from zray.evaluate import evaluate
 
     r = evaluate(bundle, data, out, split=split, batch_size=batch_size, overwrite=overwrite)
@@ -190,6 +191,9 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
             f"bias {b['bias']:+.5f}  outliers {b['outlier_fraction']:.4f}  "
             f"(zray: {o['sigma_mad'] / max(b['sigma_mad'], 1e-12):.2f}x its sigma_MAD)"
         )
+    verdict = compare_with(o["sigma_mad"], r["baselines"])
+    if verdict:
+        click.echo(f"  sigma_MAD {o['sigma_mad']:.5f} = {verdict}")
     q = r.get("qp")
     if q:
         click.echo(

@@ -140,6 +140,11 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Searc
     space = validate(raw, path, applied)
     # Trials and workers run elsewhere: a relative data.path means "from here".
     data = space.data.model_copy(update={"path": absolute(space.data.path)})
+    if ("data", "path") in applied and not any(key[:2] == ("data", "simulate") for key in applied):
+        # The file's data.simulate makes data at the data.path the file names. A path given
+        # with --set names data that exists (a mistyped one is refused, not filled with a
+        # simulation); --set data.simulate.n=N as well simulates there.
+        data = data.model_copy(update={"simulate": None})
     return space.model_copy(update={"data": data})
 
 

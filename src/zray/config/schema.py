@@ -105,7 +105,8 @@ class Distribution(_Strict):
 
 
 class SimulateSpec(_Strict):
-    """Data generated with ``zray simulate`` on first use and cached at ``data.path``."""
+    """Data generated with ``zray simulate`` on first use and cached at ``data.path``: the path
+    the file names, or one given with ``--set`` only when ``data.simulate`` is set there too."""
 
     n: PosInt = 2000
     seed: NonNegInt = 0

@@ -28,9 +28,7 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
 
             table = pq.read_table(path)
         elif suffix in (".csv", ".txt"):
-            import pyarrow.csv as pcsv
-
-            table = pcsv.read_csv(path)
+            table = _read_csv(path)
         else:
             raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv or .parquet")
     except (OSError, pa.ArrowException) as exc:
@@ -39,13 +37,35 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
     if missing:
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
-            f"{', '.join(required)} (found {', '.join(table.column_names) or 'none'})"
+            f"{', '.join(required)} (found {', '.join(map(repr, table.column_names)) or 'none'})"
         )
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
         raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
     if table.num_rows == 0:
         raise ZrayError(f"{path}: catalogue has no rows")
+    return table
+
+
+def _read_csv(path: Path) -> pa.Table:
+    """A CSV catalogue, read as written by hand or by tools that put a space after each comma
+    (``id, z_spec, ebv``): names and text values lose the spaces around them, numbers never
+    had them. An ``id`` column that is not whole numbers is read again as text, so that
+    :func:`id_column` can name the row (pyarrow reads ids beyond 64 bits as rounded floats)."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    table = pcsv.read_csv(path)
+    names = [name.strip() for name in table.column_names]
+    table = table.rename_columns(names)
+    for i, name in enumerate(names):
+        if pa.types.is_string(table.column(i).type):
+            table = table.set_column(i, name, pc.utf8_trim_whitespace(table.column(i)))
+    if names.count("id") == 1 and not pa.types.is_integer(table.column("id").type):
+        raw = pcsv.read_csv(path).column_names[names.index("id")]
+        text = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+            include_columns=[raw], column_types={raw: pa.string()})).column(0)
+        table = table.set_column(names.index("id"), "id", pc.utf8_trim_whitespace(text))
     return table
 
 
@@ -62,21 +82,63 @@ def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
     return values
 
 
+#: The largest id zray keeps: ids are signed 64-bit integers in the shards and predictions.
+MAX_ID = int(np.iinfo(np.int64).max)
+
+
 def id_column(table: pa.Table, path) -> np.ndarray:
-    """The ``id`` column as unique int64; duplicates name both rows."""
+    """The ``id`` column as unique int64; duplicates name both rows. Ids written as text (a CSV
+    whose ids pyarrow could not read as integers) are read as whole numbers or name their row."""
     col = table.column("id")
+    if pa.types.is_string(col.type):
+        col = _text_ids(col, path)
     if not pa.types.is_integer(col.type):
         raise ZrayError(f"{path}: column 'id' has type {col.type}; expected integers")
     if col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise ZrayError(f"{path}: row {row + 1}: id is missing; expected an integer")
-    ids = col.to_numpy().astype(np.int64)
+    ids = col.to_numpy()
+    if ids.dtype == np.uint64 and (ids > MAX_ID).any():  # SDSS specObjIDs reach 2**64
+        i = int(np.flatnonzero(ids > MAX_ID)[0])
+        raise ZrayError(_too_large(path, i, int(ids[i])))
+    ids = ids.astype(np.int64)
     order = np.argsort(ids, kind="stable")
     dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
     if dup.size:
         a, b = sorted(order[dup[0]: dup[0] + 2])
         raise ZrayError(f"{path}: rows {a + 1} and {b + 1} share id {ids[a]}; expected unique ids")
     return ids
+
+
+def _too_large(path, i: int, value: int) -> str:
+    return (f"{path}: row {i + 1}: id {value} is larger than {MAX_ID}, the largest id zray keeps (a signed 64-bit "
+            "integer; SDSS specObjIDs can exceed it); expected smaller ids, e.g. the row number, with the "
+            "original kept in another column of your catalogue to join the predictions back")
+
+
+def _text_ids(col, path) -> pa.ChunkedArray:
+    """Ids written as text, as int64; the first that is not a whole number within 64 bits names
+    its row."""
+    import pyarrow.compute as pc
+
+    try:
+        return pc.cast(col, pa.int64())
+    except pa.ArrowInvalid:
+        pass
+    values = []
+    for i, text in enumerate(col.to_pylist()):
+        if text is None or text == "":
+            raise ZrayError(f"{path}: row {i + 1}: id is missing; expected an integer")
+        try:
+            value = int(text)
+        except ValueError:
+            raise ZrayError(f"{path}: row {i + 1}: id {text!r} is not a whole number; expected integer ids") from None
+        if value > MAX_ID:
+            raise ZrayError(_too_large(path, i, value))
+        if value < -MAX_ID - 1:
+            raise ZrayError(f"{path}: row {i + 1}: id {value} is below {-MAX_ID - 1}; expected 64-bit integer ids")
+        values.append(value)
+    return pa.chunked_array([pa.array(values, pa.int64())])
 
 
 def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z_spec") -> None:

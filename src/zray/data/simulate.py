@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from zray.bins import RedshiftBins
-from zray.data.catalog import check_redshifts, ebv_column, id_column, numeric_column, read_catalog
+from zray.data.catalog import check_redshifts, ebv_column, id_column, numeric_column, read_catalog, where
 from zray.data.cutouts import check_size
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
@@ -32,6 +32,9 @@ from zray.errors import ZrayError
 CATALOG_NAME = "catalog.parquet"
 MAG_COLUMNS = tuple(f"mag_{b}" for b in BANDS)  # "z" is the redshift, so bands get a prefix
 CHUNK = 16  # galaxies per worker task: small enough for smooth progress
+#: The apparent magnitudes a catalogue may give; catalogues mark missing photometry
+#: with sentinels outside it (SDSS: -9999; others: 99).
+MAG_RANGE = (5.0, 35.0)
 _RENDER_KEYS = (
     "id", "mags", "ebv", "bulge_frac", "bulge_r50_arcsec", "disk_r50_arcsec", "bulge_q",
     "disk_q", "angle_deg", "dx_pix", "dy_pix", *(f"psf_fwhm_{b}" for b in BANDS),
@@ -74,7 +77,7 @@ def simulate_from_catalog(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Manifest:
-    """Render cutouts for a catalogue of id, z, dereddened mag_u..mag_z [, ebv].
+    """Render cutouts for a catalogue of id, z (or z_spec), dereddened mag_u..mag_z [, ebv].
 
     Morphology (bulge fraction, size from the absolute magnitude) is drawn
     per galaxy consistent with its colours; E(B-V) is drawn if not given.
@@ -97,11 +100,17 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
     has both columns (``zray simulate --frames``)."""
     from zray.data.population import population_from_catalog
 
-    table = read_catalog(catalog_path, ("id", "z", *MAG_COLUMNS))
+    table = read_catalog(catalog_path, ("id", *MAG_COLUMNS))
+    # the true redshift: z, or z_spec as the other commands' catalogues call it
+    name = next((c for c in ("z", "z_spec") if c in table.column_names), None)
+    if name is None:
+        raise ZrayError(f"{catalog_path}: missing column z; expected each galaxy's redshift as z (or z_spec) "
+                        f"beside id and {', '.join(MAG_COLUMNS)}")
     ids = id_column(table, catalog_path)
-    z = numeric_column(table, "z", catalog_path, ids)
-    check_redshifts(z, bins, catalog_path, ids, name="z")
+    z = numeric_column(table, name, catalog_path, ids)
+    check_redshifts(z, bins, catalog_path, ids, name=name)
     mags = np.stack([numeric_column(table, c, catalog_path, ids) for c in MAG_COLUMNS], axis=1)
+    _check_magnitudes(mags, catalog_path, ids)
     ebv = ebv_column(table, catalog_path, ids)
     sky = {}
     if positions and ("ra" in table.column_names or "dec" in table.column_names):
@@ -117,8 +126,19 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
     ebv = None if ebv is None else ebv[order]
     params = population_from_catalog(z, mags, ebv, int(seed))
     params["id"] = ids
+    params["row"] = order + 1  # the catalogue's own row, for messages
     params.update({k: v[order] for k, v in sky.items()})
     return params
+
+
+def _check_magnitudes(mags: np.ndarray, path, ids) -> None:
+    low, high = MAG_RANGE
+    bad = (mags < low) | (mags > high)
+    if bad.any():
+        i, k = (int(v) for v in np.argwhere(bad)[0])
+        raise ZrayError(f"{path}: {where(i, ids)}: {MAG_COLUMNS[k]} {mags[i, k]:g} is not a galaxy's apparent "
+                        f"magnitude; expected {low:g} to {high:g} (a sentinel such as -9999 or 99 marks missing "
+                        "photometry: leave such galaxies out)")
 
 
 def _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source) -> Manifest:
@@ -130,11 +150,12 @@ def _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite,
     bar = Progress("simulate", n, enabled=progress)
     inputs = (Path(source["catalog"]),) if "catalog" in source else ()
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, overwrite=overwrite,
-                       source=source, label="simulate", inputs=inputs) as writer:
+                       source=source, label=source.get("catalog", "simulate"), inputs=inputs) as writer:
         for start, images in _render_all(params, size, seed, workers):
             sl = slice(start, start + len(images))
             extra = {f"mag_{b}": params["mags"][sl, k] for k, b in enumerate(BANDS)}
-            writer.add(params["id"][sl], images, params["z"][sl], params["ebv"][sl], extra)
+            rows = params["row"][sl] if "row" in params else None  # a catalogue's rows, as in the file
+            writer.add(params["id"][sl], images, params["z"][sl], params["ebv"][sl], extra, rows=rows)
             bar.update(len(images))
         writer.add_sidecar(CATALOG_NAME, _catalog_table(params))
     return writer.manifest

@@ -21,7 +21,8 @@ def ensure_data(space) -> Manifest:
         if data.simulate is None:
             raise ZrayError(
                 f"{root}: no dataset there ({MANIFEST_NAME} missing); expected shards from "
-                f"`zray simulate --out {root}` or `zray prepare CATALOG --images DIR --out {root}`"
+                f"`zray simulate --out {root}` or `zray prepare CATALOG --images DIR --out {root}` "
+                "(a data.path given with --set is simulated into only with --set data.simulate.n=N too)"
             )
         from zray.data.simulate import simulate
 

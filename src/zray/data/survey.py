@@ -382,7 +382,9 @@ def _frame_data(frame: Frame) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(frame.path, memmap=True) as hdul:
+            # not memory-mapped: astropy cannot map integer pixels scaled by BZERO/BSCALE (uint16
+            # frames), and the whole frame is read into float64 here anyway
+            with fits.open(frame.path, memmap=False) as hdul:
                 return np.asarray(hdul[frame.hdu].data, dtype=np.float64)
     except Exception as exc:  # a file changed or truncated (compressed) since its header was read
         raise ZrayError(f"{frame.path}: its pixels cannot be read ({first_line(exc, 120)}); expected a whole "
@@ -585,13 +587,22 @@ def make_cutouts(
     workers = max(1, min(int(workers or os.cpu_count() or 1), max(len(pending), 1)))
     cut = sum(len(groups[f]) for f in pending)
     start = time.perf_counter()
-    for f, (images, bad) in _run_tasks(frames, groups, pending, cat, plan, size, workers):
-        name = _task_name(frames[f])
-        _save_task(folder, name, cat.ids[groups[f]], images, bad)
-        results[f] = _load_task(folder, name, cat.ids[groups[f]])
-        bar.update(len(groups[f]))
-        if stop_after_tasks is not None and len(results) - resumed >= stop_after_tasks:
-            raise KeyboardInterrupt
+    try:
+        for f, (images, bad) in _run_tasks(frames, groups, pending, cat, plan, size, workers):
+            name = _task_name(frames[f])
+            _save_task(folder, name, cat.ids[groups[f]], images, bad)
+            results[f] = _load_task(folder, name, cat.ids[groups[f]])
+            bar.update(len(groups[f]))
+            if stop_after_tasks is not None and len(results) - resumed >= stop_after_tasks:
+                raise KeyboardInterrupt
+    except ZrayError as exc:  # a frame that cannot be read: the frames cut so far are kept for a rerun
+        if results:
+            raise ZrayError(f"{exc}; the cutouts of the {len(results)} frames done are kept in {folder} and "
+                            "reused when the command is run again") from None
+        shutil.rmtree(folder, ignore_errors=True)
+        if made:
+            _remove_empty(folder.parent)
+        raise
     cut_seconds = time.perf_counter() - start
 
     # where each cut galaxy's cutout is, and the bad-pixel limit
@@ -634,11 +645,15 @@ def make_cutouts(
     _write_skipped(listing, skipped)
     shutil.rmtree(folder, ignore_errors=True)
     if made:
-        try:
-            folder.parent.rmdir()
-        except OSError:
-            pass
+        _remove_empty(folder.parent)
     return report
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: something else lives there
+        pass
 
 
 def count_line(counts: Counter) -> str:

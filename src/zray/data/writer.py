@@ -160,7 +160,7 @@ class DatasetWriter:
         self._sidecars[name] = table
 
     def _row(self, i):
-        return self._row_numbers[i] if self._row_numbers is not None else self._rows_seen + i
+        return self._row_numbers[i] if self._row_numbers is not None else self._rows_seen + i + 1
 
     def _where(self, i: int, ids=None) -> str:
         row = self._row(i)
@@ -195,7 +195,7 @@ class DatasetWriter:
             self.image_shape = shape  # type: ignore[assignment]
         elif shape != self.image_shape:
             raise ZrayError(
-                f"{self.label}: rows from {self._rows_seen} have image shape {shape}; "
+                f"{self.label}: rows from {self._row(0)} have image shape {shape}; "
                 f"expected {self.image_shape} like the earlier rows"
             )
         bad = ~(np.isfinite(z_spec) & self.bins.contains(z_spec))
