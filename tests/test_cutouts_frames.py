@@ -194,6 +194,67 @@ def test_masked_pixels_count_against_the_limit(frames, tmp_path):
     assert _skipped(out) == {} and BAD_PIXELS == "bad pixels"
 
 
+def test_integer_frames_scaled_by_bzero_and_bscale_cut_as_their_floats(frames, tmp_path):
+    """Frames as many pipelines write them: unsigned 16-bit integers with BZERO = 32768 and a
+    BSCALE (astropy cannot memory-map those). They give the cutouts of the float frames, to
+    the integers' step."""
+    copy = tmp_path / "frames"
+    shutil.copytree(frames, copy)
+    step = 0.0
+    for path in copy.glob("frame-*.fits"):
+        with fits.open(path) as hdul:
+            header, data = hdul[0].header.copy(), hdul[0].data.astype(np.float64)
+        hdu = fits.PrimaryHDU(data, header)
+        bscale = (data.max() - data.min()) / 60000.0  # stored integers from -32768 up, as uint16 would
+        hdu.scale("int16", bzero=data.min() + 32768 * bscale, bscale=bscale)
+        hdu.writeto(path, overwrite=True)
+        step = max(step, bscale)
+    with fits.open(next(copy.glob("frame-*.fits"))) as hdul:
+        assert hdul[0].header["BITPIX"] == 16 and "BZERO" in hdul[0].header
+    rows = [r for r in pcsv.read_csv(frames / CATALOG_NAME).to_pylist() if r["id"] in (101, 102)]
+    pcsv.write_csv(pa.Table.from_pylist(rows), tmp_path / "two.csv")
+    for name, folder in (("ints", copy), ("floats", frames)):
+        result = _run("cutouts", tmp_path / "two.csv", "--frames", folder, "--out", tmp_path / name, "--size", SIZE,
+                      "--workers", 1)
+        assert result.exit_code == 0 and "wrote 2 of 2" in result.output, result.output
+    (ids, ints, _), (ids_f, floats, _) = _shards(tmp_path / "ints"), _shards(tmp_path / "floats")
+    assert list(ids) == list(ids_f)
+    np.testing.assert_allclose(ints, floats, atol=step)  # each frame pixel within half a step
+    assert np.abs(floats).max() > 100 * step  # the galaxies are there, far above the step
+
+
+def test_a_compressed_frame_is_read_and_a_damaged_one_leaves_nothing(frames, tmp_path):
+    """A tile-compressed frame named .fits (as surveys ship them) is cut like the plain one; damaged
+    inside its pixels, whole to the byte, it is one sentence, and with nothing cut before it no
+    hidden folder of partial results stays behind."""
+    copy = tmp_path / "frames"
+    shutil.copytree(frames, copy)
+    frame = copy / "frame-u-0000.fits"  # where galaxy 101 lies
+    with fits.open(frame) as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header)]).writeto(frame, overwrite=True)
+    rows = [r for r in pcsv.read_csv(frames / CATALOG_NAME).to_pylist() if r["id"] == 101]
+    pcsv.write_csv(pa.Table.from_pylist(rows), tmp_path / "one.csv")
+    for name, folder in (("packed", copy), ("plain", frames)):
+        result = _run("cutouts", tmp_path / "one.csv", "--frames", folder, "--out", tmp_path / name, "--size", SIZE,
+                      "--workers", 1)
+        assert result.exit_code == 0 and "wrote 1 of 1" in result.output, result.output
+    np.testing.assert_allclose(_shards(tmp_path / "packed")[1], _shards(tmp_path / "plain")[1], rtol=1e-3, atol=1e-3)
+    shutil.rmtree(tmp_path / "packed")
+    shutil.rmtree(tmp_path / "plain")
+    (tmp_path / "plain.skipped.csv").unlink(missing_ok=True)
+    (tmp_path / "packed.skipped.csv").unlink(missing_ok=True)
+    raw = bytearray(frame.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 2000] = bytes(2000)
+    frame.write_bytes(bytes(raw))
+    result = _run("cutouts", tmp_path / "one.csv", "--frames", copy, "--out", tmp_path / "mine", "--size", SIZE,
+                  "--workers", 1)
+    assert result.exit_code == 1
+    assert result.output.count("zray: error:") == 1
+    assert "frame-u-0000.fits: its pixels cannot be read" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "one.csv"]  # no hidden partial folder
+
+
 def test_interrupted_run_resumes_with_the_same_result(frames, tmp_path):
     out = tmp_path / "mine"
     with pytest.raises(KeyboardInterrupt):

@@ -249,7 +249,7 @@ def read_frames(folder) -> list[Frame]:
             with warnings.catch_warnings():  # astropy's own truncation warning: the check below says it
                 warnings.simplefilter("ignore")
                 with fits.open(path, memmap=True) as hdul:
-                    found = [(k, h.header, hdul.fileinfo(k)["datLoc"] + h.size) for k, h in enumerate(hdul)
+                    found = [(k, h.header, _data_end(hdul, k)) for k, h in enumerate(hdul)
                              if getattr(h, "is_image", False) and h.header.get("NAXIS") == 2]
         except Exception as exc:  # astropy raises many types for corrupt files
             raise ZrayError(f"{path}: is not a readable FITS file ({first_line(exc, 120)})") from None
@@ -375,6 +375,18 @@ def plan_cutouts(frames: list[Frame], ra, dec, size: int) -> Plan:
 
 
 # --- cutting (in the worker processes) ------------------------------------------------------
+
+def _data_end(hdul, k: int) -> int:
+    """Where HDU ``k``'s pixels end in the file, as its header says: a tile-compressed image
+    (``CompImageHDU``, in a .fits as often as in a .fits.fz) by its compressed table's span,
+    whose ``size`` is that of the pixels once decompressed."""
+    from astropy.io import fits
+
+    info = hdul.fileinfo(k)
+    if isinstance(hdul[k], fits.CompImageHDU):
+        return info["datLoc"] + info["datSpan"]
+    return info["datLoc"] + hdul[k].size
+
 
 def _frame_data(frame: Frame) -> np.ndarray:
     from astropy.io import fits
