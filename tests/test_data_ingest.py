@@ -108,6 +108,20 @@ def test_one_file_per_band_layout_and_parquet_catalogue(tmp_path):
     _check_roundtrip(tmp_path / "out", rows["id"])
 
 
+def test_a_hand_written_catalogue_with_spaces_and_text_ids_beside_its_fits(tmp_path):
+    """A CSV as typed by hand ("id, z_spec, ..."), ids a pipeline wrote as text ("00101"), and the
+    dataset written into the FITS folder itself, twice (the second time replacing its own)."""
+    _single_file_setup(tmp_path, n=3)
+    (tmp_path / "cat.csv").write_text("id, z_spec, ebv, file\n00100, 0.02, 0.03, g0.fits\n"
+                                      "101 , 0.07, 0.03, g1.fits\n102, 0.12, 0.03, g2.fits\n")
+    out = tmp_path / "img" / "ds"
+    for overwrite in (False, True):
+        m = prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", out, size=SIZE, progress=False,
+                            overwrite=overwrite)
+        assert m.total_rows == 3
+    _check_roundtrip(out, [100, 101, 102])
+
+
 def test_band_names_are_normalised_not_guessed():
     assert [normalise_band(v) for v in ("g", "G", "sdss_g", "SDSS g", "sdss-r'")] == ["g", "g", "g", "g", "r"]
     assert normalise_band("V") is None and normalise_band("") is None and normalise_band("gr") is None

@@ -214,7 +214,9 @@ def test_a_bundle_inside_the_ensembles_training_folder_is_refused(exported):
 
     out = exported["experiment"] / ENSEMBLE_DIR / "bundle"
     result = _run("export", exported["experiment"], "--top-k", 2, "--out", out)
-    assert result.exit_code == 1 and "where the ensemble's members are trained" in result.output, result.output
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (f"zray: error: {out}: is, holds or lies inside {exported['experiment']}, an "
+                                     "input of this command; expected an output apart from the command's inputs")
     assert not out.exists()
 
 
@@ -258,7 +260,7 @@ def test_export_refuses_to_overwrite(exported, tmp_path):
     result = _run("export", exported["experiment"], "--out", tmp_path / "b")
     assert result.exit_code == 1 and "already exists and was not written by zray; expected a new or empty folder" in result.output
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
-    result = _run("export", tmp_path, "--out", tmp_path / "c")
+    result = _run("export", tmp_path, "--out", tmp_path.parent / f"{tmp_path.name}-c")
     assert result.exit_code == 1 and "holds no zray checkpoint" in result.output
 
 
@@ -470,9 +472,9 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     np.testing.assert_allclose(withz["z_median"], [by_id[i] for i in withz["id"]], atol=1e-6)
 
 
-def test_predict_refuses_what_it_cannot_do_as_asked(exported, sim_data, tmp_path):
-    """--split on a catalogue (zray's split hash would pick a share of its galaxies), a CSV name
-    for Parquet output: one sentence each, and no file. A split named twice is predicted once."""
+def test_predict_takes_splits_of_a_shard_folder_only_and_each_once(exported, sim_data, tmp_path):
+    """--split on a catalogue (zray's split hash would pick a share of its galaxies) is one
+    sentence, and no file. A split named twice is predicted once."""
     pq.write_table(pa.table({"id": [1, 2], "ebv": [0.0, 0.0], "file": ["a.fits", "b.fits"]}), tmp_path / "cat.parquet")
     result = _run("predict", exported["best"], tmp_path / "cat.parquet", "--images", tmp_path, "--split", "test",
                   "--out", tmp_path / "c.parquet")
@@ -480,10 +482,6 @@ def test_predict_refuses_what_it_cannot_do_as_asked(exported, sim_data, tmp_path
     assert result.output.strip() == (
         f"zray: error: {tmp_path / 'cat.parquet'}: is a catalogue file, and --split test chooses among a shard "
         "folder's splits; expected no --split (every galaxy of a catalogue is predicted)")
-    result = _run("predict", exported["best"], sim_data, "--out", tmp_path / "pz.csv")
-    assert result.exit_code == 1
-    assert result.output.startswith(f"zray: error: {tmp_path / 'pz.csv'}: --format parquet writes Parquet, "
-                                    "whatever the name says; expected a name ending in .parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.parquet"]
     result = _run("predict", exported["best"], sim_data, "--split", "test", "--split", "test",
                   "--out", tmp_path / "twice.parquet")
@@ -511,6 +509,30 @@ def test_evaluate_scores_galaxies_beyond_the_bins_apart(exported, sim_data, tmp_
     assert beyond["z_spec_max"] == pytest.approx(0.55, abs=1e-6)
     assert f"note: {beyond['n']} of {len(z)} galaxies have z_spec outside the bundle's bins" in result.output
     assert pq.read_metadata(tmp_path / "report" / "predictions.parquet").num_rows == len(z)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_evaluate_on_a_split_of_one_or_two_galaxies_says_what_it_cannot_compute(exported, sim_data, tmp_path, n):
+    test = load_arrays(sim_data, "test")
+    from zray.data import write_dataset
+
+    write_dataset(tmp_path / "few", test["id"][:n], test["image"][:n], test["z_spec"][:n], test["ebv"][:n],
+                  fractions=(0.0, 0.0, 1.0))
+    result = _run("evaluate", exported["best"], tmp_path / "few", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert f"note: qp's metrics (PIT KS, CvM and AD, CDE loss, Brier) not computed: {n} galaxies" in result.output
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == n and metrics["qp"] is None
+
+
+def test_evaluate_places_the_bundle_against_the_baselines_in_words(exported):
+    """Beside the ratios, one verdict: here a 1-epoch network on 300 galaxies, which the colour
+    kNN beats (or ties) and which beats the constant, or does not: either is said."""
+    lines = [line for line in exported["evaluate_output"].splitlines() if line.startswith("  sigma_MAD ")]
+    assert len(lines) == 1, exported["evaluate_output"]
+    assert re.search(r"sigma_MAD \d\.\d{5} = \d+\.\d\dx the constant predictor's, \d+\.\d\dx the kNN's", lines[0])
+    assert re.search(r" -- (NO BETTER THAN THE CONSTANT|the colour kNN still does better|level with the colour kNN)",
+                     lines[0]), lines[0]
 
 
 # --- the report ---------------------------------------------------------------------

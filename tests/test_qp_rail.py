@@ -215,6 +215,7 @@ def test_rail_stages_refuse_what_they_cannot_use(exported, sim_data, tmp_path, m
     (("--format", "qp", "--out", "pz.parquet"), "expected a file name ending in .hdf5 or .h5"),
     (("--format", "qp", "--no-pdf", "--out", "pz.hdf5"), "--no-pdf cannot go with it"),
     (("--out", "pz.h5"), "expected --format qp for a qp file"),
+    (("--out", "pz.csv"), "--format parquet writes Parquet, whatever the name says; expected a name ending in .parquet"),
 ])
 def test_predict_refuses_a_format_it_cannot_write(exported, sim_data, tmp_path, args, message):
     out_args = list(args)

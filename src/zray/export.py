@@ -223,13 +223,8 @@ def export(run_dir, out, *, top_k: int = 1, overwrite: bool = False, calibrate: 
     seeds = _member_rule(members, "search") == "seeds" and (Path(run_dir) / SPACE_FILE).exists()
     chosen, kind = candidates(run_dir, 1 if seeds else top_k, trial=trial)  # trial: that one first
     rule = _member_rule(members, kind) if top_k > 1 else None
-    if rule == "seeds":  # long: trained before anything is written at --out
-        from zray.ensemble import ENSEMBLE_DIR, seed_members
-
-        members_dir = Path(os.path.realpath(Path(run_dir) / ENSEMBLE_DIR))
-        if Path(os.path.realpath(out)).is_relative_to(members_dir):
-            raise ZrayError(f"{out}: lies inside {members_dir}, where the ensemble's members are trained; "
-                            "expected a bundle folder outside it")
+    if rule == "seeds":  # long: trained before anything is written at --out (never inside run_dir)
+        from zray.ensemble import seed_members
 
         chosen = seed_members(run_dir, chosen[0], top_k)
     made = make_parents(out)
