@@ -79,6 +79,10 @@ def test_catalog_mode(tmp_path):
     truth = pq.read_table(tmp_path / "out" / "catalog.parquet").to_pandas().set_index("id").loc[[11, 12, 13, 14]]
     np.testing.assert_allclose(truth["mag_r"], cat["mag_r"].to_numpy())
     assert truth["red"].iloc[0] and not truth["red"].iloc[3]  # u-r 2.5 red, 1.6 blue
+    # The redshift named z_spec, as zray's other commands name it, gives the same galaxies.
+    pcsv.write_csv(cat.rename_columns(["id", "z_spec", *cat.column_names[2:]]), tmp_path / "cat_spec.csv")
+    same = simulate_from_catalog(tmp_path / "cat_spec.csv", tmp_path / "spec", size=16, workers=1, progress=False)
+    assert same.hash == m.hash
 
 
 @pytest.mark.parametrize(
@@ -88,6 +92,8 @@ def test_catalog_mode(tmp_path):
         ({"z": [0.05, 0.45]}, "cat.csv: row 2 \\(id 2\\): z 0.45 is outside the binning range"),
         ({"id": [3, 3]}, "cat.csv: rows 1 and 2 share id 3; expected unique ids"),
         ({"mag_r": [17.0, None]}, "cat.csv: row 2 \\(id 2\\): mag_r is missing or not finite"),
+        ({"drop": "z"}, "cat.csv: missing column z; expected each galaxy's redshift as z \\(or z_spec\\)"),
+        ({"mag_i": [-9999.0, 17.0]}, "cat.csv: row 1 \\(id 1\\): mag_i -9999 is not a galaxy's apparent magnitude"),
     ],
 )
 def test_bad_catalogue_for_simulation(tmp_path, change, message):
