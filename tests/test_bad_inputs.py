@@ -307,7 +307,7 @@ CASES = {
         lambda t, d: fits_setup(t, rows={"id": pa.array([100, 101, 2**63], pa.uint64())}),
         "cat.csv: row 3: id 9223372036854775808 is larger than 9223372036854775807, the largest id zray keeps"),
     "catalog-fractional-id-in-csv": (lambda t, d: fits_setup(t, rows={"id": [100, 101.5, 102]}),
-                                     "cat.csv: row 2: id '101.5' is not a whole number; expected integer ids"),
+                                     "cat.csv: row 2: id '101.5' is not written as an integer; expected integer ids"),
     "simulate-catalog-sentinel-magnitude": (
         lambda t, d: ((t / "cat.csv").write_text("id,z,mag_u,mag_g,mag_r,mag_i,mag_z\n7,0.1,19,18,17.5,17,16.8\n"
                                                   "8,0.2,-9999,19,18,17.6,17.4\n"),

@@ -132,7 +132,8 @@ def _text_ids(col, path) -> pa.ChunkedArray:
         try:
             value = int(text)
         except ValueError:
-            raise ZrayError(f"{path}: row {i + 1}: id {text!r} is not a whole number; expected integer ids") from None
+            raise ZrayError(f"{path}: row {i + 1}: id {text!r} is not written as an integer; "
+                            "expected integer ids") from None
         if value > MAX_ID:
             raise ZrayError(_too_large(path, i, value))
         if value < -MAX_ID - 1:
