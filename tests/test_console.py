@@ -82,3 +82,16 @@ def test_no_zray_module_prints():
     assert not printing, printing
 
 
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`zray validate A B | head -0`: the reader has gone before zray writes; zray stops as
+    Unix tools do (the status of a SIGPIPE), not with an error about a path."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spaces = [os.path.join(root, "search_spaces", name) for name in ("quickstart.yaml", "cnn.yaml")]
+    proc = subprocess.Popen([sys.executable, "-m", "zray", "validate", *spaces], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before zray has written a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""

@@ -29,6 +29,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("zray: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # Whoever read the output has gone (`zray evaluate ... | head`): stop quietly, as other
+            # Unix tools do, with the status of a SIGPIPE; outputs are whole or absent (renamed
+            # into place when complete). stdout goes to /dev/null so the exit's flush is silent.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + 13)
         except Exception as exc:
             sentence = exc_sentence(exc)
             if sentence is None:
