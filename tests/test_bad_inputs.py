@@ -306,6 +306,8 @@ CASES = {
     "catalog-uint64-id-in-csv": (
         lambda t, d: fits_setup(t, rows={"id": pa.array([100, 101, 2**63], pa.uint64())}),
         "cat.csv: row 3: id 9223372036854775808 is larger than 9223372036854775807, the largest id zray keeps"),
+    "catalog-sentinel-magnitude": (lambda t, d: fits_setup(t, rows={"mag_r": [17.0, -9999.0, 18.0]}),
+                                   "cat.csv: row 2 (id 101): mag_r -9999 is not a galaxy's apparent magnitude"),
     "catalog-fractional-id-in-csv": (lambda t, d: fits_setup(t, rows={"id": [100, 101.5, 102]}),
                                      "cat.csv: row 2: id '101.5' is not written as an integer; expected integer ids"),
     "simulate-catalog-sentinel-magnitude": (

@@ -128,6 +128,19 @@ def test_bad_file_gets_one_sentence(tmp_path, change, message):
     assert "\n" not in text
 
 
+def test_yaml_merge_keys_merge_and_the_mappings_own_keys_win(tmp_path):
+    """`<<:` (YAML's merge key) works as YAML says: the merged keys first, the mapping's own
+    override them; a key written twice in the mapping itself is still refused."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: m\nmodel: cnn\ndata: {path: data}\nfixed:\n  <<: {epochs: 2, batch_size: 32}\n"
+                    "  epochs: 3\n")
+    assert config.load(path).fixed == {"epochs": 3, "batch_size": 32}
+    path.write_text("name: m\nmodel: cnn\ndata: {path: data}\nfixed:\n  <<: {epochs: 2}\n  epochs: 3\n"
+                    "  epochs: 4\n")
+    with pytest.raises(ZrayError, match=r"line 7, column 3: invalid YAML \(key 'epochs' appears twice \(lines 6 and 7\)"):
+        config.load(path)
+
+
 def test_unreadable_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "name: t\nmodel: cnn\ndata: {path: x\nfixed: {}\n")
     with pytest.raises(ZrayError, match=r"space.yaml: line \d+, column \d+: invalid YAML"):

@@ -89,6 +89,17 @@ def test_ports_outside_1_to_65535_are_refused(tmp_path, monkeypatch, option, val
     assert new == set()
 
 
+def test_the_heads_port_and_the_dashboards_must_differ_and_shared_must_name_a_folder(tmp_path, monkeypatch):
+    result, out, new = _slurm(tmp_path, monkeypatch, "--port", "8265")  # the dashboard's default
+    assert result.exit_code == 1, result.output
+    assert ("--port 8265 and --dashboard-port 8265: Ray's head and its dashboard cannot share a port; expected two "
+            "different ports") in result.output
+    assert new == set()
+    result = CliRunner().invoke(main, ["slurm", SPACE, "--shared", " ", "--out", str(tmp_path / "job.sbatch")])
+    assert result.exit_code == 2 and "Invalid value for '--shared': expected a folder every node" in result.output
+    assert not (tmp_path / "job.sbatch").exists()
+
+
 def test_a_port_is_checked_for_library_callers_too():
     with pytest.raises(ZrayError, match=r"^--port 99999: expected a port number from 1 to 65535$"):
         slurm.check_port("--port", 99999)

@@ -197,6 +197,11 @@ def _check_values(*, space_file, shared, venv, workdir, time_limit, partition, p
         check_partition(partition)
     check_port("--port", port)
     check_port("--dashboard-port", dashboard_port)
+    if port == dashboard_port:  # the head would fail to start, once the job has waited in the queue
+        raise ZrayError(f"--port {port} and --dashboard-port {dashboard_port}: Ray's head and its dashboard "
+                        "cannot share a port; expected two different ports")
+    if not str(shared).strip():
+        raise ZrayError("--shared '': expected a folder every node of the allocation sees, such as /scratch/$USER")
     for option, value in [("FILE", space_file), ("--shared", shared), ("--venv", venv),
                           ("the working directory", workdir), *(("--set", o) for o in overrides)]:
         _check_text(option, value)

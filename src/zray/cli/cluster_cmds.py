@@ -9,11 +9,18 @@ import click
 from zray.paths import click_absolute
 
 
+def _shared_folder(ctx, param, value):
+    """--shared, made absolute; an empty one would quietly mean the folder zray runs in."""
+    if not value.strip():
+        raise click.BadParameter("expected a folder every node of the allocation sees, such as /scratch/$USER/zray")
+    return click_absolute(ctx, param, value)
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False), callback=click_absolute)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), callback=click_absolute, required=True,
               help="The batch script to write (submit it with sbatch).")
-@click.option("--shared", required=True, callback=click_absolute,
+@click.option("--shared", required=True, callback=_shared_folder,
               help="A folder every node of the allocation sees: the results go to SHARED/runs.")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(min=1), help="Nodes to allocate.")
 @click.option("--venv", default=None, help="Virtual environment with zray on every node [default: this one].")

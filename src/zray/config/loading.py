@@ -50,13 +50,18 @@ class _Loader(yaml.SafeLoader):
         return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
+        own = sum(key_node.tag != "tag:yaml.org,2002:merge" for key_node, _ in node.value)
+        self.flatten_mapping(node)  # `<<: *defaults` puts the merged keys first; the mapping's own may override them
+        merged = len(node.value) - own
         seen: dict = {}
-        for key_node, _ in node.value:
+        for i, (key_node, _) in enumerate(node.value):
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"a key is a {type(key).__name__}; expected plain keys such as fixed or epochs",
                     key_node.start_mark)
+            if i < merged:
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "

@@ -163,10 +163,30 @@ def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:
     return ebv
 
 
+#: The apparent magnitudes a catalogue may give; catalogues mark missing photometry
+#: with sentinels outside it (SDSS: -9999; others: 99).
+MAG_RANGE = (5.0, 35.0)
+
+
 def magnitude_columns(table: pa.Table, path, ids, bands: str) -> dict[str, np.ndarray]:
     """The optional ``mag_<band>`` columns the catalogue has, checked, to carry into the shards."""
-    return {f"mag_{b}": numeric_column(table, f"mag_{b}", path, ids) for b in bands
+    mags = {f"mag_{b}": numeric_column(table, f"mag_{b}", path, ids) for b in bands
             if f"mag_{b}" in table.column_names}
+    for name, values in mags.items():
+        check_magnitudes(values, name, path, ids)
+    return mags
+
+
+def check_magnitudes(values: np.ndarray, name: str, path, ids) -> None:
+    """Refuse a magnitude outside :data:`MAG_RANGE`, naming its row: a sentinel for "no
+    photometry" would otherwise pass for a very bright or very faint galaxy."""
+    low, high = MAG_RANGE
+    bad = np.flatnonzero((values < low) | (values > high))
+    if bad.size:
+        i = int(bad[0])
+        raise ZrayError(f"{path}: {where(i, ids)}: {name} {values[i]:g} is not a galaxy's apparent magnitude; "
+                        f"expected {low:g} to {high:g} (a sentinel such as -9999 or 99 marks missing photometry: "
+                        "leave such galaxies out, or the column)")
 
 
 def where(i: int, ids=None) -> str:

@@ -22,7 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from zray.bins import RedshiftBins
-from zray.data.catalog import check_redshifts, ebv_column, id_column, numeric_column, read_catalog, where
+from zray.data.catalog import (
+    check_magnitudes,
+    check_redshifts,
+    ebv_column,
+    id_column,
+    numeric_column,
+    read_catalog,
+)
 from zray.data.cutouts import check_size
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
@@ -32,9 +39,6 @@ from zray.errors import ZrayError
 CATALOG_NAME = "catalog.parquet"
 MAG_COLUMNS = tuple(f"mag_{b}" for b in BANDS)  # "z" is the redshift, so bands get a prefix
 CHUNK = 16  # galaxies per worker task: small enough for smooth progress
-#: The apparent magnitudes a catalogue may give; catalogues mark missing photometry
-#: with sentinels outside it (SDSS: -9999; others: 99).
-MAG_RANGE = (5.0, 35.0)
 _RENDER_KEYS = (
     "id", "mags", "ebv", "bulge_frac", "bulge_r50_arcsec", "disk_r50_arcsec", "bulge_q",
     "disk_q", "angle_deg", "dx_pix", "dy_pix", *(f"psf_fwhm_{b}" for b in BANDS),
@@ -110,7 +114,8 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
     z = numeric_column(table, name, catalog_path, ids)
     check_redshifts(z, bins, catalog_path, ids, name=name)
     mags = np.stack([numeric_column(table, c, catalog_path, ids) for c in MAG_COLUMNS], axis=1)
-    _check_magnitudes(mags, catalog_path, ids)
+    for k, name in enumerate(MAG_COLUMNS):
+        check_magnitudes(mags[:, k], name, catalog_path, ids)
     ebv = ebv_column(table, catalog_path, ids)
     sky = {}
     if positions and ("ra" in table.column_names or "dec" in table.column_names):
@@ -129,16 +134,6 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
     params["row"] = order + 1  # the catalogue's own row, for messages
     params.update({k: v[order] for k, v in sky.items()})
     return params
-
-
-def _check_magnitudes(mags: np.ndarray, path, ids) -> None:
-    low, high = MAG_RANGE
-    bad = (mags < low) | (mags > high)
-    if bad.any():
-        i, k = (int(v) for v in np.argwhere(bad)[0])
-        raise ZrayError(f"{path}: {where(i, ids)}: {MAG_COLUMNS[k]} {mags[i, k]:g} is not a galaxy's apparent "
-                        f"magnitude; expected {low:g} to {high:g} (a sentinel such as -9999 or 99 marks missing "
-                        "photometry: leave such galaxies out)")
 
 
 def _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source) -> Manifest:
