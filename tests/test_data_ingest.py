@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 from astropy.io import fits
 
@@ -109,10 +110,11 @@ def test_one_file_per_band_layout_and_parquet_catalogue(tmp_path):
 
 
 def test_a_hand_written_catalogue_with_spaces_and_text_ids_beside_its_fits(tmp_path):
-    """A CSV as typed by hand ("id, z_spec, ..."), ids a pipeline wrote as text ("00101"), and the
-    dataset written into the FITS folder itself, twice (the second time replacing its own)."""
+    """A CSV as typed by hand ("id, z_spec, ..." under a comment line), ids a pipeline wrote as text
+    ("00101"), and the dataset written into the FITS folder itself, twice (the second time
+    replacing its own)."""
     _single_file_setup(tmp_path, n=3)
-    (tmp_path / "cat.csv").write_text("id, z_spec, ebv, file\n00100, 0.02, 0.03, g0.fits\n"
+    (tmp_path / "cat.csv").write_text("# my three galaxies, 2026-12-06\nid, z_spec, ebv, file\n00100, 0.02, 0.03, g0.fits\n"
                                       "101 , 0.07, 0.03, g1.fits\n102, 0.12, 0.03, g2.fits\n")
     out = tmp_path / "img" / "ds"
     for overwrite in (False, True):
@@ -120,6 +122,17 @@ def test_a_hand_written_catalogue_with_spaces_and_text_ids_beside_its_fits(tmp_p
                             overwrite=overwrite)
         assert m.total_rows == 3
     _check_roundtrip(out, [100, 101, 102])
+
+
+def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
+    """`df.set_index("id").to_parquet(...)` keeps consecutive ids only in the file's metadata."""
+    import pandas as pd
+
+    rows = _single_file_setup(tmp_path, n=3)
+    pd.DataFrame(rows).set_index("id").to_parquet(tmp_path / "cat.parquet")
+    assert "id" not in pa.parquet.read_schema(tmp_path / "cat.parquet").names
+    prepare_dataset(tmp_path / "cat.parquet", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    _check_roundtrip(tmp_path / "out", rows["id"])
 
 
 def test_band_names_are_normalised_not_guessed():

@@ -26,7 +26,7 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            table = _with_pandas_index(pq.read_table(path))
         elif suffix in (".csv", ".txt"):
             table = _read_csv(path)
         else:
@@ -47,26 +47,53 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
     return table
 
 
+def _with_pandas_index(table: pa.Table) -> pa.Table:
+    """A Parquet file pandas wrote from ``df.set_index("id")``: a named range index is kept
+    only in the file's metadata (``pandas.read_parquet`` shows it); it becomes a column."""
+    meta = table.schema.pandas_metadata or {}
+    ranges = [c for c in meta.get("index_columns", []) if isinstance(c, dict) and c.get("kind") == "range"
+              and c.get("name") and c["name"] not in table.column_names]
+    for c in ranges:
+        values = np.arange(int(c["start"]), int(c["stop"]), int(c["step"]), dtype=np.int64)
+        if len(values) == table.num_rows:
+            table = table.append_column(str(c["name"]), pa.array(values))
+    return table
+
+
 def _read_csv(path: Path) -> pa.Table:
     """A CSV catalogue, read as written by hand or by tools that put a space after each comma
-    (``id, z_spec, ebv``): names and text values lose the spaces around them, numbers never
-    had them. An ``id`` column that is not whole numbers is read again as text, so that
-    :func:`id_column` can name the row (pyarrow reads ids beyond 64 bits as rounded floats)."""
+    (``id, z_spec, ebv``) or ``#`` comment lines above the header: names and text values lose
+    the spaces around them, numbers never had them. An ``id`` column that is not whole
+    numbers is read again as text, so that :func:`id_column` can name the row (pyarrow
+    reads ids beyond 64 bits as rounded floats)."""
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    table = pcsv.read_csv(path)
+    skip = pcsv.ReadOptions(skip_rows=_comment_lines(path))
+    table = pcsv.read_csv(path, read_options=skip)
     names = [name.strip() for name in table.column_names]
     table = table.rename_columns(names)
     for i, name in enumerate(names):
         if pa.types.is_string(table.column(i).type):
             table = table.set_column(i, name, pc.utf8_trim_whitespace(table.column(i)))
     if names.count("id") == 1 and not pa.types.is_integer(table.column("id").type):
-        raw = pcsv.read_csv(path).column_names[names.index("id")]
-        text = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+        raw = pcsv.read_csv(path, read_options=skip).column_names[names.index("id")]
+        text = pcsv.read_csv(path, read_options=skip, convert_options=pcsv.ConvertOptions(
             include_columns=[raw], column_types={raw: pa.string()})).column(0)
         table = table.set_column(names.index("id"), "id", pc.utf8_trim_whitespace(text))
     return table
+
+
+def _comment_lines(path: Path) -> int:
+    """How many lines at the top of the file are comments (``#``, as many tools write a
+    provenance header), to skip before the header row."""
+    count = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.lstrip(b"\xef\xbb\xbf").startswith(b"#"):
+                break
+            count += 1
+    return count
 
 
 def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
