@@ -298,6 +298,17 @@ def test_simulate_frames_command(tmp_path):
     assert data.shape == (96, 96) and data.dtype.kind == "f" and np.std(data) > 0  # the sky's noise
     result = _run("simulate", "--frames", "--n", 4, "--fields", "2by2", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "--fields '2by2' is not COLSxROWS; expected e.g. 2x2" in result.output
+    # The frames' options without --frames, and the cutouts' --size with it, would be ignored: refused.
+    result = _run("simulate", "--n", 4, "--fields", "3x3", "--frame-size", 96, "--out", tmp_path / "y")
+    assert result.exit_code == 1
+    assert "--fields, --frame-size shape survey frames; expected --frames with them" in result.output
+    result = _run("simulate", "--frames", "--n", 4, "--size", 16, "--out", tmp_path / "y")
+    assert result.exit_code == 1 and "--size is the cutouts' size, and --frames draws whole frames" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
+    # The default overlap fits a small frame: a quarter of it.
+    result = _run("simulate", "--frames", "--n", 2, "--fields", "1x1", "--frame-size", 80, "--workers", 1,
+                  "--out", tmp_path / "small")
+    assert result.exit_code == 0 and "80x80 pixels, 20 overlapping" in result.output, result.output
 
 
 # --- careless inputs, on tiny frames written by astropy alone (no GalSim: fast) ------------------

@@ -48,8 +48,9 @@ def _percentiles(z) -> str:
 @click.option("--fields", default="2x2", show_default=True, help="With --frames: fields as COLSxROWS.")
 @click.option("--frame-size", type=int, default=512, show_default=True,
               help="With --frames: each frame's width and height in pixels (SDSS's are 2048x1489).")
-@click.option("--overlap", type=int, default=128, show_default=True,
-              help="With --frames: pixels neighbouring fields share at their edges (SDSS: 128).")
+@click.option("--overlap", type=int, default=None,
+              help="With --frames: pixels neighbouring fields share at their edges [default: 128, as SDSS's, or a "
+                   "quarter of a smaller frame].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_size, overlap, overwrite):
     """Simulate SDSS-like u,g,r,i,z cutouts with known redshifts.
@@ -73,8 +74,18 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
     """
     from zray.data.simulate import catalog_path, simulate, simulate_from_catalog
 
+    given = [f"--{name.replace('_', '-')}" for name in ("size", "fields", "frame_size", "overlap")
+             if click.get_current_context().get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if frames and "--size" in given:
+        raise ZrayError("--size is the cutouts' size, and --frames draws whole frames; expected it on the "
+                        "`zray cutouts` that cuts them")
+    if not frames and given and given != ["--size"]:
+        raise ZrayError(f"{', '.join(g for g in given if g != '--size')} shape survey frames; expected --frames with "
+                        "them, or none of them for cutouts")
     start = time.perf_counter()
     if frames:
+        if overlap is None:
+            overlap = min(128, frame_size // 4)
         from zray.data.frames import CATALOG_NAME, simulate_frames
 
         if catalog is None and n is None:
