@@ -306,7 +306,7 @@ def test_export_takes_the_rules_choice_or_the_named_trial(pareto_search):
 
     result = CliRunner().invoke(main, ["export", str(experiment), "--trial", "trial-nope", "--out",
                                        str(tmp / "nope")])
-    assert result.exit_code != 0 and "--trial trial-nope: is not a trial there" in result.output
+    assert result.exit_code != 0 and "--trial trial-nope: names no trial" in result.output
     assert not (tmp / "nope").exists()
 
 

@@ -236,6 +236,13 @@ def test_status_of_a_folder_that_is_not_an_experiment(tmp_path):
     result = CliRunner().invoke(main, ["status", str(tmp_path)])
     assert result.exit_code == 1
     assert "not a zray experiment" in result.output
+    result = CliRunner().invoke(main, ["status", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and f"{tmp_path / 'nowhere'}: no such folder; expected an experiment" in result.output
+    (tmp_path / "exp" / "trial-a").mkdir(parents=True)
+    (tmp_path / "exp" / "search_space.json").write_text("{}")
+    result = CliRunner().invoke(main, ["status", str(tmp_path / "exp" / "trial-a")])
+    assert result.exit_code == 1
+    assert f"(search_space.json missing) (it lies inside the experiment {tmp_path / 'exp'})" in result.output
 
 
 def test_tune_without_data_names_the_folder(tmp_path):

@@ -90,7 +90,7 @@ def candidates(run_dir, top_k: int = 1, trial: str | None = None) -> tuple[list[
             named = next((r for r in summary["trials"] if r["trial"] == trial), None)
             if named is None or not named.get("best_checkpoint"):
                 have = ", ".join(r["trial"] for r in ranked) or "none"
-                problem = "has no scored checkpoint" if named else "is not a trial there"
+                problem = "has no scored checkpoint" if named else "names no trial"
                 raise ZrayError(f"--trial {trial}: {problem} in {run_dir}; expected one of its trials with "
                                 f"a checkpoint ({have})")
             ranked = [named] + [r for r in ranked if r is not named]

@@ -6,9 +6,10 @@ import click
 
 
 @click.command("models")
-@click.option("--image-size", default=64, show_default=True, help="Cutout side in pixels.")
-@click.option("--bands", default=5, show_default=True, help="Number of photometric bands.")
-@click.option("--n-bins", default=180, show_default=True, help="Redshift bins over 0 <= z < 0.4.")
+@click.option("--image-size", default=64, show_default=True, type=click.IntRange(min=8), help="Cutout side in pixels.")
+@click.option("--bands", default=5, show_default=True, type=click.IntRange(min=1), help="Number of photometric bands.")
+@click.option("--n-bins", default=180, show_default=True, type=click.IntRange(min=2),
+              help="Redshift bins over 0 <= z < 0.4.")
 def models_cmd(image_size: int, bands: int, n_bins: int) -> None:
     """List the model types a search space can name, with their hyperparameters.
 

@@ -186,8 +186,12 @@ def summarize(experiment_dir) -> dict[str, Any]:
     from zray.search.warm_start import read_record
 
     experiment_dir = Path(experiment_dir)
+    if not experiment_dir.exists():
+        raise ZrayError(f"{experiment_dir}: no such folder; expected an experiment of `zray tune`, runs/NAME")
     if not (experiment_dir / SPACE_FILE).exists():
-        raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing); expected runs/NAME")
+        above = next((p for p in experiment_dir.resolve().parents if (p / SPACE_FILE).exists()), None)
+        hint = f" (it lies inside the experiment {above})" if above else ""
+        raise ZrayError(f"{experiment_dir}: not a zray experiment ({SPACE_FILE} missing){hint}; expected runs/NAME")
     space = saved_space(experiment_dir)
     metric, mode = space.tune.metric, space.tune.mode
     epochs = int(space.default_hyperparameters()["epochs"])
