@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -133,6 +135,18 @@ def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
     assert "id" not in pa.parquet.read_schema(tmp_path / "cat.parquet").names
     prepare_dataset(tmp_path / "cat.parquet", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
     _check_roundtrip(tmp_path / "out", rows["id"])
+
+
+def test_planes_written_as_one_by_h_by_w_and_a_folder_for_a_file(tmp_path):
+    """Some tools write each band's HDU as (1, H, W): one plane each, not a 1-band cube. A file
+    column naming a folder says so."""
+    rows = _single_file_setup(tmp_path, n=2, writer=lambda path, image: _write_mef(path, image[:, None]))
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    _check_roundtrip(tmp_path / "out", rows["id"])
+    shutil.rmtree(tmp_path / "out")
+    _write_catalog(tmp_path / "cat2.csv", {**rows, "file": [".", "g1.fits"]})
+    _expect_error(tmp_path, r"cat2.csv: row 1 \(id 100\): file names the folder .*img; expected a FITS file name",
+                  catalog="cat2.csv")
 
 
 def test_band_names_are_normalised_not_guessed():

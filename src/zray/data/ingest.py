@@ -92,7 +92,7 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
         if not images:
             raise ZrayError(f"{label}: {path} has no image data; expected a 5-band cutout")
         first = images[0][1]
-        if first.data.ndim == 3:
+        if first.data.ndim == 3 and not (len(images) > 1 and first.data.shape[0] == 1):
             cube = first.data
             if cube.shape[0] != len(BANDS):
                 raise ZrayError(f"{label}: {path} holds {cube.shape[0]} bands; expected 5 (u,g,r,i,z)")
@@ -109,7 +109,8 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
             return _in_band_order(dict(zip(order, cube)), path, label)
         planes = {}
         for k, hdu in images:
-            if hdu.data.ndim != 2:
+            data = hdu.data[0] if hdu.data.ndim == 3 and hdu.data.shape[0] == 1 else hdu.data  # (1, H, W): one plane
+            if data.ndim != 2:
                 raise ZrayError(f"{label}: {path} HDU {k} has {hdu.data.ndim} axes; expected 2-D images")
             band = header_band(hdu.header, f"{label}: {path}")
             if band is None:
@@ -119,7 +120,7 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
                 )
             if band in planes:
                 raise ZrayError(f"{label}: {path} has band {band} twice; expected each of u,g,r,i,z once")
-            planes[band] = hdu.data
+            planes[band] = data
         if len(planes) != len(BANDS):
             raise ZrayError(f"{label}: {path} holds {len(planes)} bands ({','.join(planes)}); expected 5 (u,g,r,i,z)")
         return _in_band_order(planes, path, label)
@@ -232,6 +233,8 @@ def _file_lists(table, per_band: bool, images_dir: Path, catalog: Path, ids) -> 
                 raise ZrayError(f"{catalog}: {where(i, ids)}: column {c} is empty; expected a FITS file name")
             p = Path(str(vals[i]).strip())
             p = p if p.is_absolute() else images_dir / p
+            if p.is_dir():
+                raise ZrayError(f"{catalog}: {where(i, ids)}: {c} names the folder {p}; expected a FITS file name")
             if not p.is_file():
                 raise ZrayError(f"{catalog}: {where(i, ids)}: FITS file {p} not found")
             paths.append(p)
