@@ -58,6 +58,9 @@ class Distribution(_Strict):
                     raise _KeyedError(key, "is not used by a categorical distribution; give choices")
             if not self.choices:
                 raise _KeyedError("choices", "must be a non-empty list")
+            twice = next((c for i, c in enumerate(self.choices) if c in self.choices[:i]), None)
+            if twice is not None:  # the sampler would try it more often than the others, silently
+                raise _KeyedError("choices", f"must each appear once, but {twice!r} appears twice in {self.choices}")
             if self.default is not None and self.default not in self.choices:
                 raise _KeyedError("default", f"must be one of the choices {self.choices}, got {self.default!r}")
             return self
@@ -80,6 +83,9 @@ class Distribution(_Strict):
                 raise _KeyedError("step", "cannot be combined with log: true (Optuna forbids it)")
             if self.type == "int" and self.step != int(self.step):
                 raise _KeyedError("step", f"must be a whole number for an int distribution, got {self.step}")
+            if self.low < self.high and self.step > self.high - self.low:
+                raise _KeyedError("step", f"leaves only low ({self.low:g}) in [{self.low:g}, {self.high:g}]; "
+                                  f"expected a step of at most {self.high - self.low:g}, got {self.step:g}")
         if self.default is not None:
             if not isinstance(self.default, (int, float)) or isinstance(self.default, bool):
                 raise _KeyedError("default", f"must be a number, got {self.default!r}")
