@@ -255,6 +255,16 @@ def test_a_compressed_frame_is_read_and_a_damaged_one_leaves_nothing(frames, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "one.csv"]  # no hidden partial folder
 
 
+def test_two_ids_at_one_position_are_warned_about(frames, tmp_path):
+    rows = [r for r in pcsv.read_csv(frames / CATALOG_NAME).to_pylist() if r["id"] == 101]
+    pcsv.write_csv(pa.Table.from_pylist(rows + [{**rows[0], "id": 999}]), tmp_path / "twice.csv")
+    result = _run("cutouts", tmp_path / "twice.csv", "--frames", frames, "--out", tmp_path / "mine", "--size", SIZE,
+                  "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert ("twice.csv: 1 row(s) share their ra and dec with an earlier row (first row 1 (id 101) and row 2 "
+            "(id 999)): the same cutout under two ids") in result.output
+
+
 def test_interrupted_run_resumes_with_the_same_result(frames, tmp_path):
     out = tmp_path / "mine"
     with pytest.raises(KeyboardInterrupt):

@@ -149,6 +149,19 @@ def test_planes_written_as_one_by_h_by_w_and_a_folder_for_a_file(tmp_path):
                   catalog="cat2.csv")
 
 
+def test_two_ids_on_one_fits_file_are_warned_about(tmp_path, capsys):
+    """A catalogue joined twice: the same cutout under two ids could be trained on and scored."""
+    from zray.console import terminal
+
+    rows = _single_file_setup(tmp_path, n=3)
+    _write_catalog(tmp_path / "cat.csv", {**rows, "file": ["g0.fits", "g1.fits", "./g0.fits"]})
+    with terminal():
+        prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    out = capsys.readouterr().out
+    assert ("cat.csv: 1 row(s) share their FITS file(s) with an earlier row (first row 1 (id 100) and row 3 "
+            "(id 102)): the same cutout under two ids") in out, out
+
+
 def test_band_names_are_normalised_not_guessed():
     assert [normalise_band(v) for v in ("g", "G", "sdss_g", "SDSS g", "sdss-r'")] == ["g", "g", "g", "g", "r"]
     assert normalise_band("V") is None and normalise_band("") is None and normalise_band("gr") is None

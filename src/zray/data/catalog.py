@@ -216,5 +216,26 @@ def check_magnitudes(values: np.ndarray, name: str, path, ids) -> None:
                         "leave such galaxies out, or the column)")
 
 
+def warn_repeats(keys: list, path, ids, what: str) -> int:
+    """Warn when rows of different ids share ``keys`` (a position, a FITS file): their cutouts are
+    the same picture, which the split hash may put in training and test alike. Returns how many
+    rows repeat an earlier one."""
+    from zray.console import LOG
+
+    first: dict = {}
+    repeats = []
+    for i, key in enumerate(keys):
+        if key in first:
+            repeats.append((first[key], i))
+        else:
+            first[key] = i
+    if repeats:
+        a, b = repeats[0]
+        LOG.warning(f"{path}: {len(repeats)} row(s) share {what} with an earlier row (first {where(a, ids)} and "
+                    f"{where(b, ids)}): the same cutout under two ids, in training and test alike if the split "
+                    "puts them there; a catalogue joined twice?")
+    return len(repeats)
+
+
 def where(i: int, ids=None) -> str:
     return f"row {int(i) + 1}" + (f" (id {int(ids[i])})" if ids is not None else "")

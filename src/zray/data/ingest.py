@@ -23,6 +23,7 @@ SDSS frames).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from zray.data.catalog import (
     magnitude_columns,
     numeric_column,
     read_catalog,
+    warn_repeats,
     where,
 )
 from zray.data.cutouts import check_size, crop_centre
@@ -185,6 +187,7 @@ def prepare_dataset(
     check_redshifts(z, bins, catalog, ids)
     ebv = ebv_column(table, catalog, ids)
     files = _file_lists(table, per_band, images_dir, catalog, ids)
+    warn_repeats([tuple(os.path.normpath(p) for p in paths) for paths in files], catalog, ids, "their FITS file(s)")
     extra = magnitude_columns(table, catalog, ids, BANDS)
     bar = Progress("prepare", len(ids), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}

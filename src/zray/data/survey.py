@@ -73,6 +73,7 @@ from zray.data.catalog import (
     magnitude_columns,
     numeric_column,
     read_catalog,
+    warn_repeats,
     where,
 )
 from zray.data.cutouts import check_size
@@ -195,6 +196,7 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS) -> Catalogue:
     check_redshifts(z, bins, path, ids)
     ebv = ebv_column(table, path, ids)
     extra = magnitude_columns(table, path, ids, BANDS)
+    warn_repeats(list(zip(np.round(ra, 7), np.round(dec, 7))), path, ids, "their ra and dec")
     return Catalogue(path, ids, ra, dec, z, np.zeros(len(ids)) if ebv is None else ebv, ebv is not None, extra)
 
 
