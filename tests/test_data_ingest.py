@@ -162,6 +162,18 @@ def test_two_ids_on_one_fits_file_are_warned_about(tmp_path, capsys):
             "(id 102)): the same cutout under two ids") in out, out
 
 
+def test_an_extinction_given_for_e_b_v_is_warned_about(tmp_path, capsys):
+    from zray.console import terminal
+
+    rows = _single_file_setup(tmp_path, n=3)
+    _write_catalog(tmp_path / "cat.csv", {**rows, "ebv": [0.03, 2.5, 0.04]})
+    with terminal():
+        prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+    out = capsys.readouterr().out
+    assert ("cat.csv: 1 galaxies have ebv above 1 (largest 2.5, row 2 (id 101)); ebv is E(B-V), not an extinction "
+            "A_V or A_r") in out, out
+
+
 def test_band_names_are_normalised_not_guessed():
     assert [normalise_band(v) for v in ("g", "G", "sdss_g", "SDSS g", "sdss-r'")] == ["g", "g", "g", "g", "r"]
     assert normalise_band("V") is None and normalise_band("") is None and normalise_band("gr") is None

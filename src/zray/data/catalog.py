@@ -187,7 +187,18 @@ def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:
     if (ebv < 0).any():
         i = int(np.flatnonzero(ebv < 0)[0])
         raise ZrayError(f"{path}: {where(i, ids)}: ebv {ebv[i]} is negative; expected E(B-V) >= 0")
+    if (ebv > EBV_PLAUSIBLE).any():  # the dustiest skies galaxy surveys look through stay well below
+        from zray.console import LOG
+
+        i = int(np.argmax(ebv))
+        LOG.warning(f"{path}: {int((ebv > EBV_PLAUSIBLE).sum())} galaxies have ebv above {EBV_PLAUSIBLE:g} "
+                    f"(largest {ebv[i]:g}, {where(i, ids)}); ebv is E(B-V), not an extinction A_V or A_r "
+                    "(about 3 times larger)")
     return ebv
+
+
+#: E(B-V) above this (magnitudes) is warned about: galaxy surveys avoid such dusty sky.
+EBV_PLAUSIBLE = 1.0
 
 
 #: The apparent magnitudes a catalogue may give; catalogues mark missing photometry
