@@ -99,6 +99,8 @@ BAD_CASES = [
     (("search.filters.step", 100), "search.filters.step: leaves only low (8) in [8, 32]; expected a step of at most 24"),
     (("search.dense_units.choices", [16, 16]),
      "search.dense_units.choices: must each appear once, but 16 appears twice in [16, 16]"),
+    (("search.augment", {"type": "categorical", "choices": [1, True]}),
+     "search.augment.choices: must each appear once, but 1 and True are one choice (equal) in [1, True]"),
     (("resources.cpus_per_worker", 0), "resources.cpus_per_worker: expected greater than 0, got 0"),
     (("data.z_max", -1.0), "data.z_max: must be > z_min (0), got -1"),
     (("fixed.label_sigma", -0.01), "fixed.label_sigma: expected a number >= 0, got -0.01"),
@@ -129,6 +131,11 @@ def test_bad_file_gets_one_sentence(tmp_path, change, message):
     assert text.startswith(f"{path}: "), text
     assert message in text, text
     assert "\n" not in text
+
+
+def test_a_float_step_that_spans_the_range_exactly_is_kept(tmp_path):
+    path = write(tmp_path, with_change("search.dropout", {"type": "float", "low": 0.1, "high": 0.3, "step": 0.2}))
+    assert config.load(path).search["dropout"].step == 0.2  # 0.3 - 0.1 is 0.19999999999999998 in floats
 
 
 def test_yaml_merge_keys_merge_and_the_mappings_own_keys_win(tmp_path):

@@ -174,6 +174,18 @@ def test_an_extinction_given_for_e_b_v_is_warned_about(tmp_path, capsys):
             "A_V or A_r") in out, out
 
 
+def test_numpy_savetxts_commented_header_and_ids_python_would_read_but_are_not_integers(tmp_path):
+    from zray.data.catalog import id_column, read_catalog
+
+    np.savetxt(tmp_path / "sv.csv", np.array([[7, 0.1], [9, 0.2]]), delimiter=",", header="id,z_spec",
+               fmt=["%d", "%.3f"])  # writes "# id,z_spec" above the rows
+    table = read_catalog(tmp_path / "sv.csv", ("id", "z_spec"))
+    assert table.to_pydict() == {"id": [7, 9], "z_spec": [0.1, 0.2]}
+    (tmp_path / "u.csv").write_text("id,z_spec\n1_000,0.1\n2,0.2\n")
+    with pytest.raises(ZrayError, match=r"u.csv: row 1: id '1_000' is not written as an integer"):
+        id_column(read_catalog(tmp_path / "u.csv", ("id",)), tmp_path / "u.csv")
+
+
 def test_band_names_are_normalised_not_guessed():
     assert [normalise_band(v) for v in ("g", "G", "sdss_g", "SDSS g", "sdss-r'")] == ["g", "g", "g", "g", "r"]
     assert normalise_band("V") is None and normalise_band("") is None and normalise_band("gr") is None

@@ -234,10 +234,10 @@ def compare(sigma_mad: float | None, table: dict[str, Any] | None, split: str = 
 
 def compare_with(sigma_mad: float, ref: dict[str, dict]) -> str:
     """:func:`compare` against one split's figures: ``{"constant": point_metrics, "knn": ...}``."""
-    if not math.isfinite(sigma_mad):  # a diverged run: no ratio means anything
-        return f"{sigma_mad} -- not a number: the run diverged, nothing to compare"
     if not {"constant", "knn"} <= set(ref):
         return ""
+    if not math.isfinite(sigma_mad):  # a diverged run: no ratio means anything
+        return f"{sigma_mad} -- not a number: the run diverged, nothing to compare"
     parts = []
     for name, label in (("constant", "constant predictor's"), ("knn", "kNN's")):
         base = ref[name]["sigma_mad"]

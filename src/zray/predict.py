@@ -357,7 +357,7 @@ def _check_format(out: Path, fmt: str, with_pdf: bool) -> None:
                         ".parquet name")
     elif suffix not in PARQUET_SUFFIXES:
         raise ZrayError(f"{out}: --format parquet writes Parquet, whatever the name says; expected a name ending in "
-                        ".parquet (pandas.read_parquet reads it; .to_csv makes a CSV of it)")
+                        ".parquet or .pq (pandas.read_parquet reads it; .to_csv makes a CSV of it)")
 
 
 def written_by_predict(path: Path) -> bool:

@@ -29,15 +29,16 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("zray: interrupted", err=True)
             sys.exit(130)
-        except BrokenPipeError:
-            # Whoever read the output has gone (`zray evaluate ... | head`): stop quietly, as other
-            # Unix tools do, with the status of a SIGPIPE; outputs are whole or absent (renamed
-            # into place when complete). stdout goes to /dev/null so the exit's flush is silent.
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(128 + 13)
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+                # Whoever read the output has gone (`zray evaluate ... | head`): stop quietly, as other
+                # Unix tools do, with the status of a SIGPIPE; outputs are whole or absent (renamed into
+                # place when complete). stdout goes to /dev/null so the exit's flush is silent. Another
+                # broken pipe (a worker's) is an error like any other, below.
+                import os
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(128 + 13)
             sentence = exc_sentence(exc)
             if sentence is None:
                 raise  # a bug in zray: the traceback is the report
@@ -47,6 +48,18 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"zray: error: {' '.join(sentence.split())}", err=True)  # one line, whatever it quotes
             sys.exit(1)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end has closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout)
+        return False
 
 
 def exc_sentence(exc: BaseException) -> str | None:

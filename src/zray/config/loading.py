@@ -46,28 +46,32 @@ class _Loader(yaml.SafeLoader):
     anything is built."""
 
     def construct_document(self, node):
-        _check_expansion(node)
+        _check_expansion(node)  # and every mapping's own keys, as written, before any merge
         return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
-        own = sum(key_node.tag != "tag:yaml.org,2002:merge" for key_node, _ in node.value)
-        self.flatten_mapping(node)  # `<<: *defaults` puts the merged keys first; the mapping's own may override them
-        merged = len(node.value) - own
-        seen: dict = {}
-        for i, (key_node, _) in enumerate(node.value):
+        self.flatten_mapping(node)  # `<<: *defaults`: the merged keys first; the mapping's own override them
+        for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"a key is a {type(key).__name__}; expected plain keys such as fixed or epochs",
                     key_node.start_mark)
-            if i < merged:
-                continue
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
-                    f"{key_node.start_mark.line + 1}); expected each key once", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_unique_keys(node) -> None:
+    """A key written twice in one mapping (merged keys, which the mapping's own override, aside)."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key_node.value!r} appears twice (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1}); expected each key once", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
 
 
 def _check_expansion(root) -> None:
@@ -91,6 +95,7 @@ def _check_expansion(root) -> None:
         if isinstance(node, yaml.SequenceNode):
             children = node.value
         elif isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node)
             children = [n for pair in node.value for n in pair]
         else:
             children = []

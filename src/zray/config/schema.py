@@ -58,9 +58,11 @@ class Distribution(_Strict):
                     raise _KeyedError(key, "is not used by a categorical distribution; give choices")
             if not self.choices:
                 raise _KeyedError("choices", "must be a non-empty list")
-            twice = next((c for i, c in enumerate(self.choices) if c in self.choices[:i]), None)
-            if twice is not None:  # the sampler would try it more often than the others, silently
-                raise _KeyedError("choices", f"must each appear once, but {twice!r} appears twice in {self.choices}")
+            pair = next(((a, b) for i, b in enumerate(self.choices) for a in self.choices[:i] if a == b), None)
+            if pair is not None:  # Optuna would take them for one choice, and try it more often than the others
+                a, b = pair
+                same = f"{a!r} appears twice" if repr(a) == repr(b) else f"{a!r} and {b!r} are one choice (equal)"
+                raise _KeyedError("choices", f"must each appear once, but {same} in {self.choices}")
             if self.default is not None and self.default not in self.choices:
                 raise _KeyedError("default", f"must be one of the choices {self.choices}, got {self.default!r}")
             return self
@@ -83,7 +85,7 @@ class Distribution(_Strict):
                 raise _KeyedError("step", "cannot be combined with log: true (Optuna forbids it)")
             if self.type == "int" and self.step != int(self.step):
                 raise _KeyedError("step", f"must be a whole number for an int distribution, got {self.step}")
-            if self.low < self.high and self.step > self.high - self.low:
+            if self.low < self.high and self.step > (self.high - self.low) * (1 + 1e-9):  # 0.3 - 0.1 < 0.2
                 raise _KeyedError("step", f"leaves only low ({self.low:g}) in [{self.low:g}, {self.high:g}]; "
                                   f"expected a step of at most {self.high - self.low:g}, got {self.step:g}")
         if self.default is not None:

@@ -7,6 +7,7 @@ object's id is given too, so users can find the line either way.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,14 @@ def _read_csv(path: Path) -> pa.Table:
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    skip = pcsv.ReadOptions(skip_rows=_comment_lines(path))
+    comments = _comment_lines(path)
+    skip = pcsv.ReadOptions(skip_rows=len(comments))
     table = pcsv.read_csv(path, read_options=skip)
+    # numpy.savetxt(..., header="id,z_spec") writes the header itself as the last comment
+    header = [name.strip() for name in comments[-1].lstrip("#").split(",")] if comments else []
+    if "id" in header and "id" not in (name.strip() for name in table.column_names):
+        skip = pcsv.ReadOptions(skip_rows=len(comments), column_names=header)
+        table = pcsv.read_csv(path, read_options=skip)
     names = [name.strip() for name in table.column_names]
     table = table.rename_columns(names)
     for i, name in enumerate(names):
@@ -84,16 +91,17 @@ def _read_csv(path: Path) -> pa.Table:
     return table
 
 
-def _comment_lines(path: Path) -> int:
-    """How many lines at the top of the file are comments (``#``, as many tools write a
+def _comment_lines(path: Path) -> list[str]:
+    """The lines at the top of the file that are comments (``#``, as many tools write a
     provenance header), to skip before the header row."""
-    count = 0
+    lines = []
     with open(path, "rb") as fh:
         for line in fh:
-            if not line.lstrip(b"\xef\xbb\xbf").startswith(b"#"):
+            line = line.lstrip(b"\xef\xbb\xbf")
+            if not line.startswith(b"#"):
                 break
-            count += 1
-    return count
+            lines.append(line.decode("utf-8", "replace").strip())
+    return lines
 
 
 def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
@@ -109,6 +117,7 @@ def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
     return values
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 #: The largest id zray keeps: ids are signed 64-bit integers in the shards and predictions.
 MAX_ID = int(np.iinfo(np.int64).max)
 
@@ -156,11 +165,10 @@ def _text_ids(col, path) -> pa.ChunkedArray:
     for i, text in enumerate(col.to_pylist()):
         if text is None or text == "":
             raise ZrayError(f"{path}: row {i + 1}: id is missing; expected an integer")
-        try:
-            value = int(text)
-        except ValueError:
+        if not _INTEGER.fullmatch(text.strip()):  # not Python's int(): "1_000" or other scripts' digits
             raise ZrayError(f"{path}: row {i + 1}: id {text!r} is not written as an integer; "
-                            "expected integer ids") from None
+                            "expected integer ids")
+        value = int(text)
         if value > MAX_ID:
             raise ZrayError(_too_large(path, i, value))
         if value < -MAX_ID - 1:

@@ -609,10 +609,9 @@ def make_cutouts(
             bar.update(len(groups[f]))
             if stop_after_tasks is not None and len(results) - resumed >= stop_after_tasks:
                 raise KeyboardInterrupt
-    except ZrayError as exc:  # a frame that cannot be read: the frames cut so far are kept for a rerun
-        if results:
-            raise ZrayError(f"{exc}; the cutouts of the {len(results)} frames done are kept in {folder} and "
-                            "reused when the command is run again") from None
+    except ZrayError:
+        # A frame that cannot be read: mending it changes the frames' key, so nothing cut so far
+        # could be reused; no hidden folder of partial results stays (an interruption keeps it).
         shutil.rmtree(folder, ignore_errors=True)
         if made:
             _remove_empty(folder.parent)

@@ -160,7 +160,9 @@ class DatasetWriter:
         self._sidecars[name] = table
 
     def _row(self, i):
-        return self._row_numbers[i] if self._row_numbers is not None else self._rows_seen + i + 1
+        # the caller's own row numbers (a catalogue's, from 1), else the position among the rows added (from 0,
+        # as write_dataset's arrays are indexed)
+        return self._row_numbers[i] if self._row_numbers is not None else self._rows_seen + i
 
     def _where(self, i: int, ids=None) -> str:
         row = self._row(i)
