@@ -135,6 +135,18 @@ def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
     assert "id" not in pa.parquet.read_schema(tmp_path / "cat.parquet").names
     prepare_dataset(tmp_path / "cat.parquet", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
     _check_roundtrip(tmp_path / "out", rows["id"])
+    # What another tool wrote under pandas' key is read only when it is pandas' range of the table's length:
+    # a range of 10**15 rows, a step of 0, text or no JSON at all leave the id missing, said in one sentence.
+    import json
+
+    table = pa.parquet.read_table(tmp_path / "cat.parquet")
+    for bad in ({"start": 0, "stop": 10**15, "step": 1}, {"start": 0, "stop": 3, "step": 0},
+                {"start": "a", "stop": 3, "step": 1}, None):
+        meta = b"{not json" if bad is None else json.dumps(
+            {"index_columns": [{"kind": "range", "name": "id", **bad}]}).encode()
+        pa.parquet.write_table(table.replace_schema_metadata({b"pandas": meta}), tmp_path / "odd.parquet")
+        with pytest.raises(ZrayError, match=r"odd.parquet: missing column\(s\) id"):
+            prepare_dataset(tmp_path / "odd.parquet", tmp_path / "img", tmp_path / "odd", size=SIZE, progress=False)
 
 
 def test_planes_written_as_one_by_h_by_w_and_a_folder_for_a_file(tmp_path):

@@ -74,14 +74,16 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
     """
     from zray.data.simulate import catalog_path, simulate, simulate_from_catalog
 
-    given = [f"--{name.replace('_', '-')}" for name in ("size", "fields", "frame_size", "overlap")
-             if click.get_current_context().get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-    if frames and "--size" in given:
+    def given(name: str) -> bool:
+        return click.get_current_context().get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+    if frames and given("size"):
         raise ZrayError("--size is the cutouts' size, and --frames draws whole frames; expected it on the "
                         "`zray cutouts` that cuts them")
-    if not frames and given and given != ["--size"]:
-        raise ZrayError(f"{', '.join(g for g in given if g != '--size')} shape survey frames; expected --frames with "
-                        "them, or none of them for cutouts")
+    frame_options = [f"--{name.replace('_', '-')}" for name in ("fields", "frame_size", "overlap") if given(name)]
+    if frame_options and not frames:
+        raise ZrayError(f"{', '.join(frame_options)} shape survey frames; expected --frames with them, or none of "
+                        "them for cutouts")
     start = time.perf_counter()
     if frames:
         if overlap is None:

@@ -51,13 +51,21 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
 def _with_pandas_index(table: pa.Table) -> pa.Table:
     """A Parquet file pandas wrote from ``df.set_index("id")``: a named range index is kept
     only in the file's metadata (``pandas.read_parquet`` shows it); it becomes a column."""
-    meta = table.schema.pandas_metadata or {}
-    ranges = [c for c in meta.get("index_columns", []) if isinstance(c, dict) and c.get("kind") == "range"
-              and c.get("name") and c["name"] not in table.column_names]
+    try:
+        index = (table.schema.pandas_metadata or {}).get("index_columns")
+    except (ValueError, AttributeError):  # metadata under pandas' key that is not pandas' JSON
+        return table
+    ranges = [c for c in (index if isinstance(index, list) else []) if isinstance(c, dict)
+              and c.get("kind") == "range" and isinstance(c.get("name"), str) and c["name"]
+              and c["name"] not in table.column_names]
     for c in ranges:
-        values = np.arange(int(c["start"]), int(c["stop"]), int(c["step"]), dtype=np.int64)
-        if len(values) == table.num_rows:
-            table = table.append_column(str(c["name"]), pa.array(values))
+        try:  # what another tool wrote there: a range only when it is one, of the table's length
+            ids = range(int(c["start"]), int(c["stop"]), int(c["step"]))
+            if len(ids) == table.num_rows:
+                values = np.arange(ids.start, ids.stop, ids.step, dtype=np.int64)
+                table = table.append_column(str(c["name"]), pa.array(values))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue  # not pandas' index: the id column is then missing, and said so
     return table
 
 
@@ -219,11 +227,11 @@ def magnitude_columns(table: pa.Table, path, ids, bands: str) -> dict[str, np.nd
     mags = {f"mag_{b}": numeric_column(table, f"mag_{b}", path, ids) for b in bands
             if f"mag_{b}" in table.column_names}
     for name, values in mags.items():
-        check_magnitudes(values, name, path, ids)
+        _check_magnitudes(values, name, path, ids)
     return mags
 
 
-def check_magnitudes(values: np.ndarray, name: str, path, ids) -> None:
+def _check_magnitudes(values: np.ndarray, name: str, path, ids) -> None:
     """Refuse a magnitude outside :data:`MAG_RANGE`, naming its row: a sentinel for "no
     photometry" would otherwise pass for a very bright or very faint galaxy."""
     low, high = MAG_RANGE
@@ -235,10 +243,9 @@ def check_magnitudes(values: np.ndarray, name: str, path, ids) -> None:
                         "leave such galaxies out, or the column)")
 
 
-def warn_repeats(keys: list, path, ids, what: str) -> int:
+def warn_repeats(keys: list, path, ids, what: str) -> None:
     """Warn when rows of different ids share ``keys`` (a position, a FITS file): their cutouts are
-    the same picture, which the split hash may put in training and test alike. Returns how many
-    rows repeat an earlier one."""
+    the same picture, which the split hash may put in training and test alike."""
     from zray.console import LOG
 
     first: dict = {}
@@ -253,7 +260,6 @@ def warn_repeats(keys: list, path, ids, what: str) -> int:
         LOG.warning(f"{path}: {len(repeats)} row(s) share {what} with an earlier row (first {where(a, ids)} and "
                     f"{where(b, ids)}): the same cutout under two ids, in training and test alike if the split "
                     "puts them there; a catalogue joined twice?")
-    return len(repeats)
 
 
 def where(i: int, ids=None) -> str:

@@ -23,10 +23,10 @@ import pyarrow as pa
 
 from zray.bins import RedshiftBins
 from zray.data.catalog import (
-    check_magnitudes,
     check_redshifts,
     ebv_column,
     id_column,
+    magnitude_columns,
     numeric_column,
     read_catalog,
 )
@@ -113,9 +113,7 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
     ids = id_column(table, catalog_path)
     z = numeric_column(table, name, catalog_path, ids)
     check_redshifts(z, bins, catalog_path, ids, name=name)
-    mags = np.stack([numeric_column(table, c, catalog_path, ids) for c in MAG_COLUMNS], axis=1)
-    for k, name in enumerate(MAG_COLUMNS):
-        check_magnitudes(mags[:, k], name, catalog_path, ids)
+    mags = np.stack(list(magnitude_columns(table, catalog_path, ids, BANDS).values()), axis=1)  # all five: required
     ebv = ebv_column(table, catalog_path, ids)
     sky = {}
     if positions and ("ra" in table.column_names or "dec" in table.column_names):
