@@ -68,7 +68,11 @@ def test_loss_one_hot_and_gaussian_targets(steps):
 def test_train_step_learns_a_colour_redshift_relation(steps):
     from zray.models import ModelSpec, build_model, keras
 
-    tf.random.set_seed(0)
+    # Seeded as the worker seeds a trial: Python's, NumPy's, TF's and tf_keras' own
+    # generators. tf.random.set_seed alone left the initial weights to whatever the
+    # tests before this one had drawn; over 60 seeds the loss ends at 0.51-0.65 of its
+    # start, but an unlucky draw in the full suite ended at 0.72.
+    keras().utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     bins = RedshiftBins(0.0, 0.4, 20)
     z = rng.uniform(0.02, 0.38, 128).astype(np.float32)
