@@ -136,12 +136,14 @@ def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
     prepare_dataset(tmp_path / "cat.parquet", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
     _check_roundtrip(tmp_path / "out", rows["id"])
     # What another tool wrote under pandas' key is read only when it is pandas' range of the table's length:
-    # a range of 10**15 rows, a step of 0, text or no JSON at all leave the id missing, said in one sentence.
+    # a range of 10**15 rows, a step of 0 or 1.5, text, ids past int64 or no JSON at all leave the id
+    # missing, said in one sentence.
     import json
 
     table = pa.parquet.read_table(tmp_path / "cat.parquet")
     for bad in ({"start": 0, "stop": 10**15, "step": 1}, {"start": 0, "stop": 3, "step": 0},
-                {"start": "a", "stop": 3, "step": 1}, None):
+                {"start": "a", "stop": 3, "step": 1}, {"start": 0, "stop": 3, "step": 1.5},
+                {"start": 2**70, "stop": 2**70 + 3, "step": 1}, None):
         meta = b"{not json" if bad is None else json.dumps(
             {"index_columns": [{"kind": "range", "name": "id", **bad}]}).encode()
         pa.parquet.write_table(table.replace_schema_metadata({b"pandas": meta}), tmp_path / "odd.parquet")

@@ -59,13 +59,14 @@ def _with_pandas_index(table: pa.Table) -> pa.Table:
               and c.get("kind") == "range" and isinstance(c.get("name"), str) and c["name"]
               and c["name"] not in table.column_names]
     for c in ranges:
-        try:  # what another tool wrote there: a range only when it is one, of the table's length
-            ids = range(int(c["start"]), int(c["stop"]), int(c["step"]))
-            if len(ids) == table.num_rows:
-                values = np.arange(ids.start, ids.stop, ids.step, dtype=np.int64)
-                table = table.append_column(str(c["name"]), pa.array(values))
-        except (KeyError, TypeError, ValueError, OverflowError):
-            continue  # not pandas' index: the id column is then missing, and said so
+        # What another tool wrote there is a range only when it is one (whole numbers, as pandas
+        # writes them), of the table's length; otherwise the id column is missing, and said so.
+        bounds = [c.get(key) for key in ("start", "stop", "step")]
+        if not all(type(b) is int for b in bounds) or bounds[2] == 0:
+            continue
+        ids = range(*bounds)
+        if len(ids) == table.num_rows and max(abs(ids.start), abs(ids.stop)) < 2**63:
+            table = table.append_column(c["name"], pa.array(np.arange(*bounds, dtype=np.int64)))
     return table
 
 
