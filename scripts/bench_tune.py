@@ -117,9 +117,12 @@ def run_once(args) -> tuple[int, float, str]:
     from zray.data.source import ensure_data
 
     work = Path(tempfile.mkdtemp(prefix="zray-bench-tune-"))
-    overrides = list(args.overrides) + [f"data.path={args.data or work / 'data'}"]
+    data = Path(args.data or work / "data")
+    overrides = list(args.overrides) + [f"data.path={data}"]
     simulated = config.load(args.space, args.overrides).data.simulate
-    if not args.data and simulated:  # a data.path given with --set is simulated into only when asked again
+    # A data.path given with --set is simulated into only when asked again: the first of
+    # --baseline's two runs simulates into the folder, the second finds the dataset there.
+    if simulated and not (data / "manifest.json").is_file():
         overrides.append(f"data.simulate.n={simulated.n}")
     space = config.load(args.space, overrides)
 

@@ -209,18 +209,39 @@ def test_make_trainer_keeps_the_jobs_gpu_count_unless_told(tmp_path):
     assert cpu_only.train_loop_config["job"]["gpus_per_worker"] == 0.0 and not cpu_only.scaling_config.use_gpu
 
 
-def test_the_trainer_is_rays_tensorflow_trainer_and_survives_pickling(tmp_path):
-    """zray uses Ray Train's own TensorflowTrainer and TensorflowConfig (TF_CONFIG per
-    worker), as Ray documents it: the Tune trial and Ray Train's controller unpickle it."""
-    from ray.train.tensorflow import TensorflowConfig, TensorflowTrainer
+# What a trial's process does with a trainer of one worker, and what Ray Train's controller
+# receives (the backend config, pickled), in a fresh Python: is TensorFlow loaded after it?
+_BUILD_ONE_WORKER = """
+import pickle, sys
+from zray.train import TrainJob, make_trainer
+job = TrainJob(model="cnn", hyperparameters={"epochs": 1}, data_path="/d", image_size=32, z_min=0.0,
+               z_max=0.4, n_bins=180, manifest_hash="h", num_workers=1)
+trainer = make_trainer(job, datasets=None, storage_path=sys.argv[1], name="r")
+config = pickle.loads(pickle.dumps(trainer.backend_config))
+print(type(config).__name__, "tensorflow" in sys.modules)
+"""
+
+
+def test_only_the_worker_of_a_one_worker_run_imports_tensorflow(tmp_path):
+    """Several workers get Ray's TensorflowConfig (each worker's TF_CONFIG). One worker needs
+    none, and without it neither the trial's process nor Ray Train's controller imports
+    TensorFlow (with it, each spent about 8 s on the import before the worker started)."""
+    from dataclasses import replace
+
+    from ray.train.tensorflow import TensorflowConfig
 
     from zray.train import TrainJob, make_trainer
 
     job = TrainJob(model="cnn", hyperparameters={"epochs": 1}, data_path="/d", image_size=32, z_min=0.0,
-                   z_max=0.4, n_bins=180, manifest_hash="h")
+                   z_max=0.4, n_bins=180, manifest_hash="h", num_workers=2)
     trainer = make_trainer(job, datasets=None, storage_path=tmp_path, name="r")
-    assert isinstance(trainer, TensorflowTrainer)
     assert isinstance(pickle.loads(pickle.dumps(trainer.backend_config)), TensorflowConfig)
+    one = make_trainer(replace(job, num_workers=1), datasets=None, storage_path=tmp_path, name="r")
+    assert not isinstance(one.backend_config, TensorflowConfig)
+    done = subprocess.run([sys.executable, "-c", _BUILD_ONE_WORKER, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["BackendConfig", "False"], done.stdout
 
 
 def test_validation_data_is_read_once_and_the_same_every_epoch(ray_session, sim_data, monkeypatch):

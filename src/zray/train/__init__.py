@@ -6,7 +6,7 @@ Split by the process that runs the code:
   schedule, time estimate. Pure Python.
 - :mod:`zray.train.checkpoints`: what a whole checkpoint is, reading it back,
   the verified upload. What the search and export import.
-- :mod:`zray.train.driver`: datasets, Ray's ``TensorflowTrainer``, and :func:`run`
+- :mod:`zray.train.driver`: datasets, Ray Train's trainer, and :func:`run`
   (``zray train``: a search of one trial, :mod:`zray.experiment`).
 - :mod:`zray.train.worker`: the loop each Ray Train worker runs (imports TensorFlow).
 - :mod:`zray.train.steps`: the TensorFlow train step, loss, augmentation and

@@ -162,7 +162,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str | Path, name: str,
                  gpus_per_worker: float | None = None, max_failures: int = 2, callbacks: list | None = None):
-    """Ray Train's ``TensorflowTrainer`` for ``job``; run it with ``.fit()``.
+    """Ray Train's trainer for ``job``; run it with ``.fit()``.
 
     ``datasets``: what :func:`prepare_datasets` returned (None: a trainer
     that is only inspected, never run).
@@ -171,12 +171,22 @@ def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str |
     given. ``storage_path`` is a folder (shared by all nodes on a cluster) or
     an object-store URI such as ``s3://bucket/zray/NAME/trials``. Ray keeps the
     two checkpoints best by the job's metric (``job.metric``, ``job.mode``).
-    Ray's ``TensorflowConfig`` writes each worker's ``TF_CONFIG``, and Ray
-    Train's own placement-group cleaner gives a run's CPUs back if its
+    Ray Train's own placement-group cleaner gives a run's CPUs back if its
     controller dies (a trial Tune stops).
+
+    Ray's ``TensorflowTrainer`` is its ``DataParallelTrainer`` with a
+    ``TensorflowConfig``, which writes each worker's ``TF_CONFIG`` for
+    ``MultiWorkerMirroredStrategy``. Importing ``ray.train.tensorflow`` imports
+    TensorFlow, so with it the trial's process (which builds the trainer) and
+    Ray Train's controller (which unpickles the config) each load TensorFlow
+    before the first worker starts: about 8 s and 800 MB each, one after the
+    other. A run of one worker needs no ``TF_CONFIG`` (it trains without a
+    distribution strategy), so it gets the plain ``DataParallelTrainer`` and
+    only the worker imports TensorFlow; runs of several workers get Ray's
+    ``TensorflowConfig``.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from zray import storage as st
 
@@ -197,8 +207,14 @@ def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str |
     ray_datasets = {"val": datasets.val} if datasets is not None and not datasets.val_in_memory else {}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    return TensorflowTrainer(
+    backend_config = None  # one worker: Ray's default backend, no TF_CONFIG
+    if job.num_workers > 1:
+        from ray.train.tensorflow import TensorflowConfig  # imports TensorFlow (here and in the controller)
+
+        backend_config = TensorflowConfig()
+    return DataParallelTrainer(
         _worker_entry,
+        backend_config=backend_config,
         train_loop_config={"job": asdict(job), "data": datasets},
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
