@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,20 @@ _CONSTRUCTOR_ERRORS = (ValueError, TypeError, AttributeError, IndexError, Overfl
 # expand past this many are an alias bomb ("billion laughs"), not a search space.
 MAX_EXPANDED_NODES = 100_000
 
+# How a value the user wrote is shown in a sentence: a long string, list or mapping,
+# or one nested hundreds deep, is cut short ("[[[[[[...]]]]]]"), not echoed whole.
+_SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 4, 80, 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
 
-class _Loader(yaml.SafeLoader):
+
+# PyYAML's safe loader on libyaml, its C parser, where PyYAML was built with it (its
+# wheels are): the pure-Python scanner takes time growing with the square of the
+# nesting, about 1.5 s to refuse a hostile file of 5,000 nested brackets.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """YAML 1.1 reads ``1e-4`` as a string; users mean a float. A key given twice
     in one mapping (two ``search:`` blocks) is refused: plain YAML keeps the last
     one and silently drops the first. Aliases that would expand past
@@ -132,18 +145,21 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Searc
     except UnicodeDecodeError as exc:
         raise ZrayError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
                         "expected a search-space YAML saved as UTF-8") from None
+    too_deep = ZrayError(f"{path}: invalid YAML (nested too deeply to read); expected a search space of "
+                         "ordinary depth")
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
+        problem = first_line(getattr(exc, "problem", None) or exc)
+        if "maximum nesting depth" in problem:  # libyaml's limit (1,000 levels)
+            raise too_deep from None
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = first_line(getattr(exc, "problem", None) or exc)
         raise ZrayError(f"{path}: {where}invalid YAML ({problem})") from None
     except _CONSTRUCTOR_ERRORS as exc:  # a tag such as !!int or !!timestamp on a value it cannot take
         raise ZrayError(f"{path}: invalid YAML ({first_line(exc)}); expected plain values") from None
-    except RecursionError:
-        raise ZrayError(f"{path}: invalid YAML (nested too deeply to read); expected a search space of "
-                        "ordinary depth") from None
+    except RecursionError:  # building Python objects of a document nested hundreds of levels deep
+        raise too_deep from None
     if not isinstance(raw, dict):
         raise ZrayError(f"{path}: expected a mapping of sections (name, model, data, ...), got {type(raw).__name__}")
     applied = apply_overrides(raw, overrides, path)
@@ -291,7 +307,7 @@ def _first_error(exc: ValidationError, raw: dict, path: Path, overrides) -> Zray
     message = message[0].lower() + message[1:]
     message = message.replace("input should be", "expected").replace("value should be", "expected")
     got = err.get("input")
-    return ZrayError(f"{_where(path, loc, overrides)}: {message}, got {got!r}")
+    return ZrayError(f"{_where(path, loc, overrides)}: {message}, got {_SHOWN.repr(got)}")
 
 
 def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
@@ -336,13 +352,14 @@ def _check_semantics(space: SearchSpace, path: Path, overrides) -> None:
     for key, value in space.fixed.items():
         problem = _type_problem(known[key], value)
         if problem:
-            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {value!r}")
+            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {_SHOWN.repr(value)}")
     for key, dist in space.search.items():
         if dist.type == "categorical":
             for choice in dist.choices:
                 problem = _type_problem(known[key], choice)
                 if problem:
-                    raise ZrayError(f"{_where(path, ('search', key, 'choices'), overrides)}: {problem}, got {choice!r}")
+                    where = _where(path, ("search", key, "choices"), overrides)
+                    raise ZrayError(f"{where}: {problem}, got {_SHOWN.repr(choice)}")
         elif dist.type == "float" and isinstance(known[key], int) and not isinstance(known[key], bool):
             raise ZrayError(
                 f"{_where(path, ('search', key, 'type'), overrides)}: {key} takes whole numbers; "
@@ -362,7 +379,7 @@ def _check_constraints(space: SearchSpace, path: Path, overrides) -> None:
     for key, value in space.fixed.items():
         problem = hyperparameters.check(key, value)
         if problem:
-            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {value!r}")
+            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {_SHOWN.repr(value)}")
     for key, dist in space.search.items():
         if dist.type == "categorical":
             values = [("choices", choice) for choice in dist.choices]
@@ -375,7 +392,7 @@ def _check_constraints(space: SearchSpace, path: Path, overrides) -> None:
         for end, value in values:
             problem = hyperparameters.check(key, value)
             if problem:
-                raise ZrayError(f"{_where(path, ('search', key, end), overrides)}: {problem}, got {value!r}")
+                raise ZrayError(f"{_where(path, ('search', key, end), overrides)}: {problem}, got {_SHOWN.repr(value)}")
 
 
 def _type_problem(default: Any, value: Any) -> str | None:
