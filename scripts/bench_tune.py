@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--baseline", metavar="REF",
                         help="git commit to compare with: its code runs the same search first")
     parser.add_argument("--json", help=argparse.SUPPRESS)  # where one run writes its figures
+    parser.add_argument("--fresh-data", action="store_true", help=argparse.SUPPRESS)  # --data is --baseline's own
     args = parser.parse_args()
     if args.baseline:
         return compare_with(args)
@@ -98,6 +99,7 @@ def compare_with(args) -> int:
         print(f"== {label}", flush=True)
         out = work / f"{len(figures)}.json"
         command = [sys.executable, __file__, args.space, "--data", data, "--json", str(out)]
+        command += [] if args.data else ["--fresh-data"]  # its own folder: simulated into if empty
         command += [x for o in args.overrides for x in ("--set", o)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
         if subprocess.run(command, env=env, check=False).returncode != 0:
@@ -120,9 +122,10 @@ def run_once(args) -> tuple[int, float, str]:
     data = Path(args.data or work / "data")
     overrides = list(args.overrides) + [f"data.path={data}"]
     simulated = config.load(args.space, args.overrides).data.simulate
-    # A data.path given with --set is simulated into only when asked again: the first of
-    # --baseline's two runs simulates into the folder, the second finds the dataset there.
-    if simulated and not (data / "manifest.json").is_file():
+    # A data.path given with --set is simulated into only when asked again: into a fresh
+    # folder, or the first of --baseline's two runs into its own (the second finds the
+    # dataset there); never into a --data folder the user named.
+    if simulated and (not args.data or (args.fresh_data and not (data / "manifest.json").is_file())):
         overrides.append(f"data.simulate.n={simulated.n}")
     space = config.load(args.space, overrides)
 
@@ -173,4 +176,9 @@ def run_once(args) -> tuple[int, float, str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from zray.errors import ZrayError
+
+    try:
+        sys.exit(main())
+    except ZrayError as exc:  # e.g. a --data folder without a dataset
+        sys.exit(f"bench_tune: {exc}")

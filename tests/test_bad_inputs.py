@@ -169,11 +169,17 @@ CASES = {
                               "an alias refers to a node that contains it"),
     "space-nested-too-deep": (lambda t, d: ["validate", space(t, text="name: " + "[" * 3000 + "]" * 3000)],
                               "invalid YAML (nested too deeply to read)"),
+    # Within libyaml's depth limit, too deep for Python's recursion when built (a RecursionError).
+    "space-nested-990-deep": (lambda t, d: ["validate", space(t, text="name: " + "[" * 990 + "]" * 990)],
+                              "invalid YAML (nested too deeply to read)"),
     # A value of the wrong type is shown cut short, however long or deeply nested.
-    "space-value-nested-deep": (lambda t, d: ["validate", space(t, text="name: " + "[" * 800 + "]" * 800)],
+    "space-value-nested-deep": (lambda t, d: ["validate", space(t, text="name: " + "[" * 100 + "]" * 100)],
                                 "name: expected a valid string, got [[[[[...]]]]]"),
     "space-value-long": (lambda t, d: ["validate", space(t, fixed={**SPACE["fixed"], "epochs": list(range(10_000))})],
                          "fixed.epochs: expected a whole number, got [0, 1, 2, 3, 4, 5, 6, 7, ...]"),
+    "space-choices-long": (lambda t, d: ["validate", space(t, search={"filters": {
+                               "type": "categorical", "choices": list(range(10_000)), "default": -1}})],
+                           "search.filters.default: must be one of the choices [0, 1, 2, 3, 4, 5, 6, 7, ...], got -1"),
     "space-invalid-yaml": (lambda t, d: ["validate", space(t, text="name: [unclosed\n")], "invalid YAML"),
     "space-not-a-mapping": (lambda t, d: ["validate", space(t, text="- a\n- b\n")], "expected a mapping of sections"),
     "space-missing-section": (lambda t, d: ["validate", space(t, text="name: x\nmodel: cnn\n")], "required section 'data' is missing"),

@@ -615,7 +615,7 @@ def _sets(overrides) -> list[str]:
 @example(content=b"name: \xff\xfe\n", overrides=[], then="train")  # not UTF-8: UnicodeDecodeError
 @example(content=alias_bomb(6), overrides=[], then=None)  # the bomb's 2.8 MB echoed in the sentence
 @example(content=alias_bomb(6, "fixed"), overrides=[], then=None)
-@example(content=deep(5000, "yaml"), overrides=[], then="tune")  # RecursionError
+@example(content=deep(5000, "yaml"), overrides=[], then="tune")  # RecursionError (libyaml: its depth limit)
 @example(content=b"name: a\x01\n", overrides=[], then=None)  # PyYAML's two-line problem text
 @example(content=b"name: !!timestamp x\n", overrides=[], then=None)  # AttributeError from PyYAML
 @example(content=b"name: !!int x\n", overrides=[], then=None)  # ValueError from PyYAML

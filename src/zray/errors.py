@@ -1,5 +1,7 @@
 """The one exception type that reaches the user as a sentence, not a traceback."""
 
+import reprlib
+
 
 class ZrayError(Exception):
     """A user mistake or unusable input.
@@ -9,6 +11,18 @@ class ZrayError(Exception):
     NaN pixels; expected finite values``. The CLI prints it and exits 1.
     """
 
+
+
+# A value the user wrote, as a sentence shows it: a long string, list or mapping, or one
+# nested hundreds deep, is cut short ("[[[[[...]]]]]"; a mapping's keys come sorted).
+_SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 4, 80, 80, 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut short where it is long or deep (reprlib)."""
+    return _SHOWN.repr(value)
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

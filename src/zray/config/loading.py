@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from zray import hyperparameters
 from zray.config.schema import TRAINING_HYPERPARAMETERS, Distribution, SearchSpace, _KeyedError
-from zray.errors import ZrayError, first_line
+from zray.errors import ZrayError, first_line, shown
 from zray.paths import absolute
 
 __all__ = ["load", "validate", "parse_override", "apply_overrides"]
@@ -37,12 +36,6 @@ _CONSTRUCTOR_ERRORS = (ValueError, TypeError, AttributeError, IndexError, Overfl
 # A search space is a few hundred values; anchors and aliases (`&lr`, `*lr`) that
 # expand past this many are an alias bomb ("billion laughs"), not a search space.
 MAX_EXPANDED_NODES = 100_000
-
-# How a value the user wrote is shown in a sentence: a long string, list or mapping,
-# or one nested hundreds deep, is cut short ("[[[[[[...]]]]]]"), not echoed whole.
-_SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments
-_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 4, 80, 80
-_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
 
 
 # PyYAML's safe loader on libyaml, its C parser, where PyYAML was built with it (its
@@ -307,7 +300,7 @@ def _first_error(exc: ValidationError, raw: dict, path: Path, overrides) -> Zray
     message = message[0].lower() + message[1:]
     message = message.replace("input should be", "expected").replace("value should be", "expected")
     got = err.get("input")
-    return ZrayError(f"{_where(path, loc, overrides)}: {message}, got {_SHOWN.repr(got)}")
+    return ZrayError(f"{_where(path, loc, overrides)}: {message}, got {shown(got)}")
 
 
 def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
@@ -352,14 +345,14 @@ def _check_semantics(space: SearchSpace, path: Path, overrides) -> None:
     for key, value in space.fixed.items():
         problem = _type_problem(known[key], value)
         if problem:
-            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {_SHOWN.repr(value)}")
+            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {shown(value)}")
     for key, dist in space.search.items():
         if dist.type == "categorical":
             for choice in dist.choices:
                 problem = _type_problem(known[key], choice)
                 if problem:
                     where = _where(path, ("search", key, "choices"), overrides)
-                    raise ZrayError(f"{where}: {problem}, got {_SHOWN.repr(choice)}")
+                    raise ZrayError(f"{where}: {problem}, got {shown(choice)}")
         elif dist.type == "float" and isinstance(known[key], int) and not isinstance(known[key], bool):
             raise ZrayError(
                 f"{_where(path, ('search', key, 'type'), overrides)}: {key} takes whole numbers; "
@@ -379,7 +372,7 @@ def _check_constraints(space: SearchSpace, path: Path, overrides) -> None:
     for key, value in space.fixed.items():
         problem = hyperparameters.check(key, value)
         if problem:
-            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {_SHOWN.repr(value)}")
+            raise ZrayError(f"{_where(path, ('fixed', key), overrides)}: {problem}, got {shown(value)}")
     for key, dist in space.search.items():
         if dist.type == "categorical":
             values = [("choices", choice) for choice in dist.choices]
@@ -392,7 +385,7 @@ def _check_constraints(space: SearchSpace, path: Path, overrides) -> None:
         for end, value in values:
             problem = hyperparameters.check(key, value)
             if problem:
-                raise ZrayError(f"{_where(path, ('search', key, end), overrides)}: {problem}, got {_SHOWN.repr(value)}")
+                raise ZrayError(f"{_where(path, ('search', key, end), overrides)}: {problem}, got {shown(value)}")
 
 
 def _type_problem(default: Any, value: Any) -> str | None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer, model_validator
 
 from zray.bins import RedshiftBins
+from zray.errors import shown
 from zray.hyperparameters import DEFAULTS
 from zray.paths import name_problem
 
@@ -61,10 +62,12 @@ class Distribution(_Strict):
             pair = next(((a, b) for i, b in enumerate(self.choices) for a in self.choices[:i] if a == b), None)
             if pair is not None:  # Optuna would take them for one choice, and try it more often than the others
                 a, b = pair
-                same = f"{a!r} appears twice" if repr(a) == repr(b) else f"{a!r} and {b!r} are one choice (equal)"
-                raise _KeyedError("choices", f"must each appear once, but {same} in {self.choices}")
+                same = (f"{shown(a)} appears twice" if repr(a) == repr(b)
+                        else f"{shown(a)} and {shown(b)} are one choice (equal)")
+                raise _KeyedError("choices", f"must each appear once, but {same} in {shown(self.choices)}")
             if self.default is not None and self.default not in self.choices:
-                raise _KeyedError("default", f"must be one of the choices {self.choices}, got {self.default!r}")
+                raise _KeyedError("default",
+                                  f"must be one of the choices {shown(self.choices)}, got {shown(self.default)}")
             return self
         if self.choices is not None:
             raise _KeyedError("choices", f"is only used by categorical distributions, not {self.type}")
@@ -90,7 +93,7 @@ class Distribution(_Strict):
                                   f"expected a step of at most {self.high - self.low:g}, got {self.step:g}")
         if self.default is not None:
             if not isinstance(self.default, (int, float)) or isinstance(self.default, bool):
-                raise _KeyedError("default", f"must be a number, got {self.default!r}")
+                raise _KeyedError("default", f"must be a number, got {shown(self.default)}")
             if not self.low <= self.default <= self.high:
                 raise _KeyedError(
                     "default", f"must lie in [{self.low:g}, {self.high:g}], got {self.default:g}"
@@ -198,14 +201,15 @@ class TuneConfig(_Strict):
 
         self._check_metrics()
         if self.metric not in VALIDATION_METRICS:
-            raise _KeyedError("metric", f"unknown metric {self.metric!r}; expected one of "
+            raise _KeyedError("metric", f"unknown metric {shown(self.metric)}; expected one of "
                                         f"{', '.join(VALIDATION_METRICS)}")
         want = VALIDATION_METRICS[self.metric]
         if self.mode is None:
             object.__setattr__(self, "mode", want)  # frozen model: filled once, here
         elif self.mode != want:
             better = "lower" if want == "min" else "higher"
-            raise _KeyedError("mode", f"{self.metric} is better when {better}; expected {want!r}, got {self.mode!r}")
+            raise _KeyedError("mode",
+                              f"{self.metric} is better when {better}; expected {want!r}, got {shown(self.mode)}")
         return self
 
     def _check_metrics(self) -> None:
@@ -220,10 +224,10 @@ class TuneConfig(_Strict):
             return
         if len(self.metrics) != 2:
             raise _KeyedError("metrics", f"expected exactly two metrics (a two-objective search), "
-                                         f"got {len(self.metrics)}: {self.metrics!r}")
+                                         f"got {len(self.metrics)}: {shown(self.metrics)}")
         for name in self.metrics:
             if name not in VALIDATION_METRICS:
-                raise _KeyedError("metrics", f"unknown metric {name!r}; expected two of "
+                raise _KeyedError("metrics", f"unknown metric {shown(name)}; expected two of "
                                              f"{', '.join(VALIDATION_METRICS)}")
         if self.metrics[0] == self.metrics[1]:
             raise _KeyedError("metrics", f"names {self.metrics[0]} twice; expected two different metrics")
@@ -233,12 +237,12 @@ class TuneConfig(_Strict):
         want = [VALIDATION_METRICS[name] for name in self.metrics]
         if self.modes is not None:
             if len(self.modes) != 2:
-                raise _KeyedError("modes", f"expected one mode per metric ({want!r}), got {self.modes!r}")
+                raise _KeyedError("modes", f"expected one mode per metric ({want!r}), got {shown(self.modes)}")
             for name, mode, right in zip(self.metrics, self.modes, want):
                 if mode != right:
                     better = "lower" if right == "min" else "higher"
                     raise _KeyedError("modes", f"{name} is better when {better}; expected {want!r}, "
-                                               f"got {self.modes!r}")
+                                               f"got {shown(self.modes)}")
         if self.scheduler.type != "none":
             stopper = {"asha": "ASHA", "median": "median stopping"}.get(self.scheduler.type, self.scheduler.type)
             raise _KeyedError("scheduler.type", f"{stopper} stops trials on one metric but tune.metrics names "

@@ -1,7 +1,8 @@
 """The one place that imports Keras, so every model speaks legacy Keras 2.
 
 Ray Train's ``TensorflowConfig`` sets ``TF_USE_LEGACY_KERAS=1`` in every
-worker it starts, so the workers build their models with ``tf_keras``.
+worker of a run of several workers, so those build their models with
+``tf_keras``; a lone worker gets it from :func:`keras` (and ``WORKER_ENV``).
 Building, saving and loading with the same flavour everywhere else too
 (export, predict, evaluate, tests) keeps one weights format throughout.
 """

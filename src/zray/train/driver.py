@@ -180,8 +180,8 @@ def make_trainer(job: TrainJob, *, datasets: RunData | None, storage_path: str |
     TensorFlow, so with it the trial's process (which builds the trainer) and
     Ray Train's controller (which unpickles the config) each load TensorFlow
     before the first worker starts: about 8 s and 800 MB each, one after the
-    other. A run of one worker needs no ``TF_CONFIG`` (it trains without a
-    distribution strategy), so it gets the plain ``DataParallelTrainer`` and
+    other. A run of one worker needs no ``TF_CONFIG`` (it trains under
+    TensorFlow's default strategy), so it gets the plain ``DataParallelTrainer`` and
     only the worker imports TensorFlow; runs of several workers get Ray's
     ``TensorflowConfig``.
     """
