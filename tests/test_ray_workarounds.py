@@ -2,7 +2,9 @@
 (the first test of each pair fails once Ray fixes it: then delete the workaround and
 both tests), and the workaround does its job.
 
-Also: a search gives every trial's workers back, with Ray Train's own cleaner.
+Also: a search gives every trial's workers back, with Ray Train's own cleaner and, for
+what that misses now and then (ray-project/ray#62753, a race no test can bring about on
+demand, so it has no "still broken" test), zray's ReturnWorkerGroups.
 """
 
 from __future__ import annotations
@@ -80,9 +82,15 @@ def test_the_processes_of_a_ray_started_as_zray_does_find_their_own(ray_session,
 # one; then, while this driver still lives (its job's groups would otherwise go with it),
 # the state of every placement group its runs made. Prints one JSON line.
 _SEARCH_THEN_GROUPS = """
-import json, sys, time
+import json, logging, sys, time
 from ray.util.placement_group import placement_group_table
 from zray import config, search, runtime
+
+given_back = []  # the groups zray's ReturnWorkerGroups removed (its debug lines)
+handler = logging.Handler(logging.DEBUG)
+handler.emit = lambda record: given_back.append(record.getMessage()) if "gave back" in record.getMessage() else None
+logging.getLogger("zray").addHandler(handler)
+logging.getLogger("zray").setLevel(logging.DEBUG)
 
 runtime.init_ray()
 before = set(placement_group_table())
@@ -96,7 +104,8 @@ while True:
         break
     time.sleep(0.2)
 left = {g: [states[g], table[g]["bundles"]] for g in new if states[g] != "REMOVED"}
-print(json.dumps({"epochs": [t["epochs"] for t in summary["trials"]], "groups": len(new), "left": left}))
+print(json.dumps({"epochs": [t["epochs"] for t in summary["trials"]], "groups": len(new), "left": left,
+                  "given_back": given_back}))
 """
 
 
@@ -104,11 +113,12 @@ print(json.dumps({"epochs": [t["epochs"] for t in summary["trials"]], "groups": 
 def test_a_search_gives_every_trials_workers_back(sim_data, tmp_path):
     """ASHA stops trials (at the first rung, and at the last epoch): Tune then ends
     the trial's process and with it the run's controller, before the controller
-    removes its workers' placement group. Ray Train's own cleaner removes them.
+    removes its workers' placement group. Ray Train's own cleaner removes them, and
+    what it misses (ray-project/ray#62753, open: without zray's ReturnWorkerGroups one
+    search in about three left a group here) zray removes.
 
-    On a Ray of its own, not the session's: Ray Train's cleaner can miss a group its
-    controller registered as it died (ray-project/ray#62753, open), and a group left
-    in the session's Ray would hold CPUs that later tests wait for forever."""
+    On a Ray of its own, not the session's: a group left in the session's Ray would
+    hold CPUs that later tests wait for forever."""
     space = {
         "name": "reclaim", "model": "cnn",
         "data": {"path": str(sim_data), "image_size": 32},
@@ -131,6 +141,7 @@ def test_a_search_gives_every_trials_workers_back(sim_data, tmp_path):
     assert len(result["epochs"]) == 3 and all(e >= 1 for e in result["epochs"]), result
     assert result["groups"], "the search's runs made no placement group"
     assert not result["left"], f"placement groups left after the search (state, bundles): {result['left']}"
+    print("zray gave back:", result["given_back"] or "none (Ray Train's cleaner removed every group)")
 
 
 # A Ray Data pipeline shaped as zray predict's: Parquet read, then an actor pool asking for
@@ -179,3 +190,44 @@ def test_an_actor_pool_leaves_a_cpu_for_the_other_tasks(ray_session):
     cpus = actor_pool_cpus(int(total), 1.0)
     assert 0 < cpus and total * cpus <= total - min(1.0, total / 2), cpus
     assert actor_pool_cpus(1, 0.25) == 0.25  # a pool that leaves room is asked for as given
+
+
+def test_the_groups_of_an_ended_trial_are_given_back_after_the_grace_period(ray_session):
+    """ray-project/ray#62753 is a race (about one search of three under ASHA leaves a group), not
+    reproducible on demand with Ray alone; so here real placement groups stand for what Ray
+    Train left: a trial's reported group goes once the grace period after Tune ended the trial
+    is over, not before, and a running trial's group stays."""
+    import time
+    from types import SimpleNamespace
+
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from zray.ray_workarounds import WORKER_GROUP_KEY, ReturnWorkerGroups
+
+    ended, running = (placement_group([{"CPU": 0.01}]) for _ in range(2))
+    for group in (ended, running):
+        ray_session.get(group.ready(), timeout=60)
+    state = lambda g: placement_group_table(g)["state"]  # noqa: E731
+    callback = ReturnWorkerGroups(grace_s=1.0)
+    stopped, going = SimpleNamespace(trial_id="stopped"), SimpleNamespace(trial_id="going")
+    callback.on_trial_result(0, [], stopped, {WORKER_GROUP_KEY: ended.id.hex(), "epoch": 1})
+    callback.on_trial_result(0, [], going, {WORKER_GROUP_KEY: running.id.hex(), "epoch": 1})
+    callback.on_trial_result(0, [], going, {"epoch": 2})  # a report without the key changes nothing
+    callback.on_trial_complete(0, [], stopped)
+    callback.on_step_end(0, [])
+    assert state(ended) == "CREATED", "removed before Ray Train's own cleaner had its chance"
+    time.sleep(1.2)
+    callback.on_step_end(0, [])
+    assert state(ended) == "REMOVED" and callback.removed == [ended.id.hex()]
+    assert state(running) == "CREATED", "a running trial's workers lost their group"
+    # At the end of the search, a trial just ended: its group is waited for, then given back.
+    callback.on_trial_error(0, [], going)
+    t0 = time.time()
+    callback.on_experiment_end([])
+    assert state(running) == "REMOVED" and 0.5 < time.time() - t0 < 10
+    assert callback.removed == [ended.id.hex(), running.id.hex()]
+    # A group Ray removed itself is not removed again, and an unknown id is no error.
+    callback.on_trial_result(0, [], stopped, {WORKER_GROUP_KEY: ended.id.hex()})
+    callback.on_trial_result(0, [], going, {WORKER_GROUP_KEY: "ff" * 18})
+    callback.ended = {"stopped": 0.0, "going": 0.0}
+    assert callback.reclaim(time.time()) == []

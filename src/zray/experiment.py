@@ -139,11 +139,14 @@ def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: s
               trial_lines: bool = True) -> list:
     """The Tune callbacks that write the terminal's lines (:class:`zray.search.progress.TrialLines`):
     each epoch, the time estimate after the first epoch reported (once per experiment
-    when ``estimate_file`` is given: it is left there), and how each trial ended."""
+    when ``estimate_file`` is given: it is left there), and how each trial ended; and the one
+    that gives back the workers of the trials Tune ended where Ray Train did not
+    (:class:`zray.ray_workarounds.ReturnWorkerGroups`)."""
+    from zray.ray_workarounds import ReturnWorkerGroups
     from zray.search.progress import TrialLines
     from zray.train import plan_of
 
     plan = plan_of(space, manifest, trials=trials, concurrent=concurrent)
     epochs = int(space.default_hyperparameters()["epochs"])
     return [TrialLines(space.tune.metric, space.tune.mode, epochs, plan=plan, estimate_file=estimate_file,
-                       trial_lines=trial_lines)]
+                       trial_lines=trial_lines), ReturnWorkerGroups()]

@@ -33,14 +33,36 @@ The workaround: :func:`actor_pool_cpus` asks for less per actor, so that the
 pool leaves one CPU (half of a one-CPU Ray) to the other tasks. A logical CPU
 is only a scheduling token: each actor still runs on as many cores as the
 machine gives it.
+
+Ray Train can leave a stopped trial's workers' placement group behind
+---------------------------------------------------------------------
+When Tune ends a trial (a scheduler stops it, or it ends as its last epoch is
+reported), the trial's process goes and with it Ray Train's controller. Ray
+Train's placement-group cleaner is then meant to remove the group the run's
+workers held; now and then it misses it, and the group stays CREATED, its CPUs
+held until the driver's job ends: a later trial of the same search waits for
+them, forever on a small machine. Upstream: ray-project/ray#62753 ("Race
+condition in PlacementGroupCleaner: newly registered PG orphaned on controller
+death"), open in Ray 2.60; zray's search of three trials under ASHA left one
+such group in about one run of three.
+
+The workaround: each worker reports the id of the placement group it runs in
+(:data:`WORKER_GROUP_KEY`, Ray's ``get_placement_group_id``), and the
+driver's :class:`ReturnWorkerGroups` callback removes a trial's groups still
+there :data:`GRACE_S` seconds after Tune ended the trial (Ray Train's cleaner
+goes first), and at the end of the search.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
-__all__ = ["STATE_API_ENV", "actor_pool_cpus", "local_ray_options", "spare_cpus"]
+from ray.tune import Callback
+
+__all__ = ["GRACE_S", "STATE_API_ENV", "WORKER_GROUP_KEY", "ReturnWorkerGroups", "actor_pool_cpus",
+           "local_ray_options", "spare_cpus"]
 
 # Read by Ray's state API client before any search for a Ray on the machine.
 STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
@@ -74,3 +96,89 @@ def actor_pool_cpus(workers: int, cpus_per_actor: float) -> float:
     total = float(ray.cluster_resources().get("CPU", 0.0))
     fits = (total - spare_cpus(total)) / max(int(workers), 1)
     return min(float(cpus_per_actor), fits) if fits > 0 else float(cpus_per_actor)
+
+
+# The metric each epoch's report carries: the hex id of the placement group the run's workers hold.
+WORKER_GROUP_KEY = "worker_group"
+
+# Seconds after Tune ends a trial before zray removes its workers' group: Ray Train's own cleaner
+# looks about once a second, and the trial's controller is gone by then.
+GRACE_S = 10.0
+
+
+class ReturnWorkerGroups(Callback):
+    """A Tune callback in the driver giving back the placement groups of the trials Tune has
+    ended: each group a trial's workers reported (:data:`WORKER_GROUP_KEY`) and Ray has not
+    removed ``grace_s`` seconds after the trial ended is removed (ray-project/ray#62753).
+    ``removed`` lists the ids it removed, for the search's log and the tests."""
+
+    def __init__(self, grace_s: float = GRACE_S) -> None:
+        self.grace_s = float(grace_s)
+        self.groups: dict[str, set[str]] = {}  # trial id -> the groups its workers reported
+        self.ended: dict[str, float] = {}  # trial id -> when Tune ended it (time.time())
+        self.removed: list[str] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        group = result.get(WORKER_GROUP_KEY)
+        if isinstance(group, str) and group:
+            self.groups.setdefault(trial.trial_id, set()).add(group)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended.setdefault(trial.trial_id, time.time())
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.setdefault(trial.trial_id, time.time())
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self.reclaim(time.time() - self.grace_s)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """The last trials' groups too: wait out their grace period only while one is still there."""
+        deadline = max(self.ended.values(), default=0.0) + self.grace_s
+        while self._left() and time.time() < deadline:
+            time.sleep(0.5)
+        self.reclaim(time.time())
+
+    def reclaim(self, ended_before: float) -> list[str]:
+        """Remove the groups, still there, of the trials Tune ended before ``ended_before``."""
+        from ray.util.placement_group import remove_placement_group
+
+        removed = []
+        for trial_id in [t for t, when in self.ended.items() if when <= ended_before]:
+            for group in sorted(self.groups.pop(trial_id, set())):
+                if not _still_there(group):
+                    continue
+                try:
+                    remove_placement_group(_placement_group(group))
+                except Exception:  # noqa: BLE001 - removed meanwhile (by Ray's cleaner), or Ray is going
+                    continue
+                removed.append(group)
+            del self.ended[trial_id]
+        if removed:
+            from zray.console import LOG
+
+            LOG.debug(f"gave back placement group(s) {', '.join(removed)}, left by Ray Train after "
+                      "their trials ended (ray-project/ray#62753)")
+        self.removed.extend(removed)
+        return removed
+
+    def _left(self) -> bool:
+        return any(_still_there(g) for t in self.ended for g in self.groups.get(t, ()))
+
+
+def _placement_group(group: str):
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    return PlacementGroup(ray.PlacementGroupID.from_hex(group))
+
+
+def _still_there(group: str) -> bool:
+    """Whether the placement group ``group`` (hex id) is known to Ray and not removed."""
+    from ray.util.placement_group import placement_group_table
+
+    try:
+        state = placement_group_table(_placement_group(group)).get("state")
+    except Exception:  # noqa: BLE001 - Ray is going away: nothing left to give back
+        return False
+    return state not in (None, "REMOVED")

@@ -25,6 +25,7 @@ from typing import Any
 import ray.train
 
 from zray.models import ModelSpec, build_model, keras
+from zray.ray_workarounds import WORKER_GROUP_KEY
 
 k = keras()  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 import tensorflow as tf  # noqa: E402
@@ -116,6 +117,9 @@ def worker_loop(job_fields: dict[str, Any], data) -> None:
         if w.rank == 0:
             metrics.update(steps.validate(val_batches(), w.predict_step, job.bins))
             metrics["node_id"] = ray.get_runtime_context().get_node_id()  # which node trained
+            # which placement group the run's workers hold: the driver removes it if Ray does not
+            # once Tune has ended the trial (zray.ray_workarounds.ReturnWorkerGroups)
+            metrics[WORKER_GROUP_KEY] = ray.get_runtime_context().get_placement_group_id() or ""
             w.history.append(metrics)
         _save_and_report(w, epoch, metrics)
         instruments.epoch_done(epoch, metrics["steps"])
