@@ -82,7 +82,7 @@ def test_the_processes_of_a_ray_started_as_zray_does_find_their_own(ray_session,
 # one; then, while this driver still lives (its job's groups would otherwise go with it),
 # the state of every placement group its runs made. Prints one JSON line.
 _SEARCH_THEN_GROUPS = """
-import json, logging, sys, time
+import glob, json, logging, os, sys, time
 from ray.util.placement_group import placement_group_table
 from zray import config, search, runtime
 
@@ -104,8 +104,12 @@ while True:
         break
     time.sleep(0.2)
 left = {g: [states[g], table[g]["bundles"]] for g in new if states[g] != "REMOVED"}
+reported = {}  # each trial's worker groups, as its epochs reported them
+for f in glob.glob(os.path.join(sys.argv[2], "*", "trial-*", "result.json")):
+    groups = [json.loads(line).get("worker_group") for line in open(f)]
+    reported[os.path.basename(os.path.dirname(f))] = sorted(set(groups))
 print(json.dumps({"epochs": [t["epochs"] for t in summary["trials"]], "groups": len(new), "left": left,
-                  "given_back": given_back}))
+                  "given_back": given_back, "reported": reported}))
 """
 
 
@@ -140,7 +144,8 @@ def test_a_search_gives_every_trials_workers_back(sim_data, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(result["epochs"]) == 3 and all(e >= 1 for e in result["epochs"]), result
     assert result["groups"], "the search's runs made no placement group"
-    assert not result["left"], f"placement groups left after the search (state, bundles): {result['left']}"
+    assert not result["left"], (f"placement groups left after the search (state, bundles): {result['left']}; "
+                                f"zray gave back {result['given_back']}; the trials' reported groups {result['reported']}")
     print("zray gave back:", result["given_back"] or "none (Ray Train's cleaner removed every group)")
 
 
@@ -231,3 +236,43 @@ def test_the_groups_of_an_ended_trial_are_given_back_after_the_grace_period(ray_
     callback.on_trial_result(0, [], going, {WORKER_GROUP_KEY: "ff" * 18})
     callback.ended = {"stopped": 0.0, "going": 0.0}
     assert callback.reclaim(time.time()) == []
+
+
+def test_a_group_no_worker_reported_is_found_by_its_shape_and_given_back(ray_session):
+    """A controller's new group that it died before any worker reported: a group of this job,
+    made during the search, of the workers' shape, that no live actor has held for the grace
+    period, is removed; one an actor holds, one of another shape, one made before the search
+    are not."""
+    import time
+
+    from ray.util.placement_group import placement_group, placement_group_table
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from zray.ray_workarounds import ReturnWorkerGroups
+
+    shape = {"CPU": 0.02}
+    earlier = placement_group([shape])
+    callback = ReturnWorkerGroups(grace_s=1.0, worker_bundle={**shape, "GPU": 0.0})
+    callback.setup()
+    orphan, held, other = placement_group([shape]), placement_group([shape]), placement_group([{"CPU": 0.03}])
+    for group in (earlier, orphan, held, other):
+        ray_session.get(group.ready(), timeout=60)
+
+    @ray_session.remote(num_cpus=0.02)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holder = Holder.options(scheduling_strategy=PlacementGroupSchedulingStrategy(held)).remote()
+    assert ray_session.get(holder.ping.remote(), timeout=60)
+    state = lambda g: placement_group_table(g)["state"]  # noqa: E731
+    assert callback.sweep(time.time()) == [] and set(callback.orphans) == {orphan.id.hex()}
+    time.sleep(1.2)
+    assert callback.sweep(time.time()) == [orphan.id.hex()]
+    assert state(orphan) == "REMOVED"
+    assert [state(g) for g in (earlier, held, other)] == ["CREATED"] * 3
+    ray_session.kill(holder)
+    for group in (earlier, held, other):
+        ray_session.util.remove_placement_group(group)
+    # A trial bundle of the workers' shape: no sweep at all.
+    assert ReturnWorkerGroups(worker_bundle=None).sweep(time.time()) == []

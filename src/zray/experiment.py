@@ -148,5 +148,10 @@ def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: s
 
     plan = plan_of(space, manifest, trials=trials, concurrent=concurrent)
     epochs = int(space.default_hyperparameters()["epochs"])
+    res = space.resources
+    worker = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    # A group shaped as a trial's own (Tune's, {"CPU": trial_cpus}) is never swept.
+    same_as_trial = {k: v for k, v in worker.items() if v} == {"CPU": res.trial_cpus}
     return [TrialLines(space.tune.metric, space.tune.mode, epochs, plan=plan, estimate_file=estimate_file,
-                       trial_lines=trial_lines), ReturnWorkerGroups()]
+                       trial_lines=trial_lines),
+            ReturnWorkerGroups(worker_bundle=None if same_as_trial else worker)]

@@ -50,7 +50,10 @@ The workaround: each worker reports the id of the placement group it runs in
 (:data:`WORKER_GROUP_KEY`, Ray's ``get_placement_group_id``), and the
 driver's :class:`ReturnWorkerGroups` callback removes a trial's groups still
 there :data:`GRACE_S` seconds after Tune ended the trial (Ray Train's cleaner
-goes first), and at the end of the search.
+goes first), and at the end of the search. A group a controller made and died
+before any worker reported is found by its shape instead: a group of the
+driver's job, made during the search, whose bundles are the workers', that no
+live actor has held for :data:`GRACE_S` seconds (Ray's state API).
 """
 
 from __future__ import annotations
@@ -101,22 +104,38 @@ def actor_pool_cpus(workers: int, cpus_per_actor: float) -> float:
 # The metric each epoch's report carries: the hex id of the placement group the run's workers hold.
 WORKER_GROUP_KEY = "worker_group"
 
-# Seconds after Tune ends a trial before zray removes its workers' group: Ray Train's own cleaner
-# looks about once a second, and the trial's controller is gone by then.
+# Seconds a group Ray should have removed is given before zray removes it: Ray Train's own cleaner
+# looks about once a second, and a stopped trial's controller is gone by then.
 GRACE_S = 10.0
 
 
 class ReturnWorkerGroups(Callback):
-    """A Tune callback in the driver giving back the placement groups of the trials Tune has
-    ended: each group a trial's workers reported (:data:`WORKER_GROUP_KEY`) and Ray has not
-    removed ``grace_s`` seconds after the trial ended is removed (ray-project/ray#62753).
+    """A Tune callback in the driver giving back the placement groups Ray Train left behind
+    (ray-project/ray#62753), two ways:
+
+    - each group a trial's workers reported (:data:`WORKER_GROUP_KEY`) and Ray has not removed
+      ``grace_s`` seconds after Tune ended the trial;
+    - with ``worker_bundle`` (one worker's resources, as the search asks for them; None where a
+      trial's own bundle looks the same), each group of this driver's job made during the search,
+      of that shape, that no live actor has held for ``grace_s`` seconds: a controller's new group
+      that it died before any worker reported (a restart as its trial was stopped).
+
     ``removed`` lists the ids it removed, for the search's log and the tests."""
 
-    def __init__(self, grace_s: float = GRACE_S) -> None:
+    def __init__(self, grace_s: float = GRACE_S, worker_bundle: dict[str, float] | None = None) -> None:
         self.grace_s = float(grace_s)
         self.groups: dict[str, set[str]] = {}  # trial id -> the groups its workers reported
         self.ended: dict[str, float] = {}  # trial id -> when Tune ended it (time.time())
+        self.worker_bundle = {k: float(v) for k, v in (worker_bundle or {}).items() if v} or None
+        self.before: set[str] | None = None  # the groups there when the search started: never touched
+        self.orphans: dict[str, float] = {}  # group -> when first seen held by no live actor
+        self.swept = 0.0
         self.removed: list[str] = []
+
+    def setup(self, **info) -> None:
+        from ray.util.placement_group import placement_group_table
+
+        self.before = set(placement_group_table())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         group = result.get(WORKER_GROUP_KEY)
@@ -130,30 +149,57 @@ class ReturnWorkerGroups(Callback):
         self.ended.setdefault(trial.trial_id, time.time())
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        self.reclaim(time.time() - self.grace_s)
+        now = time.time()
+        self.reclaim(now - self.grace_s)
+        if now - self.swept >= self.grace_s / 2:
+            self.sweep(now)
 
     def on_experiment_end(self, trials, **info) -> None:
-        """The last trials' groups too: wait out their grace period only while one is still there."""
-        deadline = max(self.ended.values(), default=0.0) + self.grace_s
-        while self._left() and time.time() < deadline:
+        """The last trials' groups too: waits (``grace_s`` after the last trial ended, at most
+        twice that) only while a group is still there."""
+        deadline = max(self.ended.values(), default=0.0) + 2 * self.grace_s
+        while True:
+            now = time.time()
+            self.reclaim(now - self.grace_s)
+            self.sweep(now)
+            if not (self._left() or self.orphans) or now > deadline:
+                break
             time.sleep(0.5)
         self.reclaim(time.time())
 
     def reclaim(self, ended_before: float) -> list[str]:
-        """Remove the groups, still there, of the trials Tune ended before ``ended_before``."""
+        """Remove the reported groups, still there, of the trials Tune ended before ``ended_before``."""
+        due = []
+        for trial_id in [t for t, when in self.ended.items() if when <= ended_before]:
+            due += sorted(self.groups.pop(trial_id, set()))
+            del self.ended[trial_id]
+        return self._remove(due)
+
+    def sweep(self, now: float) -> list[str]:
+        """Remove this job's groups of the workers' shape, made during the search, that no live
+        actor has held for ``grace_s`` seconds (seen so by an earlier sweep)."""
+        self.swept = now
+        if self.worker_bundle is None or self.before is None:
+            return []
+        orphans = _orphans(self.worker_bundle, self.before)
+        self.orphans = {g: self.orphans.get(g, now) for g in orphans}
+        due = sorted(g for g, since in self.orphans.items() if since <= now - self.grace_s)
+        for group in due:
+            del self.orphans[group]
+        return self._remove(due)
+
+    def _remove(self, groups: list[str]) -> list[str]:
         from ray.util.placement_group import remove_placement_group
 
         removed = []
-        for trial_id in [t for t, when in self.ended.items() if when <= ended_before]:
-            for group in sorted(self.groups.pop(trial_id, set())):
-                if not _still_there(group):
-                    continue
-                try:
-                    remove_placement_group(_placement_group(group))
-                except Exception:  # noqa: BLE001 - removed meanwhile (by Ray's cleaner), or Ray is going
-                    continue
-                removed.append(group)
-            del self.ended[trial_id]
+        for group in groups:
+            if not _still_there(group):
+                continue
+            try:
+                remove_placement_group(_placement_group(group))
+            except Exception:  # noqa: BLE001 - removed meanwhile (by Ray's cleaner), or Ray is going
+                continue
+            removed.append(group)
         if removed:
             from zray.console import LOG
 
@@ -182,3 +228,29 @@ def _still_there(group: str) -> bool:
     except Exception:  # noqa: BLE001 - Ray is going away: nothing left to give back
         return False
     return state not in (None, "REMOVED")
+
+
+def _orphans(bundle: dict[str, float], before: set[str]) -> set[str]:
+    """The CREATED groups of this driver's job, not in ``before``, each of whose bundles is
+    ``bundle``, that hold no live actor (Ray's state API; none when it does not answer)."""
+    import ray
+    from ray.util.state import list_actors, list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    try:
+        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")],
+                                       detail=True, limit=10_000, timeout=5, raise_on_missing_output=False)
+        actors = list_actors(filters=[("state", "!=", "DEAD")], detail=True,  # detail: their groups
+                             limit=10_000, timeout=5, raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - the state API is busy or gone: look again next time
+        return set()
+    if len(groups) >= 10_000 or len(actors) >= 10_000:
+        return set()  # a list cut short could miss the actor holding a group: sweep nothing
+    held = {getattr(a, "placement_group_id", None) for a in actors}
+
+    def shaped(g) -> bool:
+        units = [{k: float(v) for k, v in (b.get("unit_resources") or {}).items() if v} for b in g.bundles or []]
+        return bool(units) and all(u == bundle for u in units)
+
+    return {g.placement_group_id for g in groups
+            if g.placement_group_id not in before and g.placement_group_id not in held and shaped(g)}
