@@ -144,6 +144,9 @@ def test_a_search_gives_every_trials_workers_back(sim_data, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(result["epochs"]) == 3 and all(e >= 1 for e in result["epochs"]), result
     assert result["groups"], "the search's runs made no placement group"
+    # Every trial's epochs said which group its workers held: what zray gives back if Ray does not.
+    assert len(result["reported"]) == 3 and all(
+        len(groups) == 1 and groups[0] for groups in result["reported"].values()), result["reported"]
     assert not result["left"], (f"placement groups left after the search (state, bundles): {result['left']}; "
                                 f"zray gave back {result['given_back']}; the trials' reported groups {result['reported']}")
     print("zray gave back:", result["given_back"] or "none (Ray Train's cleaner removed every group)")
