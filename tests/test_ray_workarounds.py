@@ -279,3 +279,27 @@ def test_a_group_no_worker_reported_is_found_by_its_shape_and_given_back(ray_ses
         ray_session.util.remove_placement_group(group)
     # A trial bundle of the workers' shape: no sweep at all.
     assert ReturnWorkerGroups(worker_bundle=None).sweep(time.time()) == []
+
+
+def test_a_search_gets_the_callback_with_its_workers_shape(sim_data):
+    """experiment.callbacks wires ReturnWorkerGroups in, sweeping for the workers' shape, and
+    not at all where a trial's own bundle ({"CPU": trial_cpus}) has that shape."""
+    from pathlib import Path
+
+    from zray import config, experiment
+    from zray.data.shards import read_manifest
+    from zray.ray_workarounds import ReturnWorkerGroups
+
+    quickstart = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    manifest = read_manifest(sim_data)
+
+    def callback(*overrides):
+        space = config.load(quickstart, [f"data.path={sim_data}", *overrides])
+        found = [c for c in experiment.callbacks(space, manifest, trials=1, concurrent=1, estimate_file=None)
+                 if isinstance(c, ReturnWorkerGroups)]
+        assert len(found) == 1
+        return found[0]
+
+    assert callback().worker_bundle == {"CPU": 0.9}
+    assert callback("resources.gpus_per_worker=1").worker_bundle == {"CPU": 0.9, "GPU": 1.0}
+    assert callback("resources.trial_cpus=0.9").worker_bundle is None
