@@ -97,8 +97,8 @@ def _epochs_done(experiment: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(cluster_ray, sim_data, tmp_path_factory):
-    """A 2-trial search whose driver is SIGKILLed once the first trial has finished and the
-    second has begun, then resumed, on a Ray that outlives its drivers (as a cluster's)."""
+    """A 3-trial search whose driver is SIGKILLed once a trial has finished, then resumed,
+    on a Ray that outlives its drivers (as a cluster's)."""
     tmp = tmp_path_factory.mktemp("tune")
     path = write_space(
         tmp,
@@ -108,7 +108,7 @@ def killed_and_resumed(cluster_ray, sim_data, tmp_path_factory):
             "learning_rate": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
             "filters": {"type": "categorical", "choices": [8, 16]},
         },
-        tune={"num_samples": 2, "max_concurrent": 1, "seed": 0},
+        tune={"num_samples": 3, "max_concurrent": 1, "seed": 0},
     )
     runs = tmp / "runs"
     experiment = runs / "killed"
@@ -142,17 +142,16 @@ def test_killed_search_resumes_to_exactly_num_samples(killed_and_resumed):
     experiment = killed_and_resumed["experiment"]
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     rows = _results(experiment)
-    assert len(rows) == 2
+    assert len(rows) == 3
     assert all(r["status"] == "complete" for r in rows), rows
-    assert len({r["trial"] for r in rows}) == 2
-    assert len({(r["learning_rate"], r["filters"]) for r in rows}) == 2, "a trial was run twice"
-    # Both trials existed before the kill and are the final ones (continued, not replaced).
-    assert len(killed_and_resumed["before"]) == 2, "the kill came before the second trial began"
-    assert set(killed_and_resumed["before"]) == {r["trial"] for r in rows}
+    assert len({r["trial"] for r in rows}) == 3
+    assert len({(r["learning_rate"], r["filters"]) for r in rows}) == 3, "a trial was run twice"
+    # The trials that existed before the kill are among the final ones (continued, not replaced).
+    assert set(killed_and_resumed["before"]) <= {r["trial"] for r in rows}
     # The same Optuna study, in the experiment folder, holds exactly these trials.
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(finished) == 2
+    assert len(finished) == 3
     assert sorted(round(t.params["learning_rate"], 12) for t in finished) == sorted(
         round(float(r["learning_rate"]), 12) for r in rows
     )
@@ -178,7 +177,7 @@ def test_results_table_best_checkpoint_and_status(killed_and_resumed):
     before = sorted((p.relative_to(experiment), p.stat().st_mtime_ns) for p in experiment.rglob("*"))
     result = CliRunner().invoke(main, ["status", str(experiment)])
     assert result.exit_code == 0, result.output
-    assert "2 of 2: 2 complete" in result.output
+    assert "3 of 3: 3 complete" in result.output
     assert best["trial"] in result.output and str(checkpoint) in result.output
     assert sorted((p.relative_to(experiment), p.stat().st_mtime_ns) for p in experiment.rglob("*")) == before
     for name, data in saved.items():
