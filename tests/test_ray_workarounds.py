@@ -108,8 +108,10 @@ reported = {}  # each trial's worker groups, as its epochs reported them
 for f in glob.glob(os.path.join(sys.argv[2], "*", "trial-*", "result.json")):
     groups = [json.loads(line).get("worker_group") for line in open(f)]
     reported[os.path.basename(os.path.dirname(f))] = sorted(set(groups))
+states = glob.glob(os.path.join(sys.argv[2], "*", "trials", "*", "checkpoint_*", "state.json"))
+saved = [f for f in states if "worker_group" in open(f).read()]  # a group's id is for Tune, not the weights
 print(json.dumps({"epochs": [t["epochs"] for t in summary["trials"]], "groups": len(new), "left": left,
-                  "given_back": given_back, "reported": reported}))
+                  "given_back": given_back, "reported": reported, "states": len(states), "saved": saved}))
 """
 
 
@@ -147,6 +149,7 @@ def test_a_search_gives_every_trials_workers_back(sim_data, tmp_path):
     # Every trial's epochs said which group its workers held: what zray gives back if Ray does not.
     assert len(result["reported"]) == 3 and all(
         len(groups) == 1 and groups[0] for groups in result["reported"].values()), result["reported"]
+    assert result["states"] >= 3 and result["saved"] == [], f"checkpoints keep a placement group's id: {result['saved']}"
     assert not result["left"], (f"placement groups left after the search (state, bundles): {result['left']}; "
                                 f"zray gave back {result['given_back']}; the trials' reported groups {result['reported']}")
     print("zray gave back:", result["given_back"] or "none (Ray Train's cleaner removed every group)")

@@ -117,9 +117,6 @@ def worker_loop(job_fields: dict[str, Any], data) -> None:
         if w.rank == 0:
             metrics.update(steps.validate(val_batches(), w.predict_step, job.bins))
             metrics["node_id"] = ray.get_runtime_context().get_node_id()  # which node trained
-            # which placement group the run's workers hold: the driver removes it if Ray does not
-            # once Tune has ended the trial (zray.ray_workarounds.ReturnWorkerGroups)
-            metrics[WORKER_GROUP_KEY] = ray.get_runtime_context().get_placement_group_id() or ""
             w.history.append(metrics)
         _save_and_report(w, epoch, metrics)
         instruments.epoch_done(epoch, metrics["steps"])
@@ -219,7 +216,11 @@ def _save_and_report(w: _Worker, epoch: int, metrics: dict[str, Any]) -> None:
         }
         Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1))
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if w.rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload_checkpoint)
+        reported = metrics
+        if w.rank == 0:  # to Tune only, not the checkpoint: which placement group the run's workers
+            # hold, for the driver to remove if Ray does not (zray.ray_workarounds.ReturnWorkerGroups)
+            reported = {**metrics, WORKER_GROUP_KEY: ray.get_runtime_context().get_placement_group_id() or ""}
+        ray.train.report(reported, checkpoint=checkpoint, checkpoint_upload_fn=upload_checkpoint)
 
 
 def _batches(val_shard):
