@@ -151,6 +151,64 @@ def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
             prepare_dataset(tmp_path / "odd.parquet", tmp_path / "img", tmp_path / "odd", size=SIZE, progress=False)
 
 
+def _fits_catalogue(path, rows: dict, image_first=True):
+    """``rows`` as a FITS table the way catalogue tools write one: column names in capitals,
+    big-endian numbers, text padded to a fixed width, a unit astropy does not know, a column of
+    five values per row, behind an empty primary HDU (and an image HDU, with ``image_first``)."""
+    from astropy.table import Table
+
+    table = Table({name.upper(): np.asarray(values) for name, values in rows.items()})
+    table["FILE"] = np.array([f"{f:<20}" for f in rows["file"]])  # FITS pads text with spaces
+    table["MAGS"] = np.full((len(table), 5), 17.0)
+    hdu = fits.table_to_hdu(table)
+    hdu.header[f"TUNIT{table.colnames.index('Z_SPEC') + 1}"] = "redshift"  # not a FITS unit
+    hdus = [fits.PrimaryHDU()] + ([fits.ImageHDU(np.zeros((4, 4)))] if image_first else [])
+    fits.HDUList([*hdus, hdu]).writeto(path)
+    return path
+
+
+def test_a_fits_table_catalogue_as_other_tools_write_it(tmp_path):
+    rows = _single_file_setup(tmp_path)
+    for name in ("cat.fits", "cat.fits.gz"):
+        _fits_catalogue(tmp_path / name, rows)
+        assert fits.getheader(tmp_path / name, 2)["TFORM1"] == "K"  # stored big-endian, as FITS is
+        prepare_dataset(tmp_path / name, tmp_path / "img", tmp_path / "out", size=SIZE, progress=False)
+        _check_roundtrip(tmp_path / "out", rows["id"])
+        z = load_arrays(tmp_path / "out", "train", columns=("id", "z_spec"))
+        truth = dict(zip(rows["id"], rows["z_spec"]))
+        assert z["z_spec"].tolist() == pytest.approx([truth[i] for i in z["id"].tolist()], rel=1e-6)
+        shutil.rmtree(tmp_path / "out")
+
+
+def test_fits_catalogues_zray_cannot_use_are_one_sentence(tmp_path):
+    from astropy.table import MaskedColumn, Table
+
+    rows = _single_file_setup(tmp_path)
+    fits.PrimaryHDU(np.zeros((4, 4))).writeto(tmp_path / "image.fits")
+    _expect_error(tmp_path, r"image.fits: this FITS file holds no table \(only images or headers\); expected a table "
+                  "with one row per galaxy", catalog="image.fits")
+    # Cut short, in its table or in its compressed stream; a row count no file could hold.
+    whole = _fits_catalogue(tmp_path / "cat.fits", rows).read_bytes()
+    (tmp_path / "cut.fits").write_bytes(whole[: len(whole) - 2880 - 100])
+    _expect_error(tmp_path, r"cut.fits: not a readable FITS table \(.*\); expected a whole FITS file", catalog="cut.fits")
+    packed = _fits_catalogue(tmp_path / "cat.fits.gz", rows).read_bytes()
+    (tmp_path / "cut.fits.gz").write_bytes(packed[: len(packed) // 2])
+    _expect_error(tmp_path, r"cut.fits.gz: not a readable FITS table \(Compressed file ended", catalog="cut.fits.gz")
+    (tmp_path / "huge.fits").write_bytes(whole.replace(b"NAXIS2  =                    6", b"NAXIS2  =          10000000000"))
+    _expect_error(tmp_path, r"huge.fits: not a readable FITS table \(its header promises 10000000000 rows",
+                  catalog="huge.fits")
+    # An id left blank (TNULL) is a missing value, named by its row; so is a NaN redshift.
+    ids = MaskedColumn(rows["id"], mask=[False, False, True, False, False, False])
+    Table({"ID": ids, **{k.upper(): rows[k] for k in ("z_spec", "ebv", "file")}}).write(tmp_path / "null.fits")
+    _expect_error(tmp_path, r"null.fits: row 3: id is missing; expected an integer", catalog="null.fits")
+    Table({**rows, "z_spec": [0.1, np.nan, 0.1, 0.1, 0.1, 0.1]}).write(tmp_path / "nan.fits")
+    _expect_error(tmp_path, r"nan.fits: row 2 \(id 101\): z_spec is missing or not finite", catalog="nan.fits")
+    # A redshift column of several values per row is left out, and named as such.
+    Table({**rows, "z_spec": np.full((6, 2), 0.1)}).write(tmp_path / "wide.fits")
+    _expect_error(tmp_path, r"wide.fits: missing column\(s\) z_spec; .*'z_spec' \(several values per row\)",
+                  catalog="wide.fits")
+
+
 def test_planes_written_as_one_by_h_by_w_and_a_folder_for_a_file(tmp_path):
     """Some tools write each band's HDU as (1, H, W): one plane each, not a 1-band cube. A file
     column naming a folder says so."""
@@ -282,6 +340,10 @@ def test_missing_catalogue_columns(tmp_path):
     rows["ebv"] = [0.0] * 6
     _write_catalog(tmp_path / "cat.csv", rows)
     _expect_error(tmp_path, r"cat.csv: missing column\(s\) 'file' or file_u")
+    # A column named in capitals: the error gives the name zray reads.
+    _write_catalog(tmp_path / "cat.csv", {**{k: v for k, v in rows.items() if k != "z_spec"}, "Z_SPEC": rows["z_spec"]})
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) z_spec; .*; zray's column names are lower case: rename "
+                  "'Z_SPEC' to 'z_spec'$")
 
 
 def test_duplicate_ids_and_bad_redshift(tmp_path):
@@ -298,4 +360,5 @@ def test_duplicate_ids_and_bad_redshift(tmp_path):
 def test_unknown_catalogue_format(tmp_path):
     _single_file_setup(tmp_path)
     (tmp_path / "cat.json").write_text("{}")
-    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'", catalog="cat.json")
+    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'; expected .csv, .parquet or a FITS table",
+                  catalog="cat.json")

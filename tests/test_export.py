@@ -460,11 +460,15 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
     assert sorted(got["id"]) == sorted(ids.tolist())
     # Known redshifts, whatever they are (beyond the bins, SDSS's -1 for "none", missing), are
-    # never needed and never checked: they come back as given, a missing one as null.
+    # never needed and never checked: they come back as given, a missing one as null. This
+    # catalogue is a FITS table as astropy writes one, its column names in capitals.
+    from astropy.table import MaskedColumn, Table
+
     z_cat = [0.9, -1.0, None, 0.1]
-    pq.write_table(pa.table({"id": ids, "ebv": test["ebv"][:4], "file": [f"g{i}.fits" for i in ids],
-                             "z_spec": pa.array(z_cat, pa.float64())}), tmp_path / "catz.parquet")
-    result = _run("predict", exported["best"], tmp_path / "catz.parquet", "--images", images,
+    Table({"ID": ids, "EBV": test["ebv"][:4], "FILE": [f"g{i}.fits" for i in ids],
+           "Z_SPEC": MaskedColumn([z or 0.0 for z in z_cat], mask=[z is None for z in z_cat])}
+          ).write(tmp_path / "catz.fits")
+    result = _run("predict", exported["best"], tmp_path / "catz.fits", "--images", images,
                   "--out", tmp_path / "cz.parquet")
     assert result.exit_code == 0, result.output
     withz = pq.read_table(tmp_path / "cz.parquet").to_pydict()

@@ -793,6 +793,82 @@ def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite):
         run(sb, argv, outputs=declared)
 
 
+def _fits_column(kind: str, cells: list[str]):
+    """Catalogue cells as one FITS column of ``kind``, as a tool that typed them would write it."""
+    from astropy.table import MaskedColumn
+
+    def number(cell, cast):
+        try:
+            return cast(cell.strip())
+        except (ValueError, OverflowError):
+            return None
+
+    if kind in ("int", "float", "float32", "masked float"):
+        cast = int if kind == "int" else float
+        values = [number(c, cast) for c in cells]
+        if kind == "int":
+            values = [v if v is not None and -(2**63) <= v < 2**63 else None for v in values]
+        filled = [0 if v is None else v for v in values]
+        dtype = {"int": np.int64, "float32": np.float32}.get(kind, np.float64)
+        with np.errstate(over="ignore"):
+            data = np.array(filled, dtype=dtype)
+        if kind == "float" or kind == "float32":
+            data[[v is None for v in values]] = np.nan
+            return data
+        return MaskedColumn(data, mask=[v is None for v in values])
+    if kind == "wide":
+        return np.array([[number(c, float) or 0.0] * 3 for c in cells])
+    return np.array([c.encode("ascii", "replace").decode() for c in cells])  # FITS text is ASCII
+
+
+@st.composite
+def fits_catalogues(draw) -> tuple[bytes, str]:
+    """A catalogue (as :func:`catalogues` makes them, cells changed, columns renamed in capitals)
+    written as a FITS table by astropy, its columns typed as another tool might have; then
+    perhaps cut short, damaged or compressed."""
+    import gzip
+
+    from astropy.io import fits
+    from astropy.table import Table
+
+    header, *rows = _catalogue(draw(st.integers(1, 3)), draw(st.booleans()))
+    for _ in range(draw(st.integers(0, 3))):
+        r, c = draw(st.integers(0, len(rows) - 1)), draw(st.integers(0, len(header) - 1))
+        rows[r][c] = draw(CAT_CELLS)
+    names = [draw(st.sampled_from([name, name.upper(), name.title()]) if draw(st.integers(0, 9))
+                  else st.sampled_from(CAT_COLUMNS)) for name in header]
+    assume(len({n.strip().lower() for n in names}) == len(names) and all(n.strip() for n in names))
+    kinds = {"id": "int", "z_spec": "float", "ebv": "float32"}
+    table = Table()
+    for k, name in enumerate(names):
+        kind = draw(st.sampled_from([kinds.get(header[k], "text")] * 10 + ["int", "float", "masked float", "text",
+                                                                            "wide"]))
+        table[name] = _fits_column(kind, [row[k] for row in rows])
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table)]).writeto(buffer)
+    data = buffer.getvalue()
+    damage = draw(st.sampled_from(["none", "none", "none", "cut", "byte", "gzip", "gzip", "gzip cut"]))
+    if damage in ("cut", "byte"):
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] if damage == "cut" else data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+    if damage.startswith("gzip"):
+        data = gzip.compress(data)
+        data = data[: draw(st.integers(0, len(data) - 1))] if damage == "gzip cut" else data
+    return data, ".fits.gz" if damage.startswith("gzip") else draw(st.sampled_from([".fits", ".FITS", ".fit"]))
+
+
+@budget(150)
+@given(catalogue=fits_catalogues(), out=st.sampled_from(["out", "out", "img", "cat"]))
+def test_prepare_fits_catalogues(catalogue, out):
+    content, suffix = catalogue
+    with Sandbox() as sb:
+        copy_images(sb)
+        cat = sb.write("cat" + suffix, content)
+        out = cat.name if out == "cat" else out
+        run(sb, ["prepare", cat, "--images", sb.root / "img", "--out", out, "--size", "16"],
+            outputs=[out] if out == "out" else [])
+
+
 @budget(200)
 @example(n="1", size="16", seed="-1", workers="1", out="sim", overwrite=False, catalogue=None)  # ValueError
 @given(

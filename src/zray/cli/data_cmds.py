@@ -40,7 +40,8 @@ def _percentiles(z) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all CPU cores).")
 @click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
-              help="CSV/Parquet with id, z (or z_spec), dereddened mag_u..mag_z [, ebv]: render these galaxies.")
+              help="CSV, Parquet or FITS table with id, z (or z_spec), dereddened mag_u..mag_z [, ebv]: "
+                   "render these galaxies.")
 @click.option("--frames", "frames", is_flag=True,
               help="Render survey frames instead of cutouts: one FITS per band and field, each band with its own "
                    "WCS (shifted by tens of pixels, turned by up to 0.5 degrees), overlapping at the edges, plus "
@@ -130,10 +131,12 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
 def prepare_cmd(catalog, images, out, size, seed, overwrite):
     """Turn FITS cutouts listed in a catalogue into zray shards.
 
-    CATALOG is CSV or Parquet with columns id, z_spec, ebv and either `file`
-    (one FITS with all five bands: a cube with header keywords BAND1..BAND5,
-    or five image HDUs each with a FILTER keyword) or file_u..file_z (one
-    FITS per band). Band order always comes from headers or column names.
+    CATALOG is CSV, Parquet or a FITS table (.fits, .fits.gz: its first
+    table, column names in any case) with columns id, z_spec, ebv and either
+    `file` (one FITS with all five bands: a cube with header keywords
+    BAND1..BAND5, or five image HDUs each with a FILTER keyword) or
+    file_u..file_z (one FITS per band). Band order always comes from headers
+    or column names.
 
     \b
     Example:
@@ -168,9 +171,9 @@ def prepare_cmd(catalog, images, out, size, seed, overwrite):
 def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrite):
     """Cut aligned five-band cutouts of a catalogue's galaxies from survey frames.
 
-    CATALOG is CSV or Parquet with id, ra, dec (degrees), z_spec and, when
-    known, ebv (else 0, with a warning) and mag_u..mag_z (carried into the
-    shards). In each band the frame holding the galaxy's whole cutout is
+    CATALOG is CSV, Parquet or a FITS table with id, ra, dec (degrees),
+    z_spec and, when known, ebv (else 0, with a warning) and mag_u..mag_z
+    (carried into the shards). In each band the frame holding the galaxy's whole cutout is
     found from the frames' WCS (the one where it lies farthest from an edge,
     so a galaxy on one field's edge takes the neighbouring field's frame), and
     the band is resampled onto one grid centred on the galaxy, north up, east

@@ -1,4 +1,4 @@
-"""Reading user catalogues (CSV or Parquet) with checked columns.
+"""Reading user catalogues (CSV, Parquet or a FITS table) with checked columns.
 
 Shared by ``zray simulate --catalog``, ``zray prepare`` and ``zray cutouts``. Rows in messages
 are counted from 1 over the data rows (the CSV header is not a row), and the
@@ -16,29 +16,49 @@ import pyarrow as pa
 from zray.bins import RedshiftBins
 from zray.errors import ZrayError, first_line
 
+#: Names of FITS files, as astropy reads them (gzip- and bzip2-compressed too).
+FITS_SUFFIXES = (".fits", ".fit", ".fts")
+
+
+def catalog_format(path: Path) -> str:
+    """``parquet``, ``csv`` or ``fits``, from the file's name; anything else is refused."""
+    name = path.name.lower()
+    if name.endswith((".gz", ".bz2")) and name.rsplit(".", 1)[0].endswith(FITS_SUFFIXES):
+        return "fits"
+    suffix = Path(name).suffix
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    if suffix in FITS_SUFFIXES:
+        return "fits"
+    raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv, .parquet or a FITS table (.fits)")
+
 
 def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
-    """Read a CSV or Parquet catalogue and check the ``required`` columns exist."""
+    """Read a CSV, Parquet or FITS-table catalogue and check the ``required`` columns exist."""
     path = Path(path)
     if not path.is_file():
         raise ZrayError(f"{path}: catalogue file not found")
-    suffix = path.suffix.lower()
+    kind = catalog_format(path)
+    left_out: list[str] = []
     try:
-        if suffix in (".parquet", ".pq"):
+        if kind == "parquet":
             import pyarrow.parquet as pq
 
             table = _with_pandas_index(pq.read_table(path))
-        elif suffix in (".csv", ".txt"):
+        elif kind == "csv":
             table = _read_csv(path)
         else:
-            raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv or .parquet")
+            table, left_out = _read_fits(path)
     except (OSError, pa.ArrowException) as exc:
         raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
+        found = [repr(c) for c in table.column_names] + [f"{c!r} (several values per row)" for c in left_out]
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
-            f"{', '.join(required)} (found {', '.join(map(repr, table.column_names)) or 'none'})"
+            f"{', '.join(required)} (found {', '.join(found) or 'none'}){_case_hint(missing, table.column_names)}"
         )
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
@@ -46,6 +66,95 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
     if table.num_rows == 0:
         raise ZrayError(f"{path}: catalogue has no rows")
     return table
+
+
+def _case_hint(missing: list[str], names: list[str]) -> str:
+    """``; zray's column names are lower case: rename 'Z_SPEC' to 'z_spec'`` where a missing column
+    is there in capitals (CSV and Parquet names are read as written)."""
+    near = [f"{n!r} to {c!r}" for c in missing for n in names if n.lower() == c]
+    return f"; zray's column names are lower case: rename {', '.join(near)}" if near else ""
+
+
+def _read_fits(path: Path) -> tuple[pa.Table, list[str]]:
+    """The first table of a FITS file (binary or ASCII), as astropy reads it, and the names of
+    the columns left out because they hold several values per row (zray reads none such).
+
+    Column names are taken in lower case: the FITS standard makes them case-insensitive, and
+    tools write them in capitals (``Z_SPEC``). Text loses the spaces FITS pads it with;
+    masked values (``TNULL``) become missing values, which the column's checks then name.
+    """
+    import warnings
+
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.utils.exceptions import AstropyWarning
+
+    size = _stream_size(path)
+    try:
+        # astropy notes a damaged file in warnings, and reads on: the first of them is the error here.
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", AstropyWarning)
+            with fits.open(path, memmap=False) as hdus:
+                tables = [i for i, hdu in enumerate(hdus) if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))]
+                if tables:
+                    _check_table_size(hdus, tables[0], size, path)
+                table = Table.read(hdus, hdu=tables[0], character_as_bytes=False,
+                                   unit_parse_strict="silent") if tables else None
+    except ZrayError:
+        raise
+    except Exception as exc:  # astropy raises many kinds on a damaged file; none is the user's to read
+        raise ZrayError(f"{path}: not a readable FITS table ({first_line(exc)})") from None
+    damage = [first_line(note.message) for note in notes
+              if issubclass(note.category, AstropyWarning) and ("truncated" in str(note.message) or table is None)]
+    if damage:  # a table cut short reads as zeros; a damaged header hides the table behind it
+        raise ZrayError(f"{path}: not a readable FITS table ({damage[0]}); expected a whole FITS file")
+    if table is None:
+        raise ZrayError(f"{path}: this FITS file holds no table (only images or headers); "
+                        "expected a table with one row per galaxy")
+    names, arrays, left_out = [], [], []
+    for column in table.itercols():
+        name = column.name.strip().lower()
+        data, mask = np.ma.getdata(column), np.ma.getmaskarray(column)
+        if data.ndim != 1 or data.dtype.kind not in "biufU":  # arrays per row, variable-length ones
+            left_out.append(name)
+            continue
+        if data.dtype.kind == "U":
+            data = np.char.strip(data)
+        elif not data.dtype.isnative:  # FITS is big-endian; Arrow takes the machine's order only
+            data = data.astype(data.dtype.newbyteorder("="))
+        names.append(name)
+        arrays.append(pa.array(data, mask=mask if mask.any() else None))
+    return pa.Table.from_arrays(arrays, names=names), left_out
+
+
+def _stream_size(path: Path) -> int:
+    """The FITS file's length in bytes, decompressed for a gzip or bzip2 file (whose stream, cut
+    short or damaged, is refused here: astropy stops quietly where it ends)."""
+    import bz2
+    import gzip
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix.lower())
+    if opener is None:
+        return path.stat().st_size
+    size = 0
+    try:
+        with opener(path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                size += len(chunk)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ZrayError(f"{path}: not a readable FITS table ({first_line(exc)}); expected a whole FITS file") from None
+    return size
+
+
+def _check_table_size(hdus, index: int, size: int, path: Path) -> None:
+    """Refuse a table whose header promises more rows than the file holds, before astropy sets
+    aside memory for all of them (a damaged NAXIS2 can ask for terabytes)."""
+    header = hdus[index].header
+    promised = int(header["NAXIS1"]) * int(header["NAXIS2"]) + int(header.get("PCOUNT", 0))
+    ends = hdus.fileinfo(index)["datLoc"] + promised
+    if ends > size:
+        raise ZrayError(f"{path}: not a readable FITS table (its header promises {header['NAXIS2']} rows, "
+                        f"{ends:,} bytes, and the file ends after {size:,}); expected a whole FITS file")
 
 
 def _with_pandas_index(table: pa.Table) -> pa.Table:

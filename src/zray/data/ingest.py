@@ -1,6 +1,6 @@
 """``zray prepare``: turn real FITS cutouts plus a catalogue into zray shards.
 
-The catalogue (CSV or Parquet) has one row per galaxy with ``id``,
+The catalogue (CSV, Parquet or a FITS table) has one row per galaxy with ``id``,
 ``z_spec``, ``ebv`` and either
 
 * ``file``: one FITS file holding all five bands, in one of two layouts:
