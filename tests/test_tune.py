@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -97,8 +99,9 @@ def _epochs_done(experiment: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(cluster_ray, sim_data, tmp_path_factory):
-    """A 3-trial search whose driver is SIGKILLed once a trial has finished, then resumed,
-    on a Ray that outlives its drivers (as a cluster's)."""
+    """A 3-trial search interrupted by Ctrl-C (SIGINT) once a trial has finished, then resumed
+    with the command the interrupted one printed, on a Ray that outlives its drivers (as a
+    cluster's). A driver SIGKILLed instead is scripts/chaos.py's case (tests/test_faults.py)."""
     tmp = tmp_path_factory.mktemp("tune")
     path = write_space(
         tmp,
@@ -124,16 +127,45 @@ def killed_and_resumed(cluster_ray, sim_data, tmp_path_factory):
             break  # one trial finished, the next one has started
         time.sleep(0.5)
     assert proc.poll() is None, "the search ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.send_signal(signal.SIGINT)
+    first = {"returncode": proc.wait(timeout=120), "output": (tmp / "first.log").read_text()}
     before = sorted(p.name for p in experiment.glob("trial-*"))
-    time.sleep(3)  # let Ray reap the killed driver's trial actors
+    time.sleep(3)  # let Ray reap the interrupted driver's trial actors
 
+    said = [line for line in first["output"].splitlines() if "to finish the search: " in line]
+    command = shlex.split(said[-1].split("to finish the search: ", 1)[1]) if said else []
     resumed = subprocess.run(
+        [sys.executable, "-m", "zray", *command[1:]] if command[:1] == ["zray"] else
         [sys.executable, "-m", "zray", "tune", str(path), "--runs", str(runs), "--resume"],
         capture_output=True, text=True, timeout=600, env=cluster_ray["env"],
     )
-    return {"experiment": experiment, "before": before, "resumed": resumed, "path": path}
+    return {"experiment": experiment, "before": before, "resumed": resumed, "path": path, "first": first,
+            "command": command, "runs": runs}
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_search_with_the_command_that_finishes_it(killed_and_resumed):
+    first, command = killed_and_resumed["first"], killed_and_resumed["command"]
+    assert first["returncode"] == 130, first["output"][-3000:]
+    assert "Tuner.restore(" not in first["output"]  # Tune's advice for Python users, not zray's
+    # Interrupted during the second trial: it is unfinished, or (finished just before) the third is not started.
+    assert re.search(r"zray: interrupted, with (1 trial unfinished|1 trial not started)", first["output"]), \
+        first["output"][-3000:]
+    assert command == ["zray", "tune", str(killed_and_resumed["path"]), "--storage", str(killed_and_resumed["runs"]),
+                       "--resume"], command
+
+
+def test_what_an_interrupted_search_left_to_do():
+    trials = [{"trial": "a", "status": "complete"}, {"trial": "b", "status": "stopped"},
+              {"trial": "c", "status": "unfinished"}, {"trial": "d", "status": "error"}]
+    summary = {"trials": trials, "num_samples": 6, "wall_time_s": 50.0}
+    assert search.interrupted(summary, None) == "1 trial unfinished, 2 trials not started"
+    assert search.interrupted({**summary, "num_samples": 4}, None) == "1 trial unfinished"
+    assert search.interrupted({**summary, "trials": trials[:2], "num_samples": 3}, None) == "1 trial not started"
+    # A search that ran every trial, or that its time budget ended, was not interrupted.
+    assert search.interrupted({**summary, "trials": trials[:2], "num_samples": 2}, None) == ""
+    assert search.interrupted(summary, time_budget_s=50.0) == ""
+    assert search.interrupted(summary, time_budget_s=60.0) == "1 trial unfinished, 2 trials not started"
 
 
 @pytest.mark.slow

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+
 import click
 
 from zray.cli.config_cmds import run_options, set_option, with_skip
@@ -79,6 +83,18 @@ def tune(file, overrides, resume, name, storage, address, warm_start, skip_corru
         return
     click.echo(search.format_summary(summary))
     click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
+    left = search.interrupted(summary, space.tune.time_budget_s)
+    if left:
+        # The same command (the same search space, name and storage), with --resume.
+        sets = with_skip(overrides, skip_corrupt, drop_out_of_range)
+        again = ["zray", "tune", file, *(a for o in sets for a in ("--set", o))]
+        again += ["--name", name] if name else []
+        again += ["--storage", storage] if Path(storage) != Path("runs").absolute() else []
+        again += ["--address", address] if address else []
+        again += ["--dashboard-host", dashboard_host] if dashboard_host != "127.0.0.1" else []
+        click.echo(f"zray: interrupted, with {left} (a trial continues from its last checkpoint); "
+                   f"to finish the search: {shlex.join([*again, '--resume'])}", err=True)
+        sys.exit(130)
     finished = [r for r in summary["trials"] if r["status"] in ("complete", "stopped")]
     if not finished:
         failed = [r for r in summary["trials"] if r["status"] == "error"]

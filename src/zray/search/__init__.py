@@ -34,6 +34,7 @@ from zray.search.results import (
     write_results,
 )
 from zray.search.tuner import (
+    interrupted,
     make_scheduler,
     make_searcher,
     optuna_distributions,
@@ -51,6 +52,7 @@ __all__ = [
     "best_checkpoint",
     "close_orphans",
     "format_summary",
+    "interrupted",
     "make_scheduler",
     "make_searcher",
     "optuna_distributions",
