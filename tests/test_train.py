@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +161,9 @@ def test_crash_resumes_from_last_checkpoint_with_saved_weights(crashed_run):
 
 
 def test_zray_train_again_on_same_output_resumes(crashed_run, ray_session):
-    """`zray train` with the same name continues the finished 2-epoch run to 3 epochs.
+    """`zray train` with the same name continues the finished 2-epoch run, to 30 epochs; Ctrl-C
+    (SIGINT) after its third ends it with status 130 and the command that continues it, which
+    then runs it to the end.
 
     The command joins the test session's Ray through RAY_ADDRESS, as it would
     join a cluster.
@@ -166,18 +171,39 @@ def test_zray_train_again_on_same_output_resumes(crashed_run, ray_session):
     tmp = crashed_run["tmp"]
     before = crashed_run["summary"]["history"]
     path = space_file(tmp, Path(crashed_run["space"].data.path))
-    proc = subprocess.run(
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    run_dir = tmp / "runs" / "crash"
+
+    def epochs_saved() -> list[int]:
+        return [training.read_state(d)["epoch"] for d in training.complete_checkpoints(run_dir)]
+
+    proc = subprocess.Popen(
         [sys.executable, "-m", "zray", "train", str(path), "--runs", str(tmp / "runs"),
-         "--name", "crash", "--set", "fixed.epochs=3"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
+         "--name", "crash", "--set", "fixed.epochs=30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and max(epochs_saved(), default=0) < 2:
+        time.sleep(0.2)  # state.json's epoch counts from 0: 2 is the third epoch's checkpoint
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("zray: interrupted after epoch ")]
+    assert said and " of 30; to continue from its last checkpoint: zray train " in said[0], err[-3000:]
+    assert "Tuner.restore(" not in out + err and "Traceback" not in err
+    command = shlex.split(said[0].split("checkpoint: ", 1)[1])
+    assert command[1:] == ["train", str(path), "--set", "fixed.epochs=30", "--name", "crash", "--runs",
+                           str(tmp / "runs")], command
+
+    proc = subprocess.run([sys.executable, "-m", "zray", *command[1:]], capture_output=True, text=True,
+                          timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert "epochs      3" in proc.stdout
-    latest = max((tmp / "runs" / "crash").glob("checkpoint_*/"), key=lambda d: training.read_state(d)["epoch"])
+    assert "epochs      30" in proc.stdout
+    latest = max(run_dir.glob("checkpoint_*/"), key=lambda d: training.read_state(d)["epoch"])
     history = training.read_state(latest)["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history] == list(range(1, 31))
     assert history[:2] == before  # carried over from the checkpoint, not retrained
 
 

@@ -22,13 +22,15 @@ worker prints is needed.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from zray.console import LOG
 
 __all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "trial_context", "trial_function",
-           "trial_hp", "trial_name"]
+           "trial_hp", "trial_name", "without_tunes_resume_advice"]
 
 
 @dataclass
@@ -155,3 +157,23 @@ def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: s
     return [TrialLines(space.tune.metric, space.tune.mode, epochs, plan=plan, estimate_file=estimate_file,
                        trial_lines=trial_lines),
             ReturnWorkerGroups(worker_bundle=None if same_as_trial else worker)]
+
+
+class _TunesResumeAdvice(logging.Filter):
+    """After Ctrl-C, Tune's last note says how to resume in Python (``Tuner.restore(path=...,
+    trainable=...)``); ``zray tune`` and ``zray train`` print the command that does it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_tunes_resume_advice():
+    """For ``Tuner.fit()``: Tune's note on resuming in Python kept off the terminal."""
+    tune_logger = logging.getLogger("ray.tune.tune")  # Tune's module logger, where the note comes from
+    advice = _TunesResumeAdvice()
+    tune_logger.addFilter(advice)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(advice)

@@ -22,9 +22,7 @@ node (NFS); :func:`zray.cluster.check_storage` proves it before the search.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -156,7 +154,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
     if warm:
         warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones
-    with _without_tunes_resume_advice():
+    with experiment.without_tunes_resume_advice():
         grid = tuner.fit()
     if place.remote:
         # Results live in the object store; `zray status` reads a local copy.
@@ -174,25 +172,6 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
         close_orphans(place.local, space.name)
     write_results(summary)
     return summary
-
-
-class _TunesResumeAdvice(logging.Filter):
-    """After Ctrl-C, Tune's last note says how to resume in Python (``Tuner.restore(path=...,
-    trainable=...)``); ``zray tune`` prints the command that does it instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _without_tunes_resume_advice():
-    tune_logger = logging.getLogger("ray.tune.tune")  # Tune's module logger, where the note comes from
-    advice = _TunesResumeAdvice()
-    tune_logger.addFilter(advice)
-    try:
-        yield
-    finally:
-        tune_logger.removeFilter(advice)
 
 
 def interrupted(summary: dict[str, Any], time_budget_s: float | None) -> str:

@@ -282,7 +282,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
                                     trial_name_creator=lambda trial: name),
     )
     try:
-        grid = tuner.fit()
+        with experiment.without_tunes_resume_advice():
+            grid = tuner.fit()
         error = str(grid[0].error) if grid.num_errors else None
     except Exception:  # noqa: BLE001 - Tune reads its pickled record of the failed trial back, and
         # raises when that record was cut short (a full disk): its text copy tells what happened
