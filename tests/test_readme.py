@@ -131,7 +131,11 @@ def test_readme_quickstart_runs_in_a_fresh_copy_and_learns(quickstart):
     # A quiet terminal: zray's lines, not the chatter of the processes Ray starts.
     for noise in NOISE:
         assert noise not in output, f"{noise!r} in the quickstart's output"
-    assert output.count("zray: trial ") == 3  # one line per finished trial
+    assert output.count(" ended after ") == 3  # one line per finished trial
+    # ... and one as each started, the first saying when the first line of figures comes
+    started = [line for line in done.stdout.splitlines() if line.startswith("zray: trial ") and " started: " in line]
+    assert len(started) == 3 and "learning_rate " in started[0], done.stdout[-3000:]
+    assert started[0].endswith("; each epoch is shown when it ends, the first with a time estimate")
     assert "zray: estimate: " in done.stdout
 
 
