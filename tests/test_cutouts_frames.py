@@ -159,13 +159,17 @@ def test_cutouts_aligned_flux_kept_edges_handled(frames, tmp_path):
 
 
 def test_missing_band_is_skipped_with_its_reason(frames, tmp_path):
+    """The catalogue here is a FITS table kept among the frames, its column names in capitals:
+    read as a catalogue, and not taken for a frame."""
+    from astropy.table import Table
+
     copy = tmp_path / "frames"
     shutil.copytree(frames, copy)
     (copy / "frame-g-0003.fits").unlink()
     rows = [r for r in pcsv.read_csv(frames / CATALOG_NAME).to_pylist() if r["id"] in (101, 106)]
-    pcsv.write_csv(pa.Table.from_pylist(rows), tmp_path / "two.csv")
+    Table(rows=[[r[k] for k in rows[0]] for r in rows], names=[k.upper() for k in rows[0]]).write(copy / "two.fits")
     out = tmp_path / "two"
-    result = _run("cutouts", tmp_path / "two.csv", "--frames", copy, "--out", out, "--size", SIZE, "--workers", 1)
+    result = _run("cutouts", copy / "two.fits", "--frames", copy, "--out", out, "--size", SIZE, "--workers", 1)
     assert result.exit_code == 0, result.output
     assert "wrote 1 of 2 galaxies" in result.output and "1 band missing" in result.output
     skipped = _skipped(out)

@@ -223,15 +223,18 @@ class Frame:
             return WCS(fits.Header.fromstring(self.wcs_header))
 
 
-def fits_files(folder: Path) -> list[Path]:
+def fits_files(folder: Path, catalog: Path | None = None) -> list[Path]:
+    """The FITS files under ``folder``, but the catalogue itself (a FITS table kept beside the frames)."""
+    leave = os.path.realpath(catalog) if catalog is not None else None
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(FITS_SUFFIXES)
-                  and not p.name.startswith("."))
+                  and not p.name.startswith(".") and os.path.realpath(p) != leave)
 
 
-def read_frames(folder) -> list[Frame]:
-    """Every FITS frame under ``folder`` (searched recursively), checked from the headers: a whole
-    2-D image naming its band (FILTER or BAND) with an RA/Dec WCS (ICRS or FK5, the catalogue's
-    ra and dec), all frames at one pixel scale. Anything else is one sentence naming the file."""
+def read_frames(folder, catalog: Path | None = None) -> list[Frame]:
+    """Every FITS frame under ``folder`` (searched recursively; not ``catalog``), checked from the
+    headers: a whole 2-D image naming its band (FILTER or BAND) with an RA/Dec WCS (ICRS or FK5, the
+    catalogue's ra and dec), all frames at one pixel scale. Anything else is one sentence naming the
+    file."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -240,7 +243,7 @@ def read_frames(folder) -> list[Frame]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ZrayError(f"{folder}: --frames folder not found")
-    files = fits_files(folder)
+    files = fits_files(folder, catalog)
     if not files:
         raise ZrayError(f"{folder}: holds no FITS frames ({', '.join('*' + s for s in FITS_SUFFIXES[:2])}); "
                         "expected one FITS image per band and field")
@@ -560,7 +563,7 @@ def make_cutouts(
     if not 0 <= float(max_bad) < 1:
         raise ZrayError(f"--max-bad must be a fraction of a cutout's pixels in [0, 1), but got {max_bad!r}")
     cat = read_survey_catalog(catalog, bins)
-    frames = read_frames(frames_dir)
+    frames = read_frames(frames_dir, catalog)
     inputs = (catalog, frames_dir)
     check_output(out, kind="dataset", overwrite=overwrite, inputs=inputs)
     listing = skipped_path(out)
