@@ -183,6 +183,8 @@ def test_a_fits_table_catalogue_as_other_tools_write_it(tmp_path):
 def test_fits_catalogues_zray_cannot_use_are_one_sentence(tmp_path):
     from astropy.table import MaskedColumn, Table
 
+    from zray.data.catalog import read_catalog
+
     rows = _single_file_setup(tmp_path)
     fits.PrimaryHDU(np.zeros((4, 4))).writeto(tmp_path / "image.fits")
     _expect_error(tmp_path, r"image.fits: this FITS file holds no table \(only images or headers\); expected a table "
@@ -203,10 +205,23 @@ def test_fits_catalogues_zray_cannot_use_are_one_sentence(tmp_path):
     _expect_error(tmp_path, r"null.fits: row 3: id is missing; expected an integer", catalog="null.fits")
     Table({**rows, "z_spec": [0.1, np.nan, 0.1, 0.1, 0.1, 0.1]}).write(tmp_path / "nan.fits")
     _expect_error(tmp_path, r"nan.fits: row 2 \(id 101\): z_spec is missing or not finite", catalog="nan.fits")
-    # A redshift column of several values per row is left out, and named as such.
+    # A redshift column of several values per row is left out, and named as such; so is text that is
+    # not ASCII (FITS text is ASCII).
     Table({**rows, "z_spec": np.full((6, 2), 0.1)}).write(tmp_path / "wide.fits")
     _expect_error(tmp_path, r"wide.fits: missing column\(s\) z_spec; .*'z_spec' \(several values per row\)",
                   catalog="wide.fits")
+    Table({**rows, "file": np.array([b"g\xe9.fits"] * 6)}).write(tmp_path / "latin.fits")
+    _expect_error(tmp_path, r"latin.fits: missing column\(s\) 'file' or .*", catalog="latin.fits")
+    with pytest.raises(ZrayError, match=r"latin.fits: missing column\(s\) file; .*'file' \(text that is not ASCII\)"):
+        read_catalog(tmp_path / "latin.fits", ("file",))
+    # ID and id are one name in FITS.
+    Table({**rows, "ID": rows["id"]}).write(tmp_path / "twice.fits")
+    _expect_error(tmp_path, r"twice.fits: columns 'id' and 'ID' are one name in FITS", catalog="twice.fits")
+    # A header whose row width disagrees with its columns: astropy would read every row's bytes at the
+    # wrong places (ids of -7e18, redshifts of 1e-45), without a warning.
+    (tmp_path / "shifted.fits").write_bytes(whole.replace(b"TFORM2  = 'D", b"TFORM2  = 'E"))
+    _expect_error(tmp_path, r"shifted.fits: not a readable FITS table \(its columns take \d+ bytes of each row, and "
+                  r"its header says a row is \d+ \(NAXIS1\)\)", catalog="shifted.fits")
 
 
 def test_planes_written_as_one_by_h_by_w_and_a_folder_for_a_file(tmp_path):

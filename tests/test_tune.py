@@ -158,14 +158,11 @@ def test_ctrl_c_ends_a_search_with_the_command_that_finishes_it(killed_and_resum
 def test_what_an_interrupted_search_left_to_do():
     trials = [{"trial": "a", "status": "complete"}, {"trial": "b", "status": "stopped"},
               {"trial": "c", "status": "unfinished"}, {"trial": "d", "status": "error"}]
-    summary = {"trials": trials, "num_samples": 6, "wall_time_s": 50.0}
-    assert search.interrupted(summary, None) == "1 trial unfinished, 2 trials not started"
-    assert search.interrupted({**summary, "num_samples": 4}, None) == "1 trial unfinished"
-    assert search.interrupted({**summary, "trials": trials[:2], "num_samples": 3}, None) == "1 trial not started"
-    # A search that ran every trial, or that its time budget ended, was not interrupted.
-    assert search.interrupted({**summary, "trials": trials[:2], "num_samples": 2}, None) == ""
-    assert search.interrupted(summary, time_budget_s=50.0) == ""
-    assert search.interrupted(summary, time_budget_s=60.0) == "1 trial unfinished, 2 trials not started"
+    summary = {"trials": trials, "num_samples": 6}
+    assert search.left_to_do(summary) == "1 trial unfinished, 2 trials not started"
+    assert search.left_to_do({**summary, "num_samples": 4}) == "1 trial unfinished"
+    assert search.left_to_do({"trials": trials[:2], "num_samples": 3}) == "1 trial not started"
+    assert search.left_to_do({"trials": trials[:2], "num_samples": 2}) == ""
 
 
 @pytest.mark.slow

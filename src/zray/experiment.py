@@ -30,7 +30,7 @@ from typing import Any
 from zray.console import LOG
 
 __all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "trial_context", "trial_function",
-           "trial_hp", "trial_name", "without_tunes_resume_advice"]
+           "trial_hp", "trial_name", "watch_for_interruption"]
 
 
 @dataclass
@@ -159,21 +159,37 @@ def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: s
             ReturnWorkerGroups(worker_bundle=None if same_as_trial else worker)]
 
 
-class _TunesResumeAdvice(logging.Filter):
-    """After Ctrl-C, Tune's last note says how to resume in Python (``Tuner.restore(path=...,
-    trainable=...)``); ``zray tune`` and ``zray train`` print the command that does it instead."""
+class TuneInterruption(logging.Filter):
+    """Whether Ctrl-C ended ``Tuner.fit()``, and Tune's note on resuming in Python kept off the terminal.
+
+    On SIGINT Tune saves its state and returns from ``fit`` as if the experiment were done; the one
+    place it says otherwise is its own log (``ray.tune.tune``): "Stop signal received ..." from its
+    signal handler, then "Experiment has been interrupted ... Tuner.restore(path=..., trainable=...)".
+    This filter, on that logger for the length of ``fit``, notes either (``interrupted``) and drops the
+    ``Tuner.restore`` advice: ``zray tune`` and ``zray train`` print the command that resumes instead.
+    ``tests/test_tune.py`` and ``tests/test_train.py`` interrupt a real search and run, and fail if
+    Tune's wording changes.
+    """
+
+    NOTES = ("Stop signal received", "has been interrupted")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        message = record.getMessage()
+        self.interrupted = self.interrupted or any(note in message for note in self.NOTES)
+        return "Tuner.restore(" not in message
 
 
 @contextlib.contextmanager
-def without_tunes_resume_advice():
-    """For ``Tuner.fit()``: Tune's note on resuming in Python kept off the terminal."""
-    tune_logger = logging.getLogger("ray.tune.tune")  # Tune's module logger, where the note comes from
-    advice = _TunesResumeAdvice()
-    tune_logger.addFilter(advice)
+def watch_for_interruption():
+    """``with watch_for_interruption() as watch: tuner.fit()``; then ``watch.interrupted``."""
+    tune_logger = logging.getLogger("ray.tune.tune")  # Tune's module logger, where the notes come from
+    watch = TuneInterruption()
+    tune_logger.addFilter(watch)
     try:
-        yield
+        yield watch
     finally:
-        tune_logger.removeFilter(advice)
+        tune_logger.removeFilter(watch)

@@ -61,15 +61,16 @@ def train(
         for line in baselines.format_table(table, "val"):
             click.echo(line)
         click.echo(f"this run's val_sigma_mad: {baselines.compare(m.get('val_sigma_mad'), table, 'val')}")
-    planned = int(summary["hyperparameters"]["epochs"])
-    if m.get("epoch", 0) < planned:  # Tune ends the run on Ctrl-C and returns as if it were done
+    if summary.get("interrupted"):  # Tune ends the run on Ctrl-C and returns as if it were done
         sets = with_skip(overrides, skip_corrupt, drop_out_of_range)
         again = ["zray", "train", file, *(a for o in sets for a in ("--set", o))]
         again += ["--name", name] if name else []
         again += ["--runs", runs_dir] if Path(runs_dir) != Path("runs").absolute() else []
         again += ["--dashboard-host", dashboard_host] if dashboard_host != "127.0.0.1" else []
-        click.echo(f"zray: interrupted after epoch {m.get('epoch', 0)} of {planned}; to continue from its last "
-                   f"checkpoint: {shlex.join(again)}", err=True)
+        planned, done = int(summary["hyperparameters"]["epochs"]), m.get("epoch", 0)
+        how = (f"after epoch {done} of {planned}; to continue from its last checkpoint" if summary["checkpoint"]
+               else f"before its first epoch ended (of {planned}); to start it again")
+        click.echo(f"zray: interrupted {how}: {shlex.join(again)}", err=True)
         sys.exit(130)
 
 

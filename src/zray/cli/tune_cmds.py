@@ -80,21 +80,25 @@ def tune(file, overrides, resume, name, storage, address, warm_start, skip_corru
         click.echo(f"fetch them with `aws s3 sync {where} {local}` (gs: `gsutil -m rsync -r`), "
                    f"then `zray status {local}`")
         click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
-        return
-    click.echo(search.format_summary(summary))
-    click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
-    left = search.interrupted(summary, space.tune.time_budget_s)
-    if left:
-        # The same command (the same search space, name and storage), with --resume.
+    else:
+        click.echo(search.format_summary(summary))
+        click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
+    if summary.get("interrupted"):
+        # The same command (the same search space, name, storage and Ray), with --resume.
         sets = with_skip(overrides, skip_corrupt, drop_out_of_range)
         again = ["zray", "tune", file, *(a for o in sets for a in ("--set", o))]
         again += ["--name", name] if name else []
         again += ["--storage", storage] if Path(storage) != Path("runs").absolute() else []
         again += ["--address", address] if address else []
+        again += ["--warm-start", warm_start] if warm_start else []
         again += ["--dashboard-host", dashboard_host] if dashboard_host != "127.0.0.1" else []
-        click.echo(f"zray: interrupted, with {left} (a trial continues from its last checkpoint); "
-                   f"to finish the search: {shlex.join([*again, '--resume'])}", err=True)
+        left = "" if summary.get("remote") else search.left_to_do(summary)
+        flight = " (a trial continues from its last checkpoint)" if "unfinished" in left else ""
+        click.echo(f"zray: interrupted{', with ' + left if left else ''}{flight}; to finish the search: "
+                   f"{shlex.join([*again, '--resume'])}", err=True)
         sys.exit(130)
+    if summary.get("remote"):
+        return
     finished = [r for r in summary["trials"] if r["status"] in ("complete", "stopped")]
     if not finished:
         failed = [r for r in summary["trials"] if r["status"] == "error"]

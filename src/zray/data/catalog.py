@@ -41,7 +41,7 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
     if not path.is_file():
         raise ZrayError(f"{path}: catalogue file not found")
     kind = catalog_format(path)
-    left_out: list[str] = []
+    left_out: list[tuple[str, str]] = []
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -55,7 +55,7 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
         raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
-        found = [repr(c) for c in table.column_names] + [f"{c!r} (several values per row)" for c in left_out]
+        found = [repr(c) for c in table.column_names] + [f"{c!r} ({why})" for c, why in left_out]
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
             f"{', '.join(required)} (found {', '.join(found) or 'none'}){_case_hint(missing, table.column_names)}"
@@ -75,9 +75,10 @@ def _case_hint(missing: list[str], names: list[str]) -> str:
     return f"; zray's column names are lower case: rename {', '.join(near)}" if near else ""
 
 
-def _read_fits(path: Path) -> tuple[pa.Table, list[str]]:
-    """The first table of a FITS file (binary or ASCII), as astropy reads it, and the names of
-    the columns left out because they hold several values per row (zray reads none such).
+def _read_fits(path: Path) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """The first table of a FITS file (binary or ASCII), as astropy reads it, and the columns left
+    out, each with why: several values per row, text that is not ASCII, complex numbers (zray
+    reads none such).
 
     Column names are taken in lower case: the FITS standard makes them case-insensitive, and
     tools write them in capitals (``Z_SPEC``). Text loses the spaces FITS pads it with;
@@ -97,7 +98,7 @@ def _read_fits(path: Path) -> tuple[pa.Table, list[str]]:
             with fits.open(path, memmap=False) as hdus:
                 tables = [i for i, hdu in enumerate(hdus) if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))]
                 if tables:
-                    _check_table_size(hdus, tables[0], size, path)
+                    _check_table_header(hdus, tables[0], size, path)
                 table = Table.read(hdus, hdu=tables[0], character_as_bytes=False,
                                    unit_parse_strict="silent") if tables else None
     except ZrayError:
@@ -111,12 +112,17 @@ def _read_fits(path: Path) -> tuple[pa.Table, list[str]]:
     if table is None:
         raise ZrayError(f"{path}: this FITS file holds no table (only images or headers); "
                         "expected a table with one row per galaxy")
-    names, arrays, left_out = [], [], []
+    names, arrays, left_out, written = [], [], [], {}
     for column in table.itercols():
         name = column.name.strip().lower()
+        if name in written:
+            raise ZrayError(f"{path}: columns {written[name]!r} and {column.name!r} are one name in FITS, whose "
+                            "column names ignore case; expected each column once")
+        written[name] = column.name
         data, mask = np.ma.getdata(column), np.ma.getmaskarray(column)
-        if data.ndim != 1 or data.dtype.kind not in "biufU":  # arrays per row, variable-length ones
-            left_out.append(name)
+        if data.ndim != 1 or data.dtype.kind not in "biufU":
+            why = {"S": "text that is not ASCII", "c": "complex numbers"}.get(data.dtype.kind, "values of another kind")
+            left_out.append((name, "several values per row" if data.ndim != 1 else why))
             continue
         if data.dtype.kind == "U":
             data = np.char.strip(data)
@@ -128,12 +134,15 @@ def _read_fits(path: Path) -> tuple[pa.Table, list[str]]:
 
 
 def _stream_size(path: Path) -> int:
-    """The FITS file's length in bytes, decompressed for a gzip or bzip2 file (whose stream, cut
-    short or damaged, is refused here: astropy stops quietly where it ends)."""
+    """The FITS file's length in bytes, decompressed for a gzip or bzip2 file, known by its first
+    bytes as astropy knows it (a stream cut short or damaged is refused here: astropy stops
+    quietly where it ends)."""
     import bz2
     import gzip
 
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix.lower())
+    with open(path, "rb") as handle:
+        magic = handle.read(3)
+    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
     if opener is None:
         return path.stat().st_size
     size = 0
@@ -146,15 +155,22 @@ def _stream_size(path: Path) -> int:
     return size
 
 
-def _check_table_size(hdus, index: int, size: int, path: Path) -> None:
+def _check_table_header(hdus, index: int, size: int, path: Path) -> None:
     """Refuse a table whose header promises more rows than the file holds, before astropy sets
-    aside memory for all of them (a damaged NAXIS2 can ask for terabytes)."""
-    header = hdus[index].header
-    promised = int(header["NAXIS1"]) * int(header["NAXIS2"]) + int(header.get("PCOUNT", 0))
-    ends = hdus.fileinfo(index)["datLoc"] + promised
+    aside memory for all of them (a damaged NAXIS2 can ask for terabytes), and a binary table whose
+    columns do not fill its rows (NAXIS1): astropy would read each row's bytes at the wrong places."""
+    from astropy.io import fits
+
+    hdu = hdus[index]
+    header = hdu.header
+    width, rows = int(header["NAXIS1"]), int(header["NAXIS2"])
+    ends = hdus.fileinfo(index)["datLoc"] + width * rows + int(header.get("PCOUNT", 0))
     if ends > size:
-        raise ZrayError(f"{path}: not a readable FITS table (its header promises {header['NAXIS2']} rows, "
+        raise ZrayError(f"{path}: not a readable FITS table (its header promises {rows} rows, "
                         f"{ends:,} bytes, and the file ends after {size:,}); expected a whole FITS file")
+    if isinstance(hdu, fits.BinTableHDU) and hdu.columns.dtype.itemsize != width:
+        raise ZrayError(f"{path}: not a readable FITS table (its columns take {hdu.columns.dtype.itemsize} bytes "
+                        f"of each row, and its header says a row is {width} (NAXIS1)); expected a whole FITS file")
 
 
 def _with_pandas_index(table: pa.Table) -> pa.Table:

@@ -34,7 +34,7 @@ from zray.search.results import (
     write_results,
 )
 from zray.search.tuner import (
-    interrupted,
+    left_to_do,
     make_scheduler,
     make_searcher,
     optuna_distributions,
@@ -52,7 +52,7 @@ __all__ = [
     "best_checkpoint",
     "close_orphans",
     "format_summary",
-    "interrupted",
+    "left_to_do",
     "make_scheduler",
     "make_searcher",
     "optuna_distributions",

@@ -43,7 +43,7 @@ from zray.search.results import (
 )
 from zray.train.job import ESTIMATE_FILE
 
-__all__ = ["run", "interrupted", "optuna_distributions", "make_scheduler", "make_searcher"]
+__all__ = ["run", "left_to_do", "optuna_distributions", "make_scheduler", "make_searcher"]
 
 
 def optuna_distributions(space) -> dict[str, Any]:
@@ -154,38 +154,35 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
     if warm:
         warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones
-    with experiment.without_tunes_resume_advice():
+    with experiment.watch_for_interruption() as watch:
         grid = tuner.fit()
+    if not watch.interrupted:
+        # The study's trials still RUNNING were never run to the end. After Ctrl-C they are the
+        # trials in flight, which --resume continues under the same numbers: they stay RUNNING.
+        close_orphans(place.local, space.name)
     if place.remote:
         # Results live in the object store; `zray status` reads a local copy.
-        close_orphans(place.local, space.name)
-        return {"experiment": place.path, "remote": True, "wall_time_s": time.perf_counter() - t0}
+        return {"experiment": place.path, "remote": True, "wall_time_s": time.perf_counter() - t0,
+                "interrupted": watch.interrupted}
     moved = set_aside_lost_trials(place.local, {Path(r.path).name for r in grid if r.path})
     if moved:
         LOG.info(f"set aside {len(moved)} trial folder(s) Tune had not saved before its driver "
                  f"stopped (their points were proposed again): {place.local / LOST_DIR}")
     summary = summarize(place.local)
     summary["wall_time_s"] = time.perf_counter() - t0
-    if not interrupted(summary, space.tune.time_budget_s):
-        # The study's trials still RUNNING were never run to the end. After Ctrl-C they are the
-        # trials in flight, which --resume continues under the same numbers: they stay RUNNING.
-        close_orphans(place.local, space.name)
+    summary["interrupted"] = watch.interrupted
     write_results(summary)
     return summary
 
 
-def interrupted(summary: dict[str, Any], time_budget_s: float | None) -> str:
-    """What a search that Tune ended early by Ctrl-C left to do (Tune then saves its state and
-    returns as if done): ``"1 trial unfinished, 1 not started"``, or ``""`` for a search that ran
-    all its trials, or whose time budget (``tune.time_budget_s``) ended it."""
-    if time_budget_s and summary.get("wall_time_s", 0.0) >= time_budget_s:
-        return ""
+def left_to_do(summary: dict[str, Any]) -> str:
+    """What an interrupted search (``summary["interrupted"]``) has left: ``"1 trial unfinished,
+    1 not started"`` (``""`` when its table says nothing is)."""
     trials = summary.get("trials", [])
     unfinished = sum(r["status"] == "unfinished" for r in trials)
     not_started = max(0, int(summary.get("num_samples", 0)) - len(trials))
-    left = [f"{n} trial{'s' if n > 1 else ''} {what}" for n, what in ((unfinished, "unfinished"),
-                                                                        (not_started, "not started")) if n]
-    return ", ".join(left)
+    return ", ".join(f"{n} trial{'s' if n > 1 else ''} {what}" for n, what in ((unfinished, "unfinished"),
+                                                                                 (not_started, "not started")) if n)
 
 
 def _check_resume(space, place, resume: bool) -> bool | None:

@@ -282,7 +282,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
                                     trial_name_creator=lambda trial: name),
     )
     try:
-        with experiment.without_tunes_resume_advice():
+        with experiment.watch_for_interruption() as watch:
             grid = tuner.fit()
         error = str(grid[0].error) if grid.num_errors else None
     except Exception:  # noqa: BLE001 - Tune reads its pickled record of the failed trial back, and
@@ -301,7 +301,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
         "metrics": state.get("metrics", {}), "history": state.get("history", []),
         "wall_time_s": time.perf_counter() - t0, "hyperparameters": hp,
         "rows_skipped": data.shards.rows_skipped, "skipped": data.shards.skipped, "baselines": data.baselines,
-        "rows_out_of_range": data.shards.rows_out_of_range,
+        "rows_out_of_range": data.shards.rows_out_of_range, "interrupted": watch.interrupted,
     }
 
 
