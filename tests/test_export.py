@@ -230,6 +230,38 @@ def test_a_second_seed_export_reuses_the_members_already_trained(exported, tmp_p
     assert [m["checkpoint"] for m in again] == [m["checkpoint"] for m in first]
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_a_member_trains_writes_no_bundle(exported, ray_session, tmp_path):
+    """Ctrl-C (SIGINT) while `zray export --top-k 3` trains its third member: Tune returns the
+    member half-trained, as if it were done; export stops with status 130 and writes no bundle
+    (it went on to score and ship that member). On a copy of the search: the members it trains
+    land in the search's folder."""
+    import signal
+    import time
+
+    from zray.ensemble import ENSEMBLE_DIR
+
+    copy = Path(shutil.copytree(exported["experiment"], tmp_path / "search"))
+    best = exported["summary"]["ranked"][0]["trial"]
+    third = copy / ENSEMBLE_DIR / f"{best}-seed2"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zray", "export", str(copy), "--top-k", "3", "--out", str(tmp_path / "ens3")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (third / "tune").is_dir():
+        time.sleep(0.1)
+    assert proc.poll() is None, "export ended before its third member started training"
+    time.sleep(1.0)  # Tune's SIGINT handler is set once its fit() began
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, output[-3000:]
+    assert f"ensemble member 3/3: {best}-seed2 interrupted after epoch" in output, output[-3000:]
+    assert "the same zray export continues it from its last checkpoint" in output
+    assert not (tmp_path / "ens3").exists() and not list(tmp_path.glob(".ens3*"))
+
+
 def test_export_from_a_training_run_folder(exported, tmp_path):
     trial = exported["summary"]["ranked"][0]
     run_dir = Path(trial["best_checkpoint"]).parent

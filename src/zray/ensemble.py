@@ -76,7 +76,12 @@ def seed_members(run_dir, best, k: int) -> list:
                      f"for {epochs} epochs")
             from zray import train
 
-            train.run(replace_seed(space, seed), runs_dir=run_dir / ENSEMBLE_DIR, name=name)
+            done = train.run(replace_seed(space, seed), runs_dir=run_dir / ENSEMBLE_DIR, name=name)
+            if done.get("interrupted"):  # Ctrl-C: Tune returned a half-trained member, never to ship
+                LOG.info(f"ensemble member {n}/{k}: {name} interrupted after epoch "
+                         f"{done['metrics'].get('epoch', 0)} of {epochs}; the same zray export continues it "
+                         "from its last checkpoint")
+                raise KeyboardInterrupt
         chosen, _ = candidates(folder, 1)
         members.append(Candidate(chosen[0].checkpoint, name, chosen[0].metrics))
     return members
