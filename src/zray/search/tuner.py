@@ -101,7 +101,9 @@ def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
 def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume: bool = False,
         address: str | None = None, record_ids_dir: str | None = None, local_runs: str | Path = "runs",
         on_check=None, dashboard_host: str = "127.0.0.1", warm_start: str | Path | None = None) -> dict[str, Any]:
-    """Run (or resume) the search; return the summary that ``zray status`` also prints.
+    """Run (or resume) the search; return the summary that ``zray status`` also prints, with
+    ``interrupted`` True when Ctrl-C ended it (Tune then returns as if it were done; ``resume=True``
+    continues it).
 
     ``warm_start``: an earlier experiment's folder (``runs/OLD``) whose finished
     trials seed the new study before its first trial; checked before Ray starts

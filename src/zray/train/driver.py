@@ -242,6 +242,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     checkpoint (Ray Train restores its checkpoint manager from storage). Ray
     Train restarts the workers up to ``max_failures`` times after a failure.
     ``record_ids_dir`` and ``extra`` are test instruments (:mod:`zray.train.faults`).
+    ``interrupted`` in the result is True when Ctrl-C ended the run (Tune then returns as if
+    it were done): its last checkpoint is where the same call continues.
     """
     from ray import tune
 
