@@ -173,8 +173,8 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrit
 
     CATALOG is CSV, Parquet or a FITS table with id, ra, dec (degrees),
     z_spec and, when known, ebv (else 0, with a warning) and mag_u..mag_z
-    (carried into the shards). In each band the frame holding the galaxy's whole cutout is
-    found from the frames' WCS (the one where it lies farthest from an edge,
+    (carried into the shards). In each band the frame holding the galaxy's
+    whole cutout is found from the frames' WCS (the one where it lies farthest from an edge,
     so a galaxy on one field's edge takes the neighbouring field's frame), and
     the band is resampled onto one grid centred on the galaxy, north up, east
     left, with reproject's flux-conserving reproject_exact. Galaxies off every
