@@ -148,6 +148,8 @@ def test_ctrl_c_ends_a_search_with_the_command_that_finishes_it(killed_and_resum
     first, command = killed_and_resumed["first"], killed_and_resumed["command"]
     assert first["returncode"] == 130, first["output"][-3000:]
     assert "Tuner.restore(" not in first["output"]  # Tune's advice for Python users, not zray's
+    assert "Stop signal received" not in first["output"]  # Tune's line, said as zray's:
+    assert "zray: Ctrl-C: stopping, and saving what resuming needs" in first["output"]
     # Interrupted during the second trial: it is unfinished, or (finished just before) the third is not started.
     assert re.search(r"zray: interrupted, with (1 trial unfinished|1 trial not started)", first["output"]), \
         first["output"][-3000:]

@@ -165,13 +165,13 @@ class TuneInterruption(logging.Filter):
     On SIGINT Tune saves its state and returns from ``fit`` as if the experiment were done; the one
     place it says otherwise is its own log (``ray.tune.tune``): "Stop signal received ..." from its
     signal handler, then "Experiment has been interrupted ... Tuner.restore(path=..., trainable=...)".
-    This filter, on that logger for the length of ``fit``, notes either (``interrupted``) and drops the
-    ``Tuner.restore`` advice: ``zray tune`` and ``zray train`` print the command that resumes instead.
-    ``tests/test_tune.py`` and ``tests/test_train.py`` interrupt a real search and run, and fail if
-    Tune's wording changes.
+    This filter, on that logger for the length of ``fit``, notes either (``interrupted``), says the
+    first as a zray line, and drops both: ``zray tune`` and ``zray train`` print the command that
+    resumes instead of the ``Tuner.restore`` advice. ``tests/test_tune.py`` and ``tests/test_train.py``
+    interrupt a real search and run, and fail if Tune's wording changes.
     """
 
-    NOTES = ("Stop signal received", "has been interrupted")
+    STOPPING, STOPPED = "Stop signal received", "has been interrupted"
 
     def __init__(self) -> None:
         super().__init__()
@@ -179,8 +179,10 @@ class TuneInterruption(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        self.interrupted = self.interrupted or any(note in message for note in self.NOTES)
-        return "Tuner.restore(" not in message
+        if self.STOPPING in message:
+            LOG.info("Ctrl-C: stopping, and saving what resuming needs (Ctrl-C again skips that)")
+        self.interrupted = self.interrupted or self.STOPPING in message or self.STOPPED in message
+        return self.STOPPING not in message and "Tuner.restore(" not in message
 
 
 @contextlib.contextmanager
