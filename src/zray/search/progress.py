@@ -20,8 +20,9 @@ class TrialLines(Callback):
     - the time estimate, from the first epoch's speed (``steady_images_per_s``),
       once per experiment: with ``estimate_file`` it is left there, and a
       resumed experiment does not repeat it;
-    - with ``trial_lines``, ``trial NAME started: PARAMS`` (or ``continues after epoch N``, resumed)
-      and ``trial NAME ended after N epochs: best METRIC X (how)``; without, ``training started``.
+    - with ``trial_lines``, ``trial NAME started: PARAMS`` (a trial resumed after Ctrl-C too: its
+      epoch lines then go on from its checkpoint's) and ``trial NAME ended after N epochs: best
+      METRIC X (how)``; without, ``training started``.
       Until the time estimate is said, the start adds when the first line comes: an epoch of the
       Inception network on a laptop's CPU takes minutes, with nothing else to show meanwhile.
     """
@@ -37,16 +38,14 @@ class TrialLines(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         from zray import storage as st
 
-        done = int((trial.last_result or {}).get("epoch", 0) or 0)
         waiting = not self.estimated and not (self.estimate_file and st.exists(self.estimate_file))
-        hint = "; each epoch is shown when it ends, the first with a time estimate" if waiting and not done else ""
+        hint = "; each epoch is shown when it ends, the first with a time estimate" if waiting else ""
         if not self.trial_lines:
             LOG.info(f"training started{hint}")
             return
         params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in sorted((trial.config or {}).items()))
-        what = f"continues after epoch {done}" if done else "started"
-        LOG.info(f"trial {trial} {what}{': ' + params if params else ''}{hint}")
+        LOG.info(f"trial {trial} started{': ' + params if params else ''}{hint}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         from zray.train.job import epoch_line
