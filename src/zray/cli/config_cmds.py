@@ -45,6 +45,20 @@ def run_options(func):
     )(func)
 
 
+def interrupted(said: str, command: list[str], *, file: str, sets: tuple[str, ...], options: dict) -> None:
+    """After Ctrl-C: ``zray: SAID: zray COMMAND FILE --set ... OPTIONS`` on stderr, the command that
+    continues the work (the same file and --set values, and each of ``options``, ``{flag: (value,
+    default)}``, that is not its default), then exit status 130."""
+    import shlex
+
+    line = ["zray", *command[:1], file, *(a for o in sets for a in ("--set", o))]
+    for option, (value, default) in options.items():
+        if value is not None and value != default:
+            line += [option, str(value)]
+    click.echo(f"zray: {said}: {shlex.join([*line, *command[1:]])}", err=True)
+    sys.exit(130)
+
+
 def with_skip(overrides: tuple[str, ...], skip_corrupt: bool, drop_out_of_range: bool = False) -> tuple[str, ...]:
     """``overrides`` plus the --set each data flag stands for."""
     return (*overrides, *(["data.skip_corrupt=true"] if skip_corrupt else []),

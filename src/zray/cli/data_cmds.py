@@ -171,18 +171,18 @@ def prepare_cmd(catalog, images, out, size, seed, overwrite):
 def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrite):
     """Cut aligned five-band cutouts of a catalogue's galaxies from survey frames.
 
-    CATALOG is CSV, Parquet or a FITS table with id, ra, dec (degrees),
-    z_spec and, when known, ebv (else 0, with a warning) and mag_u..mag_z
-    (carried into the shards). In each band the frame holding the galaxy's
-    whole cutout is found from the frames' WCS (the one where it lies farthest from an edge,
-    so a galaxy on one field's edge takes the neighbouring field's frame), and
-    the band is resampled onto one grid centred on the galaxy, north up, east
-    left, with reproject's flux-conserving reproject_exact. Galaxies off every
-    frame, missing a band, on an edge of every frame holding them, or with too
-    many NaN or masked pixels are skipped; the end says why, and
-    OUT.skipped.csv lists them. Pixels stay as they are (nanomaggies for SDSS
-    frames). An interrupted run, started again with the same inputs, keeps the
-    frames it had finished.
+    CATALOG is CSV, Parquet or a FITS table with id, ra, dec (degrees), z_spec
+    and, when known, ebv (else 0, with a warning) and mag_u..mag_z (carried
+    into the shards). In each band the frame holding the galaxy's whole cutout
+    is found from the frames' WCS (the one where it lies farthest from an
+    edge, so a galaxy on one field's edge takes the neighbouring field's
+    frame), and the band is resampled onto one grid centred on the galaxy,
+    north up, east left, with reproject's flux-conserving reproject_exact.
+    Galaxies off every frame, missing a band, on an edge of every frame
+    holding them, or with too many NaN or masked pixels are skipped; the end
+    says why, and OUT.skipped.csv lists them. Pixels stay as they are
+    (nanomaggies for SDSS frames). An interrupted run, started again with the
+    same inputs, keeps the frames it had finished.
 
     \b
     Example:

@@ -118,12 +118,12 @@ def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, wo
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 
     INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
-    catalogue (CSV, Parquet or FITS table with id, ebv and FITS file
-    columns, as `zray prepare` takes) with --images. Writes per galaxy: id, z_spec when known,
-    z_mean, z_median, z_mode, z_std, the central 68.27% and 95% intervals
-    (z_lo68, z_hi68, z_lo95, z_hi95), odds (the probability within z_mode
-    +- 0.03 (1 + z_mode)), z_draw (one random draw from the PDF, the same
-    for the same id on every run: stack them for n(z)) and pdf (n_bins
+    catalogue (CSV, Parquet or FITS table with id, ebv and FITS file columns,
+    as `zray prepare` takes) with --images. Writes per galaxy: id, z_spec when
+    known, z_mean, z_median, z_mode, z_std, the central 68.27% and 95%
+    intervals (z_lo68, z_hi68, z_lo95, z_hi95), odds (the probability within
+    z_mode +- 0.03 (1 + z_mode)), z_draw (one random draw from the PDF, the
+    same for the same id on every run: stack them for n(z)) and pdf (n_bins
     probabilities). Streams through Ray Data, so memory stays bounded.
 
     With --format qp the file is a qp ensemble (a histogram on the bundle's

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-from pathlib import Path
-
 import click
 
-from zray.cli.config_cmds import run_options, set_option, with_skip
-from zray.paths import click_absolute, click_name
+from zray.cli.config_cmds import interrupted, run_options, set_option, with_skip
+from zray.paths import absolute, click_absolute, click_name
 
 
 @click.command()
@@ -62,16 +58,12 @@ def train(
             click.echo(line)
         click.echo(f"this run's val_sigma_mad: {baselines.compare(m.get('val_sigma_mad'), table, 'val')}")
     if summary.get("interrupted"):  # Tune ends the run on Ctrl-C and returns as if it were done
-        sets = with_skip(overrides, skip_corrupt, drop_out_of_range)
-        again = ["zray", "train", file, *(a for o in sets for a in ("--set", o))]
-        again += ["--name", name] if name else []
-        again += ["--runs", runs_dir] if Path(runs_dir) != Path("runs").absolute() else []
-        again += ["--dashboard-host", dashboard_host] if dashboard_host != "127.0.0.1" else []
-        planned, done = int(summary["hyperparameters"]["epochs"]), m.get("epoch", 0)
-        how = (f"after epoch {done} of {planned}; to continue from its last checkpoint" if summary["checkpoint"]
-               else f"before its first epoch ended (of {planned}); to start it again")
-        click.echo(f"zray: interrupted {how}: {shlex.join(again)}", err=True)
-        sys.exit(130)
-
+        planned = int(summary["hyperparameters"]["epochs"])
+        how = (f"after epoch {m.get('epoch', 0)} of {planned}; to continue from its last checkpoint"
+               if summary["checkpoint"] else f"before its first epoch ended (of {planned}); to start it again")
+        interrupted(f"interrupted {how}", ["train"], file=file,
+                    sets=with_skip(overrides, skip_corrupt, drop_out_of_range),
+                    options={"--name": (name, None), "--runs": (runs_dir, absolute("runs")),
+                             "--dashboard-host": (dashboard_host, "127.0.0.1")})
 
 COMMANDS = [train]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-from pathlib import Path
-
 import click
 
-from zray.cli.config_cmds import run_options, set_option, with_skip
+from zray.cli.config_cmds import interrupted, run_options, set_option, with_skip
 from zray.errors import ZrayError
-from zray.paths import click_absolute, click_name
+from zray.paths import absolute, click_absolute, click_name
 
 
 @click.command()
@@ -84,19 +80,13 @@ def tune(file, overrides, resume, name, storage, address, warm_start, skip_corru
         click.echo(search.format_summary(summary))
         click.echo(f"wall time   {summary['wall_time_s']:.0f} s")
     if summary.get("interrupted"):
-        # The same command (the same search space, name, storage and Ray), with --resume.
-        sets = with_skip(overrides, skip_corrupt, drop_out_of_range)
-        again = ["zray", "tune", file, *(a for o in sets for a in ("--set", o))]
-        again += ["--name", name] if name else []
-        again += ["--storage", storage] if Path(storage) != Path("runs").absolute() else []
-        again += ["--address", address] if address else []
-        again += ["--warm-start", warm_start] if warm_start else []
-        again += ["--dashboard-host", dashboard_host] if dashboard_host != "127.0.0.1" else []
         left = "" if summary.get("remote") else search.left_to_do(summary)
         flight = " (a trial continues from its last checkpoint)" if "unfinished" in left else ""
-        click.echo(f"zray: interrupted{', with ' + left if left else ''}{flight}; to finish the search: "
-                   f"{shlex.join([*again, '--resume'])}", err=True)
-        sys.exit(130)
+        interrupted(f"interrupted{', with ' + left if left else ''}{flight}; to finish the search",
+                    ["tune", "--resume"], file=file, sets=with_skip(overrides, skip_corrupt, drop_out_of_range),
+                    options={"--name": (name, None), "--storage": (storage, absolute("runs")),
+                             "--address": (address, None), "--warm-start": (warm_start, None),
+                             "--dashboard-host": (dashboard_host, "127.0.0.1")})
     if summary.get("remote"):
         return
     finished = [r for r in summary["trials"] if r["status"] in ("complete", "stopped")]

@@ -16,21 +16,21 @@ import pyarrow as pa
 from zray.bins import RedshiftBins
 from zray.errors import ZrayError, first_line
 
-#: Names of FITS files, as astropy reads them (gzip- and bzip2-compressed too).
-FITS_SUFFIXES = (".fits", ".fit", ".fts")
+#: Names of uncompressed FITS files (a catalogue may add .gz or .bz2, which astropy reads too).
+PLAIN_FITS = (".fits", ".fit", ".fts")
 
 
 def catalog_format(path: Path) -> str:
     """``parquet``, ``csv`` or ``fits``, from the file's name; anything else is refused."""
     name = path.name.lower()
-    if name.endswith((".gz", ".bz2")) and name.rsplit(".", 1)[0].endswith(FITS_SUFFIXES):
+    if name.endswith((".gz", ".bz2")) and name.rsplit(".", 1)[0].endswith(PLAIN_FITS):
         return "fits"
     suffix = Path(name).suffix
     if suffix in (".parquet", ".pq"):
         return "parquet"
     if suffix in (".csv", ".txt"):
         return "csv"
-    if suffix in FITS_SUFFIXES:
+    if suffix in PLAIN_FITS:
         return "fits"
     raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv, .parquet or a FITS table (.fits)")
 

@@ -67,6 +67,7 @@ import numpy as np
 
 from zray.bins import RedshiftBins
 from zray.data.catalog import (
+    PLAIN_FITS,
     check_redshifts,
     ebv_column,
     id_column,
@@ -82,7 +83,7 @@ from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, PIXEL_
 from zray.errors import ZrayError, first_line
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2", ".fit.bz2", ".fits.fz")
-PLAIN_FITS = (".fits", ".fit", ".fts")  # not compressed: the file's length shows a truncated download
+# PLAIN_FITS (catalog.py): not compressed, so the file's length shows a truncated download
 EQUATORIAL = ("ICRS", "FK5", "")  # the catalogue's ra and dec: ICRS, or FK5 J2000 within 0.1"
 SCALE_TOLERANCE = 0.02  # frames' pixel scales that differ by more are from different surveys
 UNITS = ("nanomaggy", "nanomaggies", "nmgy")

@@ -29,12 +29,12 @@ from zray.search.results import (
     WARM_START_FILE,
     best_checkpoint,
     format_summary,
+    left_to_do,
     summarize,
     trial_records,
     write_results,
 )
 from zray.search.tuner import (
-    left_to_do,
     make_scheduler,
     make_searcher,
     optuna_distributions,

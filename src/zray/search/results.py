@@ -30,9 +30,9 @@ from typing import Any
 from zray.errors import ZrayError, first_line, last_error_line
 from zray.metrics import REPORTED_METRICS
 
-__all__ = ["summarize", "saved_space", "format_summary", "write_results", "trial_records", "best_checkpoint",
-           "pareto_front", "PARETO_RULE", "RESULTS_FILE", "BEST_FILE", "SPACE_FILE", "STUDY_FILE", "TRIALS_DIR",
-           "LOST_DIR", "WARM_START_FILE"]
+__all__ = ["summarize", "saved_space", "format_summary", "left_to_do", "write_results", "trial_records",
+           "best_checkpoint", "pareto_front", "PARETO_RULE", "RESULTS_FILE", "BEST_FILE", "SPACE_FILE", "STUDY_FILE",
+           "TRIALS_DIR", "LOST_DIR", "WARM_START_FILE"]
 
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.json"
@@ -263,6 +263,16 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
+
+
+def left_to_do(summary: dict[str, Any]) -> str:
+    """What an interrupted search (``summary["interrupted"]``) has left, by its table: ``"1 trial
+    unfinished, 2 trials not started"``, or ``""``."""
+    trials = summary.get("trials", [])
+    unfinished = sum(r["status"] == "unfinished" for r in trials)
+    not_started = max(0, int(summary.get("num_samples", 0)) - len(trials))
+    return ", ".join(f"{n} trial{'s' if n > 1 else ''} {what}" for n, what in ((unfinished, "unfinished"),
+                                                                                 (not_started, "not started")) if n)
 
 
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:

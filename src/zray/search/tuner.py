@@ -43,7 +43,7 @@ from zray.search.results import (
 )
 from zray.train.job import ESTIMATE_FILE
 
-__all__ = ["run", "left_to_do", "optuna_distributions", "make_scheduler", "make_searcher"]
+__all__ = ["run", "optuna_distributions", "make_scheduler", "make_searcher"]
 
 
 def optuna_distributions(space) -> dict[str, Any]:
@@ -175,16 +175,6 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     summary["interrupted"] = watch.interrupted
     write_results(summary)
     return summary
-
-
-def left_to_do(summary: dict[str, Any]) -> str:
-    """What an interrupted search (``summary["interrupted"]``) has left: ``"1 trial unfinished,
-    1 not started"`` (``""`` when its table says nothing is)."""
-    trials = summary.get("trials", [])
-    unfinished = sum(r["status"] == "unfinished" for r in trials)
-    not_started = max(0, int(summary.get("num_samples", 0)) - len(trials))
-    return ", ".join(f"{n} trial{'s' if n > 1 else ''} {what}" for n, what in ((unfinished, "unfinished"),
-                                                                                 (not_started, "not started")) if n)
 
 
 def _check_resume(space, place, resume: bool) -> bool | None:
