@@ -377,3 +377,99 @@ def test_unknown_catalogue_format(tmp_path):
     (tmp_path / "cat.json").write_text("{}")
     _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'; expected .csv, .parquet or a FITS table",
                   catalog="cat.json")
+
+
+def test_skip_bad_leaves_out_the_cutouts_that_cannot_be_used_and_lists_them(tmp_path):
+    """A survey's catalogue sorted by redshift, its cutouts downloaded by another tool: some files
+    never arrived, one is an HTML error page, one lies on a frame's edge (NaN), one is too small,
+    one has four bands, one row's file is empty. Without --skip-bad: one sentence naming the first
+    missing file and counting the others, nothing written. With it: the rest is written pixel for
+    pixel, and each left-out galaxy is listed with its catalogue row and reason."""
+    from click.testing import CliRunner
+
+    from zray.cli import main
+    from zray.data.shards import read_manifest
+
+    n = 12
+    rows = {**_single_file_setup(tmp_path, n=n), "z_spec": [0.02 + 0.03 * i for i in range(n)]}
+    img = tmp_path / "img"
+    (img / "g2.fits").unlink()
+    (img / "g9.fits").unlink()
+    (img / "g4.fits").write_text("<html><body>502 Bad Gateway</body></html>")
+    edge = _truth(6)
+    edge[:, :, :3] = np.nan
+    (img / "g6.fits").unlink()
+    _write_cube(img / "g6.fits", edge)
+    (img / "g7.fits").unlink()
+    _write_cube(img / "g7.fits", _truth(7, shape=(12, 12)))
+    (img / "g8.fits").unlink()
+    _write_cube(img / "g8.fits", _truth(8)[:4], order="ugri")
+    files = [*rows["file"][:10], "", rows["file"][11]]
+    order = np.argsort(rows["z_spec"])[::-1]  # sorted by redshift, the highest first
+    _write_catalog(tmp_path / "cat.csv", {k: [v[i] for i in order] for k, v in {**rows, "file": files}.items()})
+    row_of = {rows["id"][i]: r + 1 for r, i in enumerate(order)}
+
+    def prepare(*extra):
+        result = CliRunner().invoke(main, ["prepare", str(tmp_path / "cat.csv"), "--images", str(img),
+                                           "--out", str(tmp_path / "out"), "--size", str(SIZE), *extra])
+        assert "Traceback" not in result.output
+        return result
+
+    result = prepare()
+    assert result.exit_code == 1
+    assert row_of[110] == 2  # the first row without a file
+    assert result.output.strip().splitlines()[-1] == (
+        f"zray: error: {tmp_path / 'cat.csv'}: row 2 (id 110): column file is empty; expected a FITS file name "
+        f"(3 of the {n} galaxies have no file); --skip-bad leaves out the galaxies whose cutouts cannot be "
+        f"used and lists them in {tmp_path / 'out.skipped.csv'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.csv", "img"]
+
+    result = prepare("--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert (f"left out 7 of {n} galaxies whose cutouts cannot be used (3 file missing, 1 bands not as expected, "
+            "1 NaN or infinite pixels, 1 smaller than --size, 1 unreadable FITS); listed with their reasons in "
+            f"{tmp_path / 'out.skipped.csv'}") in " ".join(result.output.split()), result.output
+    assert f"wrote 5 of {n} galaxies" in result.output
+    assert read_manifest(tmp_path / "out").source["skipped"] == 7
+    listed = pcsv.read_csv(tmp_path / "out.skipped.csv").to_pydict()
+    assert list(listed) == ["row", "id", "reason", "detail"]
+    expected = {102: "file missing", 109: "file missing", 110: "file missing", 104: "unreadable FITS",
+                106: "NaN or infinite pixels", 107: "smaller than --size", 108: "bands not as expected"}
+    assert dict(zip(listed["id"], listed["reason"])) == expected
+    assert listed["row"] == sorted(row_of[i] for i in expected)
+    assert all(row_of[i] == r for i, r in zip(listed["id"], listed["row"]))
+    assert "g6.fits band u has NaN or infinite pixels" in listed["detail"][listed["id"].index(106)]
+    written = {}
+    for split in ("train", "val", "test"):
+        arrays = load_arrays(tmp_path / "out", split)
+        written.update(zip(arrays["id"].tolist(), arrays["image"]))
+    assert sorted(written) == [100, 101, 103, 105, 111]
+    for ident, image in written.items():
+        np.testing.assert_array_equal(image, _crop(_truth(ident - 100)))
+
+    # Mended and written again: the old list goes with the old dataset.
+    _write_catalog(tmp_path / "ok.csv", {k: [v[i] for i in (0, 1, 3)] for k, v in rows.items()})
+    result = CliRunner().invoke(main, ["prepare", str(tmp_path / "ok.csv"), "--images", str(img), "--out",
+                                       str(tmp_path / "out"), "--size", str(SIZE), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "out.skipped.csv").exists()
+
+
+def test_skip_bad_with_no_usable_cutout_writes_only_the_list_and_never_replaces_a_file_of_yours(tmp_path):
+    """Every file missing (a wrong --images folder, say): an error naming the count, no dataset,
+    and the list of reasons. A file of the user's where the list would go is never replaced."""
+    _single_file_setup(tmp_path, n=3)
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    with pytest.raises(ZrayError, match=r"cat.csv: none of its 3 galaxies has a cutout that can be used "
+                                        r"\(3 file missing\); the reasons are listed in .*out.skipped.csv$"):
+        prepare_dataset(tmp_path / "cat.csv", wrong, tmp_path / "out", size=SIZE, progress=False, skip_bad=True)
+    assert not (tmp_path / "out").exists()
+    assert pcsv.read_csv(tmp_path / "out.skipped.csv").column("id").to_pylist() == [100, 101, 102]
+
+    mine = tmp_path / "mine.skipped.csv"
+    mine.write_text("my notes on which galaxies to skip\n")
+    with pytest.raises(ZrayError, match=r"mine.skipped.csv"):
+        prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "mine", size=SIZE, progress=False,
+                        skip_bad=True, overwrite=True)
+    assert mine.read_text() == "my notes on which galaxies to skip\n" and not (tmp_path / "mine").exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -506,6 +507,33 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     withz = pq.read_table(tmp_path / "cz.parquet").to_pydict()
     assert dict(zip(withz["id"], withz["z_spec"])) == dict(zip(ids.tolist(), z_cat))
     np.testing.assert_allclose(withz["z_median"], [by_id[i] for i in withz["id"]], atol=1e-6)
+    # Two more galaxies whose cutouts cannot be used: one never downloaded, one on a frame's edge.
+    # The error names the user's catalogue (never a temporary copy); --skip-bad predicts the rest
+    # and lists the two.
+    edge = test["image"][4].copy()
+    edge[:, :, :2] = np.nan
+    hdu = fits.PrimaryHDU(edge)
+    for k, b in enumerate("ugriz"):
+        hdu.header[f"BAND{k + 1}"] = b
+    hdu.writeto(images / "edge.fits")
+    more = pa.table({"id": [*ids.tolist(), 9001, 9002], "ebv": [*test["ebv"][:4], 0.0, 0.0],
+                     "file": [*(f"g{i}.fits" for i in ids), "absent.fits", "edge.fits"]})
+    pq.write_table(more, tmp_path / "more.parquet")
+    args = ("predict", exported["best"], tmp_path / "more.parquet", "--images", images, "--out", tmp_path / "m.parquet")
+    result = _run(*args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"zray: error: {tmp_path / 'more.parquet'}: row 5 (id 9001): FITS file {images / 'absent.fits'} not found; "
+        "--skip-bad leaves out the galaxies whose cutouts cannot be used and lists them in "
+        f"{tmp_path / 'm.parquet.skipped.csv'}")
+    result = _run(*args, "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "predicted 4 galaxies" in result.output and "2 left out, listed in" in result.output
+    skipped = pcsv.read_csv(tmp_path / "m.parquet.skipped.csv").to_pydict()
+    assert skipped["id"] == [9001, 9002] and skipped["reason"] == ["file missing", "NaN or infinite pixels"]
+    got = pq.read_table(tmp_path / "m.parquet").to_pydict()
+    np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
+    assert sorted(got["id"]) == sorted(ids.tolist())
 
 
 def test_predict_takes_splits_of_a_shard_folder_only_and_each_once(exported, sim_data, tmp_path):

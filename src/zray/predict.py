@@ -183,7 +183,8 @@ def _say_if_waiting_for_cpus(cpus: float, need: float) -> None:
 
 
 @contextlib.contextmanager
-def open_input(source, *, images=None, bundle=None, progress: bool = True) -> Iterator[Any]:
+def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_bad: bool = False,
+               skipped_to=None, overwrite: bool = False) -> Iterator[Any]:
     """``(manifest, z_spec)`` for ``source``: a shard folder, or a catalogue + FITS folder.
 
     A catalogue is turned into shards in a temporary folder (removed on
@@ -202,14 +203,15 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True) -> It
     if source.is_dir():
         if images is not None:
             raise ZrayError(f"{source}: is a shard folder; --images is only for a catalogue file")
+        if skip_bad:
+            raise ZrayError(f"{source}: is a shard folder, whose cutouts were checked when it was written; "
+                            "--skip-bad is only for a catalogue file")
         yield read_manifest(source), True
         return
     if images is None:
         raise ZrayError(
             f"{source}: is not a shard folder; a catalogue file needs --images DIR with its FITS cutouts"
         )
-    import pyarrow.parquet as pq
-
     from zray.data.catalog import id_column, read_catalog
     from zray.data.ingest import prepare_dataset
 
@@ -222,18 +224,11 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True) -> It
             raise ZrayError(f"{source}: column z_spec holds values that are not numbers; expected redshifts, "
                             "or no z_spec column for galaxies without one") from None
         known = (id_column(table, source), z)
-        table = table.drop_columns(["z_spec"])
     tmp = Path(tempfile.mkdtemp(prefix="zray-predict-"))
     try:
-        catalog = tmp / f"{source.stem}.parquet"
-        placeholder = np.full(table.num_rows, bundle.bins.z_min, dtype=np.float64)
-        pq.write_table(table.append_column("z_spec", [placeholder]), catalog)
-        try:
-            manifest = prepare_dataset(
-                catalog, images, tmp / "data", size=bundle.image_size, bins=bundle.bins, progress=progress
-            )
-        except ZrayError as exc:
-            raise ZrayError(str(exc).replace(str(catalog), str(source))) from None
+        manifest = prepare_dataset(source, images, tmp / "data", size=bundle.image_size, bins=bundle.bins,
+                                   progress=progress, skip_bad=skip_bad, skipped_to=skipped_to, labelled=False,
+                                   overwrite=overwrite)
         yield manifest, known
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -279,6 +274,7 @@ def predict(
     progress: bool = True,
     overwrite: bool = False,
     fmt: str = "parquet",
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Predict every object of ``source`` with the bundle into ``out``.
 
@@ -288,13 +284,16 @@ def predict(
     its bins. ``fmt="qp"``: a qp ``hist`` ensemble in HDF5 (``out`` ends in
     .hdf5 or .h5) with the same figures as ancillary columns under RAIL's
     names (:data:`zray.qp_format.ANCIL_NAMES`). Written to a temporary name
-    and renamed when complete.
+    and renamed when complete. With ``skip_bad``, a catalogue's galaxies
+    whose cutouts cannot be used are left out and listed in
+    ``OUT.skipped.csv`` (as ``zray prepare --skip-bad`` does).
 
         >>> from zray.predict import predict
         >>> predict("bundles/quickstart", "data/new-cutouts", "new.parquet")["rows"]   # doctest: +SKIP
         4000
     """
     from zray.bundle import read_bundle
+    from zray.data import skipped as skipped_list
     from zray.data.shards import SPLITS
 
     out = Path(out)
@@ -314,7 +313,11 @@ def predict(
         raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
     splits = tuple(dict.fromkeys(splits or SPLITS))  # a split named twice is still predicted once
     t0 = time.perf_counter()
-    with open_input(source, images=images, bundle=info, progress=progress) as (manifest, known_z):
+    listing = skipped_list.path_for(out)
+    with open_input(source, images=images, bundle=info, progress=progress, skip_bad=skip_bad,
+                    skipped_to=listing, overwrite=overwrite) as (manifest, known_z):
+        skipped = manifest.source.get("skipped", 0) if Path(source).is_file() else 0  # this run's, not the shards'
+
         info.check_data(manifest)
         batches = iter_predictions(bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
                                    passthrough=("z_spec",) if known_z is True else (), workers=workers)
@@ -334,7 +337,7 @@ def predict(
     steady = (done - first[1]) / max(elapsed - first[0], 1e-9) if done > first[1] else None
     return {"rows": done, "out": str(out), "seconds": elapsed, "first_batch_s": first[0],
             "galaxies_per_s": done / max(elapsed, 1e-9), "steady_galaxies_per_s": steady,
-            "members": len(info.member_dirs)}
+            "members": len(info.member_dirs), "skipped": skipped, "skipped_list": str(listing) if skipped else None}
 
 
 def _check_format(out: Path, fmt: str, with_pdf: bool) -> None:

@@ -127,8 +127,13 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
               help="Output dataset directory.")
 @click.option("--size", type=int, default=64, show_default=True, help="Cutout size; larger cutouts are centre-cropped.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split seed.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
-def prepare_cmd(catalog, images, out, size, seed, overwrite):
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out the galaxies whose cutouts cannot be used (file missing or unreadable, bands not as "
+                   "expected, smaller than --size, NaN pixels) and list them with the reason in OUT.skipped.csv; "
+                   "without it the first such galaxy stops the run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing dataset at --out (and its list of skipped galaxies).")
+def prepare_cmd(catalog, images, out, size, seed, skip_bad, overwrite):
     """Turn FITS cutouts listed in a catalogue into zray shards.
 
     CATALOG is CSV, Parquet or a FITS table (.fits, .fits.gz: its first
@@ -136,18 +141,22 @@ def prepare_cmd(catalog, images, out, size, seed, overwrite):
     `file` (one FITS with all five bands: a cube with header keywords
     BAND1..BAND5, or five image HDUs each with a FILTER keyword) or
     file_u..file_z (one FITS per band). Band order always comes from headers
-    or column names.
+    or column names. Before reading any image, every listed file is looked
+    for: the error counts those missing.
 
     \b
-    Example:
+    Examples:
       zray prepare galaxies.csv --images cutouts/ --out data/mine --size 64
+      zray prepare galaxies.fits --images cutouts/ --out data/mine --skip-bad
     """
     from zray.data.ingest import prepare_dataset
 
     start = time.perf_counter()
-    manifest = prepare_dataset(catalog, images, out, size=size, seed=seed, overwrite=overwrite)
+    manifest = prepare_dataset(catalog, images, out, size=size, seed=seed, overwrite=overwrite, skip_bad=skip_bad)
+    skipped = manifest.source.get("skipped", 0)
+    of = f" of {manifest.total_rows + skipped}" if skipped else ""
     click.echo(
-        f"wrote {manifest.total_rows} galaxies ({_split_summary(manifest)}) of {size}x{size} "
+        f"wrote {manifest.total_rows}{of} galaxies ({_split_summary(manifest)}) of {size}x{size} "
         f"pixels to {out} in {time.perf_counter() - start:.0f} s; next: zray inspect {out}"
     )
 
@@ -189,7 +198,8 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrit
       zray simulate --frames --n 300 --out data/frames
       zray cutouts data/frames/catalog.csv --frames data/frames --out data/mine --size 64
     """
-    from zray.data.survey import count_line, make_cutouts
+    from zray.data.skipped import count_line
+    from zray.data.survey import make_cutouts
 
     start = time.perf_counter()
     report = make_cutouts(catalog, frames_dir, out, size=size, seed=seed, max_bad=max_bad, workers=workers,

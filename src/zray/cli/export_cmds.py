@@ -113,8 +113,12 @@ def export_cmd(run_dir, top_k, members, keep_ensemble, trial, out, overwrite, ca
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Ray actors holding the model, at most one per CPU of the Ray (1 CPU each, less where that "
                    "would leave Ray no CPU to read the shards).")
+@click.option("--skip-bad", is_flag=True,
+              help="With a catalogue: leave out the galaxies whose cutouts cannot be used (file missing or "
+                   "unreadable, bands not as expected, too small, NaN pixels), listed with the reason in "
+                   "OUT.skipped.csv; without it the first such galaxy stops the run.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, overwrite):
+def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, skip_bad, overwrite):
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 
     INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
@@ -142,11 +146,12 @@ def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, wo
     if workers < 1:
         raise click.BadParameter(f"must be a positive integer, but got {workers!r}", param_hint="--workers")
     summary = predict(bundle, source, out, images=images, splits=splits or None, batch_size=batch_size,
-                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite, fmt=fmt)
+                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite, fmt=fmt, skip_bad=skip_bad)
     click.echo(
         f"predicted {summary['rows']} galaxies with {summary['members']} model(s) in {summary['seconds']:.1f} s "
         f"({summary['galaxies_per_s']:.0f} galaxies/s) -> {summary['out']}"
         + (" (qp ensemble: qp.read(...) or RAIL's stages read it)" if fmt == "qp" else "")
+        + (f"; {summary['skipped']} left out, listed in {summary['skipped_list']}" if summary["skipped"] else "")
     )
 
 

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from zray.atomic import check_output
 from zray.bins import RedshiftBins
+from zray.console import LOG
+from zray.data import skipped as skipped_list
 from zray.data.catalog import (
     check_redshifts,
     ebv_column,
@@ -50,6 +54,22 @@ BAND_KEYS = ("FILTER", "BAND")
 PER_BAND_COLUMNS = tuple(f"file_{b}" for b in BANDS)
 BATCH = 256
 
+# Why a galaxy's cutout cannot be used: the reasons ``--skip-bad`` counts and lists.
+NO_FILE = "file missing"
+UNREADABLE = "unreadable FITS"
+WRONG_BANDS = "bands not as expected"
+TOO_SMALL = "smaller than --size"
+NOT_FINITE = "NaN or infinite pixels"
+SKIPPED_HEADER = ["row", "id", "reason", "detail"]
+
+
+class BadCutout(ZrayError):
+    """One galaxy's cutout cannot be used; ``reason`` is one of the five above."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 def normalise_band(value) -> str | None:
     """'g', 'G', 'sdss_g', 'SDSS g' -> 'g'; anything else -> None."""
@@ -63,7 +83,7 @@ def _open(path: Path, label: str):
     from astropy.io import fits
 
     if not path.is_file():
-        raise ZrayError(f"{label}: FITS file {path} not found")
+        raise BadCutout(f"{label}: FITS file {path} not found", NO_FILE)
     hdul = None
     try:
         hdul = fits.open(path, memmap=False)
@@ -71,7 +91,7 @@ def _open(path: Path, label: str):
     except Exception as exc:  # astropy raises many types for corrupt files
         if hdul is not None:
             hdul.close()
-        raise ZrayError(f"{label}: {path} is not a readable FITS file ({first_line(exc, 120)})") from None
+        raise BadCutout(f"{label}: {path} is not a readable FITS file ({first_line(exc, 120)})", UNREADABLE) from None
     return hdul
 
 
@@ -82,7 +102,8 @@ def header_band(header, what: str) -> str | None:
         if key in header:
             band = normalise_band(header[key])
             if band is None:
-                raise ZrayError(f"{what} header {key}={header[key]!r} is not a band; expected one of u,g,r,i,z")
+                raise BadCutout(f"{what} header {key}={header[key]!r} is not a band; expected one of u,g,r,i,z",
+                                WRONG_BANDS)
             return band
     return None
 
@@ -92,20 +113,20 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
     with _open(path, label) as hdul:
         images = [(k, h) for k, h in enumerate(hdul) if h.data is not None and getattr(h, "is_image", False)]
         if not images:
-            raise ZrayError(f"{label}: {path} has no image data; expected a 5-band cutout")
+            raise BadCutout(f"{label}: {path} has no image data; expected a 5-band cutout", WRONG_BANDS)
         first = images[0][1]
         if first.data.ndim == 3 and not (len(images) > 1 and first.data.shape[0] == 1):
             cube = first.data
             if cube.shape[0] != len(BANDS):
-                raise ZrayError(f"{label}: {path} holds {cube.shape[0]} bands; expected 5 (u,g,r,i,z)")
+                raise BadCutout(f"{label}: {path} holds {cube.shape[0]} bands; expected 5 (u,g,r,i,z)", WRONG_BANDS)
             order = []
             for k in range(len(BANDS)):
                 key = f"BAND{k + 1}"
                 band = normalise_band(first.header.get(key, ""))
                 if band is None:
-                    raise ZrayError(
+                    raise BadCutout(
                         f"{label}: {path} header has no valid {key} keyword; expected BAND1..BAND5 "
-                        f"naming the band (u,g,r,i,z) of each plane"
+                        f"naming the band (u,g,r,i,z) of each plane", WRONG_BANDS
                     )
                 order.append(band)
             return _in_band_order(dict(zip(order, cube)), path, label)
@@ -113,28 +134,31 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
         for k, hdu in images:
             data = hdu.data[0] if hdu.data.ndim == 3 and hdu.data.shape[0] == 1 else hdu.data  # (1, H, W): one plane
             if data.ndim != 2:
-                raise ZrayError(f"{label}: {path} HDU {k} has {hdu.data.ndim} axes; expected 2-D images")
+                raise BadCutout(f"{label}: {path} HDU {k} has {hdu.data.ndim} axes; expected 2-D images", WRONG_BANDS)
             band = header_band(hdu.header, f"{label}: {path}")
             if band is None:
-                raise ZrayError(
+                raise BadCutout(
                     f"{label}: {path} HDU {k} has no FILTER or BAND keyword; "
-                    f"expected each image HDU to name its band"
+                    f"expected each image HDU to name its band", WRONG_BANDS
                 )
             if band in planes:
-                raise ZrayError(f"{label}: {path} has band {band} twice; expected each of u,g,r,i,z once")
+                raise BadCutout(f"{label}: {path} has band {band} twice; expected each of u,g,r,i,z once", WRONG_BANDS)
             planes[band] = data
         if len(planes) != len(BANDS):
-            raise ZrayError(f"{label}: {path} holds {len(planes)} bands ({','.join(planes)}); expected 5 (u,g,r,i,z)")
+            raise BadCutout(f"{label}: {path} holds {len(planes)} bands ({','.join(planes)}); "
+                            "expected 5 (u,g,r,i,z)", WRONG_BANDS)
         return _in_band_order(planes, path, label)
 
 
 def _in_band_order(planes: dict, path: Path, label: str) -> np.ndarray:
     missing = [b for b in BANDS if b not in planes]
     if missing:
-        raise ZrayError(f"{label}: {path} lacks band(s) {','.join(missing)}; expected each of u,g,r,i,z once")
+        raise BadCutout(f"{label}: {path} lacks band(s) {','.join(missing)}; expected each of u,g,r,i,z once",
+                        WRONG_BANDS)
     shapes = {planes[b].shape for b in BANDS}
     if len(shapes) != 1:
-        raise ZrayError(f"{label}: {path} bands have different shapes {sorted(shapes)}; expected one shape")
+        raise BadCutout(f"{label}: {path} bands have different shapes {sorted(shapes)}; expected one shape",
+                        WRONG_BANDS)
     return np.stack([np.asarray(planes[b], dtype=np.float32) for b in BANDS])
 
 
@@ -142,23 +166,30 @@ def read_single_band(path: Path, band: str, label: str) -> np.ndarray:
     with _open(path, label) as hdul:
         hdu = next((h for h in hdul if h.data is not None and getattr(h, "is_image", False)), None)
         if hdu is None or hdu.data.ndim != 2:
-            raise ZrayError(f"{label}: {path} has no 2-D image; expected one band ({band}) per file")
+            raise BadCutout(f"{label}: {path} has no 2-D image; expected one band ({band}) per file", WRONG_BANDS)
         found = header_band(hdu.header, f"{label}: {path}")
         if found is not None and found != band:
-            raise ZrayError(f"{label}: {path} header says band {found} but it is listed as file_{band}")
+            raise BadCutout(f"{label}: {path} header says band {found} but it is listed as file_{band}", WRONG_BANDS)
         return np.asarray(hdu.data, dtype=np.float32)
 
 
+def _crop(image: np.ndarray, size: int, label: str) -> np.ndarray:
+    h, w = image.shape[-2:]
+    if h < size or w < size:
+        raise BadCutout(f"{label}: cutout is {h}x{w} pixels; expected at least {size}x{size}", TOO_SMALL)
+    return crop_centre(image, size, label)
+
+
 def _cutout(files: list[Path], per_band: bool, size: int, label: str) -> np.ndarray:
+    """One galaxy's (5, size, size) cutout, or :class:`BadCutout` saying why it cannot be used."""
     if per_band:
-        planes = [crop_centre(read_single_band(p, b, label), size, f"{label}: {p}") for p, b in zip(files, BANDS)]
-        image = np.stack(planes)
+        image = np.stack([_crop(read_single_band(p, b, label), size, f"{label}: {p}") for p, b in zip(files, BANDS)])
     else:
-        image = crop_centre(read_multiband(files[0], label), size, f"{label}: {files[0]}")
+        image = _crop(read_multiband(files[0], label), size, f"{label}: {files[0]}")
     for k, b in enumerate(BANDS):
         if not np.isfinite(image[k]).all():
             src = files[k] if per_band else files[0]
-            raise ZrayError(f"{label}: {src} band {b} has NaN or infinite pixels; expected finite values")
+            raise BadCutout(f"{label}: {src} band {b} has NaN or infinite pixels; expected finite values", NOT_FINITE)
     return image
 
 
@@ -173,37 +204,96 @@ def prepare_dataset(
     bins: RedshiftBins = DEFAULT_BINS,
     overwrite: bool = False,
     progress: bool = True,
+    skip_bad: bool = False,
+    skipped_to=None,
+    labelled: bool = True,
 ) -> Manifest:
-    """Read the catalogue and its FITS cutouts into a dataset at ``out``."""
+    """Read the catalogue and its FITS cutouts into a dataset at ``out``.
+
+    A galaxy whose cutout cannot be used (its file missing or unreadable, its
+    bands not as expected, smaller than ``size``, NaN pixels) stops the run,
+    naming it and how many others have a missing file; with ``skip_bad`` it is
+    left out instead, counted in a warning and listed with its reason in
+    ``skipped_to`` (default ``OUT.skipped.csv`` beside the dataset).
+    ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every
+    row gets the placeholder ``bins.z_min``.
+    """
     catalog = Path(catalog)
     images_dir = Path(images_dir)
     check_size(size)
     if not images_dir.is_dir():
         raise ZrayError(f"{images_dir}: --images directory not found")
-    table = read_catalog(catalog, ("id", "z_spec", "ebv"))
+    table = read_catalog(catalog, ("id", "z_spec", "ebv") if labelled else ("id", "ebv"))
     per_band = _layout(table.column_names, catalog)
     ids = id_column(table, catalog)
-    z = numeric_column(table, "z_spec", catalog, ids)
-    check_redshifts(z, bins, catalog, ids)
+    if labelled:
+        z = numeric_column(table, "z_spec", catalog, ids)
+        check_redshifts(z, bins, catalog, ids)
+    else:
+        z = np.full(len(ids), bins.z_min, dtype=np.float64)
     ebv = ebv_column(table, catalog, ids)
-    files = _file_lists(table, per_band, images_dir, catalog, ids)
-    warn_repeats([tuple(os.path.normpath(p) for p in paths) for paths in files], catalog, ids, "their FITS file(s)")
     extra = magnitude_columns(table, catalog, ids, BANDS)
-    bar = Progress("prepare", len(ids), enabled=progress)
+    listing = Path(skipped_to) if skipped_to is not None else skipped_list.path_for(Path(out))
+    inputs = (catalog, images_dir)
+    if skip_bad:
+        check_output(listing, kind="list of skipped galaxies", overwrite=overwrite, inputs=inputs,
+                     ours=skipped_list.is_list)
+    hint = f"--skip-bad leaves out the galaxies whose cutouts cannot be used and lists them in {listing}"
+    files, left_out = _file_lists(table, per_band, images_dir, catalog, ids)
+    if left_out and not skip_bad:
+        first = min(left_out)
+        others = f" ({len(left_out)} of the {len(ids)} galaxies have no file)" if len(left_out) > 1 else ""
+        raise ZrayError(f"{left_out[first]}{others}; {hint}")
+    todo = np.array([i for i in range(len(ids)) if i not in left_out], dtype=np.int64)
+    warn_repeats([("no file", i) if i in left_out else tuple(os.path.normpath(p) for p in paths)
+                  for i, paths in enumerate(files)], catalog, ids, "their FITS file(s)")
+    bar = Progress("prepare", len(todo), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,
-                       overwrite=overwrite, source=source, label=str(catalog),
-                       inputs=(catalog, images_dir)) as writer:
+                       overwrite=overwrite, source=source, label=str(catalog), inputs=inputs) as writer:
         # Rows go in the order of a hash of the id, never the catalogue's; errors
         # still name the catalogue's own row.
-        order = write_order(ids, seed)
-        for start in range(0, len(ids), BATCH):
-            rows = order[start: start + BATCH]
-            images = np.stack([_cutout(files[i], per_band, size, f"{catalog}: {where(i, ids)}") for i in rows])
-            writer.add(ids[rows], images, z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()},
-                       rows=rows + 1)  # counted from 1, as the catalogue's own messages
-            bar.update(len(rows))
+        order = todo[write_order(ids[todo], seed)]
+        for start in range(0, len(order), BATCH):
+            kept, images = [], []
+            for i in order[start: start + BATCH]:
+                try:
+                    images.append(_cutout(files[i], per_band, size, f"{catalog}: {where(i, ids)}"))
+                    kept.append(i)
+                except BadCutout as exc:
+                    if not skip_bad:
+                        raise ZrayError(f"{exc}; {hint}") from None
+                    left_out[i] = exc
+            if kept:
+                rows = np.array(kept, dtype=np.int64)
+                writer.add(ids[rows], np.stack(images), z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()},
+                           rows=rows + 1)  # counted from 1, as the catalogue's own messages
+            bar.update(len(order[start: start + BATCH]))
+        if skip_bad:
+            writer.source["skipped"] = len(left_out)
+            _list_skipped(listing, left_out, catalog, ids)
+            if len(left_out) == len(ids):
+                raise ZrayError(f"{catalog}: none of its {len(ids)} galaxies has a cutout that can be used "
+                                f"({_reasons(left_out)}); the reasons are listed in {listing}")
+    if left_out:
+        LOG.warning(f"{catalog}: left out {len(left_out)} of {len(ids)} galaxies whose cutouts cannot be used "
+                    f"({_reasons(left_out)}); listed with their reasons in {listing}")
+    elif listing.is_file() and skipped_list.is_list(listing):
+        listing.unlink()  # an earlier run's list would describe a dataset that is no longer there
     return writer.manifest
+
+
+def _reasons(left_out: dict) -> str:
+    return skipped_list.count_line(Counter(exc.reason for exc in left_out.values()))
+
+
+def _list_skipped(listing: Path, left_out: dict, catalog: Path, ids) -> None:
+    rows = []
+    for i in sorted(left_out):
+        exc = left_out[i]
+        detail = str(exc).removeprefix(f"{catalog}: {where(i, ids)}: ")
+        rows.append([i + 1, int(ids[i]), exc.reason, detail])
+    skipped_list.write(listing, SKIPPED_HEADER, rows)
 
 
 def _layout(columns: list[str], catalog: Path) -> bool:
@@ -225,21 +315,26 @@ def _layout(columns: list[str], catalog: Path) -> bool:
     return True
 
 
-def _file_lists(table, per_band: bool, images_dir: Path, catalog: Path, ids) -> list[list[Path]]:
+def _file_lists(table, per_band: bool, images_dir: Path, catalog: Path, ids) -> tuple[list, dict]:
+    """Each row's FITS paths, and ``{row index: BadCutout}`` for the rows whose files are not there."""
     cols = PER_BAND_COLUMNS if per_band else ("file",)
     values = [table.column(c).to_pylist() for c in cols]
-    out = []
+    out, missing = [], {}
     for i in range(table.num_rows):
         paths = []
         for c, vals in zip(cols, values):
+            label = f"{catalog}: {where(i, ids)}"
             if vals[i] is None or str(vals[i]).strip() == "":
-                raise ZrayError(f"{catalog}: {where(i, ids)}: column {c} is empty; expected a FITS file name")
+                missing[i] = BadCutout(f"{label}: column {c} is empty; expected a FITS file name", NO_FILE)
+                break
             p = Path(str(vals[i]).strip())
             p = p if p.is_absolute() else images_dir / p
             if p.is_dir():
-                raise ZrayError(f"{catalog}: {where(i, ids)}: {c} names the folder {p}; expected a FITS file name")
+                missing[i] = BadCutout(f"{label}: {c} names the folder {p}; expected a FITS file name", NO_FILE)
+                break
             if not p.is_file():
-                raise ZrayError(f"{catalog}: {where(i, ids)}: FITS file {p} not found")
+                missing[i] = BadCutout(f"{label}: FITS file {p} not found", NO_FILE)
+                break
             paths.append(p)
         out.append(paths)
-    return out
+    return out, missing

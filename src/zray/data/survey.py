@@ -52,7 +52,6 @@ was interrupted starts again from the frames it had not finished.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -66,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from zray.bins import RedshiftBins
+from zray.data import skipped as skipped_list
 from zray.data.catalog import (
     PLAIN_FITS,
     check_redshifts,
@@ -89,7 +89,6 @@ SCALE_TOLERANCE = 0.02  # frames' pixel scales that differ by more are from diff
 UNITS = ("nanomaggy", "nanomaggies", "nmgy")
 REFERENCE_BAND = "r"
 MAX_BAD_FRACTION = 0.01
-SKIPPED_SUFFIX = ".skipped.csv"
 SKIPPED_HEADER = ["row", "id", "ra", "dec", "reason", "detail"]
 BATCH = 256
 _KEY_VERSION = 1
@@ -462,20 +461,8 @@ class CutoutReport:
     counts: Counter = field(default_factory=Counter)
 
 
-def skipped_path(out: Path) -> Path:
-    return out.parent / f"{out.name}{SKIPPED_SUFFIX}"
-
-
 def partial_path(out: Path) -> Path:
     return out.parent / f".{out.name}.cutouts-partial"
-
-
-def _is_skipped_list(path: Path) -> bool:
-    try:
-        with open(path, newline="") as fh:
-            return next(csv.reader(fh), None) == SKIPPED_HEADER
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 def _inputs_key(catalog: Path, frames: list[Frame], size: int) -> str:
@@ -567,12 +554,12 @@ def make_cutouts(
     frames = read_frames(frames_dir, catalog)
     inputs = (catalog, frames_dir)
     check_output(out, kind="dataset", overwrite=overwrite, inputs=inputs)
-    listing = skipped_path(out)
+    listing = skipped_list.path_for(out)
     if Path(os.path.realpath(out.parent)).is_relative_to(os.path.realpath(frames_dir)):
         # the frames folder is searched recursively, and its files key the resumable partial results
         raise ZrayError(f"{out}: lies inside the --frames folder {frames_dir}; expected the dataset outside it")
     check_output(listing, kind="list of skipped galaxies", overwrite=overwrite,
-                 inputs=inputs, ours=_is_skipped_list)
+                 inputs=inputs, ours=skipped_list.is_list)
     if not cat.ebv_given:
         LOG.warning(f"{catalog} has no ebv column: E(B-V) is 0 for every galaxy; the networks take it as an input, "
                     "so give it (e.g. from the SFD dust map) unless your images are corrected for extinction")
@@ -646,7 +633,7 @@ def make_cutouts(
         shutil.rmtree(folder, ignore_errors=True)
         _write_skipped(listing, skipped)
         raise ZrayError(f"{catalog}: none of its {len(cat.ids)} galaxies could be cut from the frames in "
-                        f"{frames_dir} ({count_line(counts)}); the reasons are listed in {listing}")
+                        f"{frames_dir} ({skipped_list.count_line(counts)}); the reasons are listed in {listing}")
     source = {"kind": "cutouts", "catalog": str(catalog), "frames": str(frames_dir), "size": int(size),
               "resampling": "reproject_exact", "max_bad": float(max_bad), "skipped": len(skipped)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins, overwrite=overwrite,
@@ -673,19 +660,9 @@ def _remove_empty(folder: Path) -> None:
         pass
 
 
-def count_line(counts: Counter) -> str:
-    """``3 off every frame, 1 band missing``: galaxies not written, by reason, the most first."""
-    return ", ".join(f"{v} {k}" for k, v in counts.most_common()) or "none"
-
-
 def _write_skipped(path: Path, skipped: list) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(SKIPPED_HEADER)
-        for row, gid, ra, dec, kind, detail in skipped:
-            w.writerow([row, gid, f"{ra:.7f}", f"{dec:.7f}", kind, detail])
-    os.replace(tmp, path)
+    skipped_list.write(path, SKIPPED_HEADER, [[row, gid, f"{ra:.7f}", f"{dec:.7f}", kind, detail]
+                                              for row, gid, ra, dec, kind, detail in skipped])
 
 
 def _run_tasks(frames, groups, pending, cat, plan, size, workers):
