@@ -575,6 +575,45 @@ def test_evaluate_scores_galaxies_beyond_the_bins_apart(exported, sim_data, tmp_
     assert pq.read_metadata(tmp_path / "report" / "predictions.parquet").num_rows == len(z)
 
 
+def test_evaluate_scores_a_held_out_dataset_whole_against_baselines_fitted_on_the_training_data(
+        exported, sim_data, tmp_path):
+    """An astronomer's own held-out sample, prepared into shards (which `zray prepare` splits too):
+    the default scores its test split and says how to score it whole; --split all scores every
+    galaxy, with the reference predictors fitted on the bundle's training data (not on a split of
+    the scored galaxies). On the bundle's own training data --split all is refused."""
+    from zray.baselines import point_metrics
+    from zray.data.simulate import simulate
+
+    held = tmp_path / "held-out"
+    simulate(held, 90, size=32, seed=3, workers=1, progress=False)
+    rows = read_manifest(held).rows
+    result = _run("evaluate", exported["best"], held, "--out", tmp_path / "r-test")
+    assert result.exit_code == 0, result.output
+    assert (f"note: held-out is not the data this bundle was trained on: --split all scores every one of its 90 "
+            f"galaxies (the test split holds {rows['test']})") in result.output
+
+    result = _run("evaluate", exported["best"], held, "--split", "all", "--out", tmp_path / "r-all")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("90 galaxies (all splits): sigma_MAD") == 1, result.output
+    metrics = json.loads((tmp_path / "r-all" / "metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["overall"]["n"] == 90
+    assert metrics["baselines_fitted_on"] == str(sim_data)
+    z = np.concatenate([load_arrays(held, s)["z_spec"] for s in ("train", "val", "test") if rows[s]])
+    trained_median = float(np.median(load_arrays(sim_data, "train")["z_spec"]))
+    expected = point_metrics(np.full(90, trained_median), np.sort(z))
+    assert metrics["baselines"]["constant"] == pytest.approx(expected)
+    assert metrics["baselines"]["knn"]["n"] == 90
+    assert f"train split of {sim_data}" in (tmp_path / "r-all" / "index.html").read_text()
+    assert pq.read_metadata(tmp_path / "r-all" / "predictions.parquet").num_rows == 90
+
+    result = _run("evaluate", exported["best"], sim_data, "--split", "all", "--out", tmp_path / "r-own")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"zray: error: {sim_data}: is the dataset this bundle was trained on, so --split all would score the "
+        "galaxies it learned from; expected --split test here, or --split all on a dataset held out from training")
+    assert not (tmp_path / "r-own").exists()
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_evaluate_on_a_split_of_one_or_two_galaxies_says_what_it_cannot_compute(exported, sim_data, tmp_path, n):
     test = load_arrays(sim_data, "test")

@@ -46,6 +46,7 @@ __all__ = [
     "load",
     "point_metrics",
     "predictions",
+    "predictions_from",
     "compare",
     "sigma_mad_noise",
 ]
@@ -213,6 +214,30 @@ def predictions(root, ids: np.ndarray) -> dict[str, np.ndarray] | None:
         return None
     rows = order[pos]
     return {name: table.column(f"z_{name}").to_numpy()[rows] for name in NAMES}
+
+
+def predictions_from(train_root, manifest, splits, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Each baseline fitted on the train split of the dataset ``train_root`` (a bundle's own
+    training data) and predicting the galaxies ``ids`` of ``splits`` of another dataset, in
+    that order: how the reference predictors score a held-out dataset, all of whose splits
+    are scored."""
+    train_manifest = read_manifest(train_root)
+    for each in (train_manifest, manifest):
+        if list(each.bands) != list(BANDS):
+            raise ZrayError(f"{each.root}: bands {','.join(each.bands)}; the baselines expect {','.join(BANDS)}")
+    if train_manifest.rows["train"] < 2:
+        raise ZrayError(f"{train_manifest.root}: the train split has {train_manifest.rows['train']} rows; the "
+                        "baselines need at least 2 to fit")
+    train = _split_photometry(train_manifest, "train")
+    parts = [_split_photometry(manifest, split) for split in splits]
+    got = np.concatenate([p["id"] for p in parts])
+    x = colours(np.concatenate([p["mags"] for p in parts]))
+    order = np.argsort(got)
+    rows = order[np.clip(np.searchsorted(got[order], ids), 0, max(len(got) - 1, 0))]
+    if len(got) == 0 or not np.all(got[rows] == ids):
+        raise ZrayError(f"{manifest.root}: the evaluated galaxies are not all in its shards")
+    return {"constant": np.full(len(ids), float(np.median(train["z_spec"]))),
+            "knn": knn_predict(colours(train["mags"]), train["z_spec"], x[rows], K_NEIGHBOURS)}
 
 
 def sigma_mad_noise(n: int) -> float:

@@ -26,6 +26,8 @@ from zray.errors import ZrayError, first_line
 
 __all__ = ["binned_metrics", "evaluate"]
 
+#: ``--split all``: every galaxy of a dataset held out from training.
+ALL = "all"
 N_Z_BINS = 8
 N_MAG_BINS = 6
 N_CONFUSION_BINS = 10
@@ -91,8 +93,26 @@ def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None,
     return mags, f"mag_r from {catalog}"
 
 
-def _baseline_predictions(manifest, split: str, ids) -> tuple[dict | None, str]:
-    """The reference predictors' redshifts for the evaluated galaxies, or None and why not."""
+def _baseline_predictions(manifest, split: str, ids, info) -> tuple[dict | None, str]:
+    """The reference predictors' redshifts for the evaluated galaxies, or None and why not.
+
+    For one split they come from the dataset's own, fitted on its train split. With ``--split
+    all`` that split is scored too, so they are fitted on the bundle's training data instead."""
+    if split == ALL:
+        from zray.data.shards import read_manifest
+
+        path = info.data.get("data", {}).get("path")
+        try:
+            found = bool(path) and read_manifest(path).hash == info.manifest_hash
+        except ZrayError:
+            found = False
+        if not found:
+            return None, (f"reference predictors not shown: with --split all they are fitted on the bundle's "
+                          f"training data, which is no longer at {path} as it was")
+        try:
+            return baselines.predictions_from(path, manifest, _splits(manifest, split), ids), ""
+        except ZrayError as exc:
+            return None, f"reference predictors not shown: {exc}"
     if split == "train":
         return None, "reference predictors not shown: they are fitted on the train split, so score val or test"
     try:
@@ -140,7 +160,7 @@ def evaluate(
     info = read_bundle(bundle_path)
     manifest = read_manifest(data)
     info.check_data(manifest)
-    _check_split(manifest, split)
+    _check_split(manifest, split, info)
     t0 = time.perf_counter()
     cols = _predict_split(bundle_path, manifest, split, batch_size, workers, progress)
     inside = info.bins.contains(cols["z_spec"])
@@ -174,12 +194,26 @@ def _beyond_bins(cols: dict[str, np.ndarray], beyond: np.ndarray, bins) -> dict[
             "z_spec_max": float(z.max()), "bins": [bins.z_min, bins.z_max]}
 
 
-def _check_split(manifest, split: str) -> None:
+def _splits(manifest, split: str) -> tuple[str, ...]:
+    """The splits ``--split`` scores: one, or with ``all`` every split that has rows."""
     from zray.data.shards import SPLITS
 
-    if split not in SPLITS:
-        raise ZrayError(f"--split {split!r} is not a split; expected one of {', '.join(SPLITS)}")
-    if manifest.rows[split] == 0:
+    return tuple(s for s in SPLITS if manifest.rows[s]) if split == ALL else (split,)
+
+
+def _check_split(manifest, split: str, info) -> None:
+    from zray.data.shards import SPLITS
+
+    if split not in (*SPLITS, ALL):
+        raise ZrayError(f"--split {split!r} is not a split; expected one of {', '.join(SPLITS)} or {ALL}")
+    if split == ALL:
+        if manifest.hash == info.manifest_hash:
+            raise ZrayError(f"{manifest.root}: is the dataset this bundle was trained on, so --split all would "
+                            "score the galaxies it learned from; expected --split test here, or --split all on "
+                            "a dataset held out from training")
+        if manifest.total_rows == 0:
+            raise ZrayError(f"{manifest.root}: holds no rows; expected labelled rows to evaluate")
+    elif manifest.rows[split] == 0:
         raise ZrayError(f"{manifest.root}: the {split} split is empty; expected labelled rows to evaluate")
 
 
@@ -190,9 +224,10 @@ def _predict_split(bundle_path, manifest, split: str, batch_size: int, workers: 
     from zray.predict import iter_predictions
 
     passthrough = ("z_spec",) + (("mag_r",) if "mag_r" in manifest.columns else ())
-    bar = Progress("evaluate", manifest.rows[split], enabled=progress)
+    splits = _splits(manifest, split)
+    bar = Progress("evaluate", sum(manifest.rows[s] for s in splits), enabled=progress)
     parts: dict[str, list] = {}
-    for batch in iter_predictions(bundle_path, manifest, (split,), batch_size=batch_size,
+    for batch in iter_predictions(bundle_path, manifest, splits, batch_size=batch_size,
                                   passthrough=passthrough, workers=workers):
         for key, value in batch.items():
             parts.setdefault(key, []).append(value)
@@ -206,11 +241,14 @@ def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dic
     z_spec = cols["z_spec"].astype(np.float64)
     pdf = cols["pdf"].astype(np.float64)
     z_phot = cols["z_median"]
-    reference, reference_note = _baseline_predictions(manifest, split, cols["id"])
+    reference, reference_note = _baseline_predictions(manifest, split, cols["id"], info)
     binned = {"z_spec": binned_metrics(z_spec, z_spec, z_phot, pdf, bins,
                                        _edges(z_spec, N_Z_BINS, lo=bins.z_min, hi=float(z_spec.max())),
                                        reference)}
     notes = [reference_note] if reference_note else []
+    if split != ALL and manifest.hash != info.manifest_hash and manifest.total_rows > manifest.rows[split]:
+        notes.append(f"{manifest.root.name} is not the data this bundle was trained on: --split all scores every "
+                     f"one of its {manifest.total_rows} galaxies (the {split} split holds {manifest.rows[split]})")
     mag_r, mag_note = _mag_r(manifest, cols["id"], cols)
     if mag_r is not None:
         ok = np.isfinite(mag_r)
@@ -230,6 +268,8 @@ def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dic
         "bins": info.data["bins"],
         "overall": m.summary(pdf, bins, z_spec),
         "baselines": {name: baselines.point_metrics(z_ref, z_spec) for name, z_ref in (reference or {}).items()},
+        "baselines_fitted_on": (info.data.get("data", {}).get("path") if split == ALL else str(manifest.root))
+        if reference else None,
         "baseline_names": dict(baselines.NAMES),
         "sigma_mad_by_point_estimate": {p: m.sigma_mad(m.dz(cols[f"z_{p}"], z_spec)) for p in m.POINT_ESTIMATES},
         "binned": binned,
@@ -294,7 +334,8 @@ def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, m
         members = ", ".join(f"{x['model']} ({x.get('trial') or 'run'})" for x in info.data["members"])
         write_index(
             tmp / "index.html",
-            title=f"zray evaluation: {bundle_name} on {manifest.root.name} ({split})",
+            title=f"zray evaluation: {bundle_name} on {manifest.root.name} "
+                  f"({'all splits' if split == ALL else split})",
             metrics=result, binned=binned, figures=figures, notes=result["notes"],
             provenance={"bundle": result["bundle"], "members": members, "data": result["data"],
                         "split": split, "data manifest hash": manifest.hash,

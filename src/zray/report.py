@@ -121,7 +121,8 @@ def write_index(path, *, title: str, metrics: dict, binned: dict, figures: list[
         f"<h1>{e(title)}</h1>",
         "<p class='note'>" + "<br>".join(e(f"{k}: {v}") for k, v in provenance.items()) + "</p>",
         "<h2>Metrics</h2>",
-        "<p class='note'>Reference predictors, fitted on the dataset's train split and scored on "
+        "<p class='note'>Reference predictors, fitted on the train split of "
+        f"{e(str(metrics.get('baselines_fitted_on') or 'the dataset'))} and scored on "
         "the same galaxies: the training median redshift for every galaxy, and a 10-nearest-"
         "neighbour regression on dereddened aperture colours measured from the cutouts. A network "
         "should beat both.</p>" if shown else "",

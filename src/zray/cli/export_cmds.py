@@ -160,8 +160,9 @@ def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, wo
 @click.argument("data", type=click.Path(path_type=Path), callback=click_absolute)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), callback=click_absolute, required=True,
               help="Report folder to write (metrics.json, PNGs, index.html).")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
-              help="Labelled split to score.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]),
+              help="Labelled split to score; all: every galaxy of a dataset held out from training (its "
+                   "reference predictors then fitted on the bundle's training data).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Galaxies per model call [default: 256 in this process, 2048 through Ray Data].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report at --out.")
@@ -176,17 +177,23 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
     Anderson-Darling with p-values, the PIT outlier rate, the CDE loss and
     the Brier score.
 
+    A dataset of your own held out from training (`zray prepare` splits
+    it too) is scored whole with --split all.
+
     \b
-    Example:
+    Examples:
       zray evaluate best/ data/sim --out report/
+      zray prepare held-out.csv --images cutouts/ --out data/held-out
+      zray evaluate best/ data/held-out --split all --out report-held-out/
     """
     from zray.baselines import compare_with
     from zray.evaluate import evaluate
 
     r = evaluate(bundle, data, out, split=split, batch_size=batch_size, overwrite=overwrite)
     o = r["overall"]
+    scored = "all splits" if split == "all" else split
     click.echo(
-        f"{o['n']} galaxies ({split}): sigma_MAD {o['sigma_mad']:.5f}  bias {o['bias_mean']:+.5f} "
+        f"{o['n']} galaxies ({scored}): sigma_MAD {o['sigma_mad']:.5f}  bias {o['bias_mean']:+.5f} "
         f"(median {o['bias_median']:+.5f})  outliers {o['outlier_fraction']:.4f}  "
         f"CRPS {o['crps']:.5f}  PIT KS {o['pit_ks']:.3f}"
     )
