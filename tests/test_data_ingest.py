@@ -427,14 +427,14 @@ def test_skip_bad_leaves_out_the_cutouts_that_cannot_be_used_and_lists_them(tmp_
     result = prepare("--skip-bad")
     assert result.exit_code == 0, result.output
     assert (f"left out 7 of {n} galaxies whose cutouts cannot be used (3 file missing, 1 bands not as expected, "
-            "1 NaN or infinite pixels, 1 smaller than --size, 1 unreadable FITS); listed with their reasons in "
+            "1 NaN or infinite pixels, 1 smaller than the cutout size, 1 unreadable FITS); listed with their reasons in "
             f"{tmp_path / 'out.skipped.csv'}") in " ".join(result.output.split()), result.output
     assert f"wrote 5 of {n} galaxies" in result.output
     assert read_manifest(tmp_path / "out").source["skipped"] == 7
     listed = pcsv.read_csv(tmp_path / "out.skipped.csv").to_pydict()
     assert list(listed) == ["row", "id", "reason", "detail"]
     expected = {102: "file missing", 109: "file missing", 110: "file missing", 104: "unreadable FITS",
-                106: "NaN or infinite pixels", 107: "smaller than --size", 108: "bands not as expected"}
+                106: "NaN or infinite pixels", 107: "smaller than the cutout size", 108: "bands not as expected"}
     assert dict(zip(listed["id"], listed["reason"])) == expected
     assert listed["row"] == sorted(row_of[i] for i in expected)
     assert all(row_of[i] == r for i, r in zip(listed["id"], listed["row"]))
@@ -455,21 +455,42 @@ def test_skip_bad_leaves_out_the_cutouts_that_cannot_be_used_and_lists_them(tmp_
     assert not (tmp_path / "out.skipped.csv").exists()
 
 
-def test_skip_bad_with_no_usable_cutout_writes_only_the_list_and_never_replaces_a_file_of_yours(tmp_path):
-    """Every file missing (a wrong --images folder, say): an error naming the count, no dataset,
-    and the list of reasons. A file of the user's where the list would go is never replaced."""
+def test_skip_bad_with_no_usable_cutout_and_the_lists_it_never_touches(tmp_path):
+    """Every file missing (a wrong --images folder, say): one sentence counting them, naming the
+    first, and nothing written (an earlier dataset and its list stay as they were). A file of the
+    user's where the list would go is never replaced, nor removed by --overwrite."""
     _single_file_setup(tmp_path, n=3)
     wrong = tmp_path / "elsewhere"
     wrong.mkdir()
     with pytest.raises(ZrayError, match=r"cat.csv: none of its 3 galaxies has a cutout that can be used "
-                                        r"\(3 file missing\); the reasons are listed in .*out.skipped.csv$"):
+                                        r"\(3 file missing; the first: row 1 \(id 100\): FITS file .*g0.fits not found\)$"):
         prepare_dataset(tmp_path / "cat.csv", wrong, tmp_path / "out", size=SIZE, progress=False, skip_bad=True)
-    assert not (tmp_path / "out").exists()
-    assert pcsv.read_csv(tmp_path / "out.skipped.csv").column("id").to_pylist() == [100, 101, 102]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.csv", "elsewhere", "img"]
 
     mine = tmp_path / "mine.skipped.csv"
-    mine.write_text("my notes on which galaxies to skip\n")
-    with pytest.raises(ZrayError, match=r"mine.skipped.csv"):
+    notes = "row,id,my_note,reason,detail\n3,102,download again,unreadable FITS,x\n"
+    mine.write_text(notes)
+    with pytest.raises(ZrayError, match=r"mine.skipped.csv: exists and was not written by zray"):
         prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "mine", size=SIZE, progress=False,
                         skip_bad=True, overwrite=True)
-    assert mine.read_text() == "my notes on which galaxies to skip\n" and not (tmp_path / "mine").exists()
+    assert mine.read_text() == notes and not (tmp_path / "mine").exists()
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "mine", size=SIZE, progress=False)
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "mine", size=SIZE, progress=False,
+                    overwrite=True)
+    assert mine.read_text() == notes
+
+
+def test_a_header_card_astropy_cannot_parse_is_an_unreadable_cutout(tmp_path):
+    """astropy parses a card only when it is read: a FILTER card cut short (no closing quote)
+    is one sentence, and a galaxy --skip-bad leaves out, never a traceback."""
+    _single_file_setup(tmp_path, n=4, writer=_write_mef)
+    path = tmp_path / "img" / "g2.fits"
+    data = path.read_bytes()
+    card = data.index(b"FILTER  = 'R")
+    end = data.index(b"'", card + 11)
+    path.write_bytes(data[:end] + b" " + data[end + 1:])  # the closing quote gone: a malformed card
+    _expect_error(tmp_path, r"row 3 \(id 102\): .*g2.fits header card FILTER cannot be parsed")
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False,
+                    skip_bad=True)
+    listed = pcsv.read_csv(tmp_path / "out.skipped.csv").to_pydict()
+    assert listed["id"] == [102] and listed["reason"] == ["unreadable FITS"]

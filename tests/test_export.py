@@ -519,21 +519,28 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     more = pa.table({"id": [*ids.tolist(), 9001, 9002], "ebv": [*test["ebv"][:4], 0.0, 0.0],
                      "file": [*(f"g{i}.fits" for i in ids), "absent.fits", "edge.fits"]})
     pq.write_table(more, tmp_path / "more.parquet")
-    args = ("predict", exported["best"], tmp_path / "more.parquet", "--images", images, "--out", tmp_path / "m.parquet")
+    out = tmp_path / "new" / "m.parquet"  # in a folder that does not exist yet
+    args = ("predict", exported["best"], tmp_path / "more.parquet", "--images", images, "--out", out)
     result = _run(*args)
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         f"zray: error: {tmp_path / 'more.parquet'}: row 5 (id 9001): FITS file {images / 'absent.fits'} not found; "
         "--skip-bad leaves out the galaxies whose cutouts cannot be used and lists them in "
-        f"{tmp_path / 'm.parquet.skipped.csv'}")
+        f"{tmp_path / 'new' / 'm.parquet.skipped.csv'}")
+    assert not (tmp_path / "new").exists()
     result = _run(*args, "--skip-bad")
     assert result.exit_code == 0, result.output
     assert "predicted 4 galaxies" in result.output and "2 left out, listed in" in result.output
-    skipped = pcsv.read_csv(tmp_path / "m.parquet.skipped.csv").to_pydict()
+    skipped = pcsv.read_csv(tmp_path / "new" / "m.parquet.skipped.csv").to_pydict()
     assert skipped["id"] == [9001, 9002] and skipped["reason"] == ["file missing", "NaN or infinite pixels"]
-    got = pq.read_table(tmp_path / "m.parquet").to_pydict()
+    got = pq.read_table(out).to_pydict()
     np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
     assert sorted(got["id"]) == sorted(ids.tolist())
+    # The same file predicted again, from the four good galaxies alone: their list goes with it.
+    result = _run("predict", exported["best"], tmp_path / "cat.parquet", "--images", images, "--out", out,
+                  "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["m.parquet"]
 
 
 def test_predict_takes_splits_of_a_shard_folder_only_and_each_once(exported, sim_data, tmp_path):

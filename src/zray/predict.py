@@ -184,8 +184,8 @@ def _say_if_waiting_for_cpus(cpus: float, need: float) -> None:
 
 @contextlib.contextmanager
 def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_bad: bool = False,
-               skipped_to=None, overwrite: bool = False) -> Iterator[Any]:
-    """``(manifest, z_spec)`` for ``source``: a shard folder, or a catalogue + FITS folder.
+               skipped_to=None) -> Iterator[Any]:
+    """``(manifest, z_spec, left_out)`` for ``source``: a shard folder, or a catalogue + FITS folder.
 
     A catalogue is turned into shards in a temporary folder (removed on
     exit) by ``zray prepare``'s code at the bundle's image size. Predicting
@@ -193,7 +193,9 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
     own ``z_spec`` (any values, even outside the bundle's bins or the -1 of
     "unknown") comes back as ``(ids, z)`` to be joined to the predictions by
     id. ``z_spec`` is ``True`` for a shard folder (the shards carry it),
-    ``None`` for a catalogue without one.
+    ``None`` for a catalogue without one. ``left_out`` lists the galaxies
+    whose cutouts ``skip_bad`` left out (``[row, id, reason, detail]``), for
+    the caller to publish beside its output at ``skipped_to``.
     """
     from zray.data.shards import read_manifest
 
@@ -206,14 +208,14 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
         if skip_bad:
             raise ZrayError(f"{source}: is a shard folder, whose cutouts were checked when it was written; "
                             "--skip-bad is only for a catalogue file")
-        yield read_manifest(source), True
+        yield read_manifest(source), True, []
         return
     if images is None:
         raise ZrayError(
             f"{source}: is not a shard folder; a catalogue file needs --images DIR with its FITS cutouts"
         )
     from zray.data.catalog import id_column, read_catalog
-    from zray.data.ingest import prepare_dataset
+    from zray.data.ingest import write_shards
 
     table = read_catalog(source, ("id", "ebv"))
     known = None
@@ -226,10 +228,9 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
         known = (id_column(table, source), z)
     tmp = Path(tempfile.mkdtemp(prefix="zray-predict-"))
     try:
-        manifest = prepare_dataset(source, images, tmp / "data", size=bundle.image_size, bins=bundle.bins,
-                                   progress=progress, skip_bad=skip_bad, skipped_to=skipped_to, labelled=False,
-                                   overwrite=overwrite)
-        yield manifest, known
+        manifest, left_out = write_shards(source, images, tmp / "data", size=bundle.image_size, bins=bundle.bins,
+                                          progress=progress, skip_bad=skip_bad, listing=skipped_to, labelled=False)
+        yield manifest, known, left_out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -294,6 +295,7 @@ def predict(
     """
     from zray.bundle import read_bundle
     from zray.data import skipped as skipped_list
+    from zray.data.ingest import publish_skipped
     from zray.data.shards import SPLITS
 
     out = Path(out)
@@ -314,9 +316,11 @@ def predict(
     splits = tuple(dict.fromkeys(splits or SPLITS))  # a split named twice is still predicted once
     t0 = time.perf_counter()
     listing = skipped_list.path_for(out)
+    if skip_bad:
+        check_output(listing, kind="list of skipped galaxies", overwrite=overwrite, inputs=inputs,
+                     ours=skipped_list.is_list, sealed=sealed)
     with open_input(source, images=images, bundle=info, progress=progress, skip_bad=skip_bad,
-                    skipped_to=listing, overwrite=overwrite) as (manifest, known_z):
-        skipped = manifest.source.get("skipped", 0) if Path(source).is_file() else 0  # this run's, not the shards'
+                    skipped_to=listing) as (manifest, known_z, left_out):
 
         info.check_data(manifest)
         batches = iter_predictions(bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
@@ -331,13 +335,15 @@ def predict(
             batches = ({k: v for k, v in b.items() if k != "z_spec"} for b in batches)
         done, first = _write_output(batches, out, meta, info.bins, fmt=fmt,
                                     total=sum(manifest.rows[s] for s in splits), progress=progress, source=source)
+    publish_skipped(listing, left_out, source=source, total=done + len(left_out), overwrite=overwrite, inputs=inputs)
     elapsed = time.perf_counter() - t0
     first = (first[0] - t0, first[1])
     # After the first batch: throughput without Ray's and the model's start-up.
     steady = (done - first[1]) / max(elapsed - first[0], 1e-9) if done > first[1] else None
     return {"rows": done, "out": str(out), "seconds": elapsed, "first_batch_s": first[0],
             "galaxies_per_s": done / max(elapsed, 1e-9), "steady_galaxies_per_s": steady,
-            "members": len(info.member_dirs), "skipped": skipped, "skipped_list": str(listing) if skipped else None}
+            "members": len(info.member_dirs),
+            "skipped": len(left_out), "skipped_list": str(listing) if left_out else None}
 
 
 def _check_format(out: Path, fmt: str, with_pdf: bool) -> None:

@@ -130,7 +130,7 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
 @click.option("--skip-bad", is_flag=True,
               help="Leave out the galaxies whose cutouts cannot be used (file missing or unreadable, bands not as "
                    "expected, smaller than --size, NaN pixels) and list them with the reason in OUT.skipped.csv; "
-                   "without it the first such galaxy stops the run.")
+                   "without it the run stops at the first one it meets (missing files are all counted first).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset at --out (and its list of skipped galaxies).")
 def prepare_cmd(catalog, images, out, size, seed, skip_bad, overwrite):

@@ -115,9 +115,10 @@ def export_cmd(run_dir, top_k, members, keep_ensemble, trial, out, overwrite, ca
                    "would leave Ray no CPU to read the shards).")
 @click.option("--skip-bad", is_flag=True,
               help="With a catalogue: leave out the galaxies whose cutouts cannot be used (file missing or "
-                   "unreadable, bands not as expected, too small, NaN pixels), listed with the reason in "
-                   "OUT.skipped.csv; without it the first such galaxy stops the run.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+                   "unreadable, bands not as expected, smaller than the bundle's cutouts, NaN pixels), listed with "
+                   "the reason in OUT.skipped.csv; without it the run stops at the first one it meets (missing "
+                   "files are all counted first).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (and its list of skipped galaxies).")
 def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, skip_bad, overwrite):
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 

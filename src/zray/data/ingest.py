@@ -58,9 +58,8 @@ BATCH = 256
 NO_FILE = "file missing"
 UNREADABLE = "unreadable FITS"
 WRONG_BANDS = "bands not as expected"
-TOO_SMALL = "smaller than --size"
+TOO_SMALL = "smaller than the cutout size"
 NOT_FINITE = "NaN or infinite pixels"
-SKIPPED_HEADER = ["row", "id", "reason", "detail"]
 
 
 class BadCutout(ZrayError):
@@ -95,14 +94,24 @@ def _open(path: Path, label: str):
     return hdul
 
 
+def header_value(header, key: str, what: str):
+    """``header[key]``, or None where the header has no such card. astropy parses a card only
+    when it is read: one it cannot parse is an unreadable file, named by ``what``."""
+    try:
+        return header[key] if key in header else None
+    except Exception as exc:  # astropy's VerifyError, or ValueError, for a malformed card
+        raise BadCutout(f"{what} header card {key} cannot be parsed ({first_line(exc, 120)})", UNREADABLE) from None
+
+
 def header_band(header, what: str) -> str | None:
     """The band a FITS header names in FILTER (or BAND), normalised; None where it names none.
     ``what`` starts the message when the keyword holds no band (the file, and the catalogue row)."""
     for key in BAND_KEYS:
-        if key in header:
-            band = normalise_band(header[key])
+        value = header_value(header, key, what)
+        if value is not None:
+            band = normalise_band(value)
             if band is None:
-                raise BadCutout(f"{what} header {key}={header[key]!r} is not a band; expected one of u,g,r,i,z",
+                raise BadCutout(f"{what} header {key}={value!r} is not a band; expected one of u,g,r,i,z",
                                 WRONG_BANDS)
             return band
     return None
@@ -122,7 +131,7 @@ def read_multiband(path: Path, label: str) -> np.ndarray:
             order = []
             for k in range(len(BANDS)):
                 key = f"BAND{k + 1}"
-                band = normalise_band(first.header.get(key, ""))
+                band = normalise_band(header_value(first.header, key, f"{label}: {path}") or "")
                 if band is None:
                     raise BadCutout(
                         f"{label}: {path} header has no valid {key} keyword; expected BAND1..BAND5 "
@@ -174,10 +183,10 @@ def read_single_band(path: Path, band: str, label: str) -> np.ndarray:
 
 
 def _crop(image: np.ndarray, size: int, label: str) -> np.ndarray:
-    h, w = image.shape[-2:]
-    if h < size or w < size:
-        raise BadCutout(f"{label}: cutout is {h}x{w} pixels; expected at least {size}x{size}", TOO_SMALL)
-    return crop_centre(image, size, label)
+    try:
+        return crop_centre(image, size, label)
+    except ZrayError as exc:  # its one refusal: smaller than size
+        raise BadCutout(str(exc), TOO_SMALL) from None
 
 
 def _cutout(files: list[Path], per_band: bool, size: int, label: str) -> np.ndarray:
@@ -205,19 +214,37 @@ def prepare_dataset(
     overwrite: bool = False,
     progress: bool = True,
     skip_bad: bool = False,
-    skipped_to=None,
-    labelled: bool = True,
 ) -> Manifest:
     """Read the catalogue and its FITS cutouts into a dataset at ``out``.
 
     A galaxy whose cutout cannot be used (its file missing or unreadable, its
     bands not as expected, smaller than ``size``, NaN pixels) stops the run,
-    naming it and how many others have a missing file; with ``skip_bad`` it is
-    left out instead, counted in a warning and listed with its reason in
-    ``skipped_to`` (default ``OUT.skipped.csv`` beside the dataset).
-    ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every
-    row gets the placeholder ``bins.z_min``.
+    naming it (and how many others have no file); with ``skip_bad`` it is
+    left out instead, and once the dataset is written the left-out galaxies
+    are counted in a warning and listed with their reasons in
+    ``OUT.skipped.csv`` beside it.
     """
+    listing = skipped_list.path_for(Path(out))
+    inputs = (Path(catalog), Path(images_dir))
+    if skip_bad:
+        check_output(listing, kind="list of skipped galaxies", overwrite=overwrite, inputs=inputs,
+                     ours=skipped_list.is_list)
+    manifest, left_out = write_shards(catalog, images_dir, out, size=size, seed=seed, rows_per_shard=rows_per_shard,
+                                      bins=bins, overwrite=overwrite, progress=progress, skip_bad=skip_bad,
+                                      listing=listing)
+    publish_skipped(listing, left_out, source=catalog, total=manifest.total_rows + len(left_out),
+                    overwrite=overwrite, inputs=inputs)
+    return manifest
+
+
+def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+                 bins: RedshiftBins = DEFAULT_BINS, overwrite: bool = False, progress: bool = True,
+                 skip_bad: bool = False, listing: Path | None = None,
+                 labelled: bool = True) -> tuple[Manifest, list[list]]:
+    """:func:`prepare_dataset`'s work: the dataset, and the ``[row, id, reason, detail]`` of each
+    galaxy left out (``skip_bad``). ``listing`` is named in the error's hint.
+    ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every row gets the
+    placeholder ``bins.z_min``."""
     catalog = Path(catalog)
     images_dir = Path(images_dir)
     check_size(size)
@@ -233,12 +260,8 @@ def prepare_dataset(
         z = np.full(len(ids), bins.z_min, dtype=np.float64)
     ebv = ebv_column(table, catalog, ids)
     extra = magnitude_columns(table, catalog, ids, BANDS)
-    listing = Path(skipped_to) if skipped_to is not None else skipped_list.path_for(Path(out))
-    inputs = (catalog, images_dir)
-    if skip_bad:
-        check_output(listing, kind="list of skipped galaxies", overwrite=overwrite, inputs=inputs,
-                     ours=skipped_list.is_list)
-    hint = f"--skip-bad leaves out the galaxies whose cutouts cannot be used and lists them in {listing}"
+    hint = "--skip-bad leaves out the galaxies whose cutouts cannot be used" + (
+        f" and lists them in {listing}" if listing is not None else "")
     files, left_out = _file_lists(table, per_band, images_dir, catalog, ids)
     if left_out and not skip_bad:
         first = min(left_out)
@@ -250,7 +273,7 @@ def prepare_dataset(
     bar = Progress("prepare", len(todo), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,
-                       overwrite=overwrite, source=source, label=str(catalog), inputs=inputs) as writer:
+                       overwrite=overwrite, source=source, label=str(catalog), inputs=(catalog, images_dir)) as writer:
         # Rows go in the order of a hash of the id, never the catalogue's; errors
         # still name the catalogue's own row.
         order = todo[write_order(ids[todo], seed)]
@@ -269,31 +292,32 @@ def prepare_dataset(
                 writer.add(ids[rows], np.stack(images), z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()},
                            rows=rows + 1)  # counted from 1, as the catalogue's own messages
             bar.update(len(order[start: start + BATCH]))
+        if left_out and len(left_out) == len(ids):
+            first = str(left_out[min(left_out)]).removeprefix(f"{catalog}: ")
+            raise ZrayError(f"{catalog}: none of its {len(ids)} galaxies has a cutout that can be used "
+                            f"({_reasons(left_out.values())}; the first: {first})")
         if skip_bad:
             writer.source["skipped"] = len(left_out)
-            _list_skipped(listing, left_out, catalog, ids)
-            if len(left_out) == len(ids):
-                raise ZrayError(f"{catalog}: none of its {len(ids)} galaxies has a cutout that can be used "
-                                f"({_reasons(left_out)}); the reasons are listed in {listing}")
-    if left_out:
-        LOG.warning(f"{catalog}: left out {len(left_out)} of {len(ids)} galaxies whose cutouts cannot be used "
-                    f"({_reasons(left_out)}); listed with their reasons in {listing}")
-    elif listing.is_file() and skipped_list.is_list(listing):
-        listing.unlink()  # an earlier run's list would describe a dataset that is no longer there
-    return writer.manifest
+    listed = [[i + 1, int(ids[i]), left_out[i].reason, str(left_out[i]).removeprefix(f"{catalog}: {where(i, ids)}: ")]
+              for i in sorted(left_out)]
+    return writer.manifest, listed
 
 
-def _reasons(left_out: dict) -> str:
-    return skipped_list.count_line(Counter(exc.reason for exc in left_out.values()))
+def publish_skipped(listing: Path, listed: list[list], *, source, total: int, overwrite: bool, inputs) -> None:
+    """Once the output is in place: the list of the galaxies left out, and a warning counting
+    them; or, with nothing left out, the list an output replaced by ``overwrite`` had."""
+    if listed:
+        skipped_list.write(listing, skipped_list.PREPARE_HEADER, listed)
+        LOG.warning(f"{source}: left out {len(listed)} of {total} galaxies whose cutouts cannot be used "
+                    f"({_reasons(listed)}); listed with their reasons in {listing}")
+    elif overwrite and listing.is_file() and skipped_list.is_list(listing) \
+            and not any(os.path.realpath(listing) == os.path.realpath(p) for p in inputs):
+        listing.unlink()  # it described the output just replaced
 
 
-def _list_skipped(listing: Path, left_out: dict, catalog: Path, ids) -> None:
-    rows = []
-    for i in sorted(left_out):
-        exc = left_out[i]
-        detail = str(exc).removeprefix(f"{catalog}: {where(i, ids)}: ")
-        rows.append([i + 1, int(ids[i]), exc.reason, detail])
-    skipped_list.write(listing, SKIPPED_HEADER, rows)
+def _reasons(left_out) -> str:
+    """``3 file missing, 1 unreadable FITS`` from BadCutouts or listed rows."""
+    return skipped_list.count_line(Counter(x.reason if isinstance(x, BadCutout) else x[2] for x in left_out))
 
 
 def _layout(columns: list[str], catalog: Path) -> bool:
@@ -329,10 +353,16 @@ def _file_lists(table, per_band: bool, images_dir: Path, catalog: Path, ids) -> 
                 break
             p = Path(str(vals[i]).strip())
             p = p if p.is_absolute() else images_dir / p
-            if p.is_dir():
+            try:
+                is_dir, is_file = p.is_dir(), p.is_file()
+            except OSError as exc:  # a name too long for the file system, say
+                missing[i] = BadCutout(f"{label}: {c} {str(p)[:120]!r} cannot be looked up ({exc.strerror}); "
+                                       "expected a FITS file name", NO_FILE)
+                break
+            if is_dir:
                 missing[i] = BadCutout(f"{label}: {c} names the folder {p}; expected a FITS file name", NO_FILE)
                 break
-            if not p.is_file():
+            if not is_file:
                 missing[i] = BadCutout(f"{label}: FITS file {p} not found", NO_FILE)
                 break
             paths.append(p)

@@ -16,6 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 SUFFIX = ".skipped.csv"
+#: The two lists' header rows: ``zray prepare`` and ``zray predict`` (a catalogue of cutout files),
+#: ``zray cutouts`` (a catalogue of positions).
+PREPARE_HEADER = ["row", "id", "reason", "detail"]
+CUTOUTS_HEADER = ["row", "id", "ra", "dec", "reason", "detail"]
 
 
 def path_for(out: Path) -> Path:
@@ -31,18 +35,22 @@ def is_list(path: Path) -> bool:
             header = next(csv.reader(fh), None)
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return bool(header) and header[:2] == ["row", "id"] and header[-2:] == ["reason", "detail"]
+    return header in (PREPARE_HEADER, CUTOUTS_HEADER)
 
 
 def write(path: Path, header: list[str], rows: list) -> None:
-    """Write the list atomically: a temporary name in the same folder, then a rename."""
+    """Write the list atomically: a temporary name in the same folder (made if missing), then a rename."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def count_line(counts: Counter) -> str:

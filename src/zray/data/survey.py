@@ -89,7 +89,6 @@ SCALE_TOLERANCE = 0.02  # frames' pixel scales that differ by more are from diff
 UNITS = ("nanomaggy", "nanomaggies", "nmgy")
 REFERENCE_BAND = "r"
 MAX_BAD_FRACTION = 0.01
-SKIPPED_HEADER = ["row", "id", "ra", "dec", "reason", "detail"]
 BATCH = 256
 _KEY_VERSION = 1
 
@@ -661,8 +660,8 @@ def _remove_empty(folder: Path) -> None:
 
 
 def _write_skipped(path: Path, skipped: list) -> None:
-    skipped_list.write(path, SKIPPED_HEADER, [[row, gid, f"{ra:.7f}", f"{dec:.7f}", kind, detail]
-                                              for row, gid, ra, dec, kind, detail in skipped])
+    rows = [[row, gid, f"{ra:.7f}", f"{dec:.7f}", kind, detail] for row, gid, ra, dec, kind, detail in skipped]
+    skipped_list.write(path, skipped_list.CUTOUTS_HEADER, rows)
 
 
 def _run_tasks(frames, groups, pending, cat, plan, size, workers):
