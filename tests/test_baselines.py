@@ -122,6 +122,12 @@ def test_summary_shows_both_baselines_and_flags_a_trial_that_learned_nothing(dat
     n = table["splits"]["val"]["knn"]["n"]
     noise = baselines.sigma_mad_noise(n)
     assert noise == pytest.approx(1.17 / np.sqrt(n))
+    # Below the constant by less than a sigma_MAD on these galaxies can tell: not a network that
+    # learned something (whatever it does against the kNN), and said so in capitals.
+    unclear = baselines.compare((1 - 0.5 * noise) * constant, table)
+    assert (f"NOT CLEARLY BETTER THAN THE CONSTANT PREDICTOR: on {n:,} galaxies a sigma_MAD is uncertain by about "
+            f"{noise:.0%}, so the network may have learned nothing") in unclear
+    assert "level with" not in unclear and "still does better" not in unclear
     behind = 1 + 1.5 * noise
     between = search.format_summary(_summary({"middling": behind * knn}, table))
     assert f"{behind:.2f}x the kNN's -- the colour kNN still does better" in between

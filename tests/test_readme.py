@@ -120,7 +120,7 @@ def test_readme_quickstart_runs_in_a_fresh_copy_and_learns(quickstart):
     constant = table["splits"]["val"]["constant"]
     assert best["metrics"]["val_sigma_mad"] < 0.8 * constant["sigma_mad"], done.stdout[-2000:]
     assert best["metrics"]["val_outlier_fraction"] < constant["outlier_fraction"]
-    assert "NO BETTER THAN THE CONSTANT" not in done.stdout
+    assert "BETTER THAN THE CONSTANT" not in done.stdout  # neither NO nor NOT CLEARLY
     # ... and is at least level with the colour kNN on these 2,000 galaxies (within what a
     # sigma_MAD on the validation galaxies can tell; cnn_phot with unscaled colours was 1.14x).
     from zray.baselines import sigma_mad_noise

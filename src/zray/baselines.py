@@ -272,8 +272,12 @@ def compare_with(sigma_mad: float, ref: dict[str, dict]) -> str:
     knn, n = ref["knn"]["sigma_mad"], int(ref["knn"].get("n", 0))
     noise = sigma_mad_noise(n) if n > 0 else 0.0  # a table without its count: no noise claimed
     more = "(more training galaxies, e.g. data.simulate.n, or more epochs)"
-    if sigma_mad >= ref["constant"]["sigma_mad"]:
+    constant = ref["constant"]["sigma_mad"]
+    if sigma_mad >= constant:
         text += " -- NO BETTER THAN THE CONSTANT PREDICTOR: the network learned nothing"
+    elif sigma_mad >= constant * (1 - noise):
+        text += (f" -- NOT CLEARLY BETTER THAN THE CONSTANT PREDICTOR: on {n:,} galaxies a sigma_MAD is uncertain "
+                 f"by about {noise:.0%}, so the network may have learned nothing {more}")
     elif sigma_mad >= knn * (1 + noise):
         text += f" -- the colour kNN still does better: a network needs more galaxies than a colour fit {more}"
     elif knn > 0 and abs(sigma_mad / knn - 1) < noise:
