@@ -359,6 +359,16 @@ def test_missing_catalogue_columns(tmp_path):
     _write_catalog(tmp_path / "cat.csv", {**{k: v for k, v in rows.items() if k != "z_spec"}, "Z_SPEC": rows["z_spec"]})
     _expect_error(tmp_path, r"cat.csv: missing column\(s\) z_spec; .*; zray's column names are lower case: rename "
                   "'Z_SPEC' to 'z_spec'$")
+    # A catalogue as SDSS's CasJobs gives one: the columns zray needs under the survey's names.
+    sdss = {"objID": rows["id"], "z": rows["z_spec"], "file": [f"g{i}.fits" for i in range(6)],
+            "extinction_r": [0.08] * 6}
+    _write_catalog(tmp_path / "cat.csv", sdss)
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) id, z_spec, ebv; .*\); rename 'objID' to 'id' if it is a "
+                  r"unique integer per galaxy; rename 'z' to 'z_spec' if it is the spectroscopic redshift; ebv is "
+                  r"E\(B-V\): SDSS's extinction_r / 2.751$")
+    _write_catalog(tmp_path / "cat.csv", {"id": rows["id"], "z_spec": rows["z_spec"], "file": sdss["file"]})
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; .*\); ebv is each galaxy's Galactic E\(B-V\), from a "
+                  r"dust map such as SFD's \(0 where the cutouts are corrected for extinction already\)$")
 
 
 def test_duplicate_ids_and_bad_redshift(tmp_path):

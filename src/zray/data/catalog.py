@@ -58,7 +58,8 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
         found = [repr(c) for c in table.column_names] + [f"{c!r} ({why})" for c, why in left_out]
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
-            f"{', '.join(required)} (found {', '.join(found) or 'none'}){_case_hint(missing, table.column_names)}"
+            f"{', '.join(required)} (found {', '.join(found) or 'none'})"
+            f"{_case_hint(missing, table.column_names) or _name_hint(missing, table.column_names)}"
         )
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
@@ -73,6 +74,42 @@ def _case_hint(missing: list[str], names: list[str]) -> str:
     is there in capitals (CSV and Parquet names are read as written)."""
     near = [f"{n!r} to {c!r}" for c in missing for n in names if n.lower() == c]
     return f"; zray's column names are lower case: rename {', '.join(near)}" if near else ""
+
+
+#: Names surveys give the columns zray needs (compared in lower case, without spaces and
+#: punctuation). ``extinction_r`` is SDSS's A_r, which is 2.751 E(B-V) (Schlafly & Finkbeiner 2011).
+OTHER_NAMES = {
+    "id": ("objid", "objectid", "specobjid", "sourceid", "galaxyid", "galid"),
+    "z_spec": ("z", "zspec", "specz", "redshift", "zsp", "zbest", "zhelio", "zcmb"),
+    "ebv": ("e(b-v)", "ebmv", "ebv_sfd", "ebvsfd", "sfdebv", "e_bv", "reddening"),
+    "ra": ("ra_deg", "radeg", "alpha", "raj2000"),
+    "dec": ("dec_deg", "decdeg", "delta", "dej2000", "decj2000"),
+}
+
+
+def _name_hint(missing: list[str], names: list[str]) -> str:
+    """``; is 'z' the spectroscopic redshift? then rename it 'z_spec'`` where the catalogue has a
+    column surveys use for a missing one, and what ``ebv`` is where it has none."""
+    def plain(name: str) -> str:
+        return re.sub(r"[\s_\-.()]", "", name.lower())
+
+    hints = []
+    for column in missing:
+        others = {plain(o) for o in OTHER_NAMES.get(column, ())}
+        near = [n for n in names if plain(n) in others]
+        if near:
+            hints.append(f"rename {near[0]!r} to {column!r} if it is {_MEANING[column]}")
+        elif column == "ebv" and any(plain(n) == "extinctionr" for n in names):
+            hints.append("ebv is E(B-V): SDSS's extinction_r / 2.751")
+        elif column == "ebv":
+            hints.append("ebv is each galaxy's Galactic E(B-V), from a dust map such as SFD's "
+                         "(0 where the cutouts are corrected for extinction already)")
+    return f"; {'; '.join(hints)}" if hints else ""
+
+
+_MEANING = {"id": "a unique integer per galaxy", "z_spec": "the spectroscopic redshift",
+            "ebv": "the Galactic E(B-V)", "ra": "the right ascension in degrees",
+            "dec": "the declination in degrees"}
 
 
 def _read_fits(path: Path) -> tuple[pa.Table, list[tuple[str, str]]]:
