@@ -604,7 +604,7 @@ def test_evaluate_scores_a_held_out_dataset_whole_against_baselines_fitted_on_th
     assert result.output.count("90 galaxies (all splits): sigma_MAD") == 1, result.output
     metrics = json.loads((tmp_path / "r-all" / "metrics.json").read_text())
     assert metrics["split"] == "all" and metrics["overall"]["n"] == 90
-    assert metrics["baselines_fitted_on"] == str(sim_data)
+    assert metrics["baselines_fitted_on"] == str(sim_data.resolve()) and metrics["trained_on"] == 0
     z = np.concatenate([load_arrays(held, s)["z_spec"] for s in ("train", "val", "test") if rows[s]])
     trained_median = float(np.median(load_arrays(sim_data, "train")["z_spec"]))
     expected = point_metrics(np.full(90, trained_median), np.sort(z))
@@ -612,6 +612,25 @@ def test_evaluate_scores_a_held_out_dataset_whole_against_baselines_fitted_on_th
     assert metrics["baselines"]["knn"]["n"] == 90
     assert f"train split of {sim_data}" in (tmp_path / "r-all" / "index.html").read_text()
     assert pq.read_metadata(tmp_path / "r-all" / "predictions.parquet").num_rows == 90
+
+    # A sample joined with the training catalogue (the same galaxies, written again, so another
+    # content hash): the galaxies trained or validated on are found by id, z_spec and photometry
+    # and left out, and said so; the training data's test galaxies and the new ones are scored.
+    from zray.data import write_dataset
+
+    parts = [(load_arrays(d, s), offset) for d, offset in ((sim_data, 0), (held, 10_000))  # new ids for the new
+             for s in ("train", "val", "test") if read_manifest(d).rows[s]]
+    joined = {k: np.concatenate([p[k] + offset if k == "id" else p[k] for p, offset in parts])
+              for k in ("id", "image", "z_spec", "ebv")}
+    write_dataset(tmp_path / "joined", joined["id"], joined["image"], joined["z_spec"], joined["ebv"])
+    result = _run("evaluate", exported["best"], tmp_path / "joined", "--split", "all", "--out", tmp_path / "r-joined")
+    assert result.exit_code == 0, result.output
+    own = read_manifest(sim_data).rows
+    seen = own["train"] + own["val"]
+    assert (f"note: {seen} of the {300 + 90} galaxies are ones the bundle trained or validated on (the same id, "
+            f"z_spec and photometry as in {sim_data}); the figures leave them out") in result.output
+    metrics = json.loads((tmp_path / "r-joined" / "metrics.json").read_text())
+    assert metrics["trained_on"] == seen and metrics["overall"]["n"] == own["test"] + 90
 
     result = _run("evaluate", exported["best"], sim_data, "--split", "all", "--out", tmp_path / "r-own")
     assert result.exit_code == 1

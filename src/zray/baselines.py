@@ -12,7 +12,9 @@ predictors that need no network reach:
   classic ten-line photometric redshift an astronomer would try first.
 
 Both are fitted on the ``train`` split only and scored on ``val`` and
-``test``. They are computed once per dataset and kept beside its manifest:
+``test`` (for a dataset held out from training and scored whole,
+:func:`held_out` fits them on the bundle's training data instead). They
+are computed once per dataset and kept beside its manifest:
 ``baselines.json`` (the figures) and ``baselines.parquet`` (each galaxy's two
 predictions, for scoring subsets such as the bins of ``zray evaluate``),
 both tied to the manifest's content hash so a changed dataset is recomputed.
@@ -46,7 +48,8 @@ __all__ = [
     "load",
     "point_metrics",
     "predictions",
-    "predictions_from",
+    "held_out",
+    "lookup",
     "compare",
     "sigma_mad_noise",
 ]
@@ -99,14 +102,23 @@ def point_metrics(z_phot, z_spec) -> dict[str, float]:
             "outlier_fraction": m.outlier_fraction(d)}
 
 
-def _compute(manifest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _check_bands(manifest) -> None:
     if list(manifest.bands) != list(BANDS):
         raise ZrayError(f"{manifest.root}: bands {','.join(manifest.bands)}; the baselines expect "
                         f"{','.join(BANDS)}")
+
+
+def _fit(manifest) -> dict[str, np.ndarray]:
+    """The train split's photometry (ids, z_spec, aperture magnitudes): what both baselines are fitted on."""
+    _check_bands(manifest)
     if manifest.rows["train"] < 2:
         raise ZrayError(f"{manifest.root}: the train split has {manifest.rows['train']} rows; the "
                         "baselines need at least 2 to fit")
-    train = _split_photometry(manifest, "train")
+    return _split_photometry(manifest, "train")
+
+
+def _compute(manifest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    train = _fit(manifest)
     median_z = float(np.median(train["z_spec"]))
     table: dict[str, Any] = {
         "manifest_hash": manifest.hash,
@@ -207,37 +219,46 @@ def predictions(root, ids: np.ndarray) -> dict[str, np.ndarray] | None:
         table = pq.read_table(Path(root) / PREDICTIONS_FILE)
     except OSError:
         return None
-    known = table.column("id").to_numpy()
-    order = np.argsort(known)
-    pos = np.clip(np.searchsorted(known[order], ids), 0, max(len(known) - 1, 0))
-    if len(known) == 0 or not np.all(known[order][pos] == ids):
+    rows, found = lookup(table.column("id").to_numpy(), ids)
+    if not found.all():
         return None
-    rows = order[pos]
     return {name: table.column(f"z_{name}").to_numpy()[rows] for name in NAMES}
 
 
-def predictions_from(train_root, manifest, splits, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Each baseline fitted on the train split of the dataset ``train_root`` (a bundle's own
-    training data) and predicting the galaxies ``ids`` of ``splits`` of another dataset, in
-    that order: how the reference predictors score a held-out dataset, all of whose splits
-    are scored."""
+def lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, found)``: where each of ``ids`` is in ``known`` (unique ids), and whether it is there."""
+    if len(known) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    order = np.argsort(known, kind="stable")
+    rows = order[np.clip(np.searchsorted(known[order], ids), 0, len(known) - 1)]
+    return rows, known[rows] == ids
+
+
+def held_out(train_root, manifest, splits, ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The baselines for a dataset held out from training, all of whose ``splits`` are scored:
+    fitted on the train split of ``train_root`` (the bundle's training data), predicting the
+    galaxies ``ids`` in that order. Also ``seen``: which of them are the training data's own
+    train or validation galaxies (the same id, z_spec and aperture photometry), which a
+    held-out score must leave out."""
     train_manifest = read_manifest(train_root)
-    for each in (train_manifest, manifest):
-        if list(each.bands) != list(BANDS):
-            raise ZrayError(f"{each.root}: bands {','.join(each.bands)}; the baselines expect {','.join(BANDS)}")
-    if train_manifest.rows["train"] < 2:
-        raise ZrayError(f"{train_manifest.root}: the train split has {train_manifest.rows['train']} rows; the "
-                        "baselines need at least 2 to fit")
-    train = _split_photometry(train_manifest, "train")
+    train = _fit(train_manifest)
+    _check_bands(manifest)
     parts = [_split_photometry(manifest, split) for split in splits]
-    got = np.concatenate([p["id"] for p in parts])
-    x = colours(np.concatenate([p["mags"] for p in parts]))
-    order = np.argsort(got)
-    rows = order[np.clip(np.searchsorted(got[order], ids), 0, max(len(got) - 1, 0))]
-    if len(got) == 0 or not np.all(got[rows] == ids):
+    part = {k: np.concatenate([p[k] for p in parts]) for k in ("id", "z_spec", "mags")}
+    rows, found = lookup(part["id"], ids)
+    if not found.all():
         raise ZrayError(f"{manifest.root}: the evaluated galaxies are not all in its shards")
-    return {"constant": np.full(len(ids), float(np.median(train["z_spec"]))),
-            "knn": knn_predict(colours(train["mags"]), train["z_spec"], x[rows], K_NEIGHBOURS)}
+    z, mags = part["z_spec"][rows], part["mags"][rows]
+    seen = np.zeros(len(ids), bool)
+    for known in (train, _split_photometry(train_manifest, "val")):
+        if not len(known["id"]):
+            continue
+        at, there = lookup(known["id"], ids)
+        same_mags = np.isclose(known["mags"][at], mags, rtol=0, atol=1e-4, equal_nan=True).all(axis=1)
+        seen |= there & (known["z_spec"][at] == z) & same_mags
+    median_z = float(np.median(train["z_spec"]))
+    return {"constant": np.full(len(ids), median_z),
+            "knn": knn_predict(colours(train["mags"]), train["z_spec"], colours(mags), K_NEIGHBOURS)}, seen
 
 
 def sigma_mad_noise(n: int) -> float:

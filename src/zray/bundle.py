@@ -68,6 +68,12 @@ class BundleInfo:
     def manifest_hash(self) -> str | None:
         return self.data.get("data", {}).get("manifest_hash")
 
+    @property
+    def data_path(self) -> Path | None:
+        """Where the training data was at export (bundle.json's data.path), or None if not recorded."""
+        path = self.data.get("data", {}).get("path")
+        return Path(path) if isinstance(path, str) and path else None
+
     def check_data(self, manifest) -> None:
         """Refuse data whose band order or image size does not fit this bundle."""
         where = manifest.root / "manifest.json"

@@ -1,4 +1,4 @@
-"""``zray evaluate``: score a bundle on a labelled split and write a report folder.
+"""``zray evaluate``: score a bundle on a labelled split (or a held-out dataset whole) and write a report folder.
 
 The report holds ``metrics.json`` (the metrics of docs/architecture.md section 6, overall,
 by spectroscopic redshift and by r magnitude; with qp installed also the field's PDF
@@ -83,36 +83,16 @@ def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None,
         table = pq.read_table(catalog, columns=["id", "mag_r"])
     except Exception as exc:  # pyarrow raises several types for a missing column or bad file
         return None, f"{catalog}: no usable id and mag_r columns ({first_line(exc)}): r-magnitude bins skipped"
-    cat_ids = table.column("id").to_numpy()
-    order = np.argsort(cat_ids)
-    pos = np.clip(np.searchsorted(cat_ids[order], ids), 0, len(order) - 1)
-    found = cat_ids[order][pos] == ids
-    mags = np.where(found, table.column("mag_r").to_numpy().astype(np.float64)[order][pos], np.nan)
+    rows, found = baselines.lookup(table.column("id").to_numpy(), ids)
+    mags = np.where(found, table.column("mag_r").to_numpy().astype(np.float64)[rows], np.nan)
     if not found.any():
         return None, f"{catalog}: none of the evaluated ids are in it: r-magnitude bins skipped"
     return mags, f"mag_r from {catalog}"
 
 
-def _baseline_predictions(manifest, split: str, ids, info) -> tuple[dict | None, str]:
-    """The reference predictors' redshifts for the evaluated galaxies, or None and why not.
-
-    For one split they come from the dataset's own, fitted on its train split. With ``--split
-    all`` that split is scored too, so they are fitted on the bundle's training data instead."""
-    if split == ALL:
-        from zray.data.shards import read_manifest
-
-        path = info.data.get("data", {}).get("path")
-        try:
-            found = bool(path) and read_manifest(path).hash == info.manifest_hash
-        except ZrayError:
-            found = False
-        if not found:
-            return None, (f"reference predictors not shown: with --split all they are fitted on the bundle's "
-                          f"training data, which is no longer at {path} as it was")
-        try:
-            return baselines.predictions_from(path, manifest, _splits(manifest, split), ids), ""
-        except ZrayError as exc:
-            return None, f"reference predictors not shown: {exc}"
+def _baseline_predictions(manifest, split: str, ids) -> tuple[dict | None, str]:
+    """The reference predictors' redshifts for the evaluated galaxies of one split, or None and
+    why not: the dataset's own, fitted on its train split (``--split all``: :func:`_held_out`)."""
     if split == "train":
         return None, "reference predictors not shown: they are fitted on the train split, so score val or test"
     try:
@@ -123,6 +103,46 @@ def _baseline_predictions(manifest, split: str, ids, info) -> tuple[dict | None,
         return None, ("reference predictors not shown: the evaluated galaxies are not all in the dataset's "
                       "val/test splits")
     return reference, ""
+
+
+def _held_out(info, manifest, ids) -> tuple[dict | None, np.ndarray, str]:
+    """``--split all``: the reference predictors fitted on the bundle's training data, which of
+    the galaxies ``ids`` that data trained or validated on (to leave out), and a note where the
+    training data cannot be read (then neither can be done)."""
+    from zray.data.shards import read_manifest
+
+    path = info.data_path
+    nothing = np.zeros(len(ids), bool)
+    unchecked = ("; nor could the scored galaxies be checked against the training galaxies, so make sure "
+                 "none of them was trained on")
+    if path is None:
+        return None, nothing, ("reference predictors not shown: the bundle records no training data "
+                               f"(bundle.json data.path){unchecked}")
+    try:
+        changed = read_manifest(path).hash != info.manifest_hash
+    except ZrayError:
+        return None, nothing, (f"reference predictors not shown: {path}, the bundle's training data, is not "
+                               f"there any more (bundle.json data.path); put it back to show them{unchecked}")
+    if changed:
+        return None, nothing, (f"reference predictors not shown: {path}, the bundle's training data, has changed "
+                               f"since training (its manifest hash is not the bundle's){unchecked}")
+    try:
+        reference, seen = baselines.held_out(path, manifest, _splits(manifest, ALL), ids)
+    except ZrayError as exc:
+        return None, nothing, f"reference predictors not shown: {exc}{unchecked}"
+    return reference, seen, ""
+
+
+def _training_data(manifest, info) -> bool:
+    """Whether ``manifest`` is the bundle's training data: the same content, or the same folder
+    (rewritten since)."""
+    return manifest.hash == info.manifest_hash or (
+        info.data_path is not None and manifest.root.resolve() == info.data_path.resolve())
+
+
+def scored_label(split: str) -> str:
+    """How a report names what it scored: ``test``, or ``all splits``."""
+    return "all splits" if split == ALL else split
 
 
 def _edges(values, n: int, lo=None, hi=None) -> np.ndarray:
@@ -156,19 +176,38 @@ def evaluate(
     from zray.data.shards import read_manifest
 
     out = Path(out)
-    check_output(out, kind="report", overwrite=overwrite, sealed=[Path(bundle_path), Path(data)])
     info = read_bundle(bundle_path)
+    sealed = [Path(bundle_path), Path(data), *([info.data_path] if split == ALL and info.data_path else [])]
+    check_output(out, kind="report", overwrite=overwrite, sealed=sealed)
     manifest = read_manifest(data)
     info.check_data(manifest)
     _check_split(manifest, split, info)
     t0 = time.perf_counter()
     cols = _predict_split(bundle_path, manifest, split, batch_size, workers, progress)
+    if split == ALL:
+        reference, seen, reference_note = _held_out(info, manifest, cols["id"])
+        if seen.all():
+            raise ZrayError(f"{manifest.root}: every one of its galaxies is one the bundle trained or validated on "
+                            f"(the same id, z_spec and photometry as in {info.data_path}); expected a dataset held "
+                            "out from training")
+        cols = {k: v[~seen] for k, v in cols.items()}
+        reference = None if reference is None else {k: v[~seen] for k, v in reference.items()}
+    else:
+        seen = np.zeros(0, bool)
+        reference, reference_note = _baseline_predictions(manifest, split, cols["id"])
     inside = info.bins.contains(cols["z_spec"])
     if not inside.any():
-        raise ZrayError(f"{manifest.root}: every {split} galaxy has z_spec outside the bundle's bins "
-                        f"{info.bins.z_min:g} <= z < {info.bins.z_max:g}; expected data the bundle can score")
+        raise ZrayError(f"{manifest.root}: every galaxy scored ({scored_label(split)}) has z_spec outside the "
+                        f"bundle's bins {info.bins.z_min:g} <= z < {info.bins.z_max:g}; expected data the bundle "
+                        "can score")
     scored = {k: v[inside] for k, v in cols.items()}
-    result, binned = _score(scored, info, manifest, split)
+    reference = None if reference is None else {k: v[inside] for k, v in reference.items()}
+    result, binned = _score(scored, info, manifest, split, reference, reference_note)
+    result["trained_on"] = int(seen.sum())
+    if seen.any():
+        result["notes"].insert(0, (
+            f"{int(seen.sum())} of the {len(seen)} galaxies are ones the bundle trained or validated on (the same "
+            f"id, z_spec and photometry as in {info.data_path}); the figures leave them out"))
     result["beyond_bins"] = _beyond_bins(cols, ~inside, info.bins)
     if result["beyond_bins"]["n"]:
         b = result["beyond_bins"]
@@ -207,7 +246,7 @@ def _check_split(manifest, split: str, info) -> None:
     if split not in (*SPLITS, ALL):
         raise ZrayError(f"--split {split!r} is not a split; expected one of {', '.join(SPLITS)} or {ALL}")
     if split == ALL:
-        if manifest.hash == info.manifest_hash:
+        if _training_data(manifest, info):
             raise ZrayError(f"{manifest.root}: is the dataset this bundle was trained on, so --split all would "
                             "score the galaxies it learned from; expected --split test here, or --split all on "
                             "a dataset held out from training")
@@ -235,18 +274,18 @@ def _predict_split(bundle_path, manifest, split: str, batch_size: int, workers: 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dict[str, Any], dict]:
+def _score(cols: dict[str, np.ndarray], info, manifest, split: str, reference: dict | None,
+           reference_note: str) -> tuple[dict[str, Any], dict]:
     """metrics.json's content (overall, baselines, per point estimate, binned) and the binned tables."""
     bins = info.bins
     z_spec = cols["z_spec"].astype(np.float64)
     pdf = cols["pdf"].astype(np.float64)
     z_phot = cols["z_median"]
-    reference, reference_note = _baseline_predictions(manifest, split, cols["id"], info)
     binned = {"z_spec": binned_metrics(z_spec, z_spec, z_phot, pdf, bins,
                                        _edges(z_spec, N_Z_BINS, lo=bins.z_min, hi=float(z_spec.max())),
                                        reference)}
     notes = [reference_note] if reference_note else []
-    if split != ALL and manifest.hash != info.manifest_hash and manifest.total_rows > manifest.rows[split]:
+    if split != ALL and not _training_data(manifest, info) and manifest.total_rows > manifest.rows[split]:
         notes.append(f"{manifest.root.name} is not the data this bundle was trained on: --split all scores every "
                      f"one of its {manifest.total_rows} galaxies (the {split} split holds {manifest.rows[split]})")
     mag_r, mag_note = _mag_r(manifest, cols["id"], cols)
@@ -268,7 +307,7 @@ def _score(cols: dict[str, np.ndarray], info, manifest, split: str) -> tuple[dic
         "bins": info.data["bins"],
         "overall": m.summary(pdf, bins, z_spec),
         "baselines": {name: baselines.point_metrics(z_ref, z_spec) for name, z_ref in (reference or {}).items()},
-        "baselines_fitted_on": (info.data.get("data", {}).get("path") if split == ALL else str(manifest.root))
+        "baselines_fitted_on": str((info.data_path if split == ALL else manifest.root).resolve())
         if reference else None,
         "baseline_names": dict(baselines.NAMES),
         "sigma_mad_by_point_estimate": {p: m.sigma_mad(m.dz(cols[f"z_{p}"], z_spec)) for p in m.POINT_ESTIMATES},
@@ -334,8 +373,7 @@ def _write_report(out: Path, cols, result: dict[str, Any], binned: dict, info, m
         members = ", ".join(f"{x['model']} ({x.get('trial') or 'run'})" for x in info.data["members"])
         write_index(
             tmp / "index.html",
-            title=f"zray evaluation: {bundle_name} on {manifest.root.name} "
-                  f"({'all splits' if split == ALL else split})",
+            title=f"zray evaluation: {bundle_name} on {manifest.root.name} ({scored_label(split)})",
             metrics=result, binned=binned, figures=figures, notes=result["notes"],
             provenance={"bundle": result["bundle"], "members": members, "data": result["data"],
                         "split": split, "data manifest hash": manifest.hash,

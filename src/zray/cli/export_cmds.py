@@ -188,11 +188,11 @@ def evaluate_cmd(bundle, data, out, split, batch_size, overwrite):
       zray evaluate best/ data/held-out --split all --out report-held-out/
     """
     from zray.baselines import compare_with
-    from zray.evaluate import evaluate
+    from zray.evaluate import evaluate, scored_label
 
     r = evaluate(bundle, data, out, split=split, batch_size=batch_size, overwrite=overwrite)
     o = r["overall"]
-    scored = "all splits" if split == "all" else split
+    scored = scored_label(split)
     click.echo(
         f"{o['n']} galaxies ({scored}): sigma_MAD {o['sigma_mad']:.5f}  bias {o['bias_mean']:+.5f} "
         f"(median {o['bias_median']:+.5f})  outliers {o['outlier_fraction']:.4f}  "
