@@ -441,6 +441,9 @@ def test_skip_bad_leaves_out_the_cutouts_that_cannot_be_used_and_lists_them(tmp_
             f"{tmp_path / 'out.skipped.csv'}") in " ".join(result.output.split()), result.output
     assert f"wrote 5 of {n} galaxies" in result.output
     assert read_manifest(tmp_path / "out").source["skipped"] == 7
+    inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "out")])
+    assert (f"source: prepare (7 galaxies of the catalogue left out, listed in {tmp_path / 'out.skipped.csv'}); "
+            in inspected.output), inspected.output
     listed = pcsv.read_csv(tmp_path / "out.skipped.csv").to_pydict()
     assert list(listed) == ["row", "id", "reason", "detail"]
     expected = {102: "file missing", 109: "file missing", 110: "file missing", 104: "unreadable FITS",
