@@ -632,6 +632,11 @@ def test_evaluate_scores_a_held_out_dataset_whole_against_baselines_fitted_on_th
     metrics = json.loads((tmp_path / "r-joined" / "metrics.json").read_text())
     assert metrics["trained_on"] == seen and metrics["overall"]["n"] == own["test"] + 90
 
+    # The training data is read too (for the reference predictors): the report may not go inside it.
+    result = _run("evaluate", exported["best"], held, "--split", "all", "--out", sim_data / "report")
+    assert result.exit_code == 1 and f"{sim_data / 'report'}: is, holds or lies inside {sim_data}" in result.output
+    assert not (sim_data / "report").exists()
+
     result = _run("evaluate", exported["best"], sim_data, "--split", "all", "--out", tmp_path / "r-own")
     assert result.exit_code == 1
     assert result.output.strip() == (

@@ -176,9 +176,10 @@ def evaluate(
     from zray.data.shards import read_manifest
 
     out = Path(out)
+    check_output(out, kind="report", overwrite=overwrite, sealed=[Path(bundle_path), Path(data)])
     info = read_bundle(bundle_path)
-    sealed = [Path(bundle_path), Path(data), *([info.data_path] if split == ALL and info.data_path else [])]
-    check_output(out, kind="report", overwrite=overwrite, sealed=sealed)
+    if split == ALL and info.data_path is not None:  # read too, for the reference predictors
+        check_output(out, kind="report", overwrite=overwrite, sealed=[info.data_path])
     manifest = read_manifest(data)
     info.check_data(manifest)
     _check_split(manifest, split, info)
