@@ -179,6 +179,9 @@ def test_readme_walkthrough_runs_every_command(quickstart):
     assert set(metrics["baselines"]) == {"constant", "knn"}
     assert (copy / "report" / "index.html").is_file()
     assert (copy / "data" / "small" / "manifest.json").is_file()
+    held_out = json.loads((copy / "report-small" / "metrics.json").read_text())
+    assert held_out["overall"]["n"] == 500 and held_out["trained_on"] == 0
+    assert held_out["baselines_fitted_on"] == str((copy / "data" / "quickstart").resolve())
     assert any((copy / "runs").glob("quickstart-train-*/checkpoint_*"))
 
 
