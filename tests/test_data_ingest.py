@@ -366,6 +366,10 @@ def test_missing_catalogue_columns(tmp_path):
     _expect_error(tmp_path, r"cat.csv: missing column\(s\) id, z_spec, ebv; .*\); rename 'objID' to 'id' if it is a "
                   r"unique integer per galaxy; rename 'z' to 'z_spec' if it is the spectroscopic redshift; ebv is "
                   r"E\(B-V\): SDSS's extinction_r / 2.751$")
+    _write_catalog(tmp_path / "cat.csv", {"objID": rows["id"], "Z_SPEC": rows["z_spec"], "EBV": [0.03] * 6,
+                                          "file": sdss["file"]})
+    _expect_error(tmp_path, r"\); zray's column names are lower case: rename 'Z_SPEC' to 'z_spec', 'EBV' to 'ebv'; "
+                  r"rename 'objID' to 'id' if it is a unique integer per galaxy$")
     _write_catalog(tmp_path / "cat.csv", {"id": rows["id"], "z_spec": rows["z_spec"], "file": sdss["file"]})
     _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; .*\); ebv is each galaxy's Galactic E\(B-V\), from a "
                   r"dust map such as SFD's \(0 where the cutouts are corrected for extinction already\)$")

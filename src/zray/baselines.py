@@ -13,8 +13,8 @@ predictors that need no network reach:
 
 Both are fitted on the ``train`` split only and scored on ``val`` and
 ``test`` (for a dataset held out from training and scored whole,
-:func:`held_out` fits them on the bundle's training data instead). They
-are computed once per dataset and kept beside its manifest:
+:func:`held_out` fits them on the bundle's training data instead, on each
+run). A dataset's own are computed once and kept beside its manifest:
 ``baselines.json`` (the figures) and ``baselines.parquet`` (each galaxy's two
 predictions, for scoring subsets such as the bins of ``zray evaluate``),
 both tied to the manifest's content hash so a changed dataset is recomputed.
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from zray import metrics as m
+from zray.data.catalog import lookup
 from zray.data.shards import BANDS, read_manifest
 from zray.errors import ZrayError, first_line
 from zray.photometry import APERTURE_ARCSEC, aperture_magnitudes, colours
@@ -49,7 +50,6 @@ __all__ = [
     "point_metrics",
     "predictions",
     "held_out",
-    "lookup",
     "compare",
     "sigma_mad_noise",
 ]
@@ -223,15 +223,6 @@ def predictions(root, ids: np.ndarray) -> dict[str, np.ndarray] | None:
     if not found.all():
         return None
     return {name: table.column(f"z_{name}").to_numpy()[rows] for name in NAMES}
-
-
-def lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, found)``: where each of ``ids`` is in ``known`` (unique ids), and whether it is there."""
-    if len(known) == 0:
-        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-    order = np.argsort(known, kind="stable")
-    rows = order[np.clip(np.searchsorted(known[order], ids), 0, len(known) - 1)]
-    return rows, known[rows] == ids
 
 
 def held_out(train_root, manifest, splits, ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:

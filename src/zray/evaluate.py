@@ -22,6 +22,7 @@ import numpy as np
 from zray import baselines
 from zray import metrics as m
 from zray.atomic import check_output, make_parents, publish_dir, remove_parents
+from zray.data.catalog import lookup
 from zray.errors import ZrayError, first_line
 
 __all__ = ["binned_metrics", "evaluate"]
@@ -83,7 +84,7 @@ def _mag_r(manifest, ids: np.ndarray, columns: dict) -> tuple[np.ndarray | None,
         table = pq.read_table(catalog, columns=["id", "mag_r"])
     except Exception as exc:  # pyarrow raises several types for a missing column or bad file
         return None, f"{catalog}: no usable id and mag_r columns ({first_line(exc)}): r-magnitude bins skipped"
-    rows, found = baselines.lookup(table.column("id").to_numpy(), ids)
+    rows, found = lookup(table.column("id").to_numpy(), ids)
     mags = np.where(found, table.column("mag_r").to_numpy().astype(np.float64)[rows], np.nan)
     if not found.any():
         return None, f"{catalog}: none of the evaluated ids are in it: r-magnitude bins skipped"
@@ -118,11 +119,17 @@ def _held_out(info, manifest, ids) -> tuple[dict | None, np.ndarray, str]:
     if path is None:
         return None, nothing, ("reference predictors not shown: the bundle records no training data "
                                f"(bundle.json data.path){unchecked}")
-    try:
-        changed = read_manifest(path).hash != info.manifest_hash
-    except ZrayError:
+    if not path.exists():
         return None, nothing, (f"reference predictors not shown: {path}, the bundle's training data, is not "
                                f"there any more (bundle.json data.path); put it back to show them{unchecked}")
+    try:
+        changed = read_manifest(path).hash != info.manifest_hash
+    except ZrayError as exc:
+        return None, nothing, (f"reference predictors not shown: the bundle's training data cannot be read "
+                               f"({exc}){unchecked}")
+    if info.manifest_hash is None:
+        return None, nothing, ("reference predictors not shown: the bundle records no content hash of its training "
+                               f"data (bundle.json data.manifest_hash){unchecked}")
     if changed:
         return None, nothing, (f"reference predictors not shown: {path}, the bundle's training data, has changed "
                                f"since training (its manifest hash is not the bundle's){unchecked}")
@@ -166,6 +173,10 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the bundle on ``split`` of dataset ``data``; write the report to ``out``.
+
+    ``split="all"`` scores every galaxy of a dataset held out from training, with the
+    reference predictors fitted on the bundle's training data, leaving out (and counting,
+    ``trained_on``) any galaxy that data trained or validated on.
 
         >>> from zray.evaluate import evaluate
         >>> report = evaluate("bundles/quickstart", "data/quickstart", "reports/q")   # doctest: +SKIP

@@ -239,7 +239,7 @@ def _with_known_z(batches, known) -> Iterator[dict[str, np.ndarray]]:
     """Each batch with the catalogue's z_spec joined by id (missing or not finite: null)."""
     ids, z = known
     order = np.argsort(ids, kind="stable")
-    ids, z = ids[order], z[order]
+    ids, z = ids[order], z[order]  # sorted once: the catalogue may be large, and batches are many
     for batch in batches:
         at = np.clip(np.searchsorted(ids, batch["id"]), 0, len(ids) - 1)
         found = ids[at] == batch["id"]
@@ -295,7 +295,6 @@ def predict(
     """
     from zray.bundle import read_bundle
     from zray.data import skipped as skipped_list
-    from zray.data.ingest import publish_skipped
     from zray.data.shards import SPLITS
 
     out = Path(out)
@@ -330,12 +329,14 @@ def predict(
         meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
                 "bands": list(info.bands), "source": str(source), "splits": list(splits),
                 "odds_window": ODDS_WINDOW, "draw_seed": 0}
-        if fmt == "qp" and isinstance(known_z, tuple) and not np.all(np.isfinite(known_z[1])):
+        predicted = ~np.isin(known_z[0], [row[1] for row in left_out]) if isinstance(known_z, tuple) else None
+        if fmt == "qp" and predicted is not None and not np.all(np.isfinite(known_z[1][predicted])):
             # qp's ancillary table has no null: a redshift column is written only when every galaxy has one
             batches = ({k: v for k, v in b.items() if k != "z_spec"} for b in batches)
         done, first = _write_output(batches, out, meta, info.bins, fmt=fmt,
                                     total=sum(manifest.rows[s] for s in splits), progress=progress, source=source)
-    publish_skipped(listing, left_out, source=source, total=done + len(left_out), overwrite=overwrite, inputs=inputs)
+    skipped_list.publish(listing, left_out, source=source, total=done + len(left_out), overwrite=overwrite,
+                         inputs=inputs)
     elapsed = time.perf_counter() - t0
     first = (first[0] - t0, first[1])
     # After the first batch: throughput without Ray's and the model's start-up.

@@ -243,7 +243,9 @@ def inspect_cmd(root, max_problems):
     if isinstance(left_out, int) and left_out > 0:  # zray cutouts, zray prepare --skip-bad
         from zray.data.skipped import path_for
 
-        src += f" ({left_out} galaxies of the catalogue left out, listed in {path_for(Path(root))})"
+        listing = path_for(Path(root))
+        src += f" ({left_out} galaxies of the catalogue left out" + (
+            f", listed in {listing})" if listing.is_file() else ")")
     click.echo(f"source: {src}; split seed {m.split_seed}; z range [{m.z_range[0]}, {m.z_range[1]}); "
                f"hash {m.hash[:19]}...")
     click.echo(f"{'split':<6} {'rows':>7} {'shards':>6}   z: {'p5':>6} {'p25':>6} {'p50':>6} {'p75':>6} {'p95':>6}")

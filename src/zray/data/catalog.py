@@ -59,7 +59,7 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
             f"{', '.join(required)} (found {', '.join(found) or 'none'})"
-            f"{_case_hint(missing, table.column_names) or _name_hint(missing, table.column_names)}"
+            f"{_column_hints(missing, table.column_names)}"
         )
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
@@ -69,47 +69,44 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
     return table
 
 
-def _case_hint(missing: list[str], names: list[str]) -> str:
-    """``; zray's column names are lower case: rename 'Z_SPEC' to 'z_spec'`` where a missing column
-    is there in capitals (CSV and Parquet names are read as written)."""
-    near = [f"{n!r} to {c!r}" for c in missing for n in names if n.lower() == c]
-    return f"; zray's column names are lower case: rename {', '.join(near)}" if near else ""
-
-
-#: Names surveys give the columns zray needs (compared in lower case, without spaces and
-#: punctuation). ``extinction_r`` is SDSS's A_r, which is 2.751 E(B-V) (Schlafly & Finkbeiner 2011).
+#: Names surveys give the columns zray needs, as :func:`_plain` writes them, and what each column is.
+#: ``extinction_r`` is SDSS's A_r, which is 2.751 E(B-V) (Schlegel, Finkbeiner & Davis 1998, table 6).
 OTHER_NAMES = {
     "id": ("objid", "objectid", "specobjid", "sourceid", "galaxyid", "galid"),
     "z_spec": ("z", "zspec", "specz", "redshift", "zsp", "zbest", "zhelio", "zcmb"),
-    "ebv": ("e(b-v)", "ebmv", "ebv_sfd", "ebvsfd", "sfdebv", "e_bv", "reddening"),
-    "ra": ("ra_deg", "radeg", "alpha", "raj2000"),
-    "dec": ("dec_deg", "decdeg", "delta", "dej2000", "decj2000"),
+    "ebv": ("ebv", "ebmv", "ebvsfd", "sfdebv", "reddening"),
+    "ra": ("radeg", "alpha", "raj2000"),
+    "dec": ("decdeg", "delta", "dej2000", "decj2000"),
 }
+MEANING = {"id": "a unique integer per galaxy", "z_spec": "the spectroscopic redshift",
+           "ebv": "the Galactic E(B-V)", "ra": "the right ascension in degrees",
+           "dec": "the declination in degrees"}
 
 
-def _name_hint(missing: list[str], names: list[str]) -> str:
-    """``; is 'z' the spectroscopic redshift? then rename it 'z_spec'`` where the catalogue has a
-    column surveys use for a missing one, and what ``ebv`` is where it has none."""
-    def plain(name: str) -> str:
-        return re.sub(r"[\s_\-.()]", "", name.lower())
+def _plain(name: str) -> str:
+    """``E(B-V)`` -> ``ebv``: lower case, without spaces and punctuation."""
+    return re.sub(r"[\s_\-.()]", "", name.lower())
 
-    hints = []
+
+def _column_hints(missing: list[str], names: list[str]) -> str:
+    """For each missing column, what to do: ``; zray's column names are lower case: rename
+    'Z_SPEC' to 'z_spec'`` where it is there in capitals (CSV and Parquet names are read as
+    written); ``; rename 'z' to 'z_spec' if it is the spectroscopic redshift`` where the
+    catalogue has a name surveys give it; and what ``ebv`` is where it has none."""
+    cased = [f"{n!r} to {c!r}" for c in missing for n in names if n.lower() == c]
+    hints = [f"zray's column names are lower case: rename {', '.join(cased)}"] if cased else []
     for column in missing:
-        others = {plain(o) for o in OTHER_NAMES.get(column, ())}
-        near = [n for n in names if plain(n) in others]
+        if any(n.lower() == column for n in names):
+            continue
+        near = [n for n in names if _plain(n) in OTHER_NAMES.get(column, ())]
         if near:
-            hints.append(f"rename {near[0]!r} to {column!r} if it is {_MEANING[column]}")
-        elif column == "ebv" and any(plain(n) == "extinctionr" for n in names):
+            hints.append(f"rename {near[0]!r} to {column!r} if it is {MEANING[column]}")
+        elif column == "ebv" and any(_plain(n) == "extinctionr" for n in names):
             hints.append("ebv is E(B-V): SDSS's extinction_r / 2.751")
         elif column == "ebv":
             hints.append("ebv is each galaxy's Galactic E(B-V), from a dust map such as SFD's "
                          "(0 where the cutouts are corrected for extinction already)")
     return f"; {'; '.join(hints)}" if hints else ""
-
-
-_MEANING = {"id": "a unique integer per galaxy", "z_spec": "the spectroscopic redshift",
-            "ebv": "the Galactic E(B-V)", "ra": "the right ascension in degrees",
-            "dec": "the declination in degrees"}
 
 
 def _read_fits(path: Path) -> tuple[pa.Table, list[tuple[str, str]]]:
@@ -346,6 +343,16 @@ def _text_ids(col, path) -> pa.ChunkedArray:
             raise ZrayError(f"{path}: row {i + 1}: id {value} is below {-MAX_ID - 1}; expected 64-bit integer ids")
         values.append(value)
     return pa.chunked_array([pa.array(values, pa.int64())])
+
+
+def lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, found)``: where each of ``ids`` is in ``known`` (ids, each once), and whether it
+    is there at all: a join by id, e.g. ``values[rows]`` where ``found``."""
+    if len(known) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    order = np.argsort(known, kind="stable")
+    rows = order[np.clip(np.searchsorted(known[order], ids), 0, len(known) - 1)]
+    return rows, known[rows] == ids
 
 
 def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z_spec") -> None:

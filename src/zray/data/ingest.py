@@ -16,7 +16,9 @@ Band names are u, g, r, i, z, case-insensitive, optionally prefixed with
 "sdss" (``SDSS_g``, ``sdss-g``). Band order is never assumed from position:
 a file without band information is an error. Relative paths are resolved
 against ``--images``. Cutouts larger than ``--size`` are centre-cropped;
-smaller ones are an error. Optional ``mag_u`` .. ``mag_z`` columns are
+smaller ones are an error. Each such error about one galaxy's cutout (a
+:class:`BadCutout`) stops the run, or with ``--skip-bad`` leaves that galaxy
+out, listed in ``OUT.skipped.csv``. Optional ``mag_u`` .. ``mag_z`` columns are
 carried into the shards. Pixel values are taken as they are (nanomaggies for
 SDSS frames).
 """
@@ -25,14 +27,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from zray.atomic import check_output
 from zray.bins import RedshiftBins
-from zray.console import LOG
 from zray.data import skipped as skipped_list
 from zray.data.catalog import (
     check_redshifts,
@@ -232,8 +232,8 @@ def prepare_dataset(
     manifest, left_out = write_shards(catalog, images_dir, out, size=size, seed=seed, rows_per_shard=rows_per_shard,
                                       bins=bins, overwrite=overwrite, progress=progress, skip_bad=skip_bad,
                                       listing=listing)
-    publish_skipped(listing, left_out, source=catalog, total=manifest.total_rows + len(left_out),
-                    overwrite=overwrite, inputs=inputs)
+    skipped_list.publish(listing, left_out, source=catalog, total=manifest.total_rows + len(left_out),
+                         overwrite=overwrite, inputs=inputs)
     return manifest
 
 
@@ -295,29 +295,12 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
         if left_out and len(left_out) == len(ids):
             first = str(left_out[min(left_out)]).removeprefix(f"{catalog}: ")
             raise ZrayError(f"{catalog}: none of its {len(ids)} galaxies has a cutout that can be used "
-                            f"({_reasons(left_out.values())}; the first: {first})")
+                            f"({skipped_list.reasons(e.reason for e in left_out.values())}; the first: {first})")
         if skip_bad:
             writer.source["skipped"] = len(left_out)
     listed = [[i + 1, int(ids[i]), left_out[i].reason, str(left_out[i]).removeprefix(f"{catalog}: {where(i, ids)}: ")]
               for i in sorted(left_out)]
     return writer.manifest, listed
-
-
-def publish_skipped(listing: Path, listed: list[list], *, source, total: int, overwrite: bool, inputs) -> None:
-    """Once the output is in place: the list of the galaxies left out, and a warning counting
-    them; or, with nothing left out, the list an output replaced by ``overwrite`` had."""
-    if listed:
-        skipped_list.write(listing, skipped_list.PREPARE_HEADER, listed)
-        LOG.warning(f"{source}: left out {len(listed)} of {total} galaxies whose cutouts cannot be used "
-                    f"({_reasons(listed)}); listed with their reasons in {listing}")
-    elif overwrite and listing.is_file() and skipped_list.is_list(listing) \
-            and not any(os.path.realpath(listing) == os.path.realpath(p) for p in inputs):
-        listing.unlink()  # it described the output just replaced
-
-
-def _reasons(left_out) -> str:
-    """``3 file missing, 1 unreadable FITS`` from BadCutouts or listed rows."""
-    return skipped_list.count_line(Counter(x.reason if isinstance(x, BadCutout) else x[2] for x in left_out))
 
 
 def _layout(columns: list[str], catalog: Path) -> bool:
