@@ -536,6 +536,14 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     got = pq.read_table(out).to_pydict()
     np.testing.assert_allclose(got["z_median"], [by_id[i] for i in got["id"]], atol=1e-6)
     assert sorted(got["id"]) == sorted(ids.tolist())
+    # Not one usable cutout: one sentence, and neither predictions nor a list.
+    pq.write_table(more.slice(4), tmp_path / "bad.parquet")
+    result = _run("predict", exported["best"], tmp_path / "bad.parquet", "--images", images, "--skip-bad",
+                  "--out", tmp_path / "none" / "b.parquet")
+    assert result.exit_code == 1 and not (tmp_path / "none").exists()
+    assert result.output.strip().splitlines()[-1] == (
+        f"zray: error: {tmp_path / 'bad.parquet'}: none of its 2 galaxies has a cutout that can be used (1 file "
+        f"missing, 1 NaN or infinite pixels; the first: row 1 (id 9001): FITS file {images / 'absent.fits'} not found)")
     # The same file predicted again, from the four good galaxies alone: their list goes with it.
     result = _run("predict", exported["best"], tmp_path / "cat.parquet", "--images", images, "--out", out,
                   "--overwrite")
