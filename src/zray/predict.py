@@ -229,7 +229,8 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
     tmp = Path(tempfile.mkdtemp(prefix="zray-predict-"))
     try:
         manifest, left_out = write_shards(source, images, tmp / "data", size=bundle.image_size, bins=bundle.bins,
-                                          progress=progress, skip_bad=skip_bad, listing=skipped_to, labelled=False)
+                                          progress=progress, skip_bad=skip_bad, listing=skipped_to, labelled=False,
+                                          task="reading cutouts")
         yield manifest, known, left_out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -240,11 +240,11 @@ def prepare_dataset(
 def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                  bins: RedshiftBins = DEFAULT_BINS, overwrite: bool = False, progress: bool = True,
                  skip_bad: bool = False, listing: Path | None = None,
-                 labelled: bool = True) -> tuple[Manifest, list[list]]:
+                 labelled: bool = True, task: str = "prepare") -> tuple[Manifest, list[list]]:
     """:func:`prepare_dataset`'s work: the dataset, and the ``[row, id, reason, detail]`` of each
     galaxy left out (``skip_bad``). ``listing`` is named in the error's hint.
     ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every row gets the
-    placeholder ``bins.z_min``."""
+    placeholder ``bins.z_min``. ``task`` names the work on the progress line."""
     catalog = Path(catalog)
     images_dir = Path(images_dir)
     check_size(size)
@@ -270,7 +270,7 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     todo = np.array([i for i in range(len(ids)) if i not in left_out], dtype=np.int64)
     warn_repeats([("no file", i) if i in left_out else tuple(os.path.normpath(p) for p in paths)
                   for i, paths in enumerate(files)], catalog, ids, "their FITS file(s)")
-    bar = Progress("prepare", len(todo), enabled=progress)
+    bar = Progress(task, len(todo), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,
                        overwrite=overwrite, source=source, label=str(catalog), inputs=(catalog, images_dir)) as writer:
