@@ -760,7 +760,7 @@ def catalogues(draw) -> bytes:
 
 
 PREPARE_OK = dict(catalogue=b"id,z_spec,ebv,file\n1,0.1,0.03,g0.fits\n", suffix=".csv", size="16", seed="0", out="out",
-                  overwrite=False)
+                  overwrite=False, skip_bad=False)
 
 
 @budget(1000)
@@ -775,8 +775,9 @@ PREPARE_OK = dict(catalogue=b"id,z_spec,ebv,file\n1,0.1,0.03,g0.fits\n", suffix=
     seed=st.sampled_from(["0", "1", "-1", str(2**32), str(2**64), "x"]),
     out=st.sampled_from(["out", "out", "deep/er/out", "img", "cat", "empty", "data"]),
     overwrite=st.booleans(),
+    skip_bad=st.booleans(),
 )
-def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite):
+def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite, skip_bad):
     with Sandbox() as sb:
         copy_images(sb)
         cat = sb.write("cat" + suffix, catalogue.replace(b"{root}", str(sb.root).encode()))
@@ -788,9 +789,19 @@ def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite):
             out = cat.name
         argv = ["prepare", cat, "--images", sb.root / "img", "--out", out, "--size", size, "--seed", seed]
         argv += ["--overwrite"] if overwrite else []
+        argv += ["--skip-bad"] if skip_bad else []
         # An existing folder that is not a dataset (the images, the catalogue) is never replaced.
         declared = [out] if out in ("out", "deep/er/out", "empty", "data") else []
-        run(sb, argv, outputs=declared)
+        listing = sb.root / f"{out}.skipped.csv"
+        result = run(sb, argv, outputs=declared + [listing] * bool(declared and skip_bad))
+        if result.exit_code == 0 and skip_bad:
+            # every galaxy left out is listed, with a reason, and counted in the dataset's manifest
+            from zray.data.shards import read_manifest
+
+            left_out = read_manifest(sb.root / out).source["skipped"]
+            with open(listing, newline="") if listing.exists() else io.StringIO("header\n") as fh:
+                listed = len(list(csv.reader(fh))) - 1
+            assert listed == left_out, (listed, left_out)
 
 
 def _fits_column(kind: str, cells: list[str]):
@@ -855,6 +866,53 @@ def fits_catalogues(draw) -> tuple[bytes, str]:
         data = gzip.compress(data)
         data = data[: draw(st.integers(0, len(data) - 1))] if damage == "gzip cut" else data
     return data, ".fits.gz" if damage.startswith("gzip") else draw(st.sampled_from([".fits", ".FITS", ".fit"]))
+
+
+# Cutout files as a catalogue of downloads may list them: the reason each is left out, or None.
+CUTOUT_FILES = {"g0.fits": None, "g1.fits": None, "g2.fits": None, "../img/g2.fits": None,
+                "garbage.fits": "unreadable FITS", "sub": "file missing", "absent.fits": "file missing",
+                "": "file missing", "a" * 300 + ".fits": "file missing", "g0_u.fits": "bands not as expected",
+                "edge.fits": "NaN or infinite pixels", "small.fits": "smaller than the cutout size"}
+
+
+@budget(100)
+@given(files=st.lists(st.sampled_from(sorted(CUTOUT_FILES)), min_size=1, max_size=6), skip_bad=st.booleans())
+def test_prepare_leaves_out_exactly_the_cutouts_it_cannot_use(files, skip_bad):
+    """Whatever mix of usable and unusable cutouts a catalogue lists: without --skip-bad any bad
+    one stops the run with one sentence; with it, each usable galaxy is written and each other one
+    listed once, with its catalogue row and reason, and the dataset counts them."""
+    from astropy.io import fits
+
+    from zray.data.shards import read_manifest
+
+    with Sandbox() as sb:
+        img = copy_images(sb)
+        for name, shape, value in (("edge.fits", (5, 20, 20), np.nan), ("small.fits", (5, 12, 12), 1.0)):
+            cube = np.ones(shape, np.float32)
+            cube[:, :, :3] = value
+            hdu = fits.PrimaryHDU(cube)
+            for k, b in enumerate(BANDS):
+                hdu.header[f"BAND{k + 1}"] = b
+            hdu.writeto(img / name)
+        rows = "".join(f"{100 + i},0.1,0.03,{name}\n" for i, name in enumerate(files))
+        cat = sb.write("cat.csv", "id,z_spec,ebv,file\n" + rows)
+        argv = ["prepare", cat, "--images", img, "--out", "out", "--size", "16"] + ["--skip-bad"] * skip_bad
+        result = run(sb, argv, outputs=["out", "out.skipped.csv"])
+        bad = {100 + i: CUTOUT_FILES[name] for i, name in enumerate(files) if CUTOUT_FILES[name]}
+        if bad and (not skip_bad or len(bad) == len(files)):
+            assert result.exit_code == 1, result.output
+            return
+        assert result.exit_code == 0, result.output
+        assert read_manifest(sb.root / "out").total_rows == len(files) - len(bad)
+        if skip_bad:
+            assert read_manifest(sb.root / "out").source["skipped"] == len(bad)
+        if bad:
+            with open(sb.root / "out.skipped.csv", newline="") as fh:
+                listed = list(csv.DictReader(fh))
+            assert {int(r["id"]): r["reason"] for r in listed} == bad
+            assert [int(r["row"]) for r in listed] == [i - 99 for i in sorted(bad)]
+        else:
+            assert not (sb.root / "out.skipped.csv").exists()
 
 
 @budget(150)
