@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,19 @@ def _crop(image: np.ndarray, size: int, label: str) -> np.ndarray:
 
 
 def _cutout(files: list[Path], per_band: bool, size: int, label: str) -> np.ndarray:
-    """One galaxy's (5, size, size) cutout, or :class:`BadCutout` saying why it cannot be used."""
+    """One galaxy's (5, size, size) cutout, or :class:`BadCutout` saying why it cannot be used.
+
+    astropy's warnings about a file (a header off the standard) are not shown: a file it can
+    read is used, one it cannot is a BadCutout naming it, and a catalogue of thousands of
+    downloads would otherwise bury zray's own lines under them."""
+    from astropy.utils.exceptions import AstropyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        return _read_cutout(files, per_band, size, label)
+
+
+def _read_cutout(files: list[Path], per_band: bool, size: int, label: str) -> np.ndarray:
     if per_band:
         image = np.stack([_crop(read_single_band(p, b, label), size, f"{label}: {p}") for p, b in zip(files, BANDS)])
     else:
