@@ -230,7 +230,7 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
     try:
         manifest, left_out = write_shards(source, images, tmp / "data", size=bundle.image_size, bins=bundle.bins,
                                           progress=progress, skip_bad=skip_bad, listing=skipped_to, labelled=False,
-                                          task="reading cutouts")
+                                          task="reading cutouts", table=table)
         yield manifest, known, left_out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -321,7 +321,6 @@ def predict(
                      ours=skipped_list.is_list, sealed=sealed)
     with open_input(source, images=images, bundle=info, progress=progress, skip_bad=skip_bad,
                     skipped_to=listing) as (manifest, known_z, left_out):
-
         info.check_data(manifest)
         batches = iter_predictions(bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
                                    passthrough=("z_spec",) if known_z is True else (), workers=workers)
@@ -330,10 +329,12 @@ def predict(
         meta = {"bundle": str(Path(bundle_path).resolve()), "bins": info.data["bins"],
                 "bands": list(info.bands), "source": str(source), "splits": list(splits),
                 "odds_window": ODDS_WINDOW, "draw_seed": 0}
-        predicted = ~np.isin(known_z[0], [row[1] for row in left_out]) if isinstance(known_z, tuple) else None
-        if fmt == "qp" and predicted is not None and not np.all(np.isfinite(known_z[1][predicted])):
-            # qp's ancillary table has no null: a redshift column is written only when every galaxy has one
-            batches = ({k: v for k, v in b.items() if k != "z_spec"} for b in batches)
+        if fmt == "qp" and isinstance(known_z, tuple):
+            # qp's ancillary table has no null: a redshift column is written only when every galaxy
+            # predicted (not one --skip-bad left out) has one
+            predicted = ~np.isin(known_z[0], [row[1] for row in left_out])
+            if not np.all(np.isfinite(known_z[1][predicted])):
+                batches = ({k: v for k, v in b.items() if k != "z_spec"} for b in batches)
         done, first = _write_output(batches, out, meta, info.bins, fmt=fmt,
                                     total=sum(manifest.rows[s] for s in splits), progress=progress, source=source)
     skipped_list.publish(listing, left_out, source=source, total=done + len(left_out), overwrite=overwrite,

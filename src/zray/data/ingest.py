@@ -253,17 +253,19 @@ def prepare_dataset(
 def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                  bins: RedshiftBins = DEFAULT_BINS, overwrite: bool = False, progress: bool = True,
                  skip_bad: bool = False, listing: Path | None = None,
-                 labelled: bool = True, task: str = "prepare") -> tuple[Manifest, list[list]]:
+                 labelled: bool = True, task: str = "prepare", table=None) -> tuple[Manifest, list[list]]:
     """:func:`prepare_dataset`'s work: the dataset, and the ``[row, id, reason, detail]`` of each
     galaxy left out (``skip_bad``). ``listing`` is named in the error's hint.
     ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every row gets the
-    placeholder ``bins.z_min``. ``task`` names the work on the progress line."""
+    placeholder ``bins.z_min``. ``task`` names the work on the progress line; ``table`` is the
+    catalogue as :func:`~zray.data.catalog.read_catalog` read it, where the caller has it already."""
     catalog = Path(catalog)
     images_dir = Path(images_dir)
     check_size(size)
     if not images_dir.is_dir():
         raise ZrayError(f"{images_dir}: --images directory not found")
-    table = read_catalog(catalog, ("id", "z_spec", "ebv") if labelled else ("id", "ebv"))
+    if table is None:
+        table = read_catalog(catalog, ("id", "z_spec", "ebv") if labelled else ("id", "ebv"))
     per_band = _layout(table.column_names, catalog)
     ids = id_column(table, catalog)
     if labelled:
