@@ -135,7 +135,7 @@ def test_readme_quickstart_runs_in_a_fresh_copy_and_learns(quickstart):
     # ... and one as each started, the first saying when the first line of figures comes
     started = [line for line in done.stdout.splitlines() if line.startswith("zray: trial ") and " started: " in line]
     assert len(started) == 3 and "learning_rate " in started[0], done.stdout[-3000:]
-    assert started[0].endswith("; each epoch is shown when it ends, the first with a time estimate")
+    assert started[0].endswith("; each epoch is shown when it ends, a long one also as it runs, with a time estimate")
     assert "zray: estimate: " in done.stdout
 
 

@@ -10,9 +10,12 @@ on the same output resumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pickle
+import re
 import shlex
 import signal
 import subprocess
@@ -69,17 +72,60 @@ def sorted_data(sim_data, tmp_path_factory):
     return sorted_copy(sim_data, tmp_path_factory.mktemp("sorted") / "data")
 
 
+@contextlib.contextmanager
+def zray_lines():
+    """The messages written to the ``zray`` logger meanwhile (the terminal's lines)."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler, logger = Keep(level=logging.INFO), logging.getLogger("zray")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def crashed_run(ray_session, sorted_data, tmp_path_factory):
-    """A 2-worker run whose workers crash right after the epoch-1 checkpoint."""
+    """A 2-worker run whose workers crash right after the epoch-1 checkpoint; its progress
+    within each epoch written after every step (progress_every_s 0) and its lines kept."""
     tmp = tmp_path_factory.mktemp("train")
     space = config.load(space_file(tmp, sorted_data))
     ids_dir = tmp / "ids"
-    summary = training.run(
-        space, runs_dir=tmp / "runs", name="crash", record_ids_dir=str(ids_dir),
-        extra={"fail_after_epoch": 0},
-    )
-    return {"tmp": tmp, "ids": ids_dir, "summary": summary, "space": space}
+    with zray_lines() as lines:
+        summary = training.run(
+            space, runs_dir=tmp / "runs", name="crash", record_ids_dir=str(ids_dir),
+            extra={"fail_after_epoch": 0, "progress_every_s": 0.0},
+        )
+    return {"tmp": tmp, "ids": ids_dir, "summary": summary, "space": space, "lines": lines}
+
+
+PROGRESS = re.compile(r"^epoch (\d+)/(\d+): ([\d,]+) of ([\d,]+) galaxies \((\d+)%\)")
+
+
+def check_progress_lines(lines: list[str], epochs: int, total: int) -> None:
+    """Lines of progress within epochs were shown, each of ``total`` rows (the epoch's, as the
+    workers split them), counting up within an epoch; the time estimate once; the files gone."""
+    found = [(m, line) for line in lines if (m := PROGRESS.match(line))]
+    assert found, "no progress line within an epoch:\n" + "\n".join(lines)
+    seen: dict[int, int] = {}
+    for m, line in found:
+        epoch, of, rows, shown_total = int(m[1]), int(m[2]), int(m[3].replace(",", "")), int(m[4].replace(",", ""))
+        assert of == epochs and 1 <= epoch <= epochs and shown_total == total, line
+        assert 0 < rows <= total and rows >= seen.get(epoch, 0), line
+        seen[epoch] = rows
+        if " img/s" in line and rows < total:
+            assert "; its training ends in about " in line, line
+    assert sum(line.startswith("estimate: ") for line in lines) == 1, lines
+
+
 
 
 def check_epochs(ids_dir: Path, data: Path, workers: int, epochs: int, batch: int) -> list[np.ndarray]:
@@ -131,10 +177,33 @@ def test_a_streamed_split_is_shuffled_every_epoch_too(ray_session, sorted_data, 
     monkeypatch.setattr(driver, "MATERIALIZE_FRACTION", 0.0)
     space = config.load(space_file(tmp_path, sorted_data), ["fixed.epochs=3", "resources.num_workers=1",
                                                             "fixed.lr_schedule=constant"])
-    summary = training.run(space, runs_dir=tmp_path / "runs", name="streamed", record_ids_dir=str(tmp_path / "ids"))
+    with zray_lines() as lines:
+        summary = training.run(space, runs_dir=tmp_path / "runs", name="streamed",
+                               record_ids_dir=str(tmp_path / "ids"), extra={"progress_every_s": 0.0})
     check_epochs(tmp_path / "ids", sorted_data, workers=1, epochs=3, batch=32)
+    # The streamed split's progress within an epoch is shown too (one worker: every row).
+    check_progress_lines(lines, epochs=3, total=len(load_arrays(sorted_data, "train", columns=("id",))["id"]))
+    assert not (tmp_path / "runs" / "streamed" / ".progress").exists()
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert np.isfinite(summary["metrics"]["val_sigma_mad"])
+
+
+def test_long_epochs_show_their_progress_and_the_estimate_before_they_end(crashed_run):
+    """Within an epoch rank 0 writes how far it has come; the driver shows it (``epoch 1/2: N of M
+    galaxies (P%) at R img/s; ...``) and makes the time estimate from it, so a run whose epochs
+    take minutes (the Inception network on a CPU) is not silent until its first epoch ends. Here
+    after every step (progress_every_s 0), through the workers' crash and restart."""
+    lines = crashed_run["lines"]
+    n_train = len(load_arrays(Path(crashed_run["space"].data.path), "train", columns=("id",))["id"])
+    check_progress_lines(lines, epochs=2, total=n_train // 2 * 2)
+    # The first progress line with a speed gave the estimate, before the first epoch's line.
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2  loss"))
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate: "))
+    progress = [i for i, line in enumerate(lines) if PROGRESS.match(line) and " img/s" in line]
+    if progress and progress[0] < first_epoch:
+        assert estimate < first_epoch, lines
+    # Its file goes when the run ends, and the folder with it.
+    assert not (Path(crashed_run["summary"]["run_dir"]) / ".progress").exists()
 
 
 def test_crash_resumes_from_last_checkpoint_with_saved_weights(crashed_run):

@@ -29,8 +29,8 @@ from typing import Any
 
 from zray.console import LOG
 
-__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "trial_context", "trial_function",
-           "trial_hp", "trial_name", "watch_for_interruption"]
+__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "progress_file", "trial_context",
+           "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
 
 
 @dataclass
@@ -74,11 +74,13 @@ class TrialContext:
     max_failures: int = 1
     # Further TrainJob fields (test instruments: zray.train.faults).
     job_extra: dict = field(default_factory=dict)
+    # Where each trial's rank 0 writes its progress within an epoch (progress_file(...)).
+    progress_dir: str | None = None
 
 
 def trial_context(space, data: CheckedData, trials_dir: str, *, hyperparameters: dict | None = None,
                   record_ids_dir: str | None = None, run_name: str | None = None, max_failures: int = 1,
-                  job_extra: dict | None = None) -> TrialContext:
+                  job_extra: dict | None = None, progress_dir: str | None = None) -> TrialContext:
     """Step 3 (Ray started): the trials' shared context, with the data read and scaled
     once here (a trial then starts with its Ray Train run, not with Ray Data planning
     and reading the shards again). ``hyperparameters``: the fixed ones (default: the
@@ -93,8 +95,16 @@ def trial_context(space, data: CheckedData, trials_dir: str, *, hyperparameters:
         datasets=prepare_datasets(space.data.path, space.data.image_size, shards=data.shards,
                                   shuffle_buffer=space.data.shuffle_buffer),
         skipped=skipped_fields(data.shards), run_name=run_name, max_failures=max_failures,
-        job_extra=dict(job_extra or {}),
+        job_extra=dict(job_extra or {}), progress_dir=progress_dir,
     )
+
+
+def progress_file(progress_dir: str | None, trial_id: str) -> str | None:
+    """The file a trial's progress within an epoch goes to: written by its rank-0 worker, read by
+    the driver's :class:`zray.search.progress.TrialLines`."""
+    from zray import storage as st
+
+    return st.join(progress_dir, f"{trial_id}.json") if progress_dir else None
 
 
 def trial_hp(ctx: TrialContext, config: dict) -> dict:
@@ -121,10 +131,11 @@ def trial_function(config: dict, ctx: TrialContext) -> None:
     quiet_logs(load=False)  # Optuna lives in the driver
     space = SearchSpace.model_validate(ctx.space_json)
     hp = trial_hp(ctx, config)
-    name = ctx.run_name or trial_name(run_identity(space.model, hp, ctx.manifest_hash),
-                                      tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    name = ctx.run_name or trial_name(run_identity(space.model, hp, ctx.manifest_hash), trial_id)
     run_dir = f"{ctx.trials_dir.rstrip('/')}/{name}"
-    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir, **ctx.skipped, **ctx.job_extra)
+    job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
+                  progress_file=progress_file(ctx.progress_dir, trial_id), **ctx.skipped, **ctx.job_extra)
     trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=ctx.max_failures,
                            callbacks=[TuneReportCallback()])
@@ -138,10 +149,12 @@ def trial_function(config: dict, ctx: TrialContext) -> None:
 
 
 def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: str | None,
-              trial_lines: bool = True) -> list:
+              trial_lines: bool = True, progress_dir: str | None = None, progress_every_s: float | None = None
+              ) -> list:
     """The Tune callbacks that write the terminal's lines (:class:`zray.search.progress.TrialLines`):
-    each epoch, the time estimate after the first epoch reported (once per experiment
-    when ``estimate_file`` is given: it is left there), and how each trial ended; and the one
+    each epoch, the time estimate once a speed is known (once per experiment
+    when ``estimate_file`` is given: it is left there), how far a long epoch has come (from the
+    files in ``progress_dir``), and how each trial ended; and the one
     that gives back the workers of the trials Tune ended where Ray Train did not
     (:class:`zray.ray_workarounds.ReturnWorkerGroups`)."""
     from zray.ray_workarounds import ReturnWorkerGroups
@@ -155,7 +168,7 @@ def callbacks(space, manifest, *, trials: int, concurrent: int, estimate_file: s
     # A group shaped as a trial's own (Tune's, {"CPU": trial_cpus}) is never swept.
     same_as_trial = {k: v for k, v in worker.items() if v} == {"CPU": res.trial_cpus}
     return [TrialLines(space.tune.metric, space.tune.mode, epochs, plan=plan, estimate_file=estimate_file,
-                       trial_lines=trial_lines),
+                       trial_lines=trial_lines, progress_dir=progress_dir, progress_every_s=progress_every_s),
             ReturnWorkerGroups(worker_bundle=None if same_as_trial else worker)]
 
 

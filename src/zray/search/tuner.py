@@ -41,7 +41,7 @@ from zray.search.results import (
     summarize,
     write_results,
 )
-from zray.train.job import ESTIMATE_FILE
+from zray.train.job import ESTIMATE_FILE, PROGRESS_DIR
 
 __all__ = ["run", "optuna_distributions", "make_scheduler", "make_searcher"]
 
@@ -148,11 +148,13 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    ctx = experiment.trial_context(space, data, place.file(TRIALS_DIR), record_ids_dir=record_ids_dir)
+    progress_dir = place.file(TRIALS_DIR, PROGRESS_DIR)
+    ctx = experiment.trial_context(space, data, place.file(TRIALS_DIR), record_ids_dir=record_ids_dir,
+                                   progress_dir=progress_dir)
     t0 = time.perf_counter()
     lines = experiment.callbacks(space, data.manifest, trials=space.tune.num_samples,
                                  concurrent=space.tune.max_concurrent,
-                                 estimate_file=place.file(TRIALS_DIR, ESTIMATE_FILE))
+                                 estimate_file=place.file(TRIALS_DIR, ESTIMATE_FILE), progress_dir=progress_dir)
     tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
     if warm:
         warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones

@@ -28,7 +28,7 @@ import numpy as np
 from zray.console import LOG
 from zray.errors import ZrayError, last_error_line
 from zray.train.checkpoints import complete_checkpoints, divergence, read_state
-from zray.train.job import DIVERGED_FILE, TrainJob
+from zray.train.job import DIVERGED_FILE, PROGRESS_DIR, TrainJob
 
 __all__ = ["prepare_datasets", "RunData", "make_trainer", "run", "skipped_fields", "failure_reason"]
 
@@ -264,11 +264,13 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     init_ray(dashboard_host=dashboard_host)
     place = Place.of(runs_dir, name)  # the run's folder: its checkpoints, and Tune's record in tune/
     run_dir = place.local
+    progress_dir = place.file(PROGRESS_DIR)
     ctx = experiment.trial_context(space, data, place.storage, hyperparameters=hp, record_ids_dir=record_ids_dir,
                                    run_name=name, max_failures=max_failures,
-                                   job_extra={"extra": extra} if extra else None)
+                                   job_extra={"extra": extra} if extra else None, progress_dir=progress_dir)
     lines = experiment.callbacks(space, data.manifest, trials=1, concurrent=1, estimate_file=None,
-                                 trial_lines=False)
+                                 trial_lines=False, progress_dir=progress_dir,
+                                 progress_every_s=(extra or {}).get("progress_every_s"))
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tuner = tune.Tuner(

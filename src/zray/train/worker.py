@@ -44,9 +44,11 @@ from zray.train.faults import Instruments  # noqa: E402
 from zray.train.job import (  # noqa: E402
     DIVERGED_FILE,
     DIVERGENCE_LOSS,
+    PROGRESS_EVERY_S,
     TrainJob,
     learning_rate,
     model_hp,
+    progress_record,
 )
 
 __all__ = ["worker_loop"]
@@ -178,6 +180,8 @@ def _train_one_epoch(w: _Worker, epoch: int, train, instruments: Instruments) ->
     w.optimizer.learning_rate.assign(lr)
     batch_size = max(1, int(hp["batch_size"]) // w.world)  # batch_size is the global batch
     clock = _Clock(epoch)
+    progress = _ProgressFile(job, epoch, total=getattr(train, "n_rows", 0) // w.world * w.world) \
+        if w.rank == 0 and job.progress_file else None
     total_loss, n_steps, rows = 0.0, 0, 0
     batches = train.epoch_batches(epoch=epoch, rank=w.rank, world=w.world, batch_size=batch_size, seed=job.seed)
     with contextlib.closing(batches):  # its reading threads stop even if the loop does not end
@@ -194,6 +198,8 @@ def _train_one_epoch(w: _Worker, epoch: int, train, instruments: Instruments) ->
                                f"(learning rate {lr:g}); the run diverged")
             total_loss, n_steps, rows = total_loss + loss, n_steps + 1, rows + n
             clock.tick(n * w.world)
+            if progress is not None:
+                progress.tick(rows * w.world, clock)
     train_time, steady = clock.done()
     metrics = {
         "epoch": epoch + 1, "loss": total_loss / max(n_steps, 1), "lr": lr, "steps": n_steps,
@@ -237,26 +243,65 @@ def _kept_batches(val):
 
 
 class _Clock:
-    """An epoch's training time and, in the first epoch, the speed after the
-    first step (which traces the graph): what the time estimate is made from."""
+    """An epoch's training time and its speed after the first step (which traces the graph): in
+    the first epoch, what the time estimate is made from."""
 
     def __init__(self, epoch: int) -> None:
         self.t0 = time.perf_counter()
-        self.measure = epoch == 0
+        self.first_epoch = epoch == 0
         self.steady_t0, self.steady_rows = None, 0
 
     def tick(self, step_rows: int) -> None:
-        if not self.measure:
-            return
         if self.steady_t0 is None:
             self.steady_t0 = time.perf_counter()  # after the first step
             return
         self.steady_rows += step_rows
 
+    def speed(self, now: float | None = None) -> float | None:
+        """Images per second since the first step, once a step after it has ended."""
+        now = time.perf_counter() if now is None else now
+        if not self.steady_rows or self.steady_t0 is None or now <= self.steady_t0:
+            return None
+        return self.steady_rows / (now - self.steady_t0)
+
     def done(self) -> tuple[float, float | None]:
-        """The epoch's training time, and the steady speed (images/s) if measured."""
+        """The epoch's training time, and in the first epoch the steady speed (images/s) if measured."""
         end = time.perf_counter()
-        steady = None
-        if self.steady_rows and end > self.steady_t0:
-            steady = self.steady_rows / (end - self.steady_t0)
-        return end - self.t0, steady
+        return end - self.t0, self.speed(end) if self.first_epoch else None
+
+
+class _ProgressFile:
+    """Rank 0's progress within an epoch, written to ``job.progress_file`` every
+    ``PROGRESS_EVERY_S`` seconds (``job.extra["progress_every_s"]`` in tests): how many of the
+    epoch's rows are trained and at what speed, for the driver's lines
+    (:class:`zray.search.progress.TrialLines`). Best effort: a write that fails is not retried."""
+
+    def __init__(self, job: TrainJob, epoch: int, total: int) -> None:
+        self.path, self.epoch, self.total = job.progress_file, epoch + 1, int(total)
+        self.every = float(job.extra.get("progress_every_s", PROGRESS_EVERY_S))
+        self.last = time.perf_counter()
+
+    def tick(self, rows: int, clock: _Clock) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every or self.path is None:
+            return
+        self.last = now
+        text = json.dumps(progress_record(self.epoch, rows, max(self.total, rows), clock.speed(now), time.time()))
+        try:
+            _write_whole(self.path, text)
+        except OSError:
+            self.path = None  # storage that cannot take it: the epoch lines still come
+
+
+def _write_whole(path: str, text: str) -> None:
+    """Write ``text`` so that a reader sees the old file or the new one, never half of it."""
+    from zray import storage as st
+
+    if st.is_uri(path):
+        st.write_text(path, text)  # an object store's put is whole
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    part.write_text(text)
+    os.replace(part, target)
