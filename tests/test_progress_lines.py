@@ -103,3 +103,67 @@ def test_a_progress_file_cut_short_or_of_another_kind_shows_nothing(tmp_path, mo
     with caplog.at_level(logging.INFO, logger="zray"):
         lines.on_step_begin(0, [trial])
     assert caplog.records == []
+
+
+def test_zray_status_shows_how_far_a_running_trials_epoch_has_come(tmp_path):
+    """`zray status` in a second terminal, during a long first epoch: the trial has no epoch in its
+    result.json yet, but its worker's progress file says how far it is. A finished trial's file is
+    not read, and a cut-short one shows nothing."""
+    import time
+
+    import yaml
+    from click.testing import CliRunner
+
+    from zray import config, search
+    from zray.cli import main
+    from zray.train.job import PROGRESS_DIR
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({
+        "name": "t", "model": "cnn", "data": {"path": str(tmp_path / "data"), "image_size": 32},
+        "fixed": {"epochs": 30}, "tune": {"num_samples": 3},
+        "search": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}))
+    space = config.load(tmp_path / "space.yaml")
+    experiment = tmp_path / "runs" / "t"
+    progress = experiment / search.TRIALS_DIR / PROGRESS_DIR
+    progress.mkdir(parents=True)
+    (experiment / search.SPACE_FILE).write_text(json.dumps(space.model_dump(mode="json")))
+    for counter, results in [("00000", 30), ("00001", 0), ("00002", 0)]:
+        folder = experiment / f"trial-abc-{counter}"
+        folder.mkdir()
+        (folder / "params.json").write_text(json.dumps({"learning_rate": 0.001}))
+        (folder / "result.json").write_text("".join(
+            json.dumps({"epoch": e, "val_sigma_mad": 0.02, "val_bias": 0.0, "val_outlier_fraction": 0.01}) + "\n"
+            for e in range(1, results + 1)))
+    (progress / "f00d1_00000.json").write_text(json.dumps(progress_record(30, 100, 8000, 40.0, time.time())))
+    (progress / "f00d1_00001.json").write_text(json.dumps(progress_record(1, 2816, 8000, 31.0, time.time() - 5)))
+    (progress / "f00d1_00002.json").write_text('{"epoch": 1, "rows"')
+    done = CliRunner().invoke(main, ["status", str(experiment)])
+    assert done.exit_code == 0, done.output
+    running = [line for line in done.output.splitlines() if line.startswith("running ")]
+    assert len(running) == 1, done.output
+    assert running[0].startswith("running trial-abc-00001: epoch 1/30: 2,816 of 8,000 galaxies (35%) at 31 img/s; "
+                                 "its training ends in about 3 min (")
+    assert running[0].endswith(" s ago)")
+    assert "trials      3 of 3: 1 complete, 2 unfinished" in done.output
+
+
+def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_path, caplog):
+    """Tune restores its callbacks from a search's saved state (pickled): one an earlier zray saved,
+    without the progress attributes, still says when trials start and end, and reads no file."""
+    import pickle
+
+    lines = TrialLines("val_sigma_mad", "min", 30, plan=None, progress_dir=str(tmp_path), progress_every_s=EVERY)
+    for name in ("progress_dir", "every", "polled", "shown", "seen", "reported"):
+        delattr(lines, name)  # as TrialLines was pickled before them
+    restored = pickle.loads(pickle.dumps(lines))
+    trial = Trial("t_00002")
+    (tmp_path / "t_00002.json").write_text(json.dumps(progress_record(1, 10, 100, 5.0, 1.0)))
+    with caplog.at_level(logging.INFO, logger="zray"):
+        restored.on_trial_start(0, [trial], trial)
+        restored.on_step_begin(0, [trial])
+        restored.on_trial_result(0, [trial], trial, RESULT)
+        restored.on_trial_complete(0, [trial], trial)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("trial trial-t_00002 started") and said[1].startswith("epoch 1/30  loss 4.1000")
+    assert said[2] == "trial trial-t_00002 ended after 0 epoch(s): best val_sigma_mad 0.0500; stopped early by the scheduler"
+    assert len(said) == 3 and (tmp_path / "t_00002.json").exists()

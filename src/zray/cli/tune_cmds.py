@@ -103,6 +103,9 @@ def tune(file, overrides, resume, name, storage, address, warm_start, skip_corru
 def status(experiment: str, top: int) -> None:
     """Show the trials of a running or finished experiment, best first.
 
+    A running trial in an epoch of minutes (the Inception network on a CPU)
+    also shows how far that epoch has come, as its worker last wrote it.
+
     A two-objective search (tune.metrics) shows its Pareto front: the trials
     no other beats on both metrics, each at its best epoch by the first
     metric. Its chosen trial is the front's best by the first metric (ties:

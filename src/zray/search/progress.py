@@ -51,6 +51,15 @@ class TrialLines(Callback):
         self.seen: dict[str, float] = {}  # trial id: the time of the last progress record read
         self.reported: set[str] = set()  # trials that have reported an epoch since they started
 
+    def __setstate__(self, state: dict) -> None:
+        """Tune keeps its callbacks in a search's saved state: one saved by a zray before the
+        progress lines resumes without them (its trials' workers write no progress file)."""
+        from zray.train.job import PROGRESS_EVERY_S
+
+        self.__dict__.update({"progress_dir": None, "every": PROGRESS_EVERY_S, "polled": 0.0, "shown": {},
+                              "seen": {}, "reported": set()})
+        self.__dict__.update(state)
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         from zray import storage as st
 

@@ -108,17 +108,36 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int,
         final = results[-1] if results else {}
         scored = [r for r in results if all(_finite(r.get(m)) for m in (metric, *required))]
         best = min(scored, key=lambda r: sign * r[metric]) if scored else {}
+        status = _status(error, final, _count(params.get("epochs"), epochs))
         records.append({
             "trial": trial_dir.name,
-            "status": _status(error, final, _count(params.get("epochs"), epochs)),
+            "status": status,
             "epochs": _count(final.get("epoch")),
             "params": params,
             "final": {k: final.get(k) for k in _METRIC_KEYS if k in final},
             "best": {k: best.get(k) for k in _METRIC_KEYS if k in best},
             "best_checkpoint": best_checkpoint(Path(experiment_dir) / TRIALS_DIR / trial_dir.name, metric, mode),
             "error": error,
+            # how far its epoch has come, while it runs (None when no epoch of it is running long)
+            "progress": _progress(Path(experiment_dir), trial_dir.name) if status == "unfinished" else None,
         })
     return records
+
+
+def _progress(experiment_dir: Path, trial: str) -> dict[str, Any] | None:
+    """The progress record its rank-0 worker last wrote within an epoch (``trials/.progress/``,
+    named by Tune's trial id, whose counter ends the trial's folder name), or None."""
+    from zray.train.job import PROGRESS_DIR
+
+    counter = trial.rsplit("-", 1)[-1]
+    for path in sorted((experiment_dir / TRIALS_DIR / PROGRESS_DIR).glob(f"*_{counter}.json")):
+        try:
+            record = json.loads(path.read_text())
+            if isinstance(record, dict) and _finite(record.get("time")):
+                return record
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            continue  # being replaced, or not zray's
+    return None
 
 
 def best_checkpoint(run_dir: Path, metric: str, mode: str) -> str | None:
@@ -215,6 +234,7 @@ def summarize(experiment_dir) -> dict[str, Any]:
         **two,
         "experiment": str(experiment_dir),
         "num_samples": space.tune.num_samples,
+        "epochs": epochs,
         "metric": metric,
         "mode": mode,
         "trials": records,
@@ -290,6 +310,7 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
     lines += _ranking_lines(summary, top)
     lines += _pareto_lines(summary)
     lines += _baseline_lines(summary)
+    lines += _running_lines(summary)
     lines += [f"failed {r['trial']}: {r['error']}" for r in records if r["status"] == "error"]
     if (Path(summary["experiment"]) / RESULTS_FILE).exists():
         lines.append(f"results: {Path(summary['experiment']) / RESULTS_FILE}")
@@ -317,6 +338,26 @@ def _ranking_lines(summary: dict[str, Any], top: int) -> list[str]:
             *("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows), "",
             f"best {metric}: {_fmt(summary['best']['best'].get(metric))}  ({summary['best']['trial']})",
             f"best checkpoint: {summary['best_checkpoint']}"]
+
+
+def _running_lines(summary: dict[str, Any]) -> list[str]:
+    """``running trial-...: epoch 1/30: 2,816 of 8,000 galaxies (35%) ... (12 s ago)`` for each
+    unfinished trial whose worker wrote how far its epoch has come."""
+    import time
+
+    from zray.train.job import duration, progress_line
+
+    lines = []
+    for r in summary["trials"]:
+        record = r.get("progress")
+        if not record:
+            continue
+        try:
+            line = progress_line(record, _count(r["params"].get("epochs"), summary.get("epochs", 0)))
+        except (KeyError, TypeError, ValueError):  # a record of another kind
+            continue
+        lines.append(f"running {r['trial']}: {line} ({duration(max(time.time() - record['time'], 0.0))} ago)")
+    return [""] + lines if lines else []
 
 
 def _warm_start_lines(summary: dict[str, Any]) -> list[str]:
