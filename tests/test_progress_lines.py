@@ -127,7 +127,8 @@ def test_zray_status_shows_how_far_a_running_trials_epoch_has_come(tmp_path):
     progress = experiment / search.TRIALS_DIR / PROGRESS_DIR
     progress.mkdir(parents=True)
     (experiment / search.SPACE_FILE).write_text(json.dumps(space.model_dump(mode="json")))
-    for counter, results in [("00000", 30), ("00001", 0), ("00002", 0)]:
+    # Tune's trial ids: "f00d1_00001" with the default generator, "5feb4586" with a searcher's
+    for counter, results in [("00000", 30), ("00001", 0), ("00002", 0), ("5feb4586", 0)]:
         folder = experiment / f"trial-abc-{counter}"
         folder.mkdir()
         (folder / "params.json").write_text(json.dumps({"learning_rate": 0.001}))
@@ -137,14 +138,17 @@ def test_zray_status_shows_how_far_a_running_trials_epoch_has_come(tmp_path):
     (progress / "f00d1_00000.json").write_text(json.dumps(progress_record(30, 100, 8000, 40.0, time.time())))
     (progress / "f00d1_00001.json").write_text(json.dumps(progress_record(1, 2816, 8000, 31.0, time.time() - 5)))
     (progress / "f00d1_00002.json").write_text('{"epoch": 1, "rows"')
+    (progress / "5feb4586.json").write_text(json.dumps(progress_record(2, 64, 8000, None, time.time() - 100)))
+    (progress / "x5feb4586.json").write_text(json.dumps(progress_record(9, 64, 8000, None, time.time())))
     done = CliRunner().invoke(main, ["status", str(experiment)])
     assert done.exit_code == 0, done.output
     running = [line for line in done.output.splitlines() if line.startswith("running ")]
-    assert len(running) == 1, done.output
+    assert len(running) == 2, done.output
     assert running[0].startswith("running trial-abc-00001: epoch 1/30: 2,816 of 8,000 galaxies (35%) at 31 img/s; "
                                  "its training ends in about 3 min (")
     assert running[0].endswith(" s ago)")
-    assert "trials      3 of 3: 1 complete, 2 unfinished" in done.output
+    assert running[1] == "running trial-abc-5feb4586: epoch 2/30: 64 of 8,000 galaxies (1%) (2 min ago)"
+    assert "trials      4 of 3: 1 complete, 3 unfinished" in done.output
 
 
 def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_path, caplog):

@@ -126,11 +126,14 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int,
 
 def _progress(experiment_dir: Path, trial: str) -> dict[str, Any] | None:
     """The progress record its rank-0 worker last wrote within an epoch (``trials/.progress/``,
-    named by Tune's trial id, whose counter ends the trial's folder name), or None."""
+    named by Tune's trial id, which ends as the trial's folder name does: ``5feb4586``, or
+    ``a1b2c_00001`` for ``trial-...-00001``), or None."""
     from zray.train.job import PROGRESS_DIR
 
     counter = trial.rsplit("-", 1)[-1]
-    for path in sorted((experiment_dir / TRIALS_DIR / PROGRESS_DIR).glob(f"*_{counter}.json")):
+    for path in sorted((experiment_dir / TRIALS_DIR / PROGRESS_DIR).glob(f"*{counter}.json")):
+        if path.stem != counter and not path.stem.endswith(f"_{counter}"):
+            continue
         try:
             record = json.loads(path.read_text())
             if isinstance(record, dict) and _finite(record.get("time")):

@@ -177,7 +177,7 @@ def estimate_line(plan: dict[str, Any], epochs: int, images_per_s: float) -> str
     concurrent = max(int(plan.get("concurrent", 1)), 1)
     total = math.ceil(trials / concurrent) * run_s
     text = (f"estimate: {rate:.0f} img/s here, so an epoch takes about {duration(epoch_s)} "
-            f"and one run of {epochs} epochs about {duration(run_s)}")
+            f"and one run of {epochs} epoch{'s' if epochs != 1 else ''} about {duration(run_s)}")
     if trials > 1:
         text += f"; the search of {trials} trials at most about {duration(total)}"
     if total > 15 * 60:
