@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -123,9 +124,23 @@ def exported(ray_session, sim_data, tmp_path_factory):
         "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
     }
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
-    summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs")
+    lines: list[str] = []  # the search's terminal lines; its workers write their progress every step
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger, keep = logging.getLogger("zray"), Keep(level=logging.INFO)
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs", progress_every_s=0.0)
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
     experiment = Path(summary["experiment"])
-    out = {"tmp": tmp, "experiment": experiment, "summary": summary}
+    out = {"tmp": tmp, "experiment": experiment, "summary": summary, "search_lines": lines}
     # best: the best trial; ens: it and one more seed of its configuration, trained here and kept
     # whatever the validation check says; trials: the two trials as they are, as the check decides.
     exports = {"best": ["--top-k", 1], "ens": ["--top-k", 2, "--keep-ensemble"],

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import time
 
 import pytest
 
@@ -18,6 +21,10 @@ from zray.search.progress import TrialLines
 from zray.train.job import FIRST_EVERY, LATER_EVERY, progress_line, progress_record
 
 EVERY = 10.0
+
+
+def path_exists(path) -> bool:
+    return os.path.exists(path)
 
 
 class Trial:
@@ -51,12 +58,14 @@ def test_first_epoch_every_few_intervals_later_ones_rarely_estimate_once(tmp_pat
             "data_path": "data/sim"}
     lines = TrialLines("val_sigma_mad", "min", 30, plan=plan, progress_dir=str(folder), progress_every_s=EVERY)
     trial = Trial("a1b2c_00000")
-    path = progress_file(str(folder), trial.trial_id)
+    path = progress_file(str(folder), str(trial))
+    folder.mkdir(parents=True)
+    with open(path, "w") as f:  # a record of the trial's run before it was resumed: never shown
+        json.dump(progress_record(3, 7900, 8000, 30.0, time.time() - 60, steady_s=200.0), f)
 
-    def write(epoch, rows, rate, when):
-        folder.mkdir(parents=True, exist_ok=True)
+    def write(epoch, rows, rate, seconds):
         with open(path, "w") as f:
-            json.dump(progress_record(epoch, rows, 8000, rate, when), f)
+            json.dump(progress_record(epoch, rows, 8000, rate, time.time() + seconds, steady_s=seconds), f)
 
     def step(seconds):
         now[0] += seconds
@@ -66,29 +75,33 @@ def test_first_epoch_every_few_intervals_later_ones_rarely_estimate_once(tmp_pat
 
     with caplog.at_level(logging.INFO, logger="zray"):
         lines.on_trial_start(0, [trial], trial)
-        assert step(5) == []  # no file yet
+        assert step(5) == []  # only the record from before the (re)start
         write(1, 64, None, 1.0)  # the first step only: no speed, no estimate
-        assert step(EVERY) == []  # 15 s since the start: under FIRST_EVERY intervals
-        write(1, 320, 31.0, 2.0)
+        assert step(EVERY) == []  # under FIRST_EVERY intervals since the last line
+        write(1, 128, 29.0, 2.0)  # a speed from 2 s of steps: shown, but too short for the estimate
+        said = step(FIRST_EVERY * EVERY)
+        assert said == ["trial trial-a1b2c_00000 epoch 1/30: 128 of 8,000 galaxies (2%) at 29 img/s; "
+                        "its training ends in about 5 min"]
+        write(1, 320, 31.0, EVERY)  # measured over a whole interval: the estimate
         said = step(FIRST_EVERY * EVERY)
         assert said[0] == ("trial trial-a1b2c_00000 epoch 1/30: 320 of 8,000 galaxies (4%) at 31 img/s; "
                            "its training ends in about 4 min")
         assert said[1].startswith("estimate: 31 img/s here, so an epoch takes about 4 min") and len(said) == 2
         assert step(FIRST_EVERY * EVERY) == []  # the same record again: nothing new
-        write(1, 1280, 32.0, 3.0)
+        write(1, 1280, 32.0, 3 * EVERY)
         assert step(FIRST_EVERY * EVERY)[0].startswith("trial trial-a1b2c_00000 epoch 1/30: 1,280 of 8,000")
         lines.on_trial_result(0, [trial], trial, RESULT)  # epoch 1 ends: its line
-        write(2, 960, 32.0, 4.0)
+        write(2, 960, 32.0, 4 * EVERY)
         assert step(FIRST_EVERY * EVERY) == []  # a later epoch: only every LATER_EVERY intervals
-        write(2, 3200, 32.0, 5.0)
+        write(2, 3200, 32.0, 5 * EVERY)
         said = step((LATER_EVERY - FIRST_EVERY) * EVERY)
         assert said == ["trial trial-a1b2c_00000 epoch 2/30: 3,200 of 8,000 galaxies (40%) at 32 img/s; "
                         "its training ends in about 2 min"]  # and no second estimate
-        write(2, 3300, 32.0, 6.0)
+        write(2, 3300, 32.0, 6 * EVERY)
         assert step(EVERY / 4) == []  # polled at most every half interval
         trial.status = "TERMINATED"
         lines.on_trial_complete(0, [trial], trial)
-    assert not folder.exists()  # the trial's file gone, and the folder, once empty
+    assert not path_exists(path) and folder.is_dir()  # the trial's file gone (the folder, when the search returns)
 
 
 @pytest.mark.parametrize("text", ["", "{\"epoch\": 1, \"rows\": 3", "[1, 2]", "{\"time\": 1.0}", "\0\0"])
@@ -98,7 +111,7 @@ def test_a_progress_file_cut_short_or_of_another_kind_shows_nothing(tmp_path, mo
     lines = TrialLines("val_sigma_mad", "min", 30, plan=None, progress_dir=str(tmp_path), progress_every_s=EVERY)
     trial = Trial("t_00001")
     lines.on_trial_start(0, [trial], trial)
-    (tmp_path / "t_00001.json").write_text(text)
+    (tmp_path / "trial-t_00001.json").write_text(text)
     now[0] += 100 * EVERY
     with caplog.at_level(logging.INFO, logger="zray"):
         lines.on_step_begin(0, [trial])
@@ -127,19 +140,21 @@ def test_zray_status_shows_how_far_a_running_trials_epoch_has_come(tmp_path):
     progress = experiment / search.TRIALS_DIR / PROGRESS_DIR
     progress.mkdir(parents=True)
     (experiment / search.SPACE_FILE).write_text(json.dumps(space.model_dump(mode="json")))
-    # Tune's trial ids: "f00d1_00001" with the default generator, "5feb4586" with a searcher's
-    for counter, results in [("00000", 30), ("00001", 0), ("00002", 0), ("5feb4586", 0)]:
+    for counter, results in [("00000", 30), ("00001", 0), ("00002", 0), ("00003", 0), ("00004", 2)]:
         folder = experiment / f"trial-abc-{counter}"
         folder.mkdir()
         (folder / "params.json").write_text(json.dumps({"learning_rate": 0.001}))
         (folder / "result.json").write_text("".join(
             json.dumps({"epoch": e, "val_sigma_mad": 0.02, "val_bias": 0.0, "val_outlier_fraction": 0.01}) + "\n"
             for e in range(1, results + 1)))
-    (progress / "f00d1_00000.json").write_text(json.dumps(progress_record(30, 100, 8000, 40.0, time.time())))
-    (progress / "f00d1_00001.json").write_text(json.dumps(progress_record(1, 2816, 8000, 31.0, time.time() - 5)))
-    (progress / "f00d1_00002.json").write_text('{"epoch": 1, "rows"')
-    (progress / "5feb4586.json").write_text(json.dumps(progress_record(2, 64, 8000, None, time.time() - 100)))
-    (progress / "x5feb4586.json").write_text(json.dumps(progress_record(9, 64, 8000, None, time.time())))
+    def record(counter, *fields):
+        (progress / f"trial-abc-{counter}.json").write_text(json.dumps(progress_record(*fields)))
+
+    record("00000", 30, 100, 8000, 40.0, time.time())  # a complete trial: not read
+    record("00001", 1, 2816, 8000, 31.0, time.time() - 5)
+    (progress / "trial-abc-00002.json").write_text('{"epoch": 1, "rows"')  # cut short: nothing
+    record("00003", 2, 64, 8000, None, time.time() - 3600)  # an hour old: its search may have stopped
+    record("00004", 2, 7900, 8000, 40.0, time.time())  # of an epoch it has reported since: not shown
     done = CliRunner().invoke(main, ["status", str(experiment)])
     assert done.exit_code == 0, done.output
     running = [line for line in done.output.splitlines() if line.startswith("running ")]
@@ -147,8 +162,9 @@ def test_zray_status_shows_how_far_a_running_trials_epoch_has_come(tmp_path):
     assert running[0].startswith("running trial-abc-00001: epoch 1/30: 2,816 of 8,000 galaxies (35%) at 31 img/s; "
                                  "its training ends in about 3 min (")
     assert running[0].endswith(" s ago)")
-    assert running[1] == "running trial-abc-5feb4586: epoch 2/30: 64 of 8,000 galaxies (1%) (2 min ago)"
-    assert "trials      4 of 3: 1 complete, 3 unfinished" in done.output
+    assert running[1] == ("running trial-abc-00003: epoch 2/30: 64 of 8,000 galaxies (1%) (60 min ago; nothing "
+                          "since: its search may have stopped)")
+    assert "trials      5 of 3: 1 complete, 4 unfinished" in done.output
 
 
 def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_path, caplog):
@@ -161,7 +177,7 @@ def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_
         delattr(lines, name)  # as TrialLines was pickled before them
     restored = pickle.loads(pickle.dumps(lines))
     trial = Trial("t_00002")
-    (tmp_path / "t_00002.json").write_text(json.dumps(progress_record(1, 10, 100, 5.0, 1.0)))
+    (tmp_path / "trial-t_00002.json").write_text(json.dumps(progress_record(1, 10, 100, 5.0, 1e12, 100.0)))
     with caplog.at_level(logging.INFO, logger="zray"):
         restored.on_trial_start(0, [trial], trial)
         restored.on_step_begin(0, [trial])
@@ -170,4 +186,38 @@ def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_
     said = [r.getMessage() for r in caplog.records]
     assert said[0].startswith("trial trial-t_00002 started") and said[1].startswith("epoch 1/30  loss 4.1000")
     assert said[2] == "trial trial-t_00002 ended after 0 epoch(s): best val_sigma_mad 0.0500; stopped early by the scheduler"
-    assert len(said) == 3 and (tmp_path / "t_00002.json").exists()
+    assert len(said) == 3 and (tmp_path / "trial-t_00002.json").exists()
+
+
+def test_the_progress_folder_goes_when_the_search_returns(tmp_path):
+    """What ``zray tune`` and ``zray train`` do once Tune's fit has returned (a trial Ctrl-C
+    stopped never reports its end): every progress file goes, so none shows as running."""
+    from zray.experiment import clear_progress
+
+    folder = tmp_path / "trials" / ".progress"
+    folder.mkdir(parents=True)
+    (folder / "trial-a-00000.json").write_text(json.dumps(progress_record(2, 10, 100, 5.0, 1.0)))
+    (folder / ".trial-a-00001.json.123.part").write_text("{")
+    clear_progress(str(folder))
+    assert not folder.exists() and (tmp_path / "trials").is_dir()
+    clear_progress(str(folder))  # not there: nothing to do, no error
+
+
+def test_a_search_shows_each_trials_progress_under_its_name(exported):
+    """The search path, end to end (the session's real search of two trials, its workers writing
+    their progress every step): lines of progress within the epoch, each under the name of a
+    trial of the search; the progress folder gone when the search returned."""
+    from zray import search
+    from zray.train.job import PROGRESS_DIR
+
+    experiment = exported["experiment"]
+    names = {p.name for p in experiment.glob("trial-*")}
+    assert len(names) == 2
+    shown = {}
+    for line in exported["search_lines"]:
+        m = re.match(r"^trial (\S+) epoch 1/1: ([\d,]+) of ([\d,]+) galaxies", line)
+        if m:
+            shown.setdefault(m[1], []).append(line)
+            assert 0 < int(m[2].replace(",", "")) <= int(m[3].replace(",", "")), line
+    assert shown and set(shown) <= names, exported["search_lines"]
+    assert not (experiment / search.TRIALS_DIR / PROGRESS_DIR).exists()

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zray.console import LOG
 
-__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "progress_file", "trial_context",
-           "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
+__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "clear_progress", "progress_file",
+           "trial_context", "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
 
 
 @dataclass
@@ -99,12 +100,20 @@ def trial_context(space, data: CheckedData, trials_dir: str, *, hyperparameters:
     )
 
 
-def progress_file(progress_dir: str | None, trial_id: str) -> str | None:
-    """The file a trial's progress within an epoch goes to: written by its rank-0 worker, read by
-    the driver's :class:`zray.search.progress.TrialLines`."""
-    from zray import storage as st
+def progress_file(progress_dir: str | None, name: str) -> str | None:
+    """The file the progress within an epoch of the trial called ``name`` (its Tune trial name, the
+    name of its folders) goes to: written by its rank-0 worker, read by the driver's
+    :class:`zray.search.progress.TrialLines` and by ``zray status``."""
+    return str(Path(progress_dir) / f"{name}.json") if progress_dir else None
 
-    return st.join(progress_dir, f"{trial_id}.json") if progress_dir else None
+
+def clear_progress(progress_dir: str | None) -> None:
+    """Remove the progress files once ``Tuner.fit`` has returned: a trial Ctrl-C stopped (or one
+    whose end the callback never heard) would otherwise show as running in ``zray status``."""
+    import shutil
+
+    if progress_dir:
+        shutil.rmtree(progress_dir, ignore_errors=True)
 
 
 def trial_hp(ctx: TrialContext, config: dict) -> dict:
@@ -131,11 +140,11 @@ def trial_function(config: dict, ctx: TrialContext) -> None:
     quiet_logs(load=False)  # Optuna lives in the driver
     space = SearchSpace.model_validate(ctx.space_json)
     hp = trial_hp(ctx, config)
-    trial_id = tune.get_context().get_trial_id()
-    name = ctx.run_name or trial_name(run_identity(space.model, hp, ctx.manifest_hash), trial_id)
+    name = ctx.run_name or trial_name(run_identity(space.model, hp, ctx.manifest_hash),
+                                      tune.get_context().get_trial_id())
     run_dir = f"{ctx.trials_dir.rstrip('/')}/{name}"
     job = job_for(space, hp, ctx.manifest_hash, record_ids_dir=ctx.record_ids_dir,
-                  progress_file=progress_file(ctx.progress_dir, trial_id), **ctx.skipped, **ctx.job_extra)
+                  progress_file=progress_file(ctx.progress_dir, name), **ctx.skipped, **ctx.job_extra)
     trainer = make_trainer(job, datasets=ctx.datasets, storage_path=ctx.trials_dir, name=name,
                            gpus_per_worker=space.resources.gpus_per_worker, max_failures=ctx.max_failures,
                            callbacks=[TuneReportCallback()])

@@ -6,9 +6,11 @@ import, while the class keeps one importable name for Tune's saved state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from time import monotonic
 
 from ray.tune import Callback
@@ -50,6 +52,7 @@ class TrialLines(Callback):
         self.shown: dict[str, float] = {}  # trial id: when its last line was written (monotonic)
         self.seen: dict[str, float] = {}  # trial id: the time of the last progress record read
         self.reported: set[str] = set()  # trials that have reported an epoch since they started
+        self.started: dict[str, float] = {}  # trial id: when it (re)started (wall clock, as the records)
 
     def __setstate__(self, state: dict) -> None:
         """Tune keeps its callbacks in a search's saved state: one saved by a zray before the
@@ -57,13 +60,14 @@ class TrialLines(Callback):
         from zray.train.job import PROGRESS_EVERY_S
 
         self.__dict__.update({"progress_dir": None, "every": PROGRESS_EVERY_S, "polled": 0.0, "shown": {},
-                              "seen": {}, "reported": set()})
+                              "seen": {}, "reported": set(), "started": {}})
         self.__dict__.update(state)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         from zray import storage as st
 
         self.shown[trial.trial_id] = monotonic()
+        self.started[trial.trial_id] = time.time()
         self.reported.discard(trial.trial_id)
         waiting = not self.estimated and not (self.estimate_file and st.exists(self.estimate_file))
         hint = "; each epoch is shown when it ends, a long one also as it runs, with a time estimate" if waiting else ""
@@ -113,30 +117,35 @@ class TrialLines(Callback):
         self.polled = now
         for trial in trials:
             if trial.status == trial.RUNNING:
-                self._progress(trial, now)
+                try:
+                    self._progress(trial, now)
+                except Exception:  # noqa: BLE001 - a callback's exception would end the whole search
+                    pass  # for a line that is only a courtesy: a record of another kind, storage gone
 
     def _progress(self, trial, now: float) -> None:
-        from zray import storage as st
         from zray.experiment import progress_file
         from zray.train.job import FIRST_EVERY, LATER_EVERY, progress_line
 
+        key = trial.trial_id
         try:
-            record = json.loads(st.read_text(progress_file(self.progress_dir, trial.trial_id)) or "null")
-            new = isinstance(record, dict) and record["time"] != self.seen.get(trial.trial_id)
-        except (OSError, ValueError, KeyError, TypeError):  # not there yet, or storage out of reach
+            with open(progress_file(self.progress_dir, str(trial))) as f:
+                record = json.load(f)
+        except (OSError, ValueError):  # not there yet
             return
-        if not new:
+        # New, and written since this trial (re)started: not a run's left over from before a resume.
+        if not isinstance(record, dict) or record.get("time") == self.seen.get(key) \
+                or not record.get("time", 0) >= self.started.get(key, 0):
             return
-        self.seen[trial.trial_id] = record["time"]
-        wait = self.every * (LATER_EVERY if trial.trial_id in self.reported else FIRST_EVERY)
-        if now - self.shown.get(trial.trial_id, 0.0) >= wait:
-            self.shown[trial.trial_id] = now
-            try:
-                line = progress_line(record, self.epochs)
-            except (KeyError, TypeError, ValueError):  # a record of another zray
-                return
+        self.seen[key] = record["time"]
+        wait = self.every * (LATER_EVERY if key in self.reported else FIRST_EVERY)
+        if now - self.shown.get(key, 0.0) >= wait:
+            self.shown[key] = now
+            line = progress_line(record, self.epochs)
             LOG.info(f"trial {trial} {line}" if self.trial_lines else line)
-        self._estimate({"steady_images_per_s": record.get("images_per_s")})
+        # The estimate from a first epoch's speed, once measured over a whole interval (the
+        # first step, which traces the graph, is left out of it).
+        if record.get("epoch") == 1 and record.get("steady_s", 0) >= self.every:
+            self._estimate({"steady_images_per_s": record.get("images_per_s")})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0) or 0)
@@ -150,18 +159,13 @@ class TrialLines(Callback):
         self._forget(trial)
 
     def _forget(self, trial) -> None:
-        """An ended trial's progress file is removed (the folder too, once empty and local)."""
-        from zray import storage as st
+        """An ended trial's progress file is removed (the folder goes when the search returns:
+        :func:`zray.experiment.clear_progress`)."""
         from zray.experiment import progress_file
 
-        if not self.progress_dir:
-            return
-        try:
-            st.remove(progress_file(self.progress_dir, trial.trial_id))
-            if not st.is_uri(self.progress_dir):
-                os.rmdir(self.progress_dir)
-        except OSError:  # other trials' files still there, or storage out of reach
-            pass
+        if self.progress_dir:
+            with contextlib.suppress(OSError):
+                os.remove(progress_file(self.progress_dir, str(trial)))
 
     def _say(self, trial, epochs: int, how: str) -> None:
         if not self.trial_lines:

@@ -125,22 +125,16 @@ def trial_records(experiment_dir: Path, metric: str, mode: str, epochs: int,
 
 
 def _progress(experiment_dir: Path, trial: str) -> dict[str, Any] | None:
-    """The progress record its rank-0 worker last wrote within an epoch (``trials/.progress/``,
-    named by Tune's trial id, which ends as the trial's folder name does: ``5feb4586``, or
-    ``a1b2c_00001`` for ``trial-...-00001``), or None."""
+    """The progress record its rank-0 worker last wrote within an epoch
+    (``trials/.progress/TRIAL.json``: :func:`zray.experiment.progress_file`), or None."""
+    from zray.experiment import progress_file
     from zray.train.job import PROGRESS_DIR
 
-    counter = trial.rsplit("-", 1)[-1]
-    for path in sorted((experiment_dir / TRIALS_DIR / PROGRESS_DIR).glob(f"*{counter}.json")):
-        if path.stem != counter and not path.stem.endswith(f"_{counter}"):
-            continue
-        try:
-            record = json.loads(path.read_text())
-            if isinstance(record, dict) and _finite(record.get("time")):
-                return record
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-            continue  # being replaced, or not zray's
-    return None
+    try:
+        record = json.loads(Path(progress_file(str(experiment_dir / TRIALS_DIR / PROGRESS_DIR), trial)).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None  # none (no epoch running long), or not zray's
+    return record if isinstance(record, dict) and _finite(record.get("time")) else None
 
 
 def best_checkpoint(run_dir: Path, metric: str, mode: str) -> str | None:
@@ -353,14 +347,21 @@ def _running_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     for r in summary["trials"]:
         record = r.get("progress")
-        if not record:
-            continue
+        if not record or _count(record.get("epoch")) <= r["epochs"]:
+            continue  # none, or of an epoch the trial has reported since
         try:
             line = progress_line(record, _count(r["params"].get("epochs"), summary.get("epochs", 0)))
-        except (KeyError, TypeError, ValueError):  # a record of another kind
+        except (KeyError, TypeError, ValueError, OverflowError):  # a record of another kind
             continue
-        lines.append(f"running {r['trial']}: {line} ({duration(max(time.time() - record['time'], 0.0))} ago)")
+        age = max(time.time() - record["time"], 0.0)
+        stale = "; nothing since: its search may have stopped" if age > STALE_S else ""
+        lines.append(f"running {r['trial']}: {line} ({duration(age)} ago{stale})")
     return [""] + lines if lines else []
+
+
+# A progress record older than this: the trial's search may have stopped (its worker writes one
+# every 10 s within an epoch; validating and saving an epoch take far less).
+STALE_S = 600.0
 
 
 def _warm_start_lines(summary: dict[str, Any]) -> list[str]:

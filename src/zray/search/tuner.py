@@ -100,7 +100,8 @@ def make_searcher(space, experiment_dir: Path, trials_local: bool = True):
 
 def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume: bool = False,
         address: str | None = None, record_ids_dir: str | None = None, local_runs: str | Path = "runs",
-        on_check=None, dashboard_host: str = "127.0.0.1", warm_start: str | Path | None = None) -> dict[str, Any]:
+        on_check=None, dashboard_host: str = "127.0.0.1", warm_start: str | Path | None = None,
+        progress_every_s: float | None = None) -> dict[str, Any]:
     """Run (or resume) the search; return the summary that ``zray status`` also prints, with
     ``interrupted`` True when Ctrl-C ended it (Tune then returns as if it were done; ``resume=True``
     continues it).
@@ -114,6 +115,9 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     where the results are). On a cluster of more than one node the storage
     and data folders are checked to be shared before any trial starts;
     ``on_check`` receives the line saying what was checked.
+
+    ``progress_every_s``: how often a trial's worker writes how far a long epoch has come
+    (default :data:`zray.train.job.PROGRESS_EVERY_S`; the tests use 0, every step).
 
         >>> from zray import config, search
         >>> space = config.load("search_spaces/quickstart.yaml")    # doctest: +SKIP
@@ -148,18 +152,25 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     checked = check_storage(runs_dir, data_path=space.data.path)
     if checked and on_check:
         on_check(checked)
-    progress_dir = place.file(TRIALS_DIR, PROGRESS_DIR)
-    ctx = experiment.trial_context(space, data, place.file(TRIALS_DIR), record_ids_dir=record_ids_dir,
-                                   progress_dir=progress_dir)
+    # Progress within long epochs, on a local (or shared) storage folder; not through an object
+    # store, whose writes would hold up rank 0's training steps.
+    progress_dir = None if place.remote else place.file(TRIALS_DIR, PROGRESS_DIR)
+    ctx = experiment.trial_context(
+        space, data, place.file(TRIALS_DIR), record_ids_dir=record_ids_dir, progress_dir=progress_dir,
+        job_extra=None if progress_every_s is None else {"extra": {"progress_every_s": progress_every_s}})
     t0 = time.perf_counter()
     lines = experiment.callbacks(space, data.manifest, trials=space.tune.num_samples,
                                  concurrent=space.tune.max_concurrent,
-                                 estimate_file=place.file(TRIALS_DIR, ESTIMATE_FILE), progress_dir=progress_dir)
+                                 estimate_file=place.file(TRIALS_DIR, ESTIMATE_FILE), progress_dir=progress_dir,
+                                 progress_every_s=progress_every_s)
     tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
     if warm:
         warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones
-    with experiment.watch_for_interruption() as watch:
-        grid = tuner.fit()
+    try:
+        with experiment.watch_for_interruption() as watch:
+            grid = tuner.fit()
+    finally:
+        experiment.clear_progress(progress_dir)
     if not watch.interrupted:
         # The study's trials still RUNNING were never run to the end. After Ctrl-C they are the
         # trials in flight, which --resume continues under the same numbers: they stay RUNNING.

@@ -264,7 +264,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     init_ray(dashboard_host=dashboard_host)
     place = Place.of(runs_dir, name)  # the run's folder: its checkpoints, and Tune's record in tune/
     run_dir = place.local
-    progress_dir = place.file(PROGRESS_DIR)
+    progress_dir = None if place.remote else place.file(PROGRESS_DIR)
     ctx = experiment.trial_context(space, data, place.storage, hyperparameters=hp, record_ids_dir=record_ids_dir,
                                    run_name=name, max_failures=max_failures,
                                    job_extra={"extra": extra} if extra else None, progress_dir=progress_dir)
@@ -292,6 +292,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
     except Exception:  # noqa: BLE001 - Tune reads its pickled record of the failed trial back, and
         # raises when that record was cut short (a full disk): its text copy tells what happened
         error = _error_text(run_dir)
+    finally:
+        experiment.clear_progress(progress_dir)
     reason = divergence(run_dir)
     if reason:
         raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")

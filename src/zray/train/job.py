@@ -214,11 +214,14 @@ def epoch_line(m: dict[str, Any], epochs: int) -> str:
     )
 
 
-def progress_record(epoch: int, rows: int, total: int, images_per_s: float | None, when: float) -> dict[str, Any]:
-    """What rank 0 writes to ``TrainJob.progress_file`` within an epoch (``epoch`` counted from 1,
-    ``rows`` of about ``total`` trained so far, the speed since the epoch's first step)."""
+def progress_record(epoch: int, rows: int, total: int, images_per_s: float | None, when: float,
+                    steady_s: float = 0.0) -> dict[str, Any]:
+    """What rank 0 writes to ``TrainJob.progress_file`` within an epoch: ``epoch`` counted from 1,
+    ``rows`` of about ``total`` trained so far, the speed since the epoch's first step (which
+    traces the graph) measured over ``steady_s`` seconds, and when (``time.time()``)."""
     return {"epoch": int(epoch), "rows": int(rows), "total": int(total),
-            "images_per_s": float(images_per_s) if images_per_s else None, "time": float(when)}
+            "images_per_s": float(images_per_s) if images_per_s else None, "steady_s": float(steady_s),
+            "time": float(when)}
 
 
 def progress_line(p: dict[str, Any], epochs: int) -> str:

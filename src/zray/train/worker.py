@@ -286,7 +286,9 @@ class _ProgressFile:
         if now - self.last < self.every or self.path is None:
             return
         self.last = now
-        text = json.dumps(progress_record(self.epoch, rows, max(self.total, rows), clock.speed(now), time.time()))
+        steady_s = now - clock.steady_t0 if clock.steady_t0 is not None else 0.0
+        text = json.dumps(progress_record(self.epoch, rows, max(self.total, rows), clock.speed(now), time.time(),
+                                          steady_s))
         try:
             _write_whole(self.path, text)
         except OSError:
@@ -295,11 +297,6 @@ class _ProgressFile:
 
 def _write_whole(path: str, text: str) -> None:
     """Write ``text`` so that a reader sees the old file or the new one, never half of it."""
-    from zray import storage as st
-
-    if st.is_uri(path):
-        st.write_text(path, text)  # an object store's put is whole
-        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.{os.getpid()}.part")
