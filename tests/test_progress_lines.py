@@ -61,7 +61,7 @@ def test_first_epoch_every_few_intervals_later_ones_rarely_estimate_once(tmp_pat
     path = progress_file(str(folder), str(trial))
     folder.mkdir(parents=True)
     with open(path, "w") as f:  # a record of the trial's run before it was resumed: never shown
-        json.dump(progress_record(3, 7900, 8000, 30.0, time.time() - 60, steady_s=200.0), f)
+        json.dump(progress_record(1, 7900, 8000, 30.0, time.time() - 60, steady_s=200.0), f)
 
     def write(epoch, rows, rate, seconds):
         with open(path, "w") as f:
@@ -75,7 +75,8 @@ def test_first_epoch_every_few_intervals_later_ones_rarely_estimate_once(tmp_pat
 
     with caplog.at_level(logging.INFO, logger="zray"):
         lines.on_trial_start(0, [trial], trial)
-        assert step(5) == []  # only the record from before the (re)start
+        assert step(FIRST_EVERY * EVERY) == []  # only the record from before the (re)start: no line, no estimate
+        lines.on_trial_start(0, [trial], trial)  # as if it had just (re)started: the pacing from here
         write(1, 64, None, 1.0)  # the first step only: no speed, no estimate
         assert step(EVERY) == []  # under FIRST_EVERY intervals since the last line
         write(1, 128, 29.0, 2.0)  # a speed from 2 s of steps: shown, but too short for the estimate
@@ -173,7 +174,7 @@ def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_
     import pickle
 
     lines = TrialLines("val_sigma_mad", "min", 30, plan=None, progress_dir=str(tmp_path), progress_every_s=EVERY)
-    for name in ("progress_dir", "every", "polled", "shown", "seen", "reported"):
+    for name in ("progress_dir", "every", "polled", "shown", "seen", "reported", "started"):
         delattr(lines, name)  # as TrialLines was pickled before them
     restored = pickle.loads(pickle.dumps(lines))
     trial = Trial("t_00002")

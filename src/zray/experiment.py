@@ -30,8 +30,8 @@ from typing import Any
 
 from zray.console import LOG
 
-__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "clear_progress", "progress_file",
-           "trial_context", "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
+__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "clear_progress", "open_progress",
+           "progress_file", "trial_context", "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
 
 
 @dataclass
@@ -105,6 +105,12 @@ def progress_file(progress_dir: str | None, name: str) -> str | None:
     name of its folders) goes to: written by its rank-0 worker, read by the driver's
     :class:`zray.search.progress.TrialLines` and by ``zray status``."""
     return str(Path(progress_dir) / f"{name}.json") if progress_dir else None
+
+
+def open_progress(progress_dir: str | None) -> None:
+    """Make the progress files' folder before ``Tuner.fit`` (workers write into it, never make it)."""
+    if progress_dir:
+        Path(progress_dir).mkdir(parents=True, exist_ok=True)
 
 
 def clear_progress(progress_dir: str | None) -> None:

@@ -70,7 +70,8 @@ class TrialLines(Callback):
         self.started[trial.trial_id] = time.time()
         self.reported.discard(trial.trial_id)
         waiting = not self.estimated and not (self.estimate_file and st.exists(self.estimate_file))
-        hint = "; each epoch is shown when it ends, a long one also as it runs, with a time estimate" if waiting else ""
+        also = ", a long one also as it runs," if self.progress_dir else ", the first"
+        hint = f"; each epoch is shown when it ends{also} with a time estimate" if waiting else ""
         if not self.trial_lines:
             LOG.info(f"training started{hint}")
             return

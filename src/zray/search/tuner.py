@@ -166,6 +166,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
     if warm:
         warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones
+    experiment.open_progress(progress_dir)
     try:
         with experiment.watch_for_interruption() as watch:
             grid = tuner.fit()

@@ -285,6 +285,7 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda trial: "trial",
                                     trial_name_creator=lambda trial: name),
     )
+    experiment.open_progress(progress_dir)
     try:
         with experiment.watch_for_interruption() as watch:
             grid = tuner.fit()

@@ -296,9 +296,10 @@ class _ProgressFile:
 
 
 def _write_whole(path: str, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the new one, never half of it."""
+    """Write ``text`` so that a reader sees the old file or the new one, never half of it. The
+    folder is the driver's (made before the search, removed after it): a worker still writing
+    after the search returned (Ctrl-C) fails here instead of bringing the folder back."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.{os.getpid()}.part")
     part.write_text(text)
     os.replace(part, target)
