@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -96,6 +97,27 @@ def sim_data(tmp_path_factory):
     return out
 
 
+@contextlib.contextmanager
+def zray_lines():
+    """The messages written to the ``zray`` logger meanwhile (the terminal's lines); for fixtures
+    wider than a test, where pytest's caplog cannot go (``from conftest import zray_lines``)."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler, logger = Keep(level=logging.INFO), logging.getLogger("zray")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def exported(ray_session, sim_data, tmp_path_factory):
     """One tiny real search (2 trials of a small cnn, 1 epoch) exported as a 1-member bundle ``best``,
@@ -124,21 +146,8 @@ def exported(ray_session, sim_data, tmp_path_factory):
         "resources": {"num_workers": 1, "cpus_per_worker": 0.9, "trial_cpus": 0.1},
     }
     (tmp / "space.yaml").write_text(yaml.safe_dump(space))
-    lines: list[str] = []  # the search's terminal lines; its workers write their progress every step
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger, keep = logging.getLogger("zray"), Keep(level=logging.INFO)
-    level = logger.level
-    logger.addHandler(keep)
-    logger.setLevel(logging.INFO)
-    try:
+    with zray_lines() as lines:  # the search's terminal lines; its workers write their progress every step
         summary = search.run(config.load(tmp / "space.yaml"), runs_dir=tmp / "runs", progress_every_s=0.0)
-    finally:
-        logger.removeHandler(keep)
-        logger.setLevel(level)
     experiment = Path(summary["experiment"])
     out = {"tmp": tmp, "experiment": experiment, "summary": summary, "search_lines": lines}
     # best: the best trial; ens: it and one more seed of its configuration, trained here and kept

@@ -46,6 +46,8 @@ def test_progress_line_says_how_far_the_epoch_is_and_when_its_training_ends():
     assert line == "epoch 1/30: 2,816 of 8,000 galaxies (35%) at 31 img/s; its training ends in about 3 min"
     # No speed yet (only the first step, which traces the graph, has run): no time either.
     assert progress_line(progress_record(1, 64, 8000, None, 0.0), 30) == "epoch 1/30: 64 of 8,000 galaxies (1%)"
+    assert progress_line({**progress_record(1, 64, 8000, None, 0.0), "images_per_s": float("nan")}, 30) == \
+        "epoch 1/30: 64 of 8,000 galaxies (1%)"  # a NaN speed is no speed
     assert progress_line(progress_record(2, 8000, 8000, 40.0, 0.0), 30) == \
         "epoch 2/30: 8,000 of 8,000 galaxies (100%) at 40 img/s"
 
@@ -191,17 +193,25 @@ def test_a_search_saved_before_the_progress_lines_resumes_with_its_callback(tmp_
 
 
 def test_the_progress_folder_goes_when_the_search_returns(tmp_path):
-    """What ``zray tune`` and ``zray train`` do once Tune's fit has returned (a trial Ctrl-C
-    stopped never reports its end): every progress file goes, so none shows as running."""
-    from zray.experiment import clear_progress
+    """What ``zray tune`` and ``zray train`` wrap Tune's fit in: the folder made before, and every
+    progress file gone after, even when fit ends by an exception or Ctrl-C (a stopped trial never
+    reports its end), so none shows as running."""
+    from zray.experiment import progress_folder
 
     folder = tmp_path / "trials" / ".progress"
-    folder.mkdir(parents=True)
-    (folder / "trial-a-00000.json").write_text(json.dumps(progress_record(2, 10, 100, 5.0, 1.0)))
-    (folder / ".trial-a-00001.json.123.part").write_text("{")
-    clear_progress(str(folder))
+    with pytest.raises(KeyboardInterrupt), progress_folder(str(folder)):
+        assert folder.is_dir()  # made for the workers, who never make it
+        (folder / "trial-a-00000.json").write_text(json.dumps(progress_record(2, 10, 100, 5.0, 1.0)))
+        (folder / ".trial-a-00001.json.123.part").write_text("{")
+        raise KeyboardInterrupt
     assert not folder.exists() and (tmp_path / "trials").is_dir()
-    clear_progress(str(folder))  # not there: nothing to do, no error
+    # A file where the folder goes (not zray's): no folder, no error, and the file left alone.
+    folder.write_text("mine")
+    with progress_folder(str(folder)):
+        assert folder.is_file()
+    assert folder.read_text() == "mine"
+    with progress_folder(None):  # object-store storage: no progress files
+        pass
 
 
 def test_a_search_shows_each_trials_progress_under_its_name(exported):

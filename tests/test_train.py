@@ -10,9 +10,7 @@ on the same output resumes.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import pickle
 import re
@@ -27,6 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import zray_lines
 from zray import config
 from zray import train as training
 from zray.data.pipeline import load_arrays
@@ -70,26 +69,6 @@ def space_file(tmp_path: Path, data: Path) -> Path:
 @pytest.fixture(scope="module")
 def sorted_data(sim_data, tmp_path_factory):
     return sorted_copy(sim_data, tmp_path_factory.mktemp("sorted") / "data")
-
-
-@contextlib.contextmanager
-def zray_lines():
-    """The messages written to the ``zray`` logger meanwhile (the terminal's lines)."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    handler, logger = Keep(level=logging.INFO), logging.getLogger("zray")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")

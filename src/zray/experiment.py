@@ -30,8 +30,8 @@ from typing import Any
 
 from zray.console import LOG
 
-__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "clear_progress", "open_progress",
-           "progress_file", "trial_context", "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
+__all__ = ["CheckedData", "TrialContext", "callbacks", "check_data", "progress_file", "progress_folder",
+           "trial_context", "trial_function", "trial_hp", "trial_name", "watch_for_interruption"]
 
 
 @dataclass
@@ -107,19 +107,23 @@ def progress_file(progress_dir: str | None, name: str) -> str | None:
     return str(Path(progress_dir) / f"{name}.json") if progress_dir else None
 
 
-def open_progress(progress_dir: str | None) -> None:
-    """Make the progress files' folder before ``Tuner.fit`` (workers write into it, never make it)."""
-    if progress_dir:
-        Path(progress_dir).mkdir(parents=True, exist_ok=True)
-
-
-def clear_progress(progress_dir: str | None) -> None:
-    """Remove the progress files once ``Tuner.fit`` has returned: a trial Ctrl-C stopped (or one
-    whose end the callback never heard) would otherwise show as running in ``zray status``."""
+@contextlib.contextmanager
+def progress_folder(progress_dir: str | None):
+    """``with progress_folder(dir): tuner.fit()``: the progress files' folder is the driver's, made
+    before the search (workers write into it, never make it; where a file of that name stands, the
+    search runs without progress lines) and removed when it returns, even after Ctrl-C (a stopped
+    trial never reports its end, and would show as running in ``zray status``); a worker still
+    writing then fails instead of bringing the folder back."""
     import shutil
 
     if progress_dir:
-        shutil.rmtree(progress_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(progress_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    finally:
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
 
 
 def trial_hp(ctx: TrialContext, config: dict) -> dict:

@@ -161,7 +161,7 @@ class TrialLines(Callback):
 
     def _forget(self, trial) -> None:
         """An ended trial's progress file is removed (the folder goes when the search returns:
-        :func:`zray.experiment.clear_progress`)."""
+        :func:`zray.experiment.progress_folder`)."""
         from zray.experiment import progress_file
 
         if self.progress_dir:

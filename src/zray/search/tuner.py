@@ -166,12 +166,8 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, resume
     tuner = _tuner(space, ctx, data.manifest.hash, place, resume, lines)  # its searcher made the study
     if warm:
         warm.seed(place.local, space.name)  # before the first trial: the sampler knows the earlier ones
-    experiment.open_progress(progress_dir)
-    try:
-        with experiment.watch_for_interruption() as watch:
-            grid = tuner.fit()
-    finally:
-        experiment.clear_progress(progress_dir)
+    with experiment.progress_folder(progress_dir), experiment.watch_for_interruption() as watch:
+        grid = tuner.fit()
     if not watch.interrupted:
         # The study's trials still RUNNING were never run to the end. After Ctrl-C they are the
         # trials in flight, which --resume continues under the same numbers: they stay RUNNING.

@@ -285,16 +285,13 @@ def run(space, *, runs_dir: str | Path = "runs", name: str | None = None, max_fa
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda trial: "trial",
                                     trial_name_creator=lambda trial: name),
     )
-    experiment.open_progress(progress_dir)
     try:
-        with experiment.watch_for_interruption() as watch:
+        with experiment.progress_folder(progress_dir), experiment.watch_for_interruption() as watch:
             grid = tuner.fit()
         error = str(grid[0].error) if grid.num_errors else None
     except Exception:  # noqa: BLE001 - Tune reads its pickled record of the failed trial back, and
         # raises when that record was cut short (a full disk): its text copy tells what happened
         error = _error_text(run_dir)
-    finally:
-        experiment.clear_progress(progress_dir)
     reason = divergence(run_dir)
     if reason:
         raise ZrayError(f"training run {name} failed: {reason}; try a lower learning_rate")

@@ -230,7 +230,7 @@ def progress_line(p: dict[str, Any], epochs: int) -> str:
     text = f"epoch {int(p['epoch'])}/{epochs}: {rows:,} of {total:,} galaxies"
     if total > 0:
         text += f" ({min(rows / total, 1.0):.0%})"
-    if rate:
+    if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0:  # not NaN, or none yet
         text += f" at {rate:.0f} img/s"
         if total > rows:
             text += f"; its training ends in about {duration((total - rows) / rate)}"

@@ -257,6 +257,10 @@ class _Clock:
             return
         self.steady_rows += step_rows
 
+    def steady_seconds(self, now: float) -> float:
+        """Seconds since the first step ended (what :meth:`speed` is measured over)."""
+        return now - self.steady_t0 if self.steady_t0 is not None else 0.0
+
     def speed(self, now: float | None = None) -> float | None:
         """Images per second since the first step, once a step after it has ended."""
         now = time.perf_counter() if now is None else now
@@ -286,9 +290,8 @@ class _ProgressFile:
         if now - self.last < self.every or self.path is None:
             return
         self.last = now
-        steady_s = now - clock.steady_t0 if clock.steady_t0 is not None else 0.0
         text = json.dumps(progress_record(self.epoch, rows, max(self.total, rows), clock.speed(now), time.time(),
-                                          steady_s))
+                                          clock.steady_seconds(now)))
         try:
             _write_whole(self.path, text)
         except OSError:
