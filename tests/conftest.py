@@ -166,3 +166,15 @@ def exported(ray_session, sim_data, tmp_path_factory):
     out["evaluate_output"] = result.output
     out["report"] = tmp / "report"
     return out
+
+
+def sdss_spec_obj_id(plate: int, fiber: int, mjd: int, run2d: int = 26) -> int:
+    """An SDSS specObjID (DR8 on): plate in bits 50-63, fiber 38-49, MJD - 50000 24-37, run2d 10-23."""
+    return (plate << 50) | (fiber << 38) | ((mjd - 50000) << 24) | (run2d << 10)
+
+
+# Sorted as SDSS sorts them; from plate 8192 on above the signed range. The last two differ only in
+# run2d (the same spectrum reduced twice), by 1,024: as floats (spacing 2,048 there) they would be one id.
+SDSS_IDS = [sdss_spec_obj_id(266, 1, 51630), sdss_spec_obj_id(8191, 12, 57000),
+            sdss_spec_obj_id(8192, 3, 57100), sdss_spec_obj_id(10000, 500, 57600),
+            sdss_spec_obj_id(12547, 999, 58500, 26), sdss_spec_obj_id(12547, 999, 58500, 27)]

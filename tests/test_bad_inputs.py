@@ -307,16 +307,14 @@ CASES = {
         lambda t, d: ((t / "cat.csv").write_text("id, zspec, ebv, file\n1, 0.1, 0.03, a.fits\n"),
                       ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],
         "cat.csv: missing column(s) z_spec; expected columns id, z_spec, ebv (found 'id', 'zspec', 'ebv', 'file')"),
-    # SDSS specObjIDs reach 2**64; zray keeps signed 64-bit ids, and never wraps one round to a negative
-    "catalog-uint64-id-in-parquet": (
-        lambda t, d: (fits_setup(t), pa.parquet.write_table(pa.table(
-            {"id": pa.array([100, 2**64 - 10, 102], pa.uint64()), "z_spec": [0.05, 0.1, 0.15], "ebv": [0.03] * 3,
-             "file": ["g0.fits", "g1.fits", "g2.fits"]}), t / "cat.parquet"),
-            ["prepare", str(t / "cat.parquet"), "--images", str(t / "img"), "--out", str(t / "out"), "--size", "16"])[2],
-        "cat.parquet: row 2: id 18446744073709551606 is larger than 9223372036854775807, the largest id zray keeps"),
-    "catalog-uint64-id-in-csv": (
-        lambda t, d: fits_setup(t, rows={"id": pa.array([100, 101, 2**63], pa.uint64())}),
-        "cat.csv: row 3: id 9223372036854775808 is larger than 9223372036854775807, the largest id zray keeps"),
+    # SDSS specObjIDs reach 2**64: ids are 64-bit, signed or (all >= 0) unsigned, and never wrap round
+    "catalog-id-beyond-64-bits-in-csv": (
+        lambda t, d: fits_setup(t, rows={"id": ["100", "101", str(2**64)]}),
+        "cat.csv: row 3: id 18446744073709551616 is larger than 18446744073709551615; expected 64-bit integer ids"),
+    "catalog-negative-and-unsigned-ids-in-csv": (
+        lambda t, d: fits_setup(t, rows={"id": ["-5", "101", str(2**63)]}),
+        "cat.csv: row 1 has id -5 and row 3 id 9223372036854775808; expected ids either all below "
+        "9223372036854775808 or all >= 0 (64-bit integers, signed or not)"),
     "catalog-sentinel-magnitude": (lambda t, d: fits_setup(t, rows={"mag_r": [17.0, -9999.0, 18.0]}),
                                    "cat.csv: row 2 (id 101): mag_r -9999 is not a galaxy's apparent magnitude"),
     "catalog-fractional-id-in-csv": (lambda t, d: fits_setup(t, rows={"id": [100, 101.5, 102]}),

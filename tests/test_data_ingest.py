@@ -11,6 +11,7 @@ import pyarrow.parquet  # noqa: F401 (pa.parquet)
 import pytest
 from astropy.io import fits
 
+from conftest import SDSS_IDS
 from zray.data import load_arrays, prepare_dataset, validate_dataset
 from zray.data.ingest import normalise_band
 from zray.errors import ZrayError
@@ -124,6 +125,31 @@ def test_a_hand_written_catalogue_with_spaces_and_text_ids_beside_its_fits(tmp_p
                             overwrite=overwrite)
         assert m.total_rows == 3
     _check_roundtrip(out, [100, 101, 102])
+
+
+def test_sdss_spec_obj_ids_beyond_the_signed_range_in_csv_and_fits_catalogues(tmp_path):
+    """SDSS's specObjIDs from plate 8192 on are above 2**63 - 1: a catalogue of them, sorted by id
+    as SDSS sorts it, as text in a CSV and as the unsigned column astropy writes in a FITS table
+    (TZERO = 2**63), gives a dataset whose ids are the catalogue's, to the last bit."""
+    from astropy.table import Table
+
+    n = len(SDSS_IDS)
+    rows = _single_file_setup(tmp_path, n=n)
+    rows["id"] = SDSS_IDS
+    (tmp_path / "cat.csv").write_text("id,z_spec,ebv,file\n" + "".join(
+        f"{i},{z},{e},{f}\n" for i, z, e, f in zip(SDSS_IDS, rows["z_spec"], rows["ebv"], rows["file"])))
+    Table({"SPECOBJID": np.array(SDSS_IDS, dtype=np.uint64), "Z": rows["z_spec"], "EBV": rows["ebv"],
+           "FILE": rows["file"]}).write(tmp_path / "cat.fits")
+    assert fits.getheader(tmp_path / "cat.fits", 1)["TZERO1"] == 2**63
+    with pytest.raises(ZrayError, match="rename 'specobjid' to 'id'"):
+        prepare_dataset(tmp_path / "cat.fits", tmp_path / "img", tmp_path / "x", size=SIZE, progress=False)
+    Table({"ID": np.array(SDSS_IDS, dtype=np.uint64), "Z_SPEC": rows["z_spec"], "EBV": rows["ebv"],
+           "FILE": rows["file"]}).write(tmp_path / "cat.fits", overwrite=True)
+    for name in ("cat.csv", "cat.fits"):
+        m = prepare_dataset(tmp_path / name, tmp_path / "img", tmp_path / name.replace(".", "_"), size=SIZE,
+                            progress=False)
+        assert m.total_rows == n
+        _check_roundtrip(tmp_path / name.replace(".", "_"), SDSS_IDS)
 
 
 def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import SDSS_IDS
 from zray.bins import RedshiftBins
 from zray.data import assign_split, load_arrays, read_manifest, validate_dataset, write_dataset
 from zray.data.validate import inspect_dataset
@@ -60,6 +61,50 @@ def test_split_depends_only_on_id_and_seed():
     assert not np.array_equal(assign_split(ids, seed=4), split)
     fractions = np.bincount(split, minlength=3) / ids.size
     np.testing.assert_allclose(fractions, [0.8, 0.1, 0.1], atol=0.01)
+
+
+def test_unsigned_ids_above_the_signed_range_are_kept_exactly(tmp_path):
+    ids = np.array(SDSS_IDS * 5, dtype=np.uint64) + np.repeat(np.arange(5, dtype=np.uint64), 6) * np.uint64(1 << 38)
+    assert ids.max() > np.iinfo(np.int64).max
+    _, images, z, ebv = _rows(len(ids))
+    m = write_dataset(tmp_path / "d", ids, images, z, ebv, rows_per_shard=7)
+    validate_dataset(tmp_path / "d")
+    got = {}
+    for k, s in enumerate(m.splits):
+        assert all(pq.read_schema(f).field("id").type == "uint64" for f in m.files(s))
+        arrays = load_arrays(tmp_path / "d", s, columns=("id", "image"))
+        assert arrays["id"].dtype == np.uint64
+        got.update((int(i), image) for i, image in zip(arrays["id"], arrays["image"]))
+        # split by the same hash as the id's 64 bits read as a signed number
+        np.testing.assert_array_equal(assign_split(arrays["id"], 0), k)
+        np.testing.assert_array_equal(assign_split(arrays["id"].view(np.int64), 0), k)
+    assert sorted(got) == sorted(int(i) for i in ids)
+    for i, image in zip(ids, images):
+        np.testing.assert_array_equal(got[int(i)], image)
+
+
+def test_a_writer_refuses_ids_of_the_other_kind_and_never_wraps_one(tmp_path):
+    from zray.data.writer import DatasetWriter
+
+    _, images, z, ebv = _rows(4)
+    with pytest.raises(ZrayError, match=r"id -3 does not fit the earlier rows' ids, which are 64-bit integers "
+                                        r"unsigned \(>= 0\); expected ids of one kind"):
+        with DatasetWriter(tmp_path / "a") as writer:
+            writer.add(np.array([2**63, 2**63 + 1], dtype=np.uint64), images[:2], z[:2], ebv[:2])
+            writer.add(np.array([7, -3]), images[2:], z[2:], ebv[2:])
+    assert_nothing_left(tmp_path / "a")
+    with pytest.raises(ZrayError, match=r"id 9223372036854775808 does not fit the earlier rows' ids, which are "
+                                        r"64-bit integers at most 9223372036854775807"):
+        with DatasetWriter(tmp_path / "b") as writer:
+            writer.add(np.array([1, 2]), images[:2], z[:2], ebv[:2])
+            writer.add(np.array([3, 2**63], dtype=np.uint64), images[2:], z[2:], ebv[2:])
+    assert_nothing_left(tmp_path / "b")
+    # ids of the other kind that fit are taken as the dataset's own
+    with DatasetWriter(tmp_path / "c") as writer:
+        writer.add(np.array([1, 2]), images[:2], z[:2], ebv[:2])
+        writer.add(np.array([3, 4], dtype=np.uint64), images[2:], z[2:], ebv[2:])
+    ids = np.concatenate([load_arrays(tmp_path / "c", s, columns=("id",))["id"] for s in writer.manifest.splits])
+    assert ids.dtype == np.int64 and sorted(ids.tolist()) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,15 @@ def test_catalog_mode(tmp_path):
     pcsv.write_csv(cat.rename_columns(["id", "z_spec", *cat.column_names[2:]]), tmp_path / "cat_spec.csv")
     same = simulate_from_catalog(tmp_path / "cat_spec.csv", tmp_path / "spec", size=16, workers=1, progress=False)
     assert same.hash == m.hash
+    # SDSS specObjIDs above 2**63 - 1 (a Parquet column of uint64): the shards and the true
+    # catalogue keep them to the last bit.
+    big = [2**63 + 1024, 2**63 + 2048, 2**64 - 1024, 2**64 - 1]
+    pq.write_table(cat.set_column(0, "id", pa.array(big, pa.uint64())), tmp_path / "cat_big.parquet")
+    simulate_from_catalog(tmp_path / "cat_big.parquet", tmp_path / "big", size=16, workers=1, progress=False)
+    truth = pq.read_table(tmp_path / "big" / "catalog.parquet").to_pandas().set_index("id").loc[big]
+    np.testing.assert_allclose(truth["mag_r"], cat["mag_r"].to_numpy())
+    written = [load_arrays(tmp_path / "big", s, columns=("id",))["id"] for s in ("train", "val", "test")]
+    assert sorted(int(i) for part in written for i in part) == big
 
 
 @pytest.mark.parametrize(

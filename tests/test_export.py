@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 import zray
+from conftest import SDSS_IDS
 from zray.bundle import BUNDLE_FILE, read_bundle
 from zray.calibration import temper
 from zray.cli import main
@@ -549,6 +550,56 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
                   "--overwrite")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["m.parquet"]
+
+
+def test_sdss_spec_obj_ids_above_the_signed_range_through_prepare_predict_and_evaluate(exported, sim_data, tmp_path):
+    """A FITS catalogue of SDSS specObjIDs (plates from 8192 on put them above 2**63 - 1; astropy
+    writes them unsigned, TZERO = 2**63), sorted by id: prepared, predicted from its shards and
+    from the catalogue itself (its z_spec joined by id), in qp too, and scored whole; every output
+    names each galaxy by its own id, to the last bit, and its predictions are those of its pixels."""
+    import qp
+    from astropy.io import fits
+    from astropy.table import Table
+
+    test = load_arrays(sim_data, "test")
+    n = len(SDSS_IDS)
+    images = tmp_path / "img"
+    images.mkdir()
+    for k, image in enumerate(test["image"][:n]):
+        hdu = fits.PrimaryHDU(image)
+        for b, band in enumerate("ugriz"):
+            hdu.header[f"BAND{b + 1}"] = band
+        hdu.writeto(images / f"g{k}.fits")
+    z_cat = test["z_spec"][:n].astype(np.float64)
+    Table({"ID": np.array(SDSS_IDS, dtype=np.uint64), "Z_SPEC": z_cat, "EBV": test["ebv"][:n],
+           "FILE": [f"g{k}.fits" for k in range(n)]}).write(tmp_path / "cat.fits")
+    pz = pq.read_table(exported["tmp"] / "pz.parquet").to_pydict()
+    by_pixels = dict(zip(pz["id"], pz["z_median"]))
+    want = {i: by_pixels[int(own)] for i, own in zip(SDSS_IDS, test["id"][:n])}  # the same cutouts' predictions
+    z_of = dict(zip(SDSS_IDS, z_cat))  # the last two ids are 1,024 apart: a join by floats mixes them up
+
+    result = _run("prepare", tmp_path / "cat.fits", "--images", images, "--out", tmp_path / "data",
+                  "--size", test["image"].shape[-1])
+    assert result.exit_code == 0, result.output
+    for source, more in ((tmp_path / "data", ()), (tmp_path / "cat.fits", ("--images", images))):
+        out = tmp_path / f"p-{source.stem}.parquet"
+        result = _run("predict", exported["best"], source, *more, "--out", out)
+        assert result.exit_code == 0, result.output
+        got = pq.read_table(out)
+        assert got.schema.field("id").type == pa.uint64()
+        got = got.to_pydict()
+        assert sorted(got["id"]) == SDSS_IDS
+        np.testing.assert_allclose(got["z_median"], [want[i] for i in got["id"]], atol=1e-6)
+        np.testing.assert_allclose(got["z_spec"], [z_of[i] for i in got["id"]], rtol=1e-6)
+    result = _run("predict", exported["best"], tmp_path / "data", "--format", "qp", "--out", tmp_path / "p.hdf5")
+    assert result.exit_code == 0, result.output
+    assert sorted(int(i) for i in np.ravel(qp.read(str(tmp_path / "p.hdf5")).ancil["id"])) == SDSS_IDS
+    result = _run("evaluate", exported["best"], tmp_path / "data", "--split", "all", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    scored = pq.read_table(tmp_path / "report" / "predictions.parquet").to_pydict()
+    assert sorted(scored["id"]) == SDSS_IDS
+    np.testing.assert_allclose(scored["z_spec"], [z_of[i] for i in scored["id"]], rtol=1e-6)
+    np.testing.assert_allclose(scored["z_median"], [want[i] for i in scored["id"]], atol=1e-6)
 
 
 def test_predict_takes_splits_of_a_shard_folder_only_and_each_once(exported, sim_data, tmp_path):

@@ -235,6 +235,7 @@ def held_out(train_root, manifest, splits, ids: np.ndarray) -> tuple[dict[str, n
     train = _fit(train_manifest)
     _check_bands(manifest)
     parts = [_split_photometry(manifest, split) for split in splits]
+    parts = [p for p in parts if len(p["id"])] or parts  # an empty split's ids are typed int64, maybe not theirs
     part = {k: np.concatenate([p[k] for p in parts]) for k in ("id", "z_spec", "mags")}
     rows, found = lookup(part["id"], ids)
     if not found.all():

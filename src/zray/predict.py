@@ -63,7 +63,7 @@ class Predictor:
         from zray.qp_format import estimate_columns
 
         pdf = self.bundle.predict(batch["image"], batch["ebv"], batch_size=max(len(batch["id"]), 1))
-        out = {"id": np.asarray(batch["id"], dtype=np.int64)}
+        out = {"id": np.asarray(batch["id"])}  # int64, or uint64 as the dataset keeps them
         est = estimate_columns(pdf, self.bundle.bins, out["id"])
         for column in POINT_COLUMNS:
             out[column] = est[column]
@@ -238,12 +238,15 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
 
 def _with_known_z(batches, known) -> Iterator[dict[str, np.ndarray]]:
     """Each batch with the catalogue's z_spec joined by id (missing or not finite: null)."""
-    ids, z = known
+    from zray.data.catalog import id_key
+
+    ids, z = id_key(known[0]), known[1]
     order = np.argsort(ids, kind="stable")
     ids, z = ids[order], z[order]  # sorted once: the catalogue may be large, and batches are many
     for batch in batches:
-        at = np.clip(np.searchsorted(ids, batch["id"]), 0, len(ids) - 1)
-        found = ids[at] == batch["id"]
+        keys = id_key(batch["id"])
+        at = np.clip(np.searchsorted(ids, keys), 0, len(ids) - 1)
+        found = ids[at] == keys
         yield {**batch, "z_spec": np.where(found, z[at], np.nan)}
 
 
@@ -332,7 +335,7 @@ def predict(
         if fmt == "qp" and isinstance(known_z, tuple):
             # qp's ancillary table has no null: a redshift column is written only when every galaxy
             # predicted (not one --skip-bad left out) has one
-            predicted = ~np.isin(known_z[0], [row[1] for row in left_out])
+            predicted = ~np.isin(known_z[0], np.array([row[1] for row in left_out], dtype=known_z[0].dtype))
             if not np.all(np.isfinite(known_z[1][predicted])):
                 batches = ({k: v for k, v in b.items() if k != "z_spec"} for b in batches)
         done, first = _write_output(batches, out, meta, info.bins, fmt=fmt,

@@ -286,13 +286,19 @@ def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-#: The largest id zray keeps: ids are signed 64-bit integers in the shards and predictions.
+#: Ids are signed 64-bit integers, or unsigned ones where a catalogue has ids above the signed
+#: range: SDSS's specObjIDs (DR8 on) keep the plate in their top 14 bits, so a plate from 8192 on
+#: makes an id of 2**63 or more. Each dataset keeps its ids as its catalogue gave them.
 MAX_ID = int(np.iinfo(np.int64).max)
+MAX_UNSIGNED_ID = int(np.iinfo(np.uint64).max)
 
 
 def id_column(table: pa.Table, path) -> np.ndarray:
-    """The ``id`` column as unique int64; duplicates name both rows. Ids written as text (a CSV
-    whose ids pyarrow could not read as integers) are read as whole numbers or name their row."""
+    """The ``id`` column as unique integers; duplicates name both rows. Ids written as text (a CSV
+    whose ids pyarrow could not read as integers) are read as whole numbers or name their row.
+
+    int64, or uint64 where some id is above the signed range (all of them must then be >= 0):
+    :func:`id_key` joins ids of either kind."""
     col = table.column("id")
     if pa.types.is_string(col.type):
         col = _text_ids(col, path)
@@ -302,10 +308,8 @@ def id_column(table: pa.Table, path) -> np.ndarray:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise ZrayError(f"{path}: row {row + 1}: id is missing; expected an integer")
     ids = col.to_numpy()
-    if ids.dtype == np.uint64 and (ids > MAX_ID).any():  # SDSS specObjIDs reach 2**64
-        i = int(np.flatnonzero(ids > MAX_ID)[0])
-        raise ZrayError(_too_large(path, i, int(ids[i])))
-    ids = ids.astype(np.int64)
+    if not (ids.dtype == np.uint64 and (ids > MAX_ID).any()):
+        ids = ids.astype(np.int64)
     order = np.argsort(ids, kind="stable")
     dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
     if dup.size:
@@ -314,15 +318,17 @@ def id_column(table: pa.Table, path) -> np.ndarray:
     return ids
 
 
-def _too_large(path, i: int, value: int) -> str:
-    return (f"{path}: row {i + 1}: id {value} is larger than {MAX_ID}, the largest id zray keeps (a signed 64-bit "
-            "integer; SDSS specObjIDs can exceed it); expected smaller ids, e.g. the row number, with the "
-            "original kept in another column of your catalogue to join the predictions back")
+def id_key(ids) -> np.ndarray:
+    """Ids as int64 keys for joining and hashing: uint64 ids above the signed range become the
+    negative numbers of the same 64 bits, so ids of either kind compare exactly (numpy would
+    compare an int64 with a uint64 as floats, which cannot tell neighbouring large ids apart)."""
+    ids = np.asarray(ids)
+    return ids.view(np.int64) if ids.dtype == np.uint64 else ids.astype(np.int64, copy=False)
 
 
 def _text_ids(col, path) -> pa.ChunkedArray:
-    """Ids written as text, as int64; the first that is not a whole number within 64 bits names
-    its row."""
+    """Ids written as text, as int64 (uint64 where one is above the signed range); the first
+    that is not a whole number within 64 bits names its row."""
     import pyarrow.compute as pc
 
     try:
@@ -337,12 +343,20 @@ def _text_ids(col, path) -> pa.ChunkedArray:
             raise ZrayError(f"{path}: row {i + 1}: id {text!r} is not written as an integer; "
                             "expected integer ids")
         value = int(text)
-        if value > MAX_ID:
-            raise ZrayError(_too_large(path, i, value))
+        if value > MAX_UNSIGNED_ID:
+            raise ZrayError(f"{path}: row {i + 1}: id {value} is larger than {MAX_UNSIGNED_ID}; "
+                            "expected 64-bit integer ids")
         if value < -MAX_ID - 1:
             raise ZrayError(f"{path}: row {i + 1}: id {value} is below {-MAX_ID - 1}; expected 64-bit integer ids")
         values.append(value)
-    return pa.chunked_array([pa.array(values, pa.int64())])
+    if max(values) <= MAX_ID:
+        return pa.chunked_array([pa.array(values, pa.int64())])
+    if min(values) < 0:
+        big, low = values.index(max(values)), values.index(min(values))
+        raise ZrayError(f"{path}: row {low + 1} has id {values[low]} and row {big + 1} id {values[big]}; "
+                        f"expected ids either all below {MAX_ID + 1} or all >= 0 (64-bit integers, signed "
+                        "or not)")
+    return pa.chunked_array([pa.array(values, pa.uint64())])
 
 
 def lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -350,6 +364,7 @@ def lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     is there at all: a join by id, e.g. ``values[rows]`` where ``found``."""
     if len(known) == 0:
         return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    known, ids = id_key(known), id_key(ids)
     order = np.argsort(known, kind="stable")
     rows = order[np.clip(np.searchsorted(known[order], ids), 0, len(known) - 1)]
     return rows, known[rows] == ids

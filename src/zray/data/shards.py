@@ -62,7 +62,8 @@ def id_hash(ids, seed: int) -> np.ndarray:
     boundaries, which is what keeps splits stable however the data is
     sharded or extended.
     """
-    ids = np.asarray(ids, dtype=np.int64).view(np.uint64)
+    ids = np.asarray(ids)
+    ids = ids if ids.dtype == np.uint64 else ids.astype(np.int64).view(np.uint64)  # an id's 64 bits, signed or not
     with np.errstate(over="ignore"):
         salt = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
         return _splitmix64(ids ^ salt)
@@ -289,9 +290,11 @@ def column_problems(schema: pa.Schema, image_shape) -> list[str]:
     return problems
 
 
-def shard_schema(image_shape, extra: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
+def shard_schema(image_shape, extra: Mapping[str, pa.DataType] | None = None,
+                 id_type: pa.DataType | None = None) -> pa.Schema:
+    """A shard's columns: ``id`` is int64, or uint64 in a dataset whose catalogue gave such ids."""
     fields = [
-        pa.field("id", pa.int64(), nullable=False),
+        pa.field("id", id_type or pa.int64(), nullable=False),
         pa.field("image", image_type(image_shape), nullable=False),
         pa.field("z_spec", pa.float32(), nullable=False),
         pa.field("ebv", pa.float32(), nullable=False),

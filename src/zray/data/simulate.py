@@ -186,7 +186,7 @@ def _render_all(params, size: int, seed: int, workers: int):
 
 
 def _catalog_table(params) -> pa.Table:
-    cols = {"id": pa.array(params["id"], pa.int64()), "z": params["z"], "type": params["type"].tolist()}
+    cols = {"id": pa.array(params["id"]), "z": params["z"], "type": params["type"].tolist()}
     for k, b in enumerate(BANDS):
         cols[f"mag_{b}"] = params["mags"][:, k]
     for key in ("ebv", "t_sed", "red", "abs_mag_r", "r50_kpc", "r50_arcsec", "bulge_frac",

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from zray.atomic import check_output, make_parents, publish_dir, remove_parents
 from zray.bins import RedshiftBins
+from zray.data.catalog import MAX_ID
 from zray.data.shards import (
     _ROW_GROUP_ROWS,
     BANDS,
@@ -91,6 +92,7 @@ class DatasetWriter:
         check_output(self.out, kind="dataset", overwrite=overwrite, inputs=self.inputs)
         self.image_shape: tuple[int, int, int] | None = None
         self.extra_types: dict[str, pa.DataType] | None = None
+        self.id_type: pa.DataType | None = None  # int64, or uint64 for ids given as such (SDSS specObjIDs)
         self._buffers: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
         self._buffered = dict.fromkeys(SPLITS, 0)
         self._shards: dict[str, list[ShardInfo]] = {s: [] for s in SPLITS}
@@ -139,13 +141,13 @@ class DatasetWriter:
         split_idx = assign_split(ids, self.seed, self.fractions)
         table = pa.table(
             {
-                "id": pa.array(ids, pa.int64()),
+                "id": pa.array(ids, self.id_type),
                 "image": pa.FixedShapeTensorArray.from_numpy_ndarray(images),
                 "z_spec": pa.array(z_spec, pa.float32()),
                 "ebv": pa.array(ebv, pa.float32()),
                 **{k: pa.array(v, self.extra_types[k]) for k, v in extra.items()},
             },
-            schema=shard_schema(self.image_shape, self.extra_types),
+            schema=shard_schema(self.image_shape, self.extra_types, self.id_type),
         )
         for k, split in enumerate(SPLITS):
             rows = np.flatnonzero(split_idx == k)
@@ -188,7 +190,7 @@ class DatasetWriter:
                 )
         if n and not np.issubdtype(ids.dtype, np.integer):
             raise ZrayError(f"{self.label}: ids have dtype {ids.dtype}; expected integers")
-        ids = ids.astype(np.int64)
+        ids = self._typed_ids(ids)
         images = np.ascontiguousarray(images, dtype=np.float32)
         check_cutouts(images, n_bands=len(BANDS), label=self.label, bands=",".join(BANDS),
                       row=lambda i: self._where(i, ids))
@@ -215,6 +217,20 @@ class DatasetWriter:
         extra = self._extra(extra_columns or {}, n)
         self._rows_seen += n
         return ids, images, z_spec, ebv, extra
+
+    def _typed_ids(self, ids: np.ndarray) -> np.ndarray:
+        """The ids as the dataset's type, set by its first rows: uint64 where they come as uint64
+        (ids above the signed 64-bit range), else int64. Never wraps one round to another value."""
+        if self.id_type is None:
+            self.id_type = pa.uint64() if ids.dtype == np.uint64 else pa.int64()
+        unsigned = pa.types.is_unsigned_integer(self.id_type)
+        bad = (ids < 0) if unsigned else (ids > MAX_ID) if ids.dtype == np.uint64 else np.zeros(len(ids), bool)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            kind = "unsigned (>= 0)" if unsigned else f"at most {MAX_ID}"
+            raise ZrayError(f"{self._where(i)}: id {int(ids[i])} does not fit the earlier rows' ids, which are "
+                            f"64-bit integers {kind}; expected ids of one kind")
+        return ids.astype(np.uint64 if unsigned else np.int64)
 
     def _check_ids(self, ids: np.ndarray) -> None:
         uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
