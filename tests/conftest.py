@@ -174,7 +174,8 @@ def sdss_spec_obj_id(plate: int, fiber: int, mjd: int, run2d: int = 26) -> int:
 
 
 # Sorted as SDSS sorts them; from plate 8192 on above the signed range. The last two differ only in
-# run2d (the same spectrum reduced twice), by 1,024: as floats (spacing 2,048 there) they would be one id.
+# run2d (the same spectrum reduced twice), by 1,024: as floats (spacing 2,048 there) they are one id.
 SDSS_IDS = [sdss_spec_obj_id(266, 1, 51630), sdss_spec_obj_id(8191, 12, 57000),
             sdss_spec_obj_id(8192, 3, 57100), sdss_spec_obj_id(10000, 500, 57600),
-            sdss_spec_obj_id(12547, 999, 58500, 26), sdss_spec_obj_id(12547, 999, 58500, 27)]
+            sdss_spec_obj_id(12547, 999, 58500, 27), sdss_spec_obj_id(12547, 999, 58500, 28)]
+assert float(SDSS_IDS[-1]) == float(SDSS_IDS[-2])

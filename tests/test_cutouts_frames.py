@@ -16,6 +16,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from click.testing import CliRunner
 
+from conftest import SDSS_IDS
 from zray.cli import main
 from zray.data.frames import CATALOG_NAME, TRUTH_NAME, simulate_frames
 from zray.data.render import render_galaxy
@@ -299,6 +300,30 @@ def test_bad_catalogue_row_or_frame_without_wcs_is_one_sentence_and_nothing_writ
     assert result.exit_code == 1
     assert "frame-z-0002.fits: has no celestial WCS; expected each frame to carry its own" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "frames"]  # nothing written
+
+
+def test_frames_and_cutouts_keep_sdss_spec_obj_ids_above_the_signed_range(tmp_path):
+    """Frames drawn from a catalogue of SDSS specObjIDs above 2**63 - 1 list them, to the last bit,
+    in the catalogue they write, and `zray cutouts` cuts them into shards under the same ids."""
+    from zray.data.population import draw_population
+
+    pop = draw_population(50, 3)
+    pick = np.argsort(pop["z"])[-2:]
+    ra, dec = zip(*(_sky(*xy) for xy in ((-6, -6), (6, 6))))
+    ids = SDSS_IDS[-2:]
+    cat = {"id": pa.array(ids, pa.uint64()), "z": pop["z"][pick], "ra": list(map(float, ra)),
+           "dec": list(map(float, dec)), "ebv": pop["ebv"][pick]}
+    cat.update({f"mag_{b}": pop["mags"][pick, k] for k, b in enumerate(BANDS)})
+    pq.write_table(pa.table(cat), tmp_path / "input.parquet")
+    frames = tmp_path / "frames"
+    simulate_frames(frames, catalog=tmp_path / "input.parquet", fields="1x1", frame_size=128, overlap=16, seed=3,
+                    workers=1, noise=False, centre=CENTRE, progress=False)
+    with open(frames / CATALOG_NAME, newline="") as fh:
+        assert sorted(int(row["id"]) for row in csv.DictReader(fh)) == ids
+    report = make_cutouts(frames / CATALOG_NAME, frames, tmp_path / "cut", size=SIZE, workers=1, progress=False)
+    assert report.written == 2
+    written, _, _ = _shards(tmp_path / "cut")
+    assert written.dtype == np.uint64 and sorted(int(i) for i in written) == ids
 
 
 def test_simulate_frames_command(tmp_path):

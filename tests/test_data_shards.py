@@ -83,6 +83,29 @@ def test_unsigned_ids_above_the_signed_range_are_kept_exactly(tmp_path):
         np.testing.assert_array_equal(got[int(i)], image)
 
 
+def test_ids_of_both_kinds_join_by_their_64_bits_never_as_floats(tmp_path):
+    """numpy compares an int64 with a uint64 as floats, which cannot tell 2**62 + 1 from 2**62 + 2:
+    zray's joins (a dataset's ids against another's, predictions against a catalogue) do not."""
+    from zray.data.catalog import lookup
+    from zray.predict import _with_known_z
+
+    signed = np.array([2**62 + 1, 2**62 + 2, 7], dtype=np.int64)
+    unsigned = np.array([2**62 + 2, 2**63 + 5, 7, 2**62 + 1], dtype=np.uint64)
+    rows, found = lookup(signed, unsigned)
+    assert found.tolist() == [True, False, True, True] and rows[found].tolist() == [1, 2, 0]
+    rows, found = lookup(unsigned, signed)
+    assert found.all() and rows.tolist() == [3, 0, 2]
+    catalogue = (unsigned, np.array([0.2, 0.3, 0.1, 0.4]))
+    joined = next(_with_known_z(iter([{"id": signed}]), catalogue))
+    assert joined["z_spec"].tolist() == [0.4, 0.2, 0.1]
+    # An empty split's ids have the dataset's type: joined with the others', still integers.
+    _, images, z, ebv = _rows(6)
+    m = write_dataset(tmp_path / "d", np.array(SDSS_IDS, dtype=np.uint64), images, z, ebv, fractions=(0.5, 0.5, 0))
+    assert m.rows["test"] == 0
+    parts = [load_arrays(tmp_path / "d", s, columns=("id",))["id"] for s in m.splits]
+    assert np.concatenate(parts).dtype == np.uint64
+
+
 def test_a_writer_refuses_ids_of_the_other_kind_and_never_wraps_one(tmp_path):
     from zray.data.writer import DatasetWriter
 

@@ -262,7 +262,7 @@ def simulate_frames(
             _write_frame(tmp / name, image, header, BANDS[k], field, noise)
             bar.update(1)
         z = params["z"]
-        table = {"id": pa.array(params["id"], pa.int64()), "ra": params["ra"], "dec": params["dec"],
+        table = {"id": pa.array(params["id"]), "ra": params["ra"], "dec": params["dec"],
                  "z_spec": z, "ebv": params["ebv"]}
         table.update({f"mag_{b}": params["mags"][:, k] for k, b in enumerate(BANDS)})
         pcsv.write_csv(pa.table(table).sort_by("id"), tmp / CATALOG_NAME)

@@ -105,8 +105,17 @@ def load_arrays(root, split: str, columns=BASE_COLUMNS) -> dict[str, np.ndarray]
             out[name][pos: pos + table.num_rows] = values
         pos += table.num_rows
     for name in columns:  # an empty split still gets typed, empty columns
-        out.setdefault(name, np.empty(0, np.int64 if name == "id" else np.float32))
+        out.setdefault(name, np.empty(0, _id_dtype(manifest) if name == "id" else np.float32))
     return out
+
+
+def _id_dtype(manifest) -> np.dtype:
+    """The dataset's id type (int64, or uint64 for ids above the signed range), from any of its
+    shards: an empty split's ids then join the others' without turning into floats."""
+    import pyarrow.parquet as pq
+
+    files = [f for s in manifest.splits for f in manifest.files(s)]
+    return np.dtype(pq.read_schema(files[0]).field("id").type.to_pandas_dtype()) if files else np.dtype(np.int64)
 
 
 # ---------------------------------------------------------------------------
