@@ -31,13 +31,13 @@ def _crop(a: np.ndarray) -> np.ndarray:
     return a[..., y0: y0 + SIZE, x0: x0 + SIZE]
 
 
-def _write_cube(path, image, order="zruig", keywords=True):
+def _write_cube(path, image, order="zruig", keywords=True, overwrite=False):
     planes = np.stack([image[BANDS.index(b)] for b in order])
     hdu = fits.PrimaryHDU(planes)
     if keywords:
         for k, b in enumerate(order):
             hdu.header[f"BAND{k + 1}"] = f"SDSS_{b}" if k % 2 else b
-    hdu.writeto(path)
+    hdu.writeto(path, overwrite=overwrite)
 
 
 def _write_mef(path, image, order="gzuri", key="FILTER"):
@@ -336,7 +336,19 @@ def test_cutout_smaller_than_size(tmp_path):
     _single_file_setup(tmp_path)
     (tmp_path / "img" / "g1.fits").unlink()
     _write_cube(tmp_path / "img" / "g1.fits", _truth(1, shape=(12, 30)))
-    _expect_error(tmp_path, r"row 2 \(id 101\): .*g1.fits: cutout is 12x30 pixels; expected at least 16x16")
+    _expect_error(tmp_path, r"row 2 \(id 101\): .*g1.fits: cutout is 12x30 pixels; expected at least 16x16; "
+                            r"--size 12 takes cutouts of 12x12 pixels \(the networks' input size\), or --skip-bad "
+                            r"leaves out the galaxies whose cutouts cannot be used")
+    # one too small for any --size: only --skip-bad is offered
+    _write_cube(tmp_path / "img" / "g1.fits", _truth(1, shape=(6, 30)), overwrite=True)
+    _expect_error(tmp_path, r"g1.fits: cutout is 6x30 pixels; expected at least 16x16; --skip-bad leaves out")
+    # predicting, the size is the bundle's: no --size to offer either
+    from zray.data.ingest import write_shards
+
+    _write_cube(tmp_path / "img" / "g1.fits", _truth(1, shape=(12, 30)), overwrite=True)
+    with pytest.raises(ZrayError, match=r"cutout is 12x30 pixels; expected at least 16x16; --skip-bad leaves out"):
+        write_shards(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "p", size=SIZE, progress=False,
+                     labelled=False, task="reading cutouts")
 
 
 def test_cube_without_band_keywords(tmp_path):

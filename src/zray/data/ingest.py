@@ -45,7 +45,7 @@ from zray.data.catalog import (
     warn_repeats,
     where,
 )
-from zray.data.cutouts import check_size, crop_centre
+from zray.data.cutouts import MIN_SIZE, check_size, crop_centre
 from zray.data.progress import Progress
 from zray.data.shards import BANDS, DEFAULT_BINS, DEFAULT_ROWS_PER_SHARD, Manifest, write_order
 from zray.data.writer import DatasetWriter
@@ -66,9 +66,10 @@ NOT_FINITE = "NaN or infinite pixels"
 class BadCutout(ZrayError):
     """One galaxy's cutout cannot be used; ``reason`` is one of the five above."""
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, fits: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.fits = fits  # for TOO_SMALL: the largest --size this cutout would give
 
 
 def normalise_band(value) -> str | None:
@@ -187,7 +188,7 @@ def _crop(image: np.ndarray, size: int, label: str) -> np.ndarray:
     try:
         return crop_centre(image, size, label)
     except ZrayError as exc:  # its one refusal: smaller than size
-        raise BadCutout(str(exc), TOO_SMALL) from None
+        raise BadCutout(str(exc), TOO_SMALL, fits=min(image.shape[-2:])) from None
 
 
 def _cutout(files: list[Path], per_band: bool, size: int, label: str) -> np.ndarray:
@@ -300,7 +301,9 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
                     kept.append(i)
                 except BadCutout as exc:
                     if not skip_bad:
-                        raise ZrayError(f"{exc}; {hint}") from None
+                        size_hint = (f"--size {exc.fits} takes cutouts of {exc.fits}x{exc.fits} pixels (the networks' "
+                                     f"input size), or " if (exc.fits or 0) >= MIN_SIZE and task == "prepare" else "")
+                        raise ZrayError(f"{exc}; {size_hint}{hint}") from None
                     left_out[i] = exc
             if kept:
                 rows = np.array(kept, dtype=np.int64)
