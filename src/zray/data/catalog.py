@@ -349,7 +349,7 @@ def _text_ids(col, path) -> pa.ChunkedArray:
         if value < -MAX_ID - 1:
             raise ZrayError(f"{path}: row {i + 1}: id {value} is below {-MAX_ID - 1}; expected 64-bit integer ids")
         values.append(value)
-    if max(values) <= MAX_ID:
+    if not values or max(values) <= MAX_ID:
         return pa.chunked_array([pa.array(values, pa.int64())])
     if min(values) < 0:
         big, low = values.index(max(values)), values.index(min(values))
