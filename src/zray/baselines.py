@@ -37,7 +37,7 @@ import numpy as np
 
 from zray import metrics as m
 from zray.data.catalog import lookup
-from zray.data.shards import BANDS, read_manifest
+from zray.data.shards import BANDS, id_dtype, read_manifest
 from zray.errors import ZrayError, first_line
 from zray.photometry import APERTURE_ARCSEC, aperture_magnitudes, colours
 
@@ -81,7 +81,7 @@ def _split_photometry(manifest, split: str) -> dict[str, np.ndarray]:
         mags.append(aperture_magnitudes(images, table.column("ebv").to_numpy(), manifest.pixel_scale,
                                         manifest.bands))
     if not ids:
-        return {"id": np.zeros(0, np.int64), "z_spec": np.zeros(0), "mags": np.zeros((0, len(BANDS)))}
+        return {"id": np.zeros(0, id_dtype(manifest)), "z_spec": np.zeros(0), "mags": np.zeros((0, len(BANDS)))}
     return {"id": np.concatenate(ids), "z_spec": np.concatenate(zs), "mags": np.concatenate(mags)}
 
 
@@ -235,7 +235,6 @@ def held_out(train_root, manifest, splits, ids: np.ndarray) -> tuple[dict[str, n
     train = _fit(train_manifest)
     _check_bands(manifest)
     parts = [_split_photometry(manifest, split) for split in splits]
-    parts = [p for p in parts if len(p["id"])] or parts  # an empty split's ids are typed int64, maybe not theirs
     part = {k: np.concatenate([p[k] for p in parts]) for k in ("id", "z_spec", "mags")}
     rows, found = lookup(part["id"], ids)
     if not found.all():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zray.console import LOG
-from zray.data.shards import BASE_COLUMNS, column_problems, read_manifest
+from zray.data.shards import BASE_COLUMNS, column_problems, id_dtype, read_manifest
 from zray.errors import ZrayError, first_line
 
 
@@ -105,17 +105,9 @@ def load_arrays(root, split: str, columns=BASE_COLUMNS) -> dict[str, np.ndarray]
             out[name][pos: pos + table.num_rows] = values
         pos += table.num_rows
     for name in columns:  # an empty split still gets typed, empty columns
-        out.setdefault(name, np.empty(0, _id_dtype(manifest) if name == "id" else np.float32))
+        out.setdefault(name, np.empty(0, id_dtype(manifest) if name == "id" else np.float32))
     return out
 
-
-def _id_dtype(manifest) -> np.dtype:
-    """The dataset's id type (int64, or uint64 for ids above the signed range), from any of its
-    shards: an empty split's ids then join the others' without turning into floats."""
-    import pyarrow.parquet as pq
-
-    files = [f for s in manifest.splits for f in manifest.files(s)]
-    return np.dtype(pq.read_schema(files[0]).field("id").type.to_pandas_dtype()) if files else np.dtype(np.int64)
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from zray import __version__
 from zray.bins import RedshiftBins
+from zray.data.catalog import id_key
 from zray.errors import ZrayError, first_line
 from zray.paths import inside
 
@@ -62,11 +63,19 @@ def id_hash(ids, seed: int) -> np.ndarray:
     boundaries, which is what keeps splits stable however the data is
     sharded or extended.
     """
-    ids = np.asarray(ids)
-    ids = ids if ids.dtype == np.uint64 else ids.astype(np.int64).view(np.uint64)  # an id's 64 bits, signed or not
+    ids = id_key(ids).view(np.uint64)  # an id's 64 bits, signed or not
     with np.errstate(over="ignore"):
         salt = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
         return _splitmix64(ids ^ salt)
+
+
+def id_dtype(manifest) -> np.dtype:
+    """A dataset's id type (int64, or uint64 for ids above the signed range), from any of its
+    shards: an empty split's ids then join the others' without turning into floats."""
+    import pyarrow.parquet as pq
+
+    files = [f for s in manifest.splits for f in manifest.files(s)]
+    return np.dtype(pq.read_schema(files[0]).field("id").type.to_pandas_dtype()) if files else np.dtype(np.int64)
 
 
 def assign_split(ids, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> np.ndarray:

@@ -224,7 +224,7 @@ class DatasetWriter:
         if self.id_type is None:
             self.id_type = pa.uint64() if ids.dtype == np.uint64 else pa.int64()
         unsigned = pa.types.is_unsigned_integer(self.id_type)
-        bad = (ids < 0) if unsigned else (ids > MAX_ID) if ids.dtype == np.uint64 else np.zeros(len(ids), bool)
+        bad = ids < 0 if unsigned else ids > MAX_ID  # numpy compares each with the Python int exactly
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             kind = "unsigned (>= 0)" if unsigned else f"at most {MAX_ID}"
