@@ -328,6 +328,38 @@ CASES = {
         lambda t, d: ((t / "cat.csv").write_text("id,z_spec,mag_u,mag_g,mag_r,mag_i,mag_z\n7,0.1,19,18,17.5,17,99\n"),
                       ["simulate", "--catalog", str(t / "cat.csv"), "--size", "16", "--out", str(t / "out")])[1],
         "cat.csv: row 1 (id 7): mag_z 99 is not a galaxy's apparent magnitude"),
+    # --column: which of the catalogue's columns is which of zray's
+    "column-without-equals": (lambda t, d: [*fits_setup(t), "--column", "specObjID"],
+                              "--column 'specObjID': expected ZRAY=YOURS, e.g. --column id=specObjID"),
+    "column-unknown-zray-name": (lambda t, d: [*fits_setup(t), "--column", "zspec=z"],
+                                 "--column 'zspec=z': zray reads no column 'zspec'; expected one of id, z_spec, ebv"),
+    "column-given-twice": (lambda t, d: [*fits_setup(t), "--column", "id=a", "--column", "id=b"],
+                           "--column 'id=b': id is given twice (also id=a)"),
+    "column-divisor-zero": (lambda t, d: [*fits_setup(t), "--column", "ebv=ebv/0"],
+                            "--column 'ebv=ebv/0': expected YOURS or YOURS/NUMBER (a number > 0)"),
+    "column-divisor-nan": (lambda t, d: [*fits_setup(t), "--column", "ebv=ebv/nan"],
+                           "--column 'ebv=ebv/nan': expected YOURS or YOURS/NUMBER (a number > 0)"),
+    "column-not-in-catalogue": (
+        lambda t, d: [*fits_setup(t), "--column", "z_spec=redshift"],
+        "cat.csv: --column z_spec=redshift: no column 'redshift'; expected one of the catalogue's columns (found "
+        "'id', 'z_spec', 'ebv', 'file')"),
+    "column-dividing-text": (lambda t, d: [*fits_setup(t), "--column", "ebv=file/2.751"],
+                             "cat.csv: --column ebv=file/2.751: column 'file' has type string; expected numbers"),
+    "column-for-a-shard-folder": (
+        lambda t, d: ["predict", str(t / "nobundle"), str(dataset(t, d)), "--out", str(t / "pz.parquet"),
+                      "--column", "id=objid"],
+        "data: is a shard folder, whose columns are zray's own; --column is only for a catalogue file"),
+    "simulate-column-without-catalog": (lambda t, d: ["simulate", "--n", "5", "--out", str(t / "sim"),
+                                                      "--column", "id=objid"],
+                                        "--column names the columns of --catalog's file; expected it with --catalog"),
+    "catalog-votable-not-xml": (
+        lambda t, d: ((t / "cat.vot").write_text("id,z_spec\n1,0.1\n"),
+                      ["prepare", str(t / "cat.vot"), "--images", str(t), "--out", str(t / "out")])[1],
+        "cat.vot: not a readable VOTable ("),
+    "catalog-ecsv-without-header": (
+        lambda t, d: ((t / "cat.ecsv").write_text("id z_spec\n1 0.1\n"),
+                      ["prepare", str(t / "cat.ecsv"), "--images", str(t), "--out", str(t / "out")])[1],
+        "cat.ecsv: not a readable ECSV table ("),
     # a data.path given with --set names data: a mistyped one is not filled with a simulation
     "train-mistyped-data-path-is-not-simulated": (
         lambda t, d: ["train", str(Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml"),

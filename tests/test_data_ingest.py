@@ -141,7 +141,7 @@ def test_sdss_spec_obj_ids_beyond_the_signed_range_in_csv_and_fits_catalogues(tm
     Table({"SPECOBJID": np.array(SDSS_IDS, dtype=np.uint64), "Z": rows["z_spec"], "EBV": rows["ebv"],
            "FILE": rows["file"]}).write(tmp_path / "cat.fits")
     assert fits.getheader(tmp_path / "cat.fits", 1)["TZERO1"] == 2**63
-    with pytest.raises(ZrayError, match="rename 'specobjid' to 'id'"):
+    with pytest.raises(ZrayError, match="--column id=specobjid if 'specobjid' is a unique integer per galaxy"):
         prepare_dataset(tmp_path / "cat.fits", tmp_path / "img", tmp_path / "x", size=SIZE, progress=False)
     Table({"ID": np.array(SDSS_IDS, dtype=np.uint64), "Z_SPEC": rows["z_spec"], "EBV": rows["ebv"],
            "FILE": rows["file"]}).write(tmp_path / "cat.fits", overwrite=True)
@@ -150,6 +150,85 @@ def test_sdss_spec_obj_ids_beyond_the_signed_range_in_csv_and_fits_catalogues(tm
                             progress=False)
         assert m.total_rows == n
         _check_roundtrip(tmp_path / name.replace(".", "_"), SDSS_IDS)
+
+
+def _values(out, column: str) -> dict[int, float]:
+    """``{id: value}`` of one column over every split of a dataset."""
+    values = {}
+    for split in ("train", "val", "test"):
+        arrays = load_arrays(out, split, columns=("id", column))
+        values.update(zip(arrays["id"].tolist(), arrays[column].tolist()))
+    return values
+
+
+def test_a_casjobs_catalogue_goes_in_with_the_column_options_its_error_suggests(tmp_path):
+    """A catalogue as SDSS's CasJobs writes it (specObjID, z, extinction_r: SDSS's names; sorted by
+    z, high first; specObjIDs above 2**63 - 1), through the command line: the first `zray prepare`
+    refuses it naming the --column options it needs; those options, copied from the sentence,
+    give the catalogue's ids to the last bit, its redshifts, and E(B-V) = A_r / 2.751."""
+    import re
+
+    from click.testing import CliRunner
+
+    from zray.cli import main
+    from zray.data.shards import read_manifest
+
+    n = len(SDSS_IDS)
+    rows = _single_file_setup(tmp_path, n=n)
+    order = np.argsort(rows["z_spec"])[::-1]
+    a_r = [0.05 + 0.01 * i for i in range(n)]
+    (tmp_path / "casjobs.csv").write_text("specObjID,z,extinction_r,file\n" + "".join(
+        f"{SDSS_IDS[i]},{rows['z_spec'][i]},{a_r[i]},{rows['file'][i]}\n" for i in order))
+    argv = ["prepare", str(tmp_path / "casjobs.csv"), "--images", str(tmp_path / "img"),
+            "--out", str(tmp_path / "out"), "--size", str(SIZE)]
+    refused = CliRunner().invoke(main, argv)
+    assert refused.exit_code == 1 and not (tmp_path / "out").exists()
+    suggested = re.findall(r"--column (\S+)", refused.output)
+    assert suggested == ["id=specObjID", "z_spec=z", "ebv=extinction_r/2.751"], refused.output
+    done = CliRunner().invoke(main, [*argv, *(f"--column={c}" for c in suggested)])
+    assert done.exit_code == 0, done.output
+    _check_roundtrip(tmp_path / "out", SDSS_IDS)
+    ebv, z = _values(tmp_path / "out", "ebv"), _values(tmp_path / "out", "z_spec")
+    assert ebv == pytest.approx({SDSS_IDS[i]: a_r[i] / 2.751 for i in range(n)}, rel=1e-6)
+    assert z == pytest.approx({SDSS_IDS[i]: rows["z_spec"][i] for i in range(n)}, rel=1e-6)
+    assert read_manifest(tmp_path / "out").source["columns"] == {
+        "id": "specObjID", "z_spec": "z", "ebv": "extinction_r/2.751"}
+
+
+def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path):
+    """A VOTable as a TAP service returns one (text of any length, ids above 2**63 - 1 as text, an
+    empty cell in a column zray does not read, a column holding zray's name for something else that
+    --column replaces) and an ECSV table astropy writes (uint64 ids, names in capitals), each read
+    with --column."""
+    from astropy.table import Table
+
+    n = len(SDSS_IDS)
+    rows = _single_file_setup(tmp_path, n=n)
+    cells = "".join(f"<TR><TD>{SDSS_IDS[i]}</TD><TD>{rows['z_spec'][i]}</TD><TD>0.3</TD><TD>{0.08 * (i + 1)}</TD>"
+                    f"<TD>{'' if i == 2 else 17.5}</TD><TD>{rows['file'][i]}</TD></TR>\n" for i in range(n))
+    (tmp_path / "cat.xml").write_text(
+        '<?xml version="1.0"?>\n<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">\n'
+        '<RESOURCE type="results"><INFO name="QUERY_STATUS" value="OK"/><TABLE>\n'
+        '<FIELD name="specObjID" datatype="char" arraysize="*"/><FIELD name="z" datatype="double"/>\n'
+        '<FIELD name="ebv" datatype="float"/><FIELD name="A_r" datatype="double"/>\n'
+        '<FIELD name="petroMag_r" datatype="float"/><FIELD name="file" datatype="char" arraysize="*"/>\n'
+        f"<DATA><TABLEDATA>\n{cells}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>\n")
+    columns = {"id": "specObjID", "z_spec": "z", "ebv": "A_r/2.751"}
+    from zray.data.catalog import parse_columns
+
+    m = prepare_dataset(tmp_path / "cat.xml", tmp_path / "img", tmp_path / "vot", size=SIZE, progress=False,
+                        columns=parse_columns(f"{k}={v}" for k, v in columns.items()))
+    assert m.source["columns"] == columns
+    _check_roundtrip(tmp_path / "vot", SDSS_IDS)
+    # the catalogue's own 'ebv' (0.3 for all) gave way to --column ebv's
+    assert _values(tmp_path / "vot", "ebv") == pytest.approx({SDSS_IDS[i]: 0.08 * (i + 1) / 2.751 for i in range(n)})
+
+    Table({"SPECOBJID": np.array(SDSS_IDS, dtype=np.uint64), "Z": rows["z_spec"], "EBV": rows["ebv"],
+           "FILE": rows["file"]}).write(tmp_path / "cat.ecsv")
+    m = prepare_dataset(tmp_path / "cat.ecsv", tmp_path / "img", tmp_path / "ecsv", size=SIZE, progress=False,
+                        columns=parse_columns(["id=specobjid", "z_spec=Z", "ebv=EBV", "file=FILE"]))
+    _check_roundtrip(tmp_path / "ecsv", SDSS_IDS)
+    assert _values(tmp_path / "ecsv", "z_spec") == pytest.approx(dict(zip(SDSS_IDS, rows["z_spec"])))
 
 
 def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
@@ -395,19 +474,19 @@ def test_missing_catalogue_columns(tmp_path):
     _expect_error(tmp_path, r"cat.csv: missing column\(s\) 'file' or file_u")
     # A column named in capitals: the error gives the name zray reads.
     _write_catalog(tmp_path / "cat.csv", {**{k: v for k, v in rows.items() if k != "z_spec"}, "Z_SPEC": rows["z_spec"]})
-    _expect_error(tmp_path, r"cat.csv: missing column\(s\) z_spec; .*; zray's column names are lower case: rename "
-                  "'Z_SPEC' to 'z_spec'$")
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) z_spec; .*; zray's column names are lower case: "
+                  "--column z_spec=Z_SPEC$")
     # A catalogue as SDSS's CasJobs gives one: the columns zray needs under the survey's names.
     sdss = {"objID": rows["id"], "z": rows["z_spec"], "file": [f"g{i}.fits" for i in range(6)],
             "extinction_r": [0.08] * 6}
     _write_catalog(tmp_path / "cat.csv", sdss)
-    _expect_error(tmp_path, r"cat.csv: missing column\(s\) id, z_spec, ebv; .*\); rename 'objID' to 'id' if it is a "
-                  r"unique integer per galaxy; rename 'z' to 'z_spec' if it is the spectroscopic redshift; ebv is "
-                  r"E\(B-V\): SDSS's extinction_r / 2.751$")
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) id, z_spec, ebv; .*\); --column id=objID if 'objID' is a "
+                  r"unique integer per galaxy; --column z_spec=z if 'z' is the spectroscopic redshift; "
+                  r"--column ebv=extinction_r/2.751 if 'extinction_r' is SDSS's A_r \(E\(B-V\) is A_r / 2.751\)$")
     _write_catalog(tmp_path / "cat.csv", {"objID": rows["id"], "Z_SPEC": rows["z_spec"], "EBV": [0.03] * 6,
                                           "file": sdss["file"]})
-    _expect_error(tmp_path, r"\); zray's column names are lower case: rename 'Z_SPEC' to 'z_spec', 'EBV' to 'ebv'; "
-                  r"rename 'objID' to 'id' if it is a unique integer per galaxy$")
+    _expect_error(tmp_path, r"\); zray's column names are lower case: --column z_spec=Z_SPEC --column ebv=EBV; "
+                  r"--column id=objID if 'objID' is a unique integer per galaxy$")
     _write_catalog(tmp_path / "cat.csv", {"id": rows["id"], "z_spec": rows["z_spec"], "file": sdss["file"]})
     _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; .*\); ebv is each galaxy's Galactic E\(B-V\), from a "
                   r"dust map such as SFD's \(0 where the cutouts are corrected for extinction already\)$")
@@ -427,7 +506,7 @@ def test_duplicate_ids_and_bad_redshift(tmp_path):
 def test_unknown_catalogue_format(tmp_path):
     _single_file_setup(tmp_path)
     (tmp_path / "cat.json").write_text("{}")
-    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'; expected .csv, .parquet or a FITS table",
+    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'; expected .csv, .parquet, a FITS table \(.fits\), a VOTable",
                   catalog="cat.json")
 
 

@@ -184,7 +184,7 @@ def _say_if_waiting_for_cpus(cpus: float, need: float) -> None:
 
 @contextlib.contextmanager
 def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_bad: bool = False,
-               skipped_to=None) -> Iterator[Any]:
+               skipped_to=None, columns=None) -> Iterator[Any]:
     """``(manifest, z_spec, left_out)`` for ``source``: a shard folder, or a catalogue + FITS folder.
 
     A catalogue is turned into shards in a temporary folder (removed on
@@ -195,7 +195,8 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
     id. ``z_spec`` is ``True`` for a shard folder (the shards carry it),
     ``None`` for a catalogue without one. ``left_out`` lists the galaxies
     whose cutouts ``skip_bad`` left out (``[row, id, reason, detail]``), for
-    the caller to publish beside its output at ``skipped_to``.
+    the caller to publish beside its output at ``skipped_to``. ``columns``
+    (:func:`~zray.data.catalog.parse_columns`) names a catalogue's columns that hold zray's.
     """
     from zray.data.shards import read_manifest
 
@@ -217,7 +218,7 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
     from zray.data.catalog import id_column, read_catalog
     from zray.data.ingest import write_shards
 
-    table = read_catalog(source, ("id", "ebv"))
+    table = read_catalog(source, ("id", "ebv"), columns)
     known = None
     if "z_spec" in table.column_names:
         try:
@@ -280,6 +281,7 @@ def predict(
     overwrite: bool = False,
     fmt: str = "parquet",
     skip_bad: bool = False,
+    columns=None,
 ) -> dict[str, Any]:
     """Predict every object of ``source`` with the bundle into ``out``.
 
@@ -291,7 +293,8 @@ def predict(
     names (:data:`zray.qp_format.ANCIL_NAMES`). Written to a temporary name
     and renamed when complete. With ``skip_bad``, a catalogue's galaxies
     whose cutouts cannot be used are left out and listed in
-    ``OUT.skipped.csv`` (as ``zray prepare --skip-bad`` does).
+    ``OUT.skipped.csv`` (as ``zray prepare --skip-bad`` does). ``columns`` names a catalogue's
+    columns that hold zray's (``zray prepare --column``).
 
         >>> from zray.predict import predict
         >>> predict("bundles/quickstart", "data/new-cutouts", "new.parquet")["rows"]   # doctest: +SKIP
@@ -313,6 +316,9 @@ def predict(
         # a catalogue has no splits of its own: zray's split hash would pick a share of its galaxies
         raise ZrayError(f"{source}: is a catalogue file, and --split {' '.join(splits)} chooses among a shard "
                         "folder's splits; expected no --split (every galaxy of a catalogue is predicted)")
+    if columns and Path(source).is_dir():
+        raise ZrayError(f"{source}: is a shard folder, whose columns are zray's own; --column is only for "
+                        "a catalogue file")
     info = read_bundle(bundle_path)
     if batch_size is not None and batch_size < 1:
         raise ZrayError(f"--batch-size must be a positive integer, but got {batch_size!r}")
@@ -323,7 +329,7 @@ def predict(
         check_output(listing, kind="list of skipped galaxies", overwrite=overwrite, inputs=inputs,
                      ours=skipped_list.is_list, sealed=sealed)
     with open_input(source, images=images, bundle=info, progress=progress, skip_bad=skip_bad,
-                    skipped_to=listing) as (manifest, known_z, left_out):
+                    skipped_to=listing, columns=columns) as (manifest, known_z, left_out):
         info.check_data(manifest)
         batches = iter_predictions(bundle_path, manifest, splits, batch_size=batch_size, with_pdf=with_pdf,
                                    passthrough=("z_spec",) if known_z is True else (), workers=workers)

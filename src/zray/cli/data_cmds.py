@@ -15,6 +15,20 @@ from zray.errors import ZrayError
 from zray.paths import click_absolute
 
 
+def _parse_columns(ctx, param, values):
+    from zray.data.catalog import parse_columns
+
+    return parse_columns(values)
+
+
+#: ``--column ZRAY=YOURS``, for each command that reads a catalogue: a catalogue keeps its own names.
+column_option = click.option(
+    "--column", "columns", multiple=True, metavar="ZRAY=YOURS", callback=_parse_columns,
+    help="Read zray's column ZRAY from the catalogue's column YOURS (repeat for each): "
+         "--column id=specObjID --column z_spec=z; YOURS/NUMBER divides it, as SDSS's A_r gives "
+         "E(B-V): --column ebv=extinction_r/2.751. Names match in any case.")
+
+
 def _split_summary(manifest) -> str:
     return ", ".join(f"{s} {manifest.rows[s]}" for s in manifest.splits)
 
@@ -40,8 +54,8 @@ def _percentiles(z) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all CPU cores).")
 @click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), callback=click_absolute, default=None,
-              help="CSV, Parquet or FITS table with id, z (or z_spec), dereddened mag_u..mag_z [, ebv]: "
-                   "render these galaxies.")
+              help="CSV, Parquet, FITS table, VOTable or ECSV with id, z (or z_spec), dereddened mag_u..mag_z "
+                   "[, ebv] (--column names them where it calls them otherwise): render these galaxies.")
 @click.option("--frames", "frames", is_flag=True,
               help="Render survey frames instead of cutouts: one FITS per band and field, each band with its own "
                    "WCS (shifted by tens of pixels, turned by up to 0.5 degrees), overlapping at the edges, plus "
@@ -52,8 +66,9 @@ def _percentiles(z) -> str:
 @click.option("--overlap", type=int, default=None,
               help="With --frames: pixels neighbouring fields share at their edges [default: 128, as SDSS's, or a "
                    "quarter of a smaller frame].")
+@column_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
-def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_size, overlap, overwrite):
+def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_size, overlap, columns, overwrite):
     """Simulate SDSS-like u,g,r,i,z cutouts with known redshifts.
 
     A magnitude-limited sample like the SDSS Main Galaxy Sample (r < 17.77,
@@ -85,6 +100,8 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
     if frame_options and not frames:
         raise ZrayError(f"{', '.join(frame_options)} shape survey frames; expected --frames with them, or none of "
                         "them for cutouts")
+    if columns and catalog is None:
+        raise ZrayError("--column names the columns of --catalog's file; expected it with --catalog")
     start = time.perf_counter()
     if frames:
         if overlap is None:
@@ -95,7 +112,7 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
             raise ZrayError("--n is required unless --catalog is given, e.g. "
                             "`zray simulate --frames --n 300 --out data/frames`")
         report = simulate_frames(out, n, catalog=catalog, fields=fields, frame_size=frame_size, overlap=overlap,
-                                 seed=seed, workers=workers, overwrite=overwrite)
+                                 seed=seed, workers=workers, overwrite=overwrite, columns=columns)
         lay = report.layout
         click.echo(f"wrote {report.frames} frames ({lay.cols}x{lay.rows} fields x 5 bands, {lay.frame_size}x"
                    f"{lay.frame_size} pixels, {lay.overlap} overlapping) holding {report.on_frames} of "
@@ -105,7 +122,7 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
         return
     if catalog is not None:
         manifest = simulate_from_catalog(catalog, out, size=size, seed=seed, workers=workers,
-                                         limit=n, overwrite=overwrite)
+                                         limit=n, overwrite=overwrite, columns=columns)
     else:
         if n is None:
             raise ZrayError("--n is required unless --catalog is given, e.g. `zray simulate --n 5000 --out data/sim`")
@@ -131,28 +148,34 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
               help="Leave out the galaxies whose cutouts cannot be used (file missing or unreadable, bands not as "
                    "expected, smaller than --size, NaN pixels) and list them with the reason in OUT.skipped.csv; "
                    "without it the run stops at the first one it meets (missing files are all counted first).")
+@column_option
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset at --out (and its list of skipped galaxies).")
-def prepare_cmd(catalog, images, out, size, seed, skip_bad, overwrite):
+def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, overwrite):
     """Turn FITS cutouts listed in a catalogue into zray shards.
 
-    CATALOG is CSV, Parquet or a FITS table (.fits, .fits.gz: its first
-    table, column names in any case) with columns id, z_spec, ebv and either
+    CATALOG is CSV, Parquet, a FITS table (.fits, .fits.gz: its first
+    table, column names in any case), a VOTable (.vot, .xml, as TAP services
+    and TOPCAT write them) or ECSV, with columns id, z_spec, ebv and either
     `file` (one FITS with all five bands: a cube with header keywords
     BAND1..BAND5, or five image HDUs each with a FILTER keyword) or
-    file_u..file_z (one FITS per band). Band order always comes from headers
-    or column names. Before reading any image, every listed file is looked
-    for: the error counts those missing.
+    file_u..file_z (one FITS per band). Where the catalogue names them
+    otherwise, --column says which of its columns is which. Band order
+    always comes from headers or column names. Before reading any image,
+    every listed file is looked for: the error counts those missing.
 
     \b
     Examples:
       zray prepare galaxies.csv --images cutouts/ --out data/mine --size 64
       zray prepare galaxies.fits --images cutouts/ --out data/mine --skip-bad
+      zray prepare casjobs.csv --images cutouts/ --out data/sdss --column id=specObjID \\
+          --column z_spec=z --column ebv=extinction_r/2.751
     """
     from zray.data.ingest import prepare_dataset
 
     start = time.perf_counter()
-    manifest = prepare_dataset(catalog, images, out, size=size, seed=seed, overwrite=overwrite, skip_bad=skip_bad)
+    manifest = prepare_dataset(catalog, images, out, size=size, seed=seed, overwrite=overwrite, skip_bad=skip_bad,
+                               columns=columns)
     skipped = manifest.source.get("skipped", 0)
     of = f" of {manifest.total_rows + skipped}" if skipped else ""
     click.echo(
@@ -176,13 +199,15 @@ def prepare_cmd(catalog, images, out, size, seed, skip_bad, overwrite):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split seed.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all CPU cores).")
+@column_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset (and its list of skipped galaxies).")
-def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrite):
+def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, columns, overwrite):
     """Cut aligned five-band cutouts of a catalogue's galaxies from survey frames.
 
-    CATALOG is CSV, Parquet or a FITS table with id, ra, dec (degrees), z_spec
-    and, when known, ebv (else 0, with a warning) and mag_u..mag_z (carried
-    into the shards). In each band the frame holding the galaxy's whole cutout
+    CATALOG is CSV, Parquet, a FITS table, a VOTable or ECSV with id, ra,
+    dec (degrees), z_spec and, when known, ebv (else 0, with a warning) and
+    mag_u..mag_z (carried into the shards); --column names them where the
+    catalogue calls them otherwise. In each band the frame holding the galaxy's whole cutout
     is found from the frames' WCS (the one where it lies farthest from an
     edge, so a galaxy on one field's edge takes the neighbouring field's
     frame), and the band is resampled onto one grid centred on the galaxy,
@@ -203,7 +228,7 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, overwrit
 
     start = time.perf_counter()
     report = make_cutouts(catalog, frames_dir, out, size=size, seed=seed, max_bad=max_bad, workers=workers,
-                          overwrite=overwrite)
+                          overwrite=overwrite, columns=columns)
     m = report.manifest
     total = report.written + len(report.skipped)
     rate = report.cut / max(report.cut_seconds, 1e-9) / report.workers

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from zray.cli.data_cmds import column_option
 from zray.paths import click_absolute
 
 
@@ -118,13 +119,14 @@ def export_cmd(run_dir, top_k, members, keep_ensemble, trial, out, overwrite, ca
                    "unreadable, bands not as expected, smaller than the bundle's cutouts, NaN pixels), listed with "
                    "the reason in OUT.skipped.csv; without it the run stops at the first one it meets (missing "
                    "files are all counted first).")
+@column_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (and its list of skipped galaxies).")
-def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, skip_bad, overwrite):
+def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, workers, skip_bad, columns, overwrite):
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 
     INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
-    catalogue (CSV, Parquet or FITS table with id, ebv and FITS file columns,
-    as `zray prepare` takes) with --images. Writes per galaxy: id, z_spec when
+    catalogue (CSV, Parquet, FITS table, VOTable or ECSV with id, ebv and FITS
+    file columns, as `zray prepare` takes, --column naming them) with --images. Writes per galaxy: id, z_spec when
     known, z_mean, z_median, z_mode, z_std, the central 68.27% and 95%
     intervals (z_lo68, z_hi68, z_lo95, z_hi95), odds (the probability within
     z_mode +- 0.03 (1 + z_mode)), z_draw (one random draw from the PDF, the
@@ -147,7 +149,8 @@ def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, wo
     if workers < 1:
         raise click.BadParameter(f"must be a positive integer, but got {workers!r}", param_hint="--workers")
     summary = predict(bundle, source, out, images=images, splits=splits or None, batch_size=batch_size,
-                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite, fmt=fmt, skip_bad=skip_bad)
+                      with_pdf=not no_pdf, workers=workers, overwrite=overwrite, fmt=fmt, skip_bad=skip_bad,
+                      columns=columns)
     click.echo(
         f"predicted {summary['rows']} galaxies with {summary['members']} model(s) in {summary['seconds']:.1f} s "
         f"({summary['galaxies_per_s']:.0f} galaxies/s) -> {summary['out']}"

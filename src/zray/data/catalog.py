@@ -1,13 +1,18 @@
-"""Reading user catalogues (CSV, Parquet or a FITS table) with checked columns.
+"""Reading user catalogues (CSV, Parquet, a FITS table, a VOTable or ECSV) with checked columns.
 
-Shared by ``zray simulate --catalog``, ``zray prepare`` and ``zray cutouts``. Rows in messages
-are counted from 1 over the data rows (the CSV header is not a row), and the
-object's id is given too, so users can find the line either way.
+Shared by ``zray simulate --catalog``, ``zray prepare``, ``zray cutouts`` and ``zray predict``.
+Rows in messages are counted from 1 over the data rows (the CSV header is not a row), and the
+object's id is given too, so users can find the line either way. A catalogue keeps its own
+column names: ``--column id=specObjID`` (:func:`parse_columns`) tells zray which of them holds
+which of its columns.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +23,89 @@ from zray.errors import ZrayError, first_line
 
 #: Names of uncompressed FITS files (a catalogue may add .gz or .bz2, which astropy reads too).
 PLAIN_FITS = (".fits", ".fit", ".fts")
+#: What a catalogue's name ends with, by format: VOTables are what TAP services (SDSS's
+#: SkyServer, VizieR, Astro Data Lab) and TOPCAT write; ECSV is astropy's own text table.
+SUFFIXES = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".txt"), "fits": PLAIN_FITS,
+            "votable": (".vot", ".votable", ".xml"), "ecsv": (".ecsv",)}
 
 
 def catalog_format(path: Path) -> str:
-    """``parquet``, ``csv`` or ``fits``, from the file's name; anything else is refused."""
+    """``parquet``, ``csv``, ``fits``, ``votable`` or ``ecsv``, from the file's name; anything else
+    is refused."""
     name = path.name.lower()
     if name.endswith((".gz", ".bz2")) and name.rsplit(".", 1)[0].endswith(PLAIN_FITS):
         return "fits"
     suffix = Path(name).suffix
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".csv", ".txt"):
-        return "csv"
-    if suffix in PLAIN_FITS:
-        return "fits"
-    raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv, .parquet or a FITS table (.fits)")
+    for kind, suffixes in SUFFIXES.items():
+        if suffix in suffixes:
+            return kind
+    raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv, .parquet, a FITS table (.fits), "
+                    "a VOTable (.vot, .xml) or .ecsv")
 
 
-def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
-    """Read a CSV, Parquet or FITS-table catalogue and check the ``required`` columns exist."""
+@dataclass(frozen=True)
+class Source:
+    """Where one of zray's columns is in a catalogue with names of its own (``--column``): the
+    catalogue's column, and a number to divide it by (SDSS's ``extinction_r / 2.751`` is E(B-V))."""
+
+    name: str
+    divisor: float = 1.0
+
+    def __str__(self) -> str:
+        return self.name if self.divisor == 1.0 else f"{self.name}/{self.divisor:g}"
+
+
+def column_names() -> tuple[str, ...]:
+    """The catalogue columns zray reads, which ``--column`` may point elsewhere."""
+    from zray.data.shards import BANDS
+
+    return ("id", "z_spec", "ebv", "ra", "dec", "file", *(f"file_{b}" for b in BANDS),
+            *(f"mag_{b}" for b in BANDS))
+
+
+def parse_columns(values: Iterable[str]) -> dict[str, Source]:
+    """``--column ZRAY=YOURS`` options (``id=specObjID``, ``ebv=extinction_r/2.751``) as
+    ``{zray's name: Source}``; a malformed one, an unknown name or a name given twice is one sentence."""
+    known = column_names()
+    columns: dict[str, Source] = {}
+    for value in values:
+        ours, sep, theirs = (part.strip() for part in value.partition("="))
+        if not sep or not ours or not theirs:
+            raise ZrayError(f"--column {value!r}: expected ZRAY=YOURS, e.g. --column id=specObjID")
+        if ours not in known:
+            raise ZrayError(f"--column {value!r}: zray reads no column {ours!r}; expected one of {', '.join(known)}")
+        if ours in columns:
+            raise ZrayError(f"--column {value!r}: {ours} is given twice (also {ours}={columns[ours]})")
+        name, slash, divisor = theirs.rpartition("/") if "/" in theirs else (theirs, "", "")
+        number = _positive_number(divisor) if slash else 1.0
+        if not name.strip() or number is None:
+            raise ZrayError(f"--column {value!r}: expected YOURS or YOURS/NUMBER (a number > 0), "
+                            "e.g. --column ebv=extinction_r/2.751")
+        columns[ours] = Source(name.strip(), number)
+    return columns
+
+
+def source_record(columns: Mapping[str, Source] | None) -> dict:
+    """What a dataset's manifest records of ``--column`` options, under its ``source``."""
+    return {"columns": {ours: str(source) for ours, source in columns.items()}} if columns else {}
+
+
+def _positive_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] | None = None) -> pa.Table:
+    """Read a CSV, Parquet, FITS-table, VOTable or ECSV catalogue and check the ``required``
+    columns exist; ``columns`` (:func:`parse_columns`) names where the catalogue keeps zray's."""
     path = Path(path)
     if not path.is_file():
         raise ZrayError(f"{path}: catalogue file not found")
     kind = catalog_format(path)
+    columns = dict(columns or {})
     left_out: list[tuple[str, str]] = []
     try:
         if kind == "parquet":
@@ -48,11 +113,15 @@ def read_catalog(path, required: tuple[str, ...]) -> pa.Table:
 
             table = _with_pandas_index(pq.read_table(path))
         elif kind == "csv":
-            table = _read_csv(path)
-        else:
+            table = _read_csv(path, id_name=columns["id"].name if "id" in columns else "id")
+        elif kind == "fits":
             table, left_out = _read_fits(path)
+        else:
+            table, left_out = _read_astropy(path, kind)
     except (OSError, pa.ArrowException) as exc:
         raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
+    if columns:
+        table = _renamed(table, columns, path, left_out)
     missing = [c for c in required if c not in table.column_names]
     if missing:
         found = [repr(c) for c in table.column_names] + [f"{c!r} ({why})" for c, why in left_out]
@@ -89,20 +158,22 @@ def _plain(name: str) -> str:
 
 
 def _column_hints(missing: list[str], names: list[str]) -> str:
-    """For each missing column, what to do: ``; zray's column names are lower case: rename
-    'Z_SPEC' to 'z_spec'`` where it is there in capitals (CSV and Parquet names are read as
-    written); ``; rename 'z' to 'z_spec' if it is the spectroscopic redshift`` where the
-    catalogue has a name surveys give it; and what ``ebv`` is where it has none."""
-    cased = [f"{n!r} to {c!r}" for c in missing for n in names if n.lower() == c]
-    hints = [f"zray's column names are lower case: rename {', '.join(cased)}"] if cased else []
+    """For each missing column, the ``--column`` that reads it from the catalogue as it is: ``;
+    zray's column names are lower case: --column z_spec=Z_SPEC`` where it is there in capitals (CSV
+    and Parquet names are read as written); ``; --column z_spec=z if 'z' is the spectroscopic
+    redshift`` where the catalogue has a name surveys give it; and what ``ebv`` is where it has none."""
+    cased = [f"{c}={n}" for c in missing for n in names if n.lower() == c]
+    hints = [f"zray's column names are lower case: --column {' --column '.join(cased)}"] if cased else []
     for column in missing:
         if any(n.lower() == column for n in names):
             continue
         near = [n for n in names if _plain(n) in OTHER_NAMES.get(column, ())]
+        extinction = [n for n in names if _plain(n) == "extinctionr"]
         if near:
-            hints.append(f"rename {near[0]!r} to {column!r} if it is {MEANING[column]}")
-        elif column == "ebv" and any(_plain(n) == "extinctionr" for n in names):
-            hints.append("ebv is E(B-V): SDSS's extinction_r / 2.751")
+            hints.append(f"--column {column}={near[0]} if {near[0]!r} is {MEANING[column]}")
+        elif column == "ebv" and extinction:
+            hints.append(f"--column ebv={extinction[0]}/2.751 if {extinction[0]!r} is SDSS's A_r "
+                         "(E(B-V) is A_r / 2.751)")
         elif column == "ebv":
             hints.append("ebv is each galaxy's Galactic E(B-V), from a dust map such as SFD's "
                          "(0 where the cutouts are corrected for extinction already)")
@@ -146,14 +217,43 @@ def _read_fits(path: Path) -> tuple[pa.Table, list[tuple[str, str]]]:
     if table is None:
         raise ZrayError(f"{path}: this FITS file holds no table (only images or headers); "
                         "expected a table with one row per galaxy")
+    return _from_astropy(table, path, lower=True)
+
+
+def _read_astropy(path: Path, kind: str) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """A VOTable's first table, or an ECSV table, as astropy reads it, with the columns left out
+    as :func:`_read_fits` leaves them out. Column names are kept as written."""
+    import warnings
+
+    from astropy.table import Table
+
+    what = {"votable": "VOTable", "ecsv": "ECSV table"}[kind]
+    try:
+        with warnings.catch_warnings():
+            # VOTables from services bend the standard in many small ways astropy notes and reads past
+            warnings.simplefilter("ignore")
+            table = (Table.read(path, format="votable", verify="ignore") if kind == "votable"
+                     else Table.read(path, format="ascii.ecsv"))
+    except Exception as exc:  # astropy raises many kinds on a file that is not what its name says
+        raise ZrayError(f"{path}: not a readable {what} ({first_line(exc)})") from None
+    return _from_astropy(table, path, lower=False)
+
+
+def _from_astropy(table, path: Path, lower: bool) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """An astropy table as Arrow, and the columns left out, each with why: several values per row,
+    text that is not ASCII, complex numbers or other kinds (zray reads none such). Masked values
+    become missing values, which the column's checks then name; text loses its padding spaces.
+    ``lower``: names in lower case (FITS's, which ignore case)."""
     names, arrays, left_out, written = [], [], [], {}
     for column in table.itercols():
-        name = column.name.strip().lower()
+        name = column.name.strip().lower() if lower else column.name.strip()
         if name in written:
             raise ZrayError(f"{path}: columns {written[name]!r} and {column.name!r} are one name in FITS, whose "
                             "column names ignore case; expected each column once")
         written[name] = column.name
         data, mask = np.ma.getdata(column), np.ma.getmaskarray(column)
+        if data.dtype.kind == "O" and data.ndim == 1 and all(isinstance(v, str) for v in data[~mask]):
+            data = np.where(mask, "", data).astype(str)  # a VOTable's text of any length (arraysize="*")
         if data.ndim != 1 or data.dtype.kind not in "biufU":
             why = {"S": "text that is not ASCII", "c": "complex numbers"}.get(data.dtype.kind, "values of another kind")
             left_out.append((name, "several values per row" if data.ndim != 1 else why))
@@ -207,6 +307,41 @@ def _check_table_header(hdus, index: int, size: int, path: Path) -> None:
                         f"of each row, and its header says a row is {width} (NAXIS1)); expected a whole FITS file")
 
 
+def _renamed(table: pa.Table, columns: Mapping[str, Source], path: Path, left_out) -> pa.Table:
+    """The table with each of ``columns``' sources under zray's name, divided where asked, in place
+    of any column of that name the catalogue has; the sources keep their own names too."""
+    import pyarrow.compute as pc
+
+    names = table.column_names
+    taken = {}
+    for ours, source in columns.items():
+        name = _find(source, names, path, ours, left_out)
+        col = table.column(name)
+        if source.divisor != 1.0:
+            if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+                raise ZrayError(f"{path}: --column {ours}={source}: column {name!r} has type {col.type}; "
+                                "expected numbers to divide")
+            col = pc.divide(pc.cast(col, pa.float64()), source.divisor)
+        taken[ours] = col
+    kept = [n for n in names if n not in taken]
+    return pa.table([*(table.column(n) for n in kept), *taken.values()], names=[*kept, *taken])
+
+
+def _find(source: Source, names: list[str], path: Path, ours: str, left_out) -> str:
+    """The catalogue's column ``source`` names: as written, or in another case where only one
+    column matches (FITS names are read in lower case)."""
+    if source.name in names:
+        return source.name
+    cased = [n for n in names if n.lower() == source.name.lower()]
+    if len(cased) == 1:
+        return cased[0]
+    why = dict(left_out).get(source.name.lower())
+    found = ", ".join(repr(n) for n in names) or "none"
+    raise ZrayError(f"{path}: --column {ours}={source}: " + (
+        f"column {source.name!r} holds {why}; expected one value per row" if why else
+        f"no column {source.name!r}; expected one of the catalogue's columns (found {found})"))
+
+
 def _with_pandas_index(table: pa.Table) -> pa.Table:
     """A Parquet file pandas wrote from ``df.set_index("id")``: a named range index is kept
     only in the file's metadata (``pandas.read_parquet`` shows it); it becomes a column."""
@@ -229,10 +364,10 @@ def _with_pandas_index(table: pa.Table) -> pa.Table:
     return table
 
 
-def _read_csv(path: Path) -> pa.Table:
+def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
     """A CSV catalogue, read as written by hand or by tools that put a space after each comma
     (``id, z_spec, ebv``) or ``#`` comment lines above the header: names and text values lose
-    the spaces around them, numbers never had them. An ``id`` column that is not whole
+    the spaces around them, numbers never had them. An id column (``id_name``) that is not whole
     numbers is read again as text, so that :func:`id_column` can name the row (pyarrow
     reads ids beyond 64 bits as rounded floats)."""
     import pyarrow.compute as pc
@@ -251,11 +386,13 @@ def _read_csv(path: Path) -> pa.Table:
     for i, name in enumerate(names):
         if pa.types.is_string(table.column(i).type):
             table = table.set_column(i, name, pc.utf8_trim_whitespace(table.column(i)))
-    if names.count("id") == 1 and not pa.types.is_integer(table.column("id").type):
-        raw = pcsv.read_csv(path, read_options=skip).column_names[names.index("id")]
+    if id_name not in names:  # --column id=specObjID names it as the user knows it: in any case
+        id_name = next((n for n in names if n.lower() == id_name.lower()), id_name)
+    if names.count(id_name) == 1 and not pa.types.is_integer(table.column(id_name).type):
+        raw = pcsv.read_csv(path, read_options=skip).column_names[names.index(id_name)]
         text = pcsv.read_csv(path, read_options=skip, convert_options=pcsv.ConvertOptions(
             include_columns=[raw], column_types={raw: pa.string()})).column(0)
-        table = table.set_column(names.index("id"), "id", pc.utf8_trim_whitespace(text))
+        table = table.set_column(names.index(id_name), id_name, pc.utf8_trim_whitespace(text))
     return table
 
 

@@ -189,8 +189,10 @@ def simulate_frames(
     centre: tuple[float, float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    columns=None,
 ) -> FramesReport:
     """Render the frames, catalogue and truth into the folder ``out`` (module docstring).
+    ``columns``: where ``catalog`` keeps zray's columns (:func:`~zray.data.catalog.parse_columns`).
 
     ``centre`` (ra, dec in degrees): where the mosaic is centred, by default on the
     catalogue's galaxies or at :data:`CENTRE`; ``noise=False`` draws noise-free frames
@@ -212,7 +214,7 @@ def simulate_frames(
     inputs = (Path(catalog),) if catalog is not None else ()
     check_output(out, kind="frames", overwrite=overwrite, inputs=inputs)
     if catalog is not None:
-        params = catalog_population(catalog, seed=seed, limit=n, positions=True)
+        params = catalog_population(catalog, seed=seed, limit=n, positions=True, columns=columns)
     else:
         from zray.data.population import draw_population
 

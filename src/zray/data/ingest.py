@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,14 @@ from zray.atomic import check_output
 from zray.bins import RedshiftBins
 from zray.data import skipped as skipped_list
 from zray.data.catalog import (
+    Source,
     check_redshifts,
     ebv_column,
     id_column,
     magnitude_columns,
     numeric_column,
     read_catalog,
+    source_record,
     warn_repeats,
     where,
 )
@@ -228,8 +231,10 @@ def prepare_dataset(
     overwrite: bool = False,
     progress: bool = True,
     skip_bad: bool = False,
+    columns: Mapping[str, Source] | None = None,
 ) -> Manifest:
-    """Read the catalogue and its FITS cutouts into a dataset at ``out``.
+    """Read the catalogue and its FITS cutouts into a dataset at ``out``; ``columns``
+    (:func:`~zray.data.catalog.parse_columns`) names the catalogue's columns that hold zray's.
 
     A galaxy whose cutout cannot be used (its file missing or unreadable, its
     bands not as expected, smaller than ``size``, NaN pixels) stops the run,
@@ -245,7 +250,7 @@ def prepare_dataset(
                      ours=skipped_list.is_list)
     manifest, left_out = write_shards(catalog, images_dir, out, size=size, seed=seed, rows_per_shard=rows_per_shard,
                                       bins=bins, overwrite=overwrite, progress=progress, skip_bad=skip_bad,
-                                      listing=listing)
+                                      listing=listing, columns=columns)
     skipped_list.publish(listing, left_out, source=catalog, total=manifest.total_rows + len(left_out),
                          overwrite=overwrite, inputs=inputs)
     return manifest
@@ -254,19 +259,21 @@ def prepare_dataset(
 def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                  bins: RedshiftBins = DEFAULT_BINS, overwrite: bool = False, progress: bool = True,
                  skip_bad: bool = False, listing: Path | None = None,
-                 labelled: bool = True, task: str = "prepare", table=None) -> tuple[Manifest, list[list]]:
+                 labelled: bool = True, task: str = "prepare", table=None,
+                 columns: Mapping[str, Source] | None = None) -> tuple[Manifest, list[list]]:
     """:func:`prepare_dataset`'s work: the dataset, and the ``[row, id, reason, detail]`` of each
     galaxy left out (``skip_bad``). ``listing`` is named in the error's hint.
     ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every row gets the
     placeholder ``bins.z_min``. ``task`` names the work on the progress line; ``table`` is the
-    catalogue as :func:`~zray.data.catalog.read_catalog` read it, where the caller has it already."""
+    catalogue as :func:`~zray.data.catalog.read_catalog` read it, where the caller has it already
+    (else it is read with ``columns``)."""
     catalog = Path(catalog)
     images_dir = Path(images_dir)
     check_size(size)
     if not images_dir.is_dir():
         raise ZrayError(f"{images_dir}: --images directory not found")
     if table is None:
-        table = read_catalog(catalog, ("id", "z_spec", "ebv") if labelled else ("id", "ebv"))
+        table = read_catalog(catalog, ("id", "z_spec", "ebv") if labelled else ("id", "ebv"), columns)
     per_band = _layout(table.column_names, catalog)
     ids = id_column(table, catalog)
     if labelled:
@@ -287,7 +294,8 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     warn_repeats([("no file", i) if i in left_out else tuple(os.path.normpath(p) for p in paths)
                   for i, paths in enumerate(files)], catalog, ids, "their FITS file(s)")
     bar = Progress(task, len(todo), enabled=progress)
-    source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size)}
+    source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size),
+              **source_record(columns)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins,
                        overwrite=overwrite, source=source, label=str(catalog), inputs=(catalog, images_dir)) as writer:
         # Rows go in the order of a hash of the id, never the catalogue's; errors

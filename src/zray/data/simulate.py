@@ -29,6 +29,7 @@ from zray.data.catalog import (
     magnitude_columns,
     numeric_column,
     read_catalog,
+    source_record,
 )
 from zray.data.cutouts import check_size
 from zray.data.progress import Progress
@@ -80,8 +81,10 @@ def simulate_from_catalog(
     bins: RedshiftBins = DEFAULT_BINS,
     overwrite: bool = False,
     progress: bool = True,
+    columns=None,
 ) -> Manifest:
-    """Render cutouts for a catalogue of id, z (or z_spec), dereddened mag_u..mag_z [, ebv].
+    """Render cutouts for a catalogue of id, z (or z_spec), dereddened mag_u..mag_z [, ebv];
+    ``columns`` (:func:`~zray.data.catalog.parse_columns`) names the catalogue's columns that hold those.
 
     Morphology (bulge fraction, size from the absolute magnitude) is drawn
     per galaxy consistent with its colours; E(B-V) is drawn if not given.
@@ -92,21 +95,24 @@ def simulate_from_catalog(
     noise comes from its id. The whole file is checked, whatever ``limit``.
     """
     check_size(size)
-    params = catalog_population(catalog_path, seed=seed, limit=limit, bins=bins)
-    source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size)}
+    params = catalog_population(catalog_path, seed=seed, limit=limit, bins=bins, columns=columns)
+    source = {"kind": "simulate_from_catalog", "catalog": str(catalog_path), "seed": int(seed), "size": int(size),
+              **source_record(columns)}
     return _render_dataset(out, params, size, seed, workers, rows_per_shard, overwrite, progress, source)
 
 
 def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
-                       bins: RedshiftBins = DEFAULT_BINS, positions: bool = False) -> dict[str, np.ndarray]:
+                       bins: RedshiftBins = DEFAULT_BINS, positions: bool = False,
+                       columns=None) -> dict[str, np.ndarray]:
     """The parameters of a catalogue's galaxies (see :func:`simulate_from_catalog`), in the order
     of a hash of the id. ``positions``: also ``ra`` and ``dec`` (degrees) where the catalogue
     has both columns (``zray simulate --frames``)."""
     from zray.data.population import population_from_catalog
 
-    table = read_catalog(catalog_path, ("id", *MAG_COLUMNS))
-    # the true redshift: z, or z_spec as the other commands' catalogues call it
-    name = next((c for c in ("z", "z_spec") if c in table.column_names), None)
+    table = read_catalog(catalog_path, ("id", *MAG_COLUMNS), columns)
+    # the true redshift: z, or z_spec as the other commands' catalogues call it (or --column names it)
+    order = ("z_spec",) if "z_spec" in (columns or {}) else ("z", "z_spec")
+    name = next((c for c in order if c in table.column_names), None)
     if name is None:
         raise ZrayError(f"{catalog_path}: missing column z; expected each galaxy's redshift as z (or z_spec) "
                         f"beside id and {', '.join(MAG_COLUMNS)}")

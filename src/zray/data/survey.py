@@ -74,6 +74,7 @@ from zray.data.catalog import (
     magnitude_columns,
     numeric_column,
     read_catalog,
+    source_record,
     warn_repeats,
     where,
 )
@@ -185,10 +186,11 @@ class Catalogue:
     extra: dict
 
 
-def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS) -> Catalogue:
-    """The catalogue ``zray cutouts`` takes, checked with the same rules as ``zray prepare``'s."""
+def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None) -> Catalogue:
+    """The catalogue ``zray cutouts`` takes, checked with the same rules as ``zray prepare``'s;
+    ``columns`` (:func:`~zray.data.catalog.parse_columns`) names its columns that hold zray's."""
     path = Path(path)
-    table = read_catalog(path, ("id", "ra", "dec", "z_spec"))
+    table = read_catalog(path, ("id", "ra", "dec", "z_spec"), columns)
     ids = id_column(table, path)
     ra, dec = sky_columns(table, path, ids)
     z = numeric_column(table, "z_spec", path, ids)
@@ -464,8 +466,10 @@ def partial_path(out: Path) -> Path:
     return out.parent / f".{out.name}.cutouts-partial"
 
 
-def _inputs_key(catalog: Path, frames: list[Frame], size: int) -> str:
+def _inputs_key(catalog: Path, frames: list[Frame], size: int, columns=None) -> str:
     h = hashlib.sha256()
+    if columns:  # the same file read with other columns is other galaxies
+        h.update(json.dumps(source_record(columns), sort_keys=True).encode())
     with open(catalog, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -536,11 +540,13 @@ def make_cutouts(
     overwrite: bool = False,
     progress: bool = True,
     stop_after_tasks: int | None = None,
+    columns=None,
 ) -> CutoutReport:
     """Cut the catalogue's galaxies from the frames into a dataset at ``out`` (module docstring).
 
     ``stop_after_tasks`` is a test instrument: the run stops as if interrupted (KeyboardInterrupt)
-    once that many tasks are saved, leaving them for the next run."""
+    once that many tasks are saved, leaving them for the next run. ``columns`` names the catalogue's
+    columns that hold zray's (``--column``)."""
     from zray.atomic import check_output
     from zray.console import LOG
     from zray.data.writer import DatasetWriter
@@ -549,7 +555,7 @@ def make_cutouts(
     check_size(size)
     if not 0 <= float(max_bad) < 1:
         raise ZrayError(f"--max-bad must be a fraction of a cutout's pixels in [0, 1), but got {max_bad!r}")
-    cat = read_survey_catalog(catalog, bins)
+    cat = read_survey_catalog(catalog, bins, columns)
     frames = read_frames(frames_dir, catalog)
     inputs = (catalog, frames_dir)
     check_output(out, kind="dataset", overwrite=overwrite, inputs=inputs)
@@ -573,7 +579,7 @@ def make_cutouts(
     folder = partial_path(out)
     made = not folder.parent.exists()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _open_partial(folder, _inputs_key(catalog, frames, size))
+    _open_partial(folder, _inputs_key(catalog, frames, size, columns))
     results: dict[int, tuple] = {}
     pending = []
     for f, members in sorted(groups.items()):
@@ -634,7 +640,8 @@ def make_cutouts(
         raise ZrayError(f"{catalog}: none of its {len(cat.ids)} galaxies could be cut from the frames in "
                         f"{frames_dir} ({skipped_list.count_line(counts)}); the reasons are listed in {listing}")
     source = {"kind": "cutouts", "catalog": str(catalog), "frames": str(frames_dir), "size": int(size),
-              "resampling": "reproject_exact", "max_bad": float(max_bad), "skipped": len(skipped)}
+              "resampling": "reproject_exact", "max_bad": float(max_bad), "skipped": len(skipped),
+              **source_record(columns)}
     with DatasetWriter(out, seed=seed, rows_per_shard=rows_per_shard, bins=bins, overwrite=overwrite,
                        source=source, label=str(catalog), inputs=inputs) as writer:
         order = keep[write_order(cat.ids[keep], seed)]
