@@ -326,6 +326,46 @@ def test_frames_and_cutouts_keep_sdss_spec_obj_ids_above_the_signed_range(tmp_pa
     assert written.dtype == np.uint64 and sorted(int(i) for i in written) == ids
 
 
+def test_frames_and_cutouts_from_catalogues_under_a_surveys_own_names(tmp_path):
+    """`zray simulate --frames --catalog` from an ECSV table and `zray cutouts` from a VOTable, each
+    under a survey's column names read with --column (dereddened magnitudes as SDSS calls them, ids
+    above 2**63 - 1 as the text a TAP service writes), give the same cutouts as the frames' own
+    catalogue."""
+    from astropy.table import Table
+
+    from zray.data.population import draw_population
+
+    pop = draw_population(50, 3)
+    pick = np.argsort(pop["z"])[-2:]
+    ra, dec = zip(*(_sky(*xy) for xy in ((-6, -6), (6, 6))))
+    ids = SDSS_IDS[-2:]
+    table = Table({"specObjID": np.array(ids, np.uint64), "zsp": pop["z"][pick], "ra": ra, "dec": dec,
+                   **{f"dered_{b}": pop["mags"][pick, k] for k, b in enumerate(BANDS)}})
+    table.write(tmp_path / "input.ecsv")
+    mags = [f"--column=mag_{b}=dered_{b}" for b in BANDS]
+    result = _run("simulate", "--frames", "--catalog", tmp_path / "input.ecsv", "--fields", "1x1", "--frame-size",
+                  128, "--overlap", 16, "--out", tmp_path / "frames", "--column", "id=specObjID",
+                  "--column", "z_spec=zsp", *mags)
+    assert result.exit_code == 0, result.output
+    frames = tmp_path / "frames"
+    with open(frames / CATALOG_NAME, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["id"]) for r in rows) == ids
+    Table({"specObjID": [r["id"] for r in rows], "RA": [float(r["ra"]) for r in rows],
+           "DEC": [float(r["dec"]) for r in rows], "z": [float(r["z_spec"]) for r in rows],
+           "E_BV": [float(r["ebv"]) for r in rows]}).write(tmp_path / "cat.vot",
+                                                                                   format="votable")
+    result = _run("cutouts", tmp_path / "cat.vot", "--frames", frames, "--out", tmp_path / "named", "--size", SIZE,
+                  "--workers", 1, "--column", "id=specObjID", "--column", "ra=RA", "--column", "dec=DEC",
+                  "--column", "z_spec=z", "--column", "ebv=E_BV")
+    assert result.exit_code == 0, result.output
+    make_cutouts(frames / CATALOG_NAME, frames, tmp_path / "own", size=SIZE, workers=1, progress=False)
+    named, own = _shards(tmp_path / "named"), _shards(tmp_path / "own")
+    assert named[0].dtype == np.uint64 and sorted(int(i) for i in named[0]) == ids
+    for got, expected in zip(named, own):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_simulate_frames_command(tmp_path):
     out = tmp_path / "frames"
     result = _run("simulate", "--frames", "--n", 4, "--fields", "1x2", "--frame-size", 96, "--overlap", 16,

@@ -508,6 +508,14 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
     withz = pq.read_table(tmp_path / "cz.parquet").to_pydict()
     assert dict(zip(withz["id"], withz["z_spec"])) == dict(zip(ids.tolist(), z_cat))
     np.testing.assert_allclose(withz["z_median"], [by_id[i] for i in withz["id"]], atol=1e-6)
+    # The same galaxies in a VOTable under a survey's own names, read with --column.
+    Table({"objID": ids, "E_BV": test["ebv"][:4], "path": [f"g{i}.fits" for i in ids],
+           "zsp": MaskedColumn([z or 0.0 for z in z_cat], mask=[z is None for z in z_cat])}
+          ).write(tmp_path / "cat.vot", format="votable")
+    result = _run("predict", exported["best"], tmp_path / "cat.vot", "--images", images, "--out", tmp_path / "v.parquet",
+                  "--column", "id=objID", "--column", "ebv=E_BV", "--column", "file=path", "--column", "z_spec=zsp")
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "v.parquet").to_pydict() == withz
     # Two more galaxies whose cutouts cannot be used: one never downloaded, one on a frame's edge.
     # The error names the user's catalogue (never a temporary copy); --skip-bad predicts the rest
     # and lists the two.
