@@ -193,6 +193,8 @@ def test_a_casjobs_catalogue_goes_in_with_the_column_options_its_error_suggests(
     assert z == pytest.approx({SDSS_IDS[i]: rows["z_spec"][i] for i in range(n)}, rel=1e-6)
     assert read_manifest(tmp_path / "out").source["columns"] == {
         "id": "specObjID", "z_spec": "z", "ebv": "extinction_r/2.751"}
+    inspect = CliRunner().invoke(main, ["inspect", str(tmp_path / "out")])
+    assert "source: prepare, its columns read as id=specObjID, z_spec=z, ebv=extinction_r/2.751;" in inspect.output
 
 
 def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path):

@@ -271,6 +271,9 @@ def inspect_cmd(root, max_problems):
         listing = path_for(Path(root))
         src += f" ({left_out} galaxies of the catalogue left out" + (
             f", listed in {listing})" if listing.is_file() else ")")
+    columns = m.source.get("columns")
+    if isinstance(columns, dict) and columns:  # the manifest is the user's file: shown, never trusted
+        src += f", its columns read as {', '.join(f'{k}={v}' for k, v in columns.items())}"
     click.echo(f"source: {src}; split seed {m.split_seed}; z range [{m.z_range[0]}, {m.z_range[1]}); "
                f"hash {m.hash[:19]}...")
     click.echo(f"{'split':<6} {'rows':>7} {'shards':>6}   z: {'p5':>6} {'p25':>6} {'p50':>6} {'p75':>6} {'p95':>6}")
