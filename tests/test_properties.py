@@ -760,7 +760,12 @@ def catalogues(draw) -> bytes:
 
 
 PREPARE_OK = dict(catalogue=b"id,z_spec,ebv,file\n1,0.1,0.03,g0.fits\n", suffix=".csv", size="16", seed="0", out="out",
-                  overwrite=False, skip_bad=False)
+                  overwrite=False, skip_bad=False, columns=[])
+#: --column options as users type them: right, in other case, dividing, mistyped, of an unknown name.
+COLUMN_OPTIONS = st.lists(st.sampled_from(
+    ["id=id", "z_spec=Z_SPEC", "z_spec=z_spec", "ebv=ebv/2.751", "ebv=ebv/0", "ebv=file/3", "file=FILE", "id=ebv",
+     "id", "zz=z", "ra=dec", "=", "z_spec=", "ebv=ebv/nan", "ebv=ebv/-1", "id=objid"]), max_size=3).map(
+    lambda values: [f"--column={v}" for v in values])
 
 
 @budget(1000)
@@ -770,14 +775,15 @@ PREPARE_OK = dict(catalogue=b"id,z_spec,ebv,file\n1,0.1,0.03,g0.fits\n", suffix=
 @example(**{**PREPARE_OK, "size": "21", "out": "deep/er/out"})  # refused, but deep/er/ is left behind
 @given(
     catalogue=st.one_of(catalogues(), catalogues(), st.binary(max_size=40)),
-    suffix=st.sampled_from([".csv", ".csv", ".csv", ".txt", ".parquet", ".CSV", ""]),
+    suffix=st.sampled_from([".csv", ".csv", ".csv", ".txt", ".parquet", ".CSV", "", ".vot", ".xml", ".ecsv"]),
     size=st.sampled_from(["16", "16", "8", "20", "21", "7", "0", "-1", "513", "1e3", "99999999999999999999"]),
     seed=st.sampled_from(["0", "1", "-1", str(2**32), str(2**64), "x"]),
     out=st.sampled_from(["out", "out", "deep/er/out", "img", "cat", "empty", "data"]),
     overwrite=st.booleans(),
     skip_bad=st.booleans(),
+    columns=COLUMN_OPTIONS,
 )
-def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite, skip_bad):
+def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite, skip_bad, columns):
     with Sandbox() as sb:
         copy_images(sb)
         cat = sb.write("cat" + suffix, catalogue.replace(b"{root}", str(sb.root).encode()))
@@ -787,7 +793,7 @@ def test_prepare_catalogues(catalogue, suffix, size, seed, out, overwrite, skip_
             copy_data(sb)
         if out == "cat":
             out = cat.name
-        argv = ["prepare", cat, "--images", sb.root / "img", "--out", out, "--size", size, "--seed", seed]
+        argv = ["prepare", cat, "--images", sb.root / "img", "--out", out, "--size", size, "--seed", seed, *columns]
         argv += ["--overwrite"] if overwrite else []
         argv += ["--skip-bad"] if skip_bad else []
         # An existing folder that is not a dataset (the images, the catalogue) is never replaced.
@@ -833,10 +839,10 @@ def _fits_column(kind: str, cells: list[str]):
 
 
 @st.composite
-def fits_catalogues(draw) -> tuple[bytes, str]:
+def table_catalogues(draw) -> tuple[bytes, str]:
     """A catalogue (as :func:`catalogues` makes them, cells changed, columns renamed in capitals)
-    written as a FITS table by astropy, its columns typed as another tool might have; then
-    perhaps cut short, damaged or compressed."""
+    written by astropy as a FITS table, a VOTable or ECSV, its columns typed as another tool might
+    have; then perhaps cut short, damaged or (FITS) compressed."""
     import gzip
 
     from astropy.io import fits
@@ -855,16 +861,26 @@ def fits_catalogues(draw) -> tuple[bytes, str]:
         kind = draw(st.sampled_from([kinds.get(header[k], "text")] * 10 + ["int", "float", "masked float", "text",
                                                                             "wide"]))
         table[name] = _fits_column(kind, [row[k] for row in rows])
+    kind = draw(st.sampled_from(["fits", "fits", "votable", "ecsv"]))
     buffer = io.BytesIO()
-    fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table)]).writeto(buffer)
+    if kind == "fits":
+        fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table)]).writeto(buffer)
+    elif kind == "votable":
+        table.write(buffer, format="votable")
+    else:
+        text = io.StringIO()
+        table.write(text, format="ascii.ecsv")
+        buffer.write(text.getvalue().encode())
     data = buffer.getvalue()
-    damage = draw(st.sampled_from(["none", "none", "none", "cut", "byte", "gzip", "gzip", "gzip cut"]))
+    damage = draw(st.sampled_from(["none", "none", "none", "cut", "byte"] + ["gzip", "gzip", "gzip cut"] * (kind == "fits")))
     if damage in ("cut", "byte"):
         at = draw(st.integers(0, len(data) - 1))
         data = data[:at] if damage == "cut" else data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
     if damage.startswith("gzip"):
         data = gzip.compress(data)
         data = data[: draw(st.integers(0, len(data) - 1))] if damage == "gzip cut" else data
+    if kind != "fits":
+        return data, draw(st.sampled_from([".vot", ".xml"] if kind == "votable" else [".ecsv"]))
     return data, ".fits.gz" if damage.startswith("gzip") else draw(st.sampled_from([".fits", ".FITS", ".fit"]))
 
 
@@ -916,14 +932,14 @@ def test_prepare_leaves_out_exactly_the_cutouts_it_cannot_use(files, skip_bad):
 
 
 @budget(150)
-@given(catalogue=fits_catalogues(), out=st.sampled_from(["out", "out", "img", "cat"]))
-def test_prepare_fits_catalogues(catalogue, out):
+@given(catalogue=table_catalogues(), out=st.sampled_from(["out", "out", "img", "cat"]), columns=COLUMN_OPTIONS)
+def test_prepare_table_catalogues(catalogue, out, columns):
     content, suffix = catalogue
     with Sandbox() as sb:
         copy_images(sb)
         cat = sb.write("cat" + suffix, content)
         out = cat.name if out == "cat" else out
-        run(sb, ["prepare", cat, "--images", sb.root / "img", "--out", out, "--size", "16"],
+        run(sb, ["prepare", cat, "--images", sb.root / "img", "--out", out, "--size", "16", *columns],
             outputs=[out] if out == "out" else [])
 
 
