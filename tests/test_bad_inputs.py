@@ -76,6 +76,15 @@ def fits_setup(tmp: Path, n: int = 3, *, image=None, rows=None, damage=None) -> 
     return ["prepare", str(tmp / "cat.csv"), "--images", str(images), "--out", str(tmp / "out"), "--size", "16"]
 
 
+def votable(tmp: Path, fields: str, rows: str, status: str = "OK", after: str = "") -> list[str]:
+    """``zray prepare`` of a VOTable as a TAP service returns one: its QUERY_STATUS, FIELDs and rows."""
+    (tmp / "cat.vot").write_text(
+        '<?xml version="1.0"?>\n<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">\n'
+        f'<RESOURCE type="results"><INFO name="QUERY_STATUS" value="{status}"/>\n<TABLE>{fields}\n'
+        f"<DATA><TABLEDATA>\n{rows}</TABLEDATA></DATA></TABLE>{after}</RESOURCE></VOTABLE>\n")
+    return ["prepare", str(tmp / "cat.vot"), "--images", str(tmp), "--out", str(tmp / "out")]
+
+
 def manifest_with(data: Path, **changes) -> Path:
     """``data`` whose manifest.json has ``changes`` applied (a shard path, say)."""
     manifest = json.loads((data / "manifest.json").read_text())
@@ -352,6 +361,29 @@ CASES = {
     "simulate-column-without-catalog": (lambda t, d: ["simulate", "--n", "5", "--out", str(t / "sim"),
                                                       "--column", "id=objid"],
                                         "--column names the columns of --catalog's file; expected it with --catalog"),
+    "catalog-votable-id-beyond-its-long-field": (
+        lambda t, d: votable(t, '<FIELD name="id" datatype="long"/><FIELD name="z_spec" datatype="double"/>',
+                             "<TR><TD>12345678901234567890</TD><TD>0.1</TD></TR>"),
+        "cat.vot: not a readable VOTable (line 6, column 8: W51: Value '12345678901234567890' is out of range for "
+        "a 64-bit integer field); expected each value to fit its FIELD's datatype"),
+    "catalog-votable-query-overflow": (
+        lambda t, d: votable(t, '<FIELD name="id" datatype="long"/>', "<TR><TD>1</TD></TR>",
+                             after='<INFO name="QUERY_STATUS" value="OVERFLOW">MAXREC 1 reached</INFO>'),
+        "cat.vot: the query that wrote it ended in OVERFLOW (MAXREC 1 reached); expected a whole result: query "
+        "again with a higher row limit (MAXREC), or in parts"),
+    "catalog-votable-query-error": (
+        lambda t, d: votable(t, '<FIELD name="id" datatype="long"/>', "", status="ERROR"),
+        "cat.vot: the query that wrote it ended in ERROR; expected a whole result"),
+    "column-mapped-name-twice": (
+        lambda t, d: ((t / "cat.csv").write_text("specObjID,z,z,ebv,file\n1,0.1,0.5,0.03,a.fits\n"),
+                      ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out"),
+                       "--column", "id=specObjID", "--column", "z_spec=z"])[1],
+        "cat.csv: column 'z' appears more than once; expected each column once"),
+    "column-divisor-on-id": (lambda t, d: [*fits_setup(t), "--column", "id=id/1000"],
+                             "--column 'id=id/1000': id is not a number to divide; expected YOURS/NUMBER only for"),
+    "column-mapped-value-missing": (
+        lambda t, d: [*fits_setup(t, rows={"extinction_r": [0.08, None, 0.08]}), "--column", "ebv=extinction_r/2.751"],
+        "cat.csv: row 2 (id 101): ebv (your extinction_r/2.751) is missing or not finite; expected a number"),
     "catalog-votable-not-xml": (
         lambda t, d: ((t / "cat.vot").write_text("id,z_spec\n1,0.1\n"),
                       ["prepare", str(t / "cat.vot"), "--images", str(t), "--out", str(t / "out")])[1],

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
@@ -280,6 +281,23 @@ def test_interrupted_run_resumes_with_the_same_result(frames, tmp_path):
     assert not partial_path(out).exists()
     again = make_cutouts(frames / CATALOG_NAME, frames, tmp_path / "clean", size=SIZE, workers=1, progress=False)
     assert again.resumed == 0 and again.manifest.hash == report.manifest.hash
+    # Started again reading other positions from the same file (--column ra=RA2 --column dec=DEC2),
+    # it cuts every galaxy anew: the interrupted run's cutouts are of other places.
+    from zray.data.catalog import parse_columns
+
+    table = pcsv.read_csv(frames / CATALOG_NAME)
+    shifted = table.append_column("RA2", pa.compute.add(table["ra"], 0.2 / 3600)).append_column("DEC2", table["dec"])
+    pcsv.write_csv(shifted, tmp_path / "both.csv")
+    out = tmp_path / "moved"
+    with pytest.raises(KeyboardInterrupt):
+        make_cutouts(tmp_path / "both.csv", frames, out, size=SIZE, workers=1, progress=False, stop_after_tasks=2)
+    moved = make_cutouts(tmp_path / "both.csv", frames, out, size=SIZE, workers=1, progress=False,
+                         columns=parse_columns(["ra=RA2", "dec=DEC2"]))
+    assert moved.resumed == 0 and moved.manifest.hash != report.manifest.hash
+    clean = make_cutouts(tmp_path / "both.csv", frames, tmp_path / "clean-moved", size=SIZE, workers=1,
+                         progress=False, columns=parse_columns(["ra=RA2", "dec=DEC2"]))
+    assert moved.manifest.hash == clean.manifest.hash
+    assert moved.manifest.source["columns"] == {"ra": "RA2", "dec": "DEC2"}
 
 
 def test_bad_catalogue_row_or_frame_without_wcs_is_one_sentence_and_nothing_written(frames, tmp_path):

@@ -198,10 +198,11 @@ def test_a_casjobs_catalogue_goes_in_with_the_column_options_its_error_suggests(
 
 
 def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path):
-    """A VOTable as a TAP service returns one (text of any length, ids above 2**63 - 1 as text, an
-    empty cell in a column zray does not read, a column holding zray's name for something else that
-    --column replaces) and an ECSV table astropy writes (uint64 ids, names in capitals), each read
-    with --column."""
+    """A VOTable as a TAP service returns one (FIELDs with IDs other than their names, text of any
+    length, ids above 2**63 - 1 as text, an empty cell in a column zray does not read, a column
+    holding zray's name for something else that --column replaces, a second table after the
+    results) and an ECSV table astropy writes (uint64 ids, names in capitals, a Time column), each
+    read with --column."""
     from astropy.table import Table
 
     n = len(SDSS_IDS)
@@ -211,10 +212,12 @@ def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path
     (tmp_path / "cat.xml").write_text(
         '<?xml version="1.0"?>\n<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">\n'
         '<RESOURCE type="results"><INFO name="QUERY_STATUS" value="OK"/><TABLE>\n'
-        '<FIELD name="specObjID" datatype="char" arraysize="*"/><FIELD name="z" datatype="double"/>\n'
-        '<FIELD name="ebv" datatype="float"/><FIELD name="A_r" datatype="double"/>\n'
+        '<FIELD ID="c0" name="specObjID" datatype="char" arraysize="*"/><FIELD ID="c1" name="z" datatype="double"/>\n'
+        '<FIELD name="ebv" datatype="float"/><FIELD ID="A_r_" name="A_r" datatype="double"/>\n'
         '<FIELD name="petroMag_r" datatype="float"/><FIELD name="file" datatype="char" arraysize="*"/>\n'
-        f"<DATA><TABLEDATA>\n{cells}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>\n")
+        f"<DATA><TABLEDATA>\n{cells}</TABLEDATA></DATA></TABLE></RESOURCE>\n"
+        '<RESOURCE><TABLE><FIELD name="x" datatype="int"/><DATA><TABLEDATA><TR><TD>1</TD></TR></TABLEDATA></DATA>'
+        "</TABLE></RESOURCE></VOTABLE>\n")
     columns = {"id": "specObjID", "z_spec": "z", "ebv": "A_r/2.751"}
     from zray.data.catalog import parse_columns
 
@@ -225,12 +228,37 @@ def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path
     # the catalogue's own 'ebv' (0.3 for all) gave way to --column ebv's
     assert _values(tmp_path / "vot", "ebv") == pytest.approx({SDSS_IDS[i]: 0.08 * (i + 1) / 2.751 for i in range(n)})
 
+    from astropy.time import Time
+
     Table({"SPECOBJID": np.array(SDSS_IDS, dtype=np.uint64), "Z": rows["z_spec"], "EBV": rows["ebv"],
-           "FILE": rows["file"]}).write(tmp_path / "cat.ecsv")
+           "FILE": rows["file"], "OBS": Time([59000.5 + i for i in range(n)], format="mjd")}).write(tmp_path / "cat.ecsv")
+    with pytest.raises(ZrayError, match=r"cat.ecsv: --column z_spec=OBS: column 'OBS' is left out \(a Time, not "
+                                        r"plain numbers or text\); expected one number or text per row"):
+        prepare_dataset(tmp_path / "cat.ecsv", tmp_path / "img", tmp_path / "ecsv", size=SIZE, progress=False,
+                        columns=parse_columns(["id=specobjid", "z_spec=OBS", "ebv=EBV", "file=FILE"]))
     m = prepare_dataset(tmp_path / "cat.ecsv", tmp_path / "img", tmp_path / "ecsv", size=SIZE, progress=False,
                         columns=parse_columns(["id=specobjid", "z_spec=Z", "ebv=EBV", "file=FILE"]))
     _check_roundtrip(tmp_path / "ecsv", SDSS_IDS)
     assert _values(tmp_path / "ecsv", "z_spec") == pytest.approx(dict(zip(SDSS_IDS, rows["z_spec"])))
+
+
+def test_column_options_meet_a_savetxt_header_and_names_a_shell_would_read(tmp_path):
+    """numpy.savetxt's commented header under the catalogue's own names is found with --column; a
+    hint naming a column such as E(B-V) is quoted so that it can be pasted into a shell."""
+    from zray.data.catalog import parse_columns
+
+    rows = _single_file_setup(tmp_path, n=3)
+    np.savetxt(tmp_path / "cat.txt", np.array([rows["id"], rows["z_spec"], rows["ebv"]]).T, fmt="%.6g",
+               delimiter=",", header="objID,zsp,E(B-V)")
+    text = (tmp_path / "cat.txt").read_text().splitlines()
+    (tmp_path / "cat.txt").write_text("\n".join([text[0] + ",file", *(f"{t},{f}" for t, f in zip(text[1:], rows["file"]))])
+                                      + "\n")
+    with pytest.raises(ZrayError, match=r"--column ebv='E\(B-V\)' if 'E\(B-V\)' is the Galactic E\(B-V\)"):
+        prepare_dataset(tmp_path / "cat.txt", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False,
+                        columns=parse_columns(["id=objID", "z_spec=zsp"]))
+    prepare_dataset(tmp_path / "cat.txt", tmp_path / "img", tmp_path / "out", size=SIZE, progress=False,
+                    columns=parse_columns(["id=objID", "z_spec=zsp", "ebv=E(B-V)"]))
+    _check_roundtrip(tmp_path / "out", rows["id"])
 
 
 def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):

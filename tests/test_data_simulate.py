@@ -83,6 +83,22 @@ def test_catalog_mode(tmp_path):
     pcsv.write_csv(cat.rename_columns(["id", "z_spec", *cat.column_names[2:]]), tmp_path / "cat_spec.csv")
     same = simulate_from_catalog(tmp_path / "cat_spec.csv", tmp_path / "spec", size=16, workers=1, progress=False)
     assert same.hash == m.hash
+    # ... and under a survey's own names read with --column, beside a photometric z column that is
+    # not the redshift to draw (--column z_spec names the one that is): the same galaxies again.
+    from zray.data.catalog import parse_columns
+
+    sdss = cat.rename_columns(["objID", "zsp", *(f"dered_{b}" for b in "ugriz")]).append_column(
+        "z", pa.array([0.3, 0.01, 0.2, 0.05]))
+    pcsv.write_csv(sdss, tmp_path / "cat_sdss.csv")
+    columns = parse_columns(["id=objID", "z_spec=zsp", *(f"mag_{b}=dered_{b}" for b in "ugriz")])
+    named = simulate_from_catalog(tmp_path / "cat_sdss.csv", tmp_path / "named", size=16, workers=1, progress=False,
+                                  columns=columns)
+    assert named.hash == m.hash
+    assert named.source["columns"] == {"id": "objID", "z_spec": "zsp", **{f"mag_{b}": f"dered_{b}" for b in "ugriz"}}
+    with pytest.raises(ZrayError, match=r"cat_sdss.csv: missing column\(s\) id, mag_u.*--column id=objID if 'objID' is "
+                                        r"a unique integer per galaxy; --column mag_u=dered_u if 'dered_u' is the "
+                                        r"dereddened u magnitude"):
+        simulate_from_catalog(tmp_path / "cat_sdss.csv", tmp_path / "x", size=16, workers=1, progress=False)
     # SDSS specObjIDs above 2**63 - 1 (a Parquet column of uint64): the shards and the true
     # catalogue keep them to the last bit.
     big = [2**63 + 1024, 2**63 + 2048, 2**64 - 1024, 2**64 - 1]

@@ -26,7 +26,7 @@ column_option = click.option(
     "--column", "columns", multiple=True, metavar="ZRAY=YOURS", callback=_parse_columns,
     help="Read zray's column ZRAY from the catalogue's column YOURS (repeat for each): "
          "--column id=specObjID --column z_spec=z; YOURS/NUMBER divides it, as SDSS's A_r gives "
-         "E(B-V): --column ebv=extinction_r/2.751. Names match in any case.")
+         "E(B-V): --column ebv=extinction_r/2.751. YOURS matches in any case.")
 
 
 def _split_summary(manifest) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,10 @@ class Source:
 
     name: str
     divisor: float = 1.0
+    text: str = ""  # as the user typed it (``extinction_r/2.751``), for messages and the manifest
 
     def __str__(self) -> str:
-        return self.name if self.divisor == 1.0 else f"{self.name}/{self.divisor:g}"
+        return self.text or self.name
 
 
 def column_names() -> tuple[str, ...]:
@@ -61,6 +63,11 @@ def column_names() -> tuple[str, ...]:
 
     return ("id", "z_spec", "ebv", "ra", "dec", "file", *(f"file_{b}" for b in BANDS),
             *(f"mag_{b}" for b in BANDS))
+
+
+def _numbers(ours: str) -> bool:
+    """Whether zray reads its column ``ours`` as a number (one ``--column`` may divide)."""
+    return ours in ("z_spec", "ebv", "ra", "dec") or ours.startswith("mag_")
 
 
 def parse_columns(values: Iterable[str]) -> dict[str, Source]:
@@ -81,7 +88,10 @@ def parse_columns(values: Iterable[str]) -> dict[str, Source]:
         if not name.strip() or number is None:
             raise ZrayError(f"--column {value!r}: expected YOURS or YOURS/NUMBER (a number > 0), "
                             "e.g. --column ebv=extinction_r/2.751")
-        columns[ours] = Source(name.strip(), number)
+        if slash and not _numbers(ours):
+            raise ZrayError(f"--column {value!r}: {ours} is not a number to divide; expected YOURS/NUMBER only "
+                            "for z_spec, ebv, ra, dec or a magnitude")
+        columns[ours] = Source(name.strip(), number, theirs)
     return columns
 
 
@@ -120,6 +130,9 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
             table, left_out = _read_astropy(path, kind)
     except (OSError, pa.ArrowException) as exc:
         raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
+    twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if twice:
+        raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
     if columns:
         table = _renamed(table, columns, path, left_out)
     missing = [c for c in required if c not in table.column_names]
@@ -128,11 +141,8 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
             f"{', '.join(required)} (found {', '.join(found) or 'none'})"
-            f"{_column_hints(missing, table.column_names)}"
+            f"{column_hints(missing, table.column_names)}"
         )
-    twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
-    if twice:
-        raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
     if table.num_rows == 0:
         raise ZrayError(f"{path}: catalogue has no rows")
     return table
@@ -146,10 +156,11 @@ OTHER_NAMES = {
     "ebv": ("ebv", "ebmv", "ebvsfd", "sfdebv", "reddening"),
     "ra": ("radeg", "alpha", "raj2000"),
     "dec": ("decdeg", "delta", "dej2000", "decj2000"),
+    **{f"mag_{b}": (f"dered{b}", f"{b}mag", f"mag{b}") for b in "ugriz"},  # SDSS's dered_r: dereddened
 }
 MEANING = {"id": "a unique integer per galaxy", "z_spec": "the spectroscopic redshift",
            "ebv": "the Galactic E(B-V)", "ra": "the right ascension in degrees",
-           "dec": "the declination in degrees"}
+           "dec": "the declination in degrees", **{f"mag_{b}": f"the dereddened {b} magnitude" for b in "ugriz"}}
 
 
 def _plain(name: str) -> str:
@@ -157,12 +168,12 @@ def _plain(name: str) -> str:
     return re.sub(r"[\s_\-.()]", "", name.lower())
 
 
-def _column_hints(missing: list[str], names: list[str]) -> str:
+def column_hints(missing: list[str], names: list[str]) -> str:
     """For each missing column, the ``--column`` that reads it from the catalogue as it is: ``;
     zray's column names are lower case: --column z_spec=Z_SPEC`` where it is there in capitals (CSV
     and Parquet names are read as written); ``; --column z_spec=z if 'z' is the spectroscopic
     redshift`` where the catalogue has a name surveys give it; and what ``ebv`` is where it has none."""
-    cased = [f"{c}={n}" for c in missing for n in names if n.lower() == c]
+    cased = [f"{c}={shlex.quote(n)}" for c in missing for n in names if n.lower() == c]
     hints = [f"zray's column names are lower case: --column {' --column '.join(cased)}"] if cased else []
     for column in missing:
         if any(n.lower() == column for n in names):
@@ -170,9 +181,9 @@ def _column_hints(missing: list[str], names: list[str]) -> str:
         near = [n for n in names if _plain(n) in OTHER_NAMES.get(column, ())]
         extinction = [n for n in names if _plain(n) == "extinctionr"]
         if near:
-            hints.append(f"--column {column}={near[0]} if {near[0]!r} is {MEANING[column]}")
+            hints.append(f"--column {column}={shlex.quote(near[0])} if {near[0]!r} is {MEANING[column]}")
         elif column == "ebv" and extinction:
-            hints.append(f"--column ebv={extinction[0]}/2.751 if {extinction[0]!r} is SDSS's A_r "
+            hints.append(f"--column ebv={shlex.quote(extinction[0] + '/2.751')} if {extinction[0]!r} is SDSS's A_r "
                          "(E(B-V) is A_r / 2.751)")
         elif column == "ebv":
             hints.append("ebv is each galaxy's Galactic E(B-V), from a dust map such as SFD's "
@@ -220,37 +231,76 @@ def _read_fits(path: Path) -> tuple[pa.Table, list[tuple[str, str]]]:
     return _from_astropy(table, path, lower=True)
 
 
+#: VOTable warnings that mean astropy changed a value as it read it (an integer out of its field's
+#: range clamped, text longer than its field cut short): refused rather than read.
+VOTABLE_DAMAGE = ("W46", "W51")
+
+
 def _read_astropy(path: Path, kind: str) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """A VOTable's first table, or an ECSV table, as astropy reads it, with the columns left out
-    as :func:`_read_fits` leaves them out. Column names are kept as written."""
+    """A VOTable's first table (its FIELDs by name), or an ECSV table, as astropy reads it, with
+    the columns left out as :func:`_read_fits` leaves them out. Column names are kept as written."""
     import warnings
 
+    from astropy.io import votable
     from astropy.table import Table
 
     what = {"votable": "VOTable", "ecsv": "ECSV table"}[kind]
     try:
-        with warnings.catch_warnings():
-            # VOTables from services bend the standard in many small ways astropy notes and reads past
-            warnings.simplefilter("ignore")
-            table = (Table.read(path, format="votable", verify="ignore") if kind == "votable"
-                     else Table.read(path, format="ascii.ecsv"))
+        with warnings.catch_warnings(record=True) as notes:
+            # VOTables from services bend the standard in many small ways astropy notes and reads past;
+            # only the notes that a value was changed as it was read stop the reading
+            warnings.simplefilter("always")
+            if kind == "votable":
+                document = votable.parse(path, verify="warn")
+                _check_query_status(document, path)
+                table = document.get_first_table().to_table(use_names_over_ids=True)
+            else:
+                table = Table.read(path, format="ascii.ecsv")
+    except ZrayError:
+        raise
     except Exception as exc:  # astropy raises many kinds on a file that is not what its name says
         raise ZrayError(f"{path}: not a readable {what} ({first_line(exc)})") from None
+    damage = [str(note.message) for note in notes if type(note.message).__name__ in VOTABLE_DAMAGE]
+    if damage:  # astropy's "FILE:LINE:COLUMN: W51: ..." as "line 8, column 8: W51: ..."
+        said = re.sub(r"^.*?:(\d+):(\d+): (?=[WE]\d\d:)", r"line \1, column \2: ", first_line(damage[0]))
+        raise ZrayError(f"{path}: not a readable VOTable ({said}); expected each value to fit "
+                        "its FIELD's datatype (ids above 9223372036854775807 as char)")
     return _from_astropy(table, path, lower=False)
+
+
+def _check_query_status(document, path: Path) -> None:
+    """Refuse the result of a TAP query that did not end well: its QUERY_STATUS INFO says ERROR,
+    or OVERFLOW where the service cut the result at its row limit (MAXREC), which leaves a
+    catalogue sorted by redshift or position without its end."""
+    infos = [*document.infos, *(info for resource in document.resources for info in resource.infos)]
+    for info in infos:
+        status = str(info.value or "").upper()
+        if info.name == "QUERY_STATUS" and status in ("ERROR", "OVERFLOW"):
+            said = " ".join(str(info.content or "").split())
+            raise ZrayError(
+                f"{path}: the query that wrote it ended in {status}{f' ({said})' if said else ''}; expected a "
+                "whole result" + (": query again with a higher row limit (MAXREC), or in parts"
+                                  if status == "OVERFLOW" else ""))
 
 
 def _from_astropy(table, path: Path, lower: bool) -> tuple[pa.Table, list[tuple[str, str]]]:
     """An astropy table as Arrow, and the columns left out, each with why: several values per row,
-    text that is not ASCII, complex numbers or other kinds (zray reads none such). Masked values
-    become missing values, which the column's checks then name; text loses its padding spaces.
-    ``lower``: names in lower case (FITS's, which ignore case)."""
+    text that is not ASCII, complex numbers, objects such as a Time or SkyCoord (zray reads none
+    such). Masked values become missing values, which the column's checks then name; text loses
+    its padding spaces. ``lower``: names in lower case (FITS's, which ignore case)."""
+    from astropy.table import Column
+
     names, arrays, left_out, written = [], [], [], {}
-    for column in table.itercols():
-        name = column.name.strip().lower() if lower else column.name.strip()
+    for written_name in table.colnames:
+        column = table[written_name]
+        name = written_name.strip().lower() if lower else written_name.strip()
         if name in written:
-            raise ZrayError(f"{path}: columns {written[name]!r} and {column.name!r} are one name in FITS, whose "
+            raise ZrayError(f"{path}: columns {written[name]!r} and {written_name!r} are one name in FITS, whose "
                             "column names ignore case; expected each column once")
-        written[name] = column.name
+        written[name] = written_name
+        if not isinstance(column, Column):  # an astropy mixin: Time, SkyCoord, ...
+            left_out.append((name, f"a {type(column).__name__}, not plain numbers or text"))
+            continue
         data, mask = np.ma.getdata(column), np.ma.getmaskarray(column)
         if data.dtype.kind == "O" and data.ndim == 1 and all(isinstance(v, str) for v in data[~mask]):
             data = np.where(mask, "", data).astype(str)  # a VOTable's text of any length (arraysize="*")
@@ -322,9 +372,10 @@ def _renamed(table: pa.Table, columns: Mapping[str, Source], path: Path, left_ou
                 raise ZrayError(f"{path}: --column {ours}={source}: column {name!r} has type {col.type}; "
                                 "expected numbers to divide")
             col = pc.divide(pc.cast(col, pa.float64()), source.divisor)
-        taken[ours] = col
+        taken[ours] = (col, pa.field(ours, col.type, metadata={FROM_KEY: str(source).encode()}))
     kept = [n for n in names if n not in taken]
-    return pa.table([*(table.column(n) for n in kept), *taken.values()], names=[*kept, *taken])
+    schema = pa.schema([*(table.schema.field(n) for n in kept), *(field for _, field in taken.values())])
+    return pa.table([*(table.column(n) for n in kept), *(col for col, _ in taken.values())], schema=schema)
 
 
 def _find(source: Source, names: list[str], path: Path, ours: str, left_out) -> str:
@@ -335,10 +386,10 @@ def _find(source: Source, names: list[str], path: Path, ours: str, left_out) -> 
     cased = [n for n in names if n.lower() == source.name.lower()]
     if len(cased) == 1:
         return cased[0]
-    why = dict(left_out).get(source.name.lower())
+    why = next((why for n, why in left_out if n.lower() == source.name.lower()), None)
     found = ", ".join(repr(n) for n in names) or "none"
     raise ZrayError(f"{path}: --column {ours}={source}: " + (
-        f"column {source.name!r} holds {why}; expected one value per row" if why else
+        f"column {source.name!r} is left out ({why}); expected one number or text per row" if why else
         f"no column {source.name!r}; expected one of the catalogue's columns (found {found})"))
 
 
@@ -378,7 +429,7 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
     table = pcsv.read_csv(path, read_options=skip)
     # numpy.savetxt(..., header="id,z_spec") writes the header itself as the last comment
     header = [name.strip() for name in comments[-1].lstrip("#").split(",")] if comments else []
-    if "id" in header and "id" not in (name.strip() for name in table.column_names):
+    if id_name in header and id_name not in (name.strip() for name in table.column_names):
         skip = pcsv.ReadOptions(skip_rows=len(comments), column_names=header)
         table = pcsv.read_csv(path, read_options=skip)
     names = [name.strip() for name in table.column_names]
@@ -409,16 +460,28 @@ def _comment_lines(path: Path) -> list[str]:
     return lines
 
 
+#: Arrow field metadata naming the catalogue's own column behind one of zray's (``--column``).
+FROM_KEY = b"zray.column"
+
+
+def label(table: pa.Table, name: str) -> str:
+    """``name`` as the catalogue has it, for messages: ``ebv (your extinction_r/2.751)`` where
+    ``--column`` read it from another column, else ``name``."""
+    source = (table.schema.field(name).metadata or {}).get(FROM_KEY)
+    return f"{name} (your {source.decode(errors='replace')})" if source else name
+
+
 def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
     """A column as float64; nulls, text or non-finite values name their row."""
     col = table.column(name)
     try:
         values = col.to_numpy(zero_copy_only=False).astype(np.float64)
     except (ValueError, TypeError, pa.ArrowException):
-        raise ZrayError(f"{path}: column {name!r} has type {col.type}; expected numbers") from None
+        raise ZrayError(f"{path}: column {label(table, name)!r} has type {col.type}; expected numbers") from None
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise ZrayError(f"{path}: {where(bad[0], ids)}: {name} is missing or not finite; expected a number")
+        raise ZrayError(f"{path}: {where(bad[0], ids)}: {label(table, name)} is missing or not finite; "
+                        "expected a number")
     return values
 
 
@@ -436,14 +499,14 @@ def id_column(table: pa.Table, path) -> np.ndarray:
 
     int64, or uint64 where some id is above the signed range (all of them must then be >= 0):
     :func:`id_key` joins ids of either kind."""
-    col = table.column("id")
+    col, name = table.column("id"), label(table, "id")
     if pa.types.is_string(col.type):
-        col = _text_ids(col, path)
+        col = _text_ids(col, path, name)
     if not pa.types.is_integer(col.type):
-        raise ZrayError(f"{path}: column 'id' has type {col.type}; expected integers")
+        raise ZrayError(f"{path}: column {name!r} has type {col.type}; expected integers")
     if col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ZrayError(f"{path}: row {row + 1}: id is missing; expected an integer")
+        raise ZrayError(f"{path}: row {row + 1}: {name} is missing; expected an integer")
     ids = col.to_numpy()
     if not (ids.dtype == np.uint64 and (ids > MAX_ID).any()):
         ids = ids.astype(np.int64)
@@ -463,7 +526,7 @@ def id_key(ids) -> np.ndarray:
     return ids.view(np.int64) if ids.dtype == np.uint64 else ids.astype(np.int64, copy=False)
 
 
-def _text_ids(col, path) -> pa.ChunkedArray:
+def _text_ids(col, path, name: str = "id") -> pa.ChunkedArray:
     """Ids written as text, as int64 (uint64 where one is above the signed range); the first
     that is not a whole number within 64 bits names its row."""
     import pyarrow.compute as pc
@@ -475,9 +538,9 @@ def _text_ids(col, path) -> pa.ChunkedArray:
     values = []
     for i, text in enumerate(col.to_pylist()):
         if text is None or text == "":
-            raise ZrayError(f"{path}: row {i + 1}: id is missing; expected an integer")
+            raise ZrayError(f"{path}: row {i + 1}: {name} is missing; expected an integer")
         if not _INTEGER.fullmatch(text.strip()):  # not Python's int(): "1_000" or other scripts' digits
-            raise ZrayError(f"{path}: row {i + 1}: id {text!r} is not written as an integer; "
+            raise ZrayError(f"{path}: row {i + 1}: {name} {text!r} is not written as an integer; "
                             "expected integer ids")
         value = int(text)
         if value > MAX_UNSIGNED_ID:
@@ -524,7 +587,7 @@ def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:
     ebv = numeric_column(table, "ebv", path, ids)
     if (ebv < 0).any():
         i = int(np.flatnonzero(ebv < 0)[0])
-        raise ZrayError(f"{path}: {where(i, ids)}: ebv {ebv[i]} is negative; expected E(B-V) >= 0")
+        raise ZrayError(f"{path}: {where(i, ids)}: {label(table, 'ebv')} {ebv[i]} is negative; expected E(B-V) >= 0")
     if (ebv > EBV_PLAUSIBLE).any():  # the dustiest skies galaxy surveys look through stay well below
         from zray.console import LOG
 

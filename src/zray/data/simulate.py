@@ -24,6 +24,7 @@ import pyarrow as pa
 from zray.bins import RedshiftBins
 from zray.data.catalog import (
     check_redshifts,
+    column_hints,
     ebv_column,
     id_column,
     magnitude_columns,
@@ -115,7 +116,7 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
     name = next((c for c in order if c in table.column_names), None)
     if name is None:
         raise ZrayError(f"{catalog_path}: missing column z; expected each galaxy's redshift as z (or z_spec) "
-                        f"beside id and {', '.join(MAG_COLUMNS)}")
+                        f"beside id and {', '.join(MAG_COLUMNS)}{column_hints(['z_spec'], table.column_names)}")
     ids = id_column(table, catalog_path)
     z = numeric_column(table, name, catalog_path, ids)
     check_redshifts(z, bins, catalog_path, ids, name=name)
