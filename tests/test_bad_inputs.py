@@ -384,6 +384,10 @@ CASES = {
     "column-mapped-value-missing": (
         lambda t, d: [*fits_setup(t, rows={"extinction_r": [0.08, None, 0.08]}), "--column", "ebv=extinction_r/2.751"],
         "cat.csv: row 2 (id 101): ebv (your extinction_r/2.751) is missing or not finite; expected a number"),
+    "cutouts-ra-text-not-an-angle": (
+        lambda t, d: ((t / "cat.csv").write_text("id,z_spec,ra,dec\n1,0.1,12:34:56.7,-01:02:03\n2,0.1,12h34x,+5\n"),
+                      ["cutouts", str(t / "cat.csv"), "--frames", str(t), "--out", str(t / "out")])[1],
+        "cat.csv: row 2 (id 2): ra '12h34x' is not an angle; expected degrees, or sexagesimal hours as 12:34:56.7"),
     "catalog-votable-not-xml": (
         lambda t, d: ((t / "cat.vot").write_text("id,z_spec\n1,0.1\n"),
                       ["prepare", str(t / "cat.vot"), "--images", str(t), "--out", str(t / "out")])[1],

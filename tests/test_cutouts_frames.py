@@ -347,11 +347,13 @@ def test_frames_and_cutouts_keep_sdss_spec_obj_ids_above_the_signed_range(tmp_pa
 def test_frames_and_cutouts_from_catalogues_under_a_surveys_own_names(tmp_path):
     """`zray simulate --frames --catalog` from an ECSV table and `zray cutouts` from a VOTable, each
     under a survey's column names read with --column (dereddened magnitudes as SDSS calls them, ids
-    above 2**63 - 1 as the text a TAP service writes), give the same cutouts as the frames' own
-    catalogue."""
+    above 2**63 - 1 as the text a TAP service writes, RA and Dec in sexagesimal), give the same
+    cutouts as the frames' own catalogue."""
+    from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
     from zray.data.population import draw_population
+    from zray.data.shards import read_manifest
 
     pop = draw_population(50, 3)
     pick = np.argsort(pop["z"])[-2:]
@@ -369,10 +371,11 @@ def test_frames_and_cutouts_from_catalogues_under_a_surveys_own_names(tmp_path):
     with open(frames / CATALOG_NAME, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(int(r["id"]) for r in rows) == ids
-    Table({"specObjID": [r["id"] for r in rows], "RA": [float(r["ra"]) for r in rows],
-           "DEC": [float(r["dec"]) for r in rows], "z": [float(r["z_spec"]) for r in rows],
-           "E_BV": [float(r["ebv"]) for r in rows]}).write(tmp_path / "cat.vot",
-                                                                                   format="votable")
+    # RA and Dec as VizieR gives them by default: sexagesimal text, RA in hours
+    sky = SkyCoord([float(r["ra"]) for r in rows], [float(r["dec"]) for r in rows], unit="deg")
+    Table({"specObjID": [r["id"] for r in rows], "RA": sky.ra.to_string(unit="hourangle", sep=" ", precision=9),
+           "DEC": sky.dec.to_string(sep=" ", precision=8, alwayssign=True), "z": [float(r["z_spec"]) for r in rows],
+           "E_BV": [float(r["ebv"]) for r in rows]}).write(tmp_path / "cat.vot", format="votable")
     result = _run("cutouts", tmp_path / "cat.vot", "--frames", frames, "--out", tmp_path / "named", "--size", SIZE,
                   "--workers", 1, "--column", "id=specObjID", "--column", "ra=RA", "--column", "dec=DEC",
                   "--column", "z_spec=z", "--column", "ebv=E_BV")
@@ -380,8 +383,10 @@ def test_frames_and_cutouts_from_catalogues_under_a_surveys_own_names(tmp_path):
     make_cutouts(frames / CATALOG_NAME, frames, tmp_path / "own", size=SIZE, workers=1, progress=False)
     named, own = _shards(tmp_path / "named"), _shards(tmp_path / "own")
     assert named[0].dtype == np.uint64 and sorted(int(i) for i in named[0]) == ids
-    for got, expected in zip(named, own):
-        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(named[0], own[0])
+    np.testing.assert_allclose(named[1], own[1], rtol=1e-5, atol=1e-6 * np.abs(own[1]).max())  # to 1e-7"
+    assert read_manifest(tmp_path / "named").source["columns"] == {
+        "id": "specObjID", "ra": "RA", "dec": "DEC", "z_spec": "z", "ebv": "E_BV"}
 
 
 def test_simulate_frames_command(tmp_path):

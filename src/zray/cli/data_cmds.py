@@ -205,7 +205,7 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, columns,
     """Cut aligned five-band cutouts of a catalogue's galaxies from survey frames.
 
     CATALOG is CSV, Parquet, a FITS table, a VOTable or ECSV with id, ra,
-    dec (degrees), z_spec and, when known, ebv (else 0, with a warning) and
+    dec (degrees, or sexagesimal text: RA in hours), z_spec and, when known, ebv (else 0, with a warning) and
     mag_u..mag_z (carried into the shards); --column names them where the
     catalogue calls them otherwise. In each band the frame holding the galaxy's whole cutout
     is found from the frames' WCS (the one where it lies farthest from an

@@ -71,6 +71,7 @@ from zray.data.catalog import (
     check_redshifts,
     ebv_column,
     id_column,
+    label,
     magnitude_columns,
     numeric_column,
     read_catalog,
@@ -156,13 +157,14 @@ def _unit(ra, dec):
 # --- the catalogue ------------------------------------------------------------------------
 
 def sky_columns(table, path, ids) -> tuple[np.ndarray, np.ndarray]:
-    """The ``ra`` and ``dec`` columns (degrees), checked: both present, RA in [0, 360], Dec in [-90, 90]."""
+    """The ``ra`` and ``dec`` columns (degrees), checked: both present, RA in [0, 360], Dec in [-90, 90].
+    Text is read as degrees where it is one number, else as sexagesimal (RA in hours, ``12:34:56.7``
+    or ``12 34 56.7`` as VizieR writes it; Dec in degrees, ``-01:02:03``)."""
     for name in ("ra", "dec"):
         if name not in table.column_names:
             raise ZrayError(f"{path}: has {'dec' if name == 'ra' else 'ra'} but no column {name!r}; "
                             "expected both ra and dec in degrees")
-    ra = numeric_column(table, "ra", path, ids)
-    dec = numeric_column(table, "dec", path, ids)
+    ra, dec = (_sky_values(table, name, path, ids) for name in ("ra", "dec"))
     for name, values, lo, hi in (("ra", ra, 0.0, 360.0), ("dec", dec, -90.0, 90.0)):
         bad = np.flatnonzero((values < lo) | (values > hi))
         if bad.size:
@@ -170,6 +172,45 @@ def sky_columns(table, path, ids) -> tuple[np.ndarray, np.ndarray]:
             raise ZrayError(f"{path}: {where(i, ids)}: {name} {values[i]:g} is outside [{lo:g}, {hi:g}]; "
                             f"expected {name.upper() if name == 'ra' else 'Dec'} in degrees")
     return ra % 360.0, dec
+
+
+def _sky_values(table, name: str, path, ids) -> np.ndarray:
+    """One of ``ra``/``dec`` in degrees: numbers as they are; text (or a time of day, as pyarrow
+    reads ``12:34:56`` in a CSV) as one number of degrees or as sexagesimal, through astropy's Angle."""
+    import pyarrow as pa
+
+    col = table.column(name)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_time(col.type)):
+        return numeric_column(table, name, path, ids)
+    from astropy import units as u
+    from astropy.coordinates import Angle
+
+    texts = [None if t is None else t.strip() for t in col.cast(pa.string()).to_pylist()]
+    values = np.full(len(texts), np.nan)
+    sexagesimal = []
+    for i, text in enumerate(texts):
+        if not text:
+            continue  # missing: named below
+        try:
+            values[i] = float(text)
+        except ValueError:
+            sexagesimal.append(i)
+    unit = u.hourangle if name == "ra" else u.deg
+    try:  # all at once; one by one only to find the row that is not an angle
+        values[sexagesimal] = Angle([texts[i] for i in sexagesimal], unit=unit).deg if sexagesimal else []
+    except (ValueError, TypeError, u.UnitsError):
+        for i in sexagesimal:
+            try:
+                values[i] = Angle(texts[i], unit=unit).deg
+            except (ValueError, TypeError, u.UnitsError):
+                form = "hours as 12:34:56.7" if name == "ra" else "degrees as -01:02:03.4"
+                raise ZrayError(f"{path}: {where(i, ids)}: {label(table, name)} {texts[i]!r} is not an angle; "
+                                f"expected degrees, or sexagesimal {form}") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ZrayError(f"{path}: {where(bad[0], ids)}: {label(table, name)} is missing or not finite; "
+                        "expected a number of degrees")
+    return values
 
 
 @dataclass
