@@ -365,7 +365,17 @@ CASES = {
         lambda t, d: votable(t, '<FIELD name="id" datatype="long"/><FIELD name="z_spec" datatype="double"/>',
                              "<TR><TD>12345678901234567890</TD><TD>0.1</TD></TR>"),
         "cat.vot: not a readable VOTable (line 6, column 8: W51: Value '12345678901234567890' is out of range for "
-        "a 64-bit integer field); expected each value to fit its FIELD's datatype"),
+        "a 64-bit integer field); expected integers within their FIELD's datatype (ids above 9223372036854775807 "
+        "as char)"),
+    "catalog-votable-text-longer-than-its-field": (
+        lambda t, d: votable(t, '<FIELD name="id" datatype="long"/><FIELD name="file" datatype="char" arraysize="3"/>',
+                             "<TR><TD>1</TD><TD>galaxy1.fits</TD></TR>"),
+        "cat.vot: not a readable VOTable (line 6, column 18: W46: char value is too long for specified length of 3); "
+        "expected text no longer than its FIELD's arraysize"),
+    "catalog-votable-field-twice": (
+        lambda t, d: votable(t, '<FIELD name="id" datatype="long"/><FIELD name="id" datatype="long"/>',
+                             "<TR><TD>1</TD><TD>2</TD></TR>"),
+        "cat.vot: column 'id' appears more than once; expected each column once"),
     "catalog-votable-query-overflow": (
         lambda t, d: votable(t, '<FIELD name="id" datatype="long"/>', "<TR><TD>1</TD></TR>",
                              after='<INFO name="QUERY_STATUS" value="OVERFLOW">MAXREC 1 reached</INFO>'),

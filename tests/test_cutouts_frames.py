@@ -389,6 +389,21 @@ def test_frames_and_cutouts_from_catalogues_under_a_surveys_own_names(tmp_path):
         "id": "specObjID", "ra": "RA", "dec": "DEC", "z_spec": "z", "ebv": "E_BV"}
 
 
+def test_sky_positions_given_as_text_in_degrees_or_sexagesimal(tmp_path):
+    """RA and Dec as catalogues give them in text: degrees ('150.1'), sexagesimal with spaces or
+    colons (RA in hours), a typeset minus, and the time of day pyarrow reads a column of 12:30:00 as."""
+    from zray.data.survey import read_survey_catalog
+
+    (tmp_path / "a.csv").write_text("id,z_spec,ra,dec\n1,0.1,150.1,2.5\n2,0.1,12 30 00,\u221201 30 00\n"
+                                    "3,0.1,01:00:00.0,+00:30:00\n", encoding="utf-8")
+    cat = read_survey_catalog(tmp_path / "a.csv")
+    np.testing.assert_allclose(cat.ra, [150.1, 187.5, 15.0])
+    np.testing.assert_allclose(cat.dec, [2.5, -1.5, 0.5])
+    (tmp_path / "b.csv").write_text("id,z_spec,ra,dec\n1,0.1,12:30:00,-10.5\n2,0.1,01:00:00,20\n")
+    assert pa.types.is_time(pcsv.read_csv(tmp_path / "b.csv").schema.field("ra").type)
+    np.testing.assert_allclose(read_survey_catalog(tmp_path / "b.csv").ra, [187.5, 15.0])
+
+
 def test_simulate_frames_command(tmp_path):
     out = tmp_path / "frames"
     result = _run("simulate", "--frames", "--n", 4, "--fields", "1x2", "--frame-size", 96, "--overlap", 16,

@@ -261,6 +261,23 @@ def test_column_options_meet_a_savetxt_header_and_names_a_shell_would_read(tmp_p
     _check_roundtrip(tmp_path / "out", rows["id"])
 
 
+def test_a_files_own_column_metadata_never_speaks_for_column_options(tmp_path):
+    """A Parquet field carrying the metadata zray gives a column read with --column does not make a
+    message claim the user gave one; a Source made in Python records its divisor."""
+    from zray.data.catalog import FROM_KEY, Source, source_record
+
+    rows = _single_file_setup(tmp_path, n=3)
+    rows["ebv"] = [0.03, -0.1, 0.03]
+    table = pa.table(rows)
+    field = table.schema.field("ebv").with_metadata({FROM_KEY: b"extinction_r/2.751"})
+    pa.parquet.write_table(table.cast(table.schema.set(table.schema.get_field_index("ebv"), field)),
+                           tmp_path / "cat.parquet")
+    assert pa.parquet.read_schema(tmp_path / "cat.parquet").field("ebv").metadata == {FROM_KEY: b"extinction_r/2.751"}
+    _expect_error(tmp_path, r"cat.parquet: row 2 \(id 101\): ebv -0.1 is negative; expected E\(B-V\) >= 0",
+                  catalog="cat.parquet")
+    assert source_record({"ebv": Source("A_r", 2.751)}) == {"columns": {"ebv": "A_r/2.751"}}
+
+
 def test_a_catalogue_pandas_wrote_with_id_as_its_index(tmp_path):
     """`df.set_index("id").to_parquet(...)` keeps consecutive ids only in the file's metadata."""
     import pandas as pd

@@ -54,7 +54,7 @@ class Source:
     text: str = ""  # as the user typed it (``extinction_r/2.751``), for messages and the manifest
 
     def __str__(self) -> str:
-        return self.text or self.name
+        return self.text or (self.name if self.divisor == 1.0 else f"{self.name}/{self.divisor!r}")
 
 
 def column_names() -> tuple[str, ...]:
@@ -133,6 +133,8 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
         raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
+    # without what the file's own schema says of its columns: only --column marks them (label)
+    table = pa.Table.from_arrays(table.columns, names=table.column_names)
     if columns:
         table = _renamed(table, columns, path, left_out)
     missing = [c for c in required if c not in table.column_names]
@@ -231,9 +233,10 @@ def _read_fits(path: Path) -> tuple[pa.Table, list[tuple[str, str]]]:
     return _from_astropy(table, path, lower=True)
 
 
-#: VOTable warnings that mean astropy changed a value as it read it (an integer out of its field's
-#: range clamped, text longer than its field cut short): refused rather than read.
-VOTABLE_DAMAGE = ("W46", "W51")
+#: VOTable warnings that mean astropy changed a value as it read it, refused rather than read, and
+#: what was expected instead: text longer than its FIELD cut short, an integer out of range clamped.
+VOTABLE_DAMAGE = {"W46": "text no longer than its FIELD's arraysize (or arraysize=\"*\")",
+                  "W51": "integers within their FIELD's datatype (ids above 9223372036854775807 as char)"}
 
 
 def _read_astropy(path: Path, kind: str) -> tuple[pa.Table, list[tuple[str, str]]]:
@@ -253,18 +256,23 @@ def _read_astropy(path: Path, kind: str) -> tuple[pa.Table, list[tuple[str, str]
             if kind == "votable":
                 document = votable.parse(path, verify="warn")
                 _check_query_status(document, path)
-                table = document.get_first_table().to_table(use_names_over_ids=True)
+                first = document.get_first_table()
+                names = [field.name for field in first.fields]
+                twice = sorted({n for n in names if names.count(n) > 1})
+                if twice:  # astropy would rename the second; a CSV of the same columns is refused
+                    raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
+                table = first.to_table(use_names_over_ids=True)
             else:
                 table = Table.read(path, format="ascii.ecsv")
     except ZrayError:
         raise
     except Exception as exc:  # astropy raises many kinds on a file that is not what its name says
         raise ZrayError(f"{path}: not a readable {what} ({first_line(exc)})") from None
-    damage = [str(note.message) for note in notes if type(note.message).__name__ in VOTABLE_DAMAGE]
+    damage = [note.message for note in notes if type(note.message).__name__ in VOTABLE_DAMAGE]
     if damage:  # astropy's "FILE:LINE:COLUMN: W51: ..." as "line 8, column 8: W51: ..."
         said = re.sub(r"^.*?:(\d+):(\d+): (?=[WE]\d\d:)", r"line \1, column \2: ", first_line(damage[0]))
-        raise ZrayError(f"{path}: not a readable VOTable ({said}); expected each value to fit "
-                        "its FIELD's datatype (ids above 9223372036854775807 as char)")
+        raise ZrayError(f"{path}: not a readable VOTable ({said}); expected "
+                        f"{VOTABLE_DAMAGE[type(damage[0]).__name__]}")
     return _from_astropy(table, path, lower=False)
 
 

@@ -164,28 +164,31 @@ def sky_columns(table, path, ids) -> tuple[np.ndarray, np.ndarray]:
         if name not in table.column_names:
             raise ZrayError(f"{path}: has {'dec' if name == 'ra' else 'ra'} but no column {name!r}; "
                             "expected both ra and dec in degrees")
-    ra, dec = (_sky_values(table, name, path, ids) for name in ("ra", "dec"))
-    for name, values, lo, hi in (("ra", ra, 0.0, 360.0), ("dec", dec, -90.0, 90.0)):
+    (ra, ra_text), (dec, dec_text) = (_sky_values(table, name, path, ids) for name in ("ra", "dec"))
+    for name, values, texts, lo, hi in (("ra", ra, ra_text, 0.0, 360.0), ("dec", dec, dec_text, -90.0, 90.0)):
         bad = np.flatnonzero((values < lo) | (values > hi))
         if bad.size:
             i = int(bad[0])
-            raise ZrayError(f"{path}: {where(i, ids)}: {name} {values[i]:g} is outside [{lo:g}, {hi:g}]; "
+            value = f"{values[i]:g}" if texts is None else f"{texts[i]!r} ({values[i]:g} degrees)"
+            raise ZrayError(f"{path}: {where(i, ids)}: {label(table, name)} {value} is outside [{lo:g}, {hi:g}]; "
                             f"expected {name.upper() if name == 'ra' else 'Dec'} in degrees")
     return ra % 360.0, dec
 
 
-def _sky_values(table, name: str, path, ids) -> np.ndarray:
-    """One of ``ra``/``dec`` in degrees: numbers as they are; text (or a time of day, as pyarrow
-    reads ``12:34:56`` in a CSV) as one number of degrees or as sexagesimal, through astropy's Angle."""
+def _sky_values(table, name: str, path, ids) -> tuple[np.ndarray, list | None]:
+    """One of ``ra``/``dec`` in degrees, and the text it was read from (None for numbers): numbers
+    as they are; text (or a time of day, as pyarrow reads ``12:34:56`` in a CSV) as one number of
+    degrees or as sexagesimal, through astropy's Angle."""
     import pyarrow as pa
 
     col = table.column(name)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_time(col.type)):
-        return numeric_column(table, name, path, ids)
+        return numeric_column(table, name, path, ids), None
     from astropy import units as u
     from astropy.coordinates import Angle
 
-    texts = [None if t is None else t.strip() for t in col.cast(pa.string()).to_pylist()]
+    # a typeset minus (U+2212), as some tables write Dec, is a minus
+    texts = [None if t is None else t.strip().replace("\u2212", "-") for t in col.cast(pa.string()).to_pylist()]
     values = np.full(len(texts), np.nan)
     sexagesimal = []
     for i, text in enumerate(texts):
@@ -210,7 +213,7 @@ def _sky_values(table, name: str, path, ids) -> np.ndarray:
     if bad.size:
         raise ZrayError(f"{path}: {where(bad[0], ids)}: {label(table, name)} is missing or not finite; "
                         "expected a number of degrees")
-    return values
+    return values, texts
 
 
 @dataclass
