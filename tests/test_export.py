@@ -516,6 +516,13 @@ def test_predict_from_catalogue_and_fits(exported, sim_data, tmp_path):
                   "--column", "id=objID", "--column", "ebv=E_BV", "--column", "file=path", "--column", "z_spec=zsp")
     assert result.exit_code == 0, result.output
     assert pq.read_table(tmp_path / "v.parquet").to_pydict() == withz
+    # Without --column z_spec, the predictions carry no redshift, and zray says which column may be one.
+    result = _run("predict", exported["best"], tmp_path / "cat.vot", "--images", images, "--out", tmp_path / "n.parquet",
+                  "--column", "id=objID", "--column", "ebv=E_BV", "--column", "file=path", "--no-pdf")
+    assert result.exit_code == 0, result.output
+    assert "cat.vot: no z_spec column, so the predictions carry no known redshift; --column z_spec=zsp if 'zsp' is " \
+           "the spectroscopic redshift" in result.output, result.output
+    assert "z_spec" not in pq.read_table(tmp_path / "n.parquet").column_names
     # Two more galaxies whose cutouts cannot be used: one never downloaded, one on a frame's edge.
     # The error names the user's catalogue (never a temporary copy); --skip-bad predicts the rest
     # and lists the two.

@@ -215,7 +215,7 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
         raise ZrayError(
             f"{source}: is not a shard folder; a catalogue file needs --images DIR with its FITS cutouts"
         )
-    from zray.data.catalog import id_column, read_catalog
+    from zray.data.catalog import column_hints, id_column, read_catalog
     from zray.data.ingest import write_shards
 
     table = read_catalog(source, ("id", "ebv"), columns)
@@ -227,6 +227,11 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
             raise ZrayError(f"{source}: column z_spec holds values that are not numbers; expected redshifts, "
                             "or no z_spec column for galaxies without one") from None
         known = (id_column(table, source), z)
+    elif hint := column_hints(["z_spec"], table.column_names):  # a redshift under a survey's name
+        from zray.console import LOG
+
+        LOG.info(f"{source}: no z_spec column, so the predictions carry no known redshift{hint} "
+                 "(joined to each galaxy's predictions by id)")
     tmp = Path(tempfile.mkdtemp(prefix="zray-predict-"))
     try:
         manifest, left_out = write_shards(source, images, tmp / "data", size=bundle.image_size, bins=bundle.bins,
