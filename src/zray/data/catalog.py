@@ -51,10 +51,9 @@ class Source:
 
     name: str
     divisor: float = 1.0
-    text: str = ""  # as the user typed it (``extinction_r/2.751``), for messages and the manifest
 
-    def __str__(self) -> str:
-        return self.text or (self.name if self.divisor == 1.0 else f"{self.name}/{self.divisor!r}")
+    def __str__(self) -> str:  # as typed: ``extinction_r/2.751`` (repr keeps every digit of the divisor)
+        return self.name if self.divisor == 1.0 else f"{self.name}/{self.divisor!r}"
 
 
 def column_names() -> tuple[str, ...]:
@@ -91,7 +90,7 @@ def parse_columns(values: Iterable[str]) -> dict[str, Source]:
         if slash and not _numbers(ours):
             raise ZrayError(f"--column {value!r}: {ours} is not a number to divide; expected YOURS/NUMBER only "
                             "for z_spec, ebv, ra, dec or a magnitude")
-        columns[ours] = Source(name.strip(), number, theirs)
+        columns[ours] = Source(name.strip(), number)
     return columns
 
 
@@ -386,14 +385,20 @@ def _renamed(table: pa.Table, columns: Mapping[str, Source], path: Path, left_ou
     return pa.table([*(table.column(n) for n in kept), *(col for col, _ in taken.values())], schema=schema)
 
 
+def _matching(name: str, names: list[str]) -> str | None:
+    """The column of ``names`` a user's ``name`` means: as written, or in another case where only
+    one column matches (FITS names are read in lower case); None where none does."""
+    if name in names:
+        return name
+    cased = [n for n in names if n.lower() == name.lower()]
+    return cased[0] if len(cased) == 1 else None
+
+
 def _find(source: Source, names: list[str], path: Path, ours: str, left_out) -> str:
-    """The catalogue's column ``source`` names: as written, or in another case where only one
-    column matches (FITS names are read in lower case)."""
-    if source.name in names:
-        return source.name
-    cased = [n for n in names if n.lower() == source.name.lower()]
-    if len(cased) == 1:
-        return cased[0]
+    """The catalogue's column ``source`` names (:func:`_matching`), or one sentence saying why none."""
+    found_name = _matching(source.name, names)
+    if found_name is not None:
+        return found_name
     why = next((why for n, why in left_out if n.lower() == source.name.lower()), None)
     found = ", ".join(repr(n) for n in names) or "none"
     raise ZrayError(f"{path}: --column {ours}={source}: " + (
@@ -445,8 +450,7 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
     for i, name in enumerate(names):
         if pa.types.is_string(table.column(i).type):
             table = table.set_column(i, name, pc.utf8_trim_whitespace(table.column(i)))
-    if id_name not in names:  # --column id=specObjID names it as the user knows it: in any case
-        id_name = next((n for n in names if n.lower() == id_name.lower()), id_name)
+    id_name = _matching(id_name, names) or id_name  # --column id=specObjID: as the user knows it
     if names.count(id_name) == 1 and not pa.types.is_integer(table.column(id_name).type):
         raw = pcsv.read_csv(path, read_options=skip).column_names[names.index(id_name)]
         text = pcsv.read_csv(path, read_options=skip, convert_options=pcsv.ConvertOptions(
@@ -600,7 +604,8 @@ def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:
         from zray.console import LOG
 
         i = int(np.argmax(ebv))
-        LOG.warning(f"{path}: {int((ebv > EBV_PLAUSIBLE).sum())} galaxies have ebv above {EBV_PLAUSIBLE:g} "
+        LOG.warning(f"{path}: {int((ebv > EBV_PLAUSIBLE).sum())} galaxies have {label(table, 'ebv')} above "
+                    f"{EBV_PLAUSIBLE:g} "
                     f"(largest {ebv[i]:g}, {where(i, ids)}); ebv is E(B-V), not an extinction A_V or A_r "
                     "(about 3 times larger)")
     return ebv
