@@ -284,6 +284,62 @@ def test_a_group_no_worker_reported_is_found_by_its_shape_and_given_back(ray_ses
     assert ReturnWorkerGroups(worker_bundle=None).sweep(time.time()) == []
 
 
+def test_the_end_of_a_search_waits_for_a_dying_controllers_group_and_gives_back_waiting_ones(ray_session):
+    """Tune's fit can end while a stopped trial's controller, not dead yet, makes a new group
+    (it died before any worker reported; the group then stays, as in one CI run): the end of
+    the search waits for the actors the search started, then gives back the group they left.
+    A group of the workers' shape still waiting for resources (PENDING) goes too: no trial
+    needs one then. An actor there before the search is not waited for."""
+    import os
+    import threading
+    import time
+
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from zray.ray_workarounds import ReturnWorkerGroups
+
+    @ray_session.remote(num_cpus=0)
+    class Controller:
+        def make_a_group_then_die(self, delay: float) -> bool:
+            def later():
+                time.sleep(delay)
+                ray_session.get(placement_group([{"CPU": 0.02}]).ready(), timeout=60)
+                os._exit(0)  # as a killed controller: the group is the job's, and stays
+
+            threading.Thread(target=later, daemon=True).start()
+            return True
+
+        def ping(self) -> bool:
+            return True
+
+    before_search = Controller.remote()  # an actor of the session's own, alive throughout
+    assert ray_session.get(before_search.ping.remote(), timeout=60)
+    groups_before = set(placement_group_table())
+    callback = ReturnWorkerGroups(grace_s=1.0, worker_bundle={"CPU": 0.02})
+    callback.setup()
+    dying = Controller.remote()
+    assert ray_session.get(dying.make_a_group_then_die.remote(1.5), timeout=60)
+    t0 = time.time()
+    callback.on_experiment_end([])
+    took = time.time() - t0
+    with pytest.raises(ray_session.exceptions.RayActorError):
+        ray_session.get(dying.ping.remote(), timeout=60)
+    made = {g: v["state"] for g, v in placement_group_table().items() if g not in groups_before}
+    assert len(made) == 1 and list(made.values()) == ["REMOVED"], f"the dying controller's group stayed: {made}"
+    assert callback.removed == list(made) and 1.5 < took < 15, (callback.removed, took)
+
+    waiting_shape = {"CPU": 0.02, "zray_test_nowhere": 1.0}  # a resource no node has: it waits forever
+    callback = ReturnWorkerGroups(grace_s=1.0, worker_bundle=waiting_shape)
+    callback.setup()
+    waiting = placement_group([waiting_shape])
+    callback.on_experiment_end([])
+    assert placement_group_table(waiting)["state"] == "REMOVED" and callback.removed == [waiting.id.hex()]
+    # It ended as soon as nothing was left: the actor alive before the search was not waited for.
+    assert callback.seen is not None and callback.seen.new_actors == set() and set(callback.seen.groups) <= set(callback.removed)
+    assert ray_session.get(before_search.ping.remote(), timeout=60)
+    ray_session.kill(before_search)
+
+
 def test_a_search_gets_the_callback_with_its_workers_shape(sim_data):
     """experiment.callbacks wires ReturnWorkerGroups in, sweeping for the workers' shape, and
     not at all where a trial's own bundle ({"CPU": trial_cpus}) has that shape."""

@@ -56,7 +56,10 @@ goes first), and at the end of the search. A group a controller made and died
 before any worker reported is found by its shape instead: for a while after a
 trial ends, a group of the driver's job, made during the search, whose bundles
 are the workers', that sweeps about 5 s apart have seen held by no live actor
-for :data:`GRACE_S` seconds (Ray's state API). When Ray is fixed, keep an empty
+for :data:`GRACE_S` seconds (Ray's state API). At the end of the search, once
+the actors the search started are gone (a dying controller can still make a
+group after Tune's ``fit`` has returned), every such group goes, waiting
+(PENDING) ones too. When Ray is fixed, keep an empty
 ``ReturnWorkerGroups`` class here for a while: Tune pickles its callbacks into a
 search's saved state, and a resumed search looks the class up by this name.
 """
@@ -66,6 +69,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import NamedTuple
 
 from ray.tune import Callback
 
@@ -125,7 +129,9 @@ class ReturnWorkerGroups(Callback):
     - with ``worker_bundle`` (one worker's resources, as the search asks for them; None where a
       trial's own bundle looks the same), each group of this driver's job made during the search,
       of that shape, that no live actor has held for ``grace_s`` seconds: a controller's new group
-      that it died before any worker reported (a restart as its trial was stopped).
+      that it died before any worker reported (a restart as its trial was stopped); at the end of
+      the search, once the actors the search started are gone, every such group no actor holds,
+      waiting ones too.
 
     ``removed`` lists the ids it removed, for the search's log and the tests."""
 
@@ -135,15 +141,21 @@ class ReturnWorkerGroups(Callback):
         self.ended: dict[str, float] = {}  # trial id -> when Tune ended it (time.time())
         self.worker_bundle = {k: float(v) for k, v in (worker_bundle or {}).items() if v} or None
         self.before: set[str] | None = None  # the groups there when the search started: never touched
+        self.actors_before: set[str] | None = None  # the job's live actors then: not waited for at the end
+        self.seen: _JobState | None = None  # what the last sweep saw of the job (None: the state API did not answer)
         self.orphans: dict[str, float] = {}  # group -> when first seen held by no live actor
         self.swept = 0.0
         self.last_end = 0.0  # when Tune last ended a trial: the sweep runs for SWEEP_FOR grace periods after
         self.removed: list[str] = []
 
     def setup(self, **info) -> None:
+        import ray
         from ray.util.placement_group import placement_group_table
 
         self.before = set(placement_group_table())
+        if self.worker_bundle is not None:
+            actors = _live_actors(ray.get_runtime_context().get_job_id())
+            self.actors_before = None if actors is None else {a.actor_id for a in actors}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         group = result.get(WORKER_GROUP_KEY)
@@ -170,17 +182,27 @@ class ReturnWorkerGroups(Callback):
             self.sweep(now)
 
     def on_experiment_end(self, trials, **info) -> None:
-        """The last trials' groups too: waits (``grace_s`` after the last trial ended, or after
-        an orphan was first seen, at most twice that) only while a group is still there."""
+        """Every trial has ended: the last trials' groups are given back too. Waits while a
+        reported group is still there and, with ``worker_bundle``, while an actor the search
+        started still lives (a dying controller can still make a group) or a group of the
+        workers' shape made during the search is left; at most ``2 * grace_s`` after the last
+        trial ended (or an orphan was first seen). Then every such group no live actor holds
+        goes, pending ones too, grace or not: no trial needs one now."""
+        start, sweeping = time.time(), self.worker_bundle is not None and self.before is not None
         while True:
             now = time.time()
             self.reclaim(now - self.grace_s)
-            self.sweep(now)
-            deadline = max([self.last_end, *self.orphans.values()]) + 2 * self.grace_s
-            if not (self._left() or self.orphans) or now > deadline:
+            self.sweep(now, pending=True)
+            job = self.seen
+            quiet = not self._left() and (not sweeping or (
+                job is not None and not job.new_actors and not set(job.groups) - set(self.removed)))
+            if quiet:
+                return
+            if now > max([self.last_end, start, *self.orphans.values()]) + 2 * self.grace_s:
                 break
             time.sleep(0.5)
         self.reclaim(time.time())
+        self.sweep(time.time(), pending=True, grace_s=0.0)
 
     def reclaim(self, ended_before: float) -> list[str]:
         """Remove the reported groups, still there, of the trials Tune ended before ``ended_before``."""
@@ -190,15 +212,23 @@ class ReturnWorkerGroups(Callback):
             del self.ended[trial_id]
         return self._remove(due)
 
-    def sweep(self, now: float) -> list[str]:
+    def sweep(self, now: float, pending: bool = False, grace_s: float | None = None) -> list[str]:
         """Remove this job's groups of the workers' shape, made during the search, that no live
-        actor has held for ``grace_s`` seconds (seen so by an earlier sweep)."""
+        actor has held for ``grace_s`` seconds (seen so by an earlier sweep; default the
+        callback's); ``pending``: waiting ones too (only once no trial runs: a new trial's group
+        waits so for CPUs). What Ray's state API showed is kept in ``seen``: None (nothing
+        swept, the orphans watched so far still watched) where it did not answer in full."""
         self.swept = now
+        grace_s = self.grace_s if grace_s is None else grace_s
+        self.seen = None
         if self.worker_bundle is None or self.before is None:
             return []
-        orphans = _orphans(self.worker_bundle, self.before)
+        self.seen = job = _job_state(self.worker_bundle, self.before, self.actors_before, pending)
+        if job is None:
+            return []
+        orphans = {g for g, held in job.groups.items() if not held}
         self.orphans = {g: self.orphans.get(g, now) for g in orphans}
-        due = sorted(g for g, since in self.orphans.items() if since <= now - self.grace_s)
+        due = sorted(g for g, since in self.orphans.items() if since <= now - grace_s)
         for group in due:
             del self.orphans[group]
         return self._remove(due)
@@ -245,27 +275,52 @@ def _still_there(group: str) -> bool:
     return state not in (None, "REMOVED")
 
 
-def _orphans(bundle: dict[str, float], before: set[str]) -> set[str]:
-    """The CREATED groups of this driver's job, not in ``before``, each of whose bundles is
-    ``bundle``, that hold no live actor (Ray's state API; none when it does not answer)."""
-    import ray
-    from ray.util.state import list_actors, list_placement_groups
+class _JobState(NamedTuple):
+    """What Ray's state API shows of this driver's job: its groups of the workers' shape made
+    during the search (each: whether a live actor holds it), and its live actors, not detached,
+    started during the search (trials, controllers, workers)."""
 
-    job = ray.get_runtime_context().get_job_id()
+    groups: dict[str, bool]
+    new_actors: set[str]
+
+
+def _live_actors(job: str) -> list | None:
+    """This job's actors not DEAD, not detached (Ray's state API; None when it does not answer in full)."""
+    from ray.util.state import list_actors
+
     try:  # a list cut short raises (Ray's default): one could miss the actor holding a group
-        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("state", "=", "CREATED"),
-                                                ("is_detached", "=", False)], detail=True, limit=10_000, timeout=5)
         actors = list_actors(filters=[("job_id", "=", job), ("state", "!=", "DEAD")], detail=True,  # detail: groups
                              limit=10_000, timeout=5)
-    except Exception:  # noqa: BLE001 - cut short, or the state API is busy or gone: sweep nothing now
-        return set()
-    if len(groups) >= 10_000 or len(actors) >= 10_000:
-        return set()
+    except Exception:  # noqa: BLE001 - cut short, or the state API is busy or gone
+        return None
+    return None if len(actors) >= 10_000 else [a for a in actors if not getattr(a, "is_detached", False)]
+
+
+def _job_state(bundle: dict[str, float], before: set[str], actors_before: set[str] | None,
+               pending: bool) -> _JobState | None:
+    """The groups of this driver's job, not detached, not in ``before``, each of whose bundles
+    is ``bundle``, CREATED (and ``pending``: PENDING or RESCHEDULING too), each with whether a
+    live actor holds it; and the job's live actors not in ``actors_before``."""
+    import ray
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    states = ("CREATED", "PENDING", "RESCHEDULING") if pending else ("CREATED",)
+    try:
+        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("is_detached", "=", False)],
+                                       detail=True, limit=10_000, timeout=5)
+    except Exception:  # noqa: BLE001 - cut short, or the state API is busy or gone
+        return None
+    actors = _live_actors(job)
+    if actors is None or len(groups) >= 10_000:
+        return None
     held = {getattr(a, "placement_group_id", None) for a in actors}
 
     def shaped(g) -> bool:
         units = [{k: float(v) for k, v in (b.get("unit_resources") or {}).items() if v} for b in g.bundles or []]
         return bool(units) and all(u == bundle for u in units)
 
-    return {g.placement_group_id for g in groups
-            if g.placement_group_id not in before and g.placement_group_id not in held and shaped(g)}
+    return _JobState(
+        groups={g.placement_group_id: g.placement_group_id in held for g in groups
+                if g.state in states and g.placement_group_id not in before and shaped(g)},
+        new_actors={a.actor_id for a in actors} - (actors_before or set()))
