@@ -394,6 +394,9 @@ CASES = {
     "column-mapped-value-missing": (
         lambda t, d: [*fits_setup(t, rows={"extinction_r": [0.08, None, 0.08]}), "--column", "ebv=extinction_r/2.751"],
         "cat.csv: row 2 (id 101): ebv (your extinction_r/2.751) is missing or not finite; expected a number"),
+    "column-mapped-z-out-of-range": (
+        lambda t, d: [*fits_setup(t, rows={"z": [0.1, 0.9, 0.2]}), "--column", "z_spec=z"],
+        "cat.csv: row 2 (id 101): z_spec (your z) 0.9 is outside the binning range; expected 0.0 <= z < 0.4"),
     "cutouts-ra-text-not-an-angle": (
         lambda t, d: ((t / "cat.csv").write_text("id,z_spec,ra,dec\n1,0.1,12:34:56.7,-01:02:03\n2,0.1,12h34x,+5\n"),
                       ["cutouts", str(t / "cat.csv"), "--frames", str(t), "--out", str(t / "out")])[1],

@@ -41,6 +41,7 @@ from zray.data.catalog import (
     check_redshifts,
     ebv_column,
     id_column,
+    label,
     magnitude_columns,
     numeric_column,
     read_catalog,
@@ -278,7 +279,7 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     ids = id_column(table, catalog)
     if labelled:
         z = numeric_column(table, "z_spec", catalog, ids)
-        check_redshifts(z, bins, catalog, ids)
+        check_redshifts(z, bins, catalog, ids, name=label(table, "z_spec"))
     else:
         z = np.full(len(ids), bins.z_min, dtype=np.float64)
     ebv = ebv_column(table, catalog, ids)

@@ -27,6 +27,7 @@ from zray.data.catalog import (
     column_hints,
     ebv_column,
     id_column,
+    label,
     magnitude_columns,
     numeric_column,
     read_catalog,
@@ -119,7 +120,7 @@ def catalog_population(catalog_path, *, seed: int = 0, limit: int | None = None,
                         f"beside id and {', '.join(MAG_COLUMNS)}{column_hints(['z_spec'], table.column_names)}")
     ids = id_column(table, catalog_path)
     z = numeric_column(table, name, catalog_path, ids)
-    check_redshifts(z, bins, catalog_path, ids, name=name)
+    check_redshifts(z, bins, catalog_path, ids, name=label(table, name))
     mags = np.stack(list(magnitude_columns(table, catalog_path, ids, BANDS).values()), axis=1)  # all five: required
     ebv = ebv_column(table, catalog_path, ids)
     sky = {}

@@ -238,7 +238,7 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None) -
     ids = id_column(table, path)
     ra, dec = sky_columns(table, path, ids)
     z = numeric_column(table, "z_spec", path, ids)
-    check_redshifts(z, bins, path, ids)
+    check_redshifts(z, bins, path, ids, name=label(table, "z_spec"))
     ebv = ebv_column(table, path, ids)
     extra = magnitude_columns(table, path, ids, BANDS)
     warn_repeats(list(zip(np.round(ra, 7), np.round(dec, 7))), path, ids, "their ra and dec")
