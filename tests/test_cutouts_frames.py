@@ -21,8 +21,17 @@ from conftest import SDSS_IDS
 from zray.cli import main
 from zray.data.frames import CATALOG_NAME, TRUTH_NAME, simulate_frames
 from zray.data.render import render_galaxy
-from zray.data.shards import BANDS, PIXEL_SCALE
-from zray.data.survey import BAD_PIXELS, MISSING_BAND, OFF_FRAMES, ON_EDGE, make_cutouts, partial_path, tan_to_sky
+from zray.data.shards import BANDS, PIXEL_SCALE, read_manifest
+from zray.data.survey import (
+    BAD_PIXELS,
+    MISSING_BAND,
+    OFF_FRAMES,
+    ON_EDGE,
+    OUT_OF_RANGE,
+    make_cutouts,
+    partial_path,
+    tan_to_sky,
+)
 
 SIZE = 32
 CENTRE = (150.0, 2.2)
@@ -176,6 +185,34 @@ def test_missing_band_is_skipped_with_its_reason(frames, tmp_path):
     assert "wrote 1 of 2 galaxies" in result.output and "1 band missing" in result.output
     skipped = _skipped(out)
     assert skipped[106]["reason"] == MISSING_BAND and skipped[106]["detail"] == "no g frame holds its position"
+
+
+def test_a_redshift_outside_the_bins_stops_the_cut_or_is_skipped_and_listed(frames, tmp_path):
+    """A star (z below 0) in the catalogue: `zray cutouts` stops before cutting anything, naming
+    it and the two ways on; with --drop-out-of-range it is skipped with its reason and listed,
+    and the others are cut as ever; --z-max widens the dataset's range instead."""
+    rows = sorted((r for r in pcsv.read_csv(frames / CATALOG_NAME).to_pylist() if r["id"] in (101, 102, 103)),
+                  key=lambda r: r["id"])
+    rows[1]["z_spec"] = -0.0003
+    pcsv.write_csv(pa.Table.from_pylist(rows), tmp_path / "three.csv")
+    out = tmp_path / "three"
+    argv = ["cutouts", tmp_path / "three.csv", "--frames", frames, "--out", out, "--size", SIZE, "--workers", 1]
+    refused = _run(*argv)
+    assert refused.exit_code == 1 and not out.exists() and not list(tmp_path.glob("*.skipped.csv"))
+    assert ("row 2 (id 102): z_spec -0.0003 is outside the binning range; expected 0.0 <= z < 0.4: "
+            "--drop-out-of-range leaves them out") in " ".join(refused.output.split()), refused.output
+    done = _run(*argv, "--drop-out-of-range")
+    assert done.exit_code == 0, done.output
+    assert "wrote 2 of 3 galaxies" in done.output and f"1 {OUT_OF_RANGE}" in done.output
+    skipped = _skipped(out)
+    assert list(skipped) == [102] and skipped[102]["reason"] == OUT_OF_RANGE
+    assert skipped[102]["detail"] == "z_spec -0.0003 lies outside 0.0 <= z < 0.4"
+    assert sorted(_shards(out)[0]) == [101, 103]
+    rows[1]["z_spec"] = 0.61  # a luminous red galaxy
+    pcsv.write_csv(pa.Table.from_pylist(rows), tmp_path / "three.csv")
+    wide = _run(*argv[:5], tmp_path / "wide", *argv[6:], "--z-max", 0.8)
+    assert wide.exit_code == 0 and "wrote 3 of 3 galaxies" in wide.output, wide.output
+    assert read_manifest(tmp_path / "wide").z_range == (0.0, 0.8)
 
 
 def test_masked_pixels_count_against_the_limit(frames, tmp_path):

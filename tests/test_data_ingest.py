@@ -197,6 +197,55 @@ def test_a_casjobs_catalogue_goes_in_with_the_column_options_its_error_suggests(
     assert "source: prepare, its columns read as id=specObjID, z_spec=z, ebv=extinction_r/2.751;" in inspect.output
 
 
+def test_a_spectroscopic_catalogue_with_stars_and_quasars_goes_in_with_its_redshift_options(tmp_path):
+    """A real spectroscopic sample holds stars (z about 0, some just below), luminous red
+    galaxies past 0.4 and quasars far beyond, sorted by z as the survey gave it: `zray
+    prepare` stops naming the first, how many, and both ways on; --drop-out-of-range leaves
+    them out and counts them; --z-max widens the dataset's range to hold those above, and
+    the training side then counts them against its own bins."""
+    import re
+
+    from click.testing import CliRunner
+
+    from zray.cli import main
+    from zray.data.pipeline import check_shards
+    from zray.data.shards import DEFAULT_BINS, read_manifest
+
+    rows = _single_file_setup(tmp_path, n=8)
+    rows["z_spec"] = [0.1, 0.25, -0.0004, 0.55, 0.3, 1.93, 0.05, 0.0]  # a star, an LRG, a quasar
+    order = np.argsort(rows["z_spec"])[::-1]
+    _write_catalog(tmp_path / "cat.csv", {k: [v[i] for i in order] for k, v in rows.items()})
+    argv = ["prepare", str(tmp_path / "cat.csv"), "--images", str(tmp_path / "img"), "--size", str(SIZE)]
+    refused = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 1 and not (tmp_path / "a").exists()
+    assert ("cat.csv: row 1 (id 105): z_spec 1.93 is outside the binning range (and 2 more of its 8 galaxies); "
+            "expected 0.0 <= z < 0.4: --z-max 1.94 widens the bins to hold the 2 above 0.4, or --drop-out-of-range "
+            "leaves them out") in " ".join(refused.output.split()), refused.output
+
+    dropped = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "a"), "--drop-out-of-range"])
+    assert dropped.exit_code == 0, dropped.output
+    assert re.search(r"left out 3 of its 8 galaxies whose z_spec lies outside 0.0 <= z < 0.4", dropped.output)
+    assert "wrote 5 of 8 galaxies" in dropped.output
+    assert _values(tmp_path / "a", "z_spec") == pytest.approx({100: 0.1, 101: 0.25, 104: 0.3, 106: 0.05, 107: 0.0})
+    assert read_manifest(tmp_path / "a").source["out_of_range"] == 3
+
+    wide = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "b"), "--z-max", "2", "--drop-out-of-range"])
+    assert wide.exit_code == 0, wide.output
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.z_range == (0.0, 2.0) and manifest.source["out_of_range"] == 1  # the star alone
+    assert sorted(_values(tmp_path / "b", "z_spec")) == [100, 101, 103, 104, 105, 106, 107]
+    validate_dataset(tmp_path / "b")
+    # Training on the reference bins counts the galaxies the wider dataset holds beyond them.
+    shards = check_shards(tmp_path / "b", skip_corrupt=False)
+    with pytest.raises(ZrayError, match=r"2 galaxies \(.*\) have z_spec outside the bins 0 <= z < 0.4; .*"
+                                        r"--set data.z_max=1.93"):  # 1.93 held as float32, just below
+        shards.check_labels(DEFAULT_BINS, drop=False)
+    for bad, said in (("nan", "nan"), ("0", "0.0"), ("-1", "-1.0"), ("20", "20.0")):
+        out = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "c"), "--z-max", bad])
+        assert out.exit_code == 1 and f"--z-max must be a redshift above 0 and at most 15, but got {said}" in out.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path):
     """A VOTable as a TAP service returns one (FIELDs with IDs other than their names, text of any
     length, ids above 2**63 - 1 as text, an empty cell in a column zray does not read, a column

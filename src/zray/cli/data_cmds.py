@@ -29,6 +29,32 @@ column_option = click.option(
          "E(B-V): --column ebv=extinction_r/2.751. YOURS matches in any case.")
 
 
+def _bins(ctx, param, value):
+    import math
+
+    from zray.bins import RedshiftBins
+    from zray.data.catalog import MAX_Z
+
+    if value is None:
+        return RedshiftBins()
+    if not (math.isfinite(value) and 0 < value <= MAX_Z):
+        raise ZrayError(f"--z-max must be a redshift above 0 and at most {MAX_Z:g}, but got {value!r}")
+    return RedshiftBins(z_max=float(value))
+
+
+#: ``--z-max`` and ``--drop-out-of-range``, for the commands that write a catalogue's galaxies with their z_spec.
+def z_range_options(command):
+    command = click.option(
+        "--drop-out-of-range", is_flag=True,
+        help="Leave out (and count) the galaxies whose z_spec lies outside 0 <= z < --z-max: stars near 0 "
+             "or below, quasars and distant galaxies above; without it such a galaxy stops the run.")(command)
+    return click.option(
+        "--z-max", "bins", type=float, default=None, callback=_bins, metavar="Z",
+        help="Upper end of the dataset's redshifts [default: 0.4, the reference network's bins]. A wider "
+             "dataset trains with --set data.z_max=Z (zray tune and train count what lies outside their bins)."
+    )(command)
+
+
 def _split_summary(manifest) -> str:
     return ", ".join(f"{s} {manifest.rows[s]}" for s in manifest.splits)
 
@@ -149,9 +175,10 @@ def simulate_cmd(n, out, size, seed, workers, catalog, frames, fields, frame_siz
                    "expected, smaller than --size, NaN pixels) and list them with the reason in OUT.skipped.csv; "
                    "without it the run stops at the first one it meets (missing files are all counted first).")
 @column_option
+@z_range_options
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset at --out (and its list of skipped galaxies).")
-def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, overwrite):
+def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, bins, drop_out_of_range, overwrite):
     """Turn FITS cutouts listed in a catalogue into zray shards.
 
     CATALOG is CSV, Parquet, a FITS table (.fits, .fits.gz: its first
@@ -175,8 +202,8 @@ def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, overwrite):
 
     start = time.perf_counter()
     manifest = prepare_dataset(catalog, images, out, size=size, seed=seed, overwrite=overwrite, skip_bad=skip_bad,
-                               columns=columns)
-    skipped = manifest.source.get("skipped", 0)
+                               columns=columns, bins=bins, drop_out_of_range=drop_out_of_range)
+    skipped = manifest.source.get("skipped", 0) + manifest.source.get("out_of_range", 0)
     of = f" of {manifest.total_rows + skipped}" if skipped else ""
     click.echo(
         f"wrote {manifest.total_rows}{of} galaxies ({_split_summary(manifest)}) of {size}x{size} "
@@ -200,8 +227,9 @@ def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, overwrite):
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: all CPU cores).")
 @column_option
+@z_range_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset (and its list of skipped galaxies).")
-def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, columns, overwrite):
+def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, columns, bins, drop_out_of_range, overwrite):
     """Cut aligned five-band cutouts of a catalogue's galaxies from survey frames.
 
     CATALOG is CSV, Parquet, a FITS table, a VOTable or ECSV with id, ra,
@@ -228,7 +256,7 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, columns,
 
     start = time.perf_counter()
     report = make_cutouts(catalog, frames_dir, out, size=size, seed=seed, max_bad=max_bad, workers=workers,
-                          overwrite=overwrite, columns=columns)
+                          overwrite=overwrite, columns=columns, bins=bins, drop_out_of_range=drop_out_of_range)
     m = report.manifest
     total = report.written + len(report.skipped)
     rate = report.cut / max(report.cut_seconds, 1e-9) / report.workers

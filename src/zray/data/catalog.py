@@ -582,14 +582,36 @@ def lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, known[rows] == ids
 
 
-def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z_spec") -> None:
-    bad = np.flatnonzero(~bins.contains(z))
-    if bad.size:
-        i = bad[0]
-        raise ZrayError(
-            f"{path}: {where(i, ids)}: {name} {z[i]:.4g} is outside the binning range; "
-            f"expected {bins.z_min} <= z < {bins.z_max}"
-        )
+def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z_spec", *,
+                    drop: bool | None = None) -> np.ndarray:
+    """Which rows' redshifts lie inside ``bins`` (a boolean mask). Where some do not, the run stops
+    naming the first, how many, and the ways forward: ``--z-max`` to widen the dataset's bins and
+    ``--drop-out-of-range`` to leave them out, for the commands that have them (``drop`` not None);
+    with ``drop`` True the mask is returned for the caller to leave them out."""
+    inside = bins.contains(z)
+    if inside.all() or drop:
+        return inside
+    bad = np.flatnonzero(~inside)
+    i = int(bad[0])
+    count = f" (and {bad.size - 1} more of its {len(z)} galaxies)" if bad.size > 1 else ""
+    ways = ""
+    if drop is not None:
+        above = z[~inside][z[~inside] >= bins.z_max]
+        top = float(above.max(initial=-math.inf))
+        if above.size == bad.size and top < MAX_Z:
+            ways = f": --z-max {math.floor(top * 100 + 1) / 100:g} widens the bins to hold them"
+        elif above.size and top < MAX_Z:
+            ways = (f": --z-max {math.floor(top * 100 + 1) / 100:g} widens the bins to hold the {above.size} "
+                    f"above {bins.z_max}")
+        ways = f"{ways}{', or' if ways else ':'} --drop-out-of-range leaves them out"
+    raise ZrayError(
+        f"{path}: {where(i, ids)}: {name} {z[i]:.4g} is outside the binning range{count}; "
+        f"expected {bins.z_min} <= z < {bins.z_max}{ways}"
+    )
+
+
+#: The largest ``--z-max`` the data commands take: beyond the most distant galaxies known.
+MAX_Z = 15.0
 
 
 def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:

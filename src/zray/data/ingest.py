@@ -35,6 +35,7 @@ import numpy as np
 
 from zray.atomic import check_output
 from zray.bins import RedshiftBins
+from zray.console import LOG
 from zray.data import skipped as skipped_list
 from zray.data.catalog import (
     Source,
@@ -233,6 +234,7 @@ def prepare_dataset(
     progress: bool = True,
     skip_bad: bool = False,
     columns: Mapping[str, Source] | None = None,
+    drop_out_of_range: bool = False,
 ) -> Manifest:
     """Read the catalogue and its FITS cutouts into a dataset at ``out``; ``columns``
     (:func:`~zray.data.catalog.parse_columns`) names the catalogue's columns that hold zray's.
@@ -242,7 +244,8 @@ def prepare_dataset(
     naming it (and how many others have no file); with ``skip_bad`` it is
     left out instead, and once the dataset is written the left-out galaxies
     are counted in a warning and listed with their reasons in
-    ``OUT.skipped.csv`` beside it.
+    ``OUT.skipped.csv`` beside it. A ``z_spec`` outside ``bins`` stops the run
+    too; with ``drop_out_of_range`` such galaxies are left out and counted.
     """
     listing = skipped_list.path_for(Path(out))
     inputs = (Path(catalog), Path(images_dir))
@@ -251,7 +254,7 @@ def prepare_dataset(
                      ours=skipped_list.is_list)
     manifest, left_out = write_shards(catalog, images_dir, out, size=size, seed=seed, rows_per_shard=rows_per_shard,
                                       bins=bins, overwrite=overwrite, progress=progress, skip_bad=skip_bad,
-                                      listing=listing, columns=columns)
+                                      listing=listing, columns=columns, drop_out_of_range=drop_out_of_range)
     skipped_list.publish(listing, left_out, source=catalog, total=manifest.total_rows + len(left_out),
                          overwrite=overwrite, inputs=inputs)
     return manifest
@@ -261,13 +264,15 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
                  bins: RedshiftBins = DEFAULT_BINS, overwrite: bool = False, progress: bool = True,
                  skip_bad: bool = False, listing: Path | None = None,
                  labelled: bool = True, task: str = "prepare", table=None,
-                 columns: Mapping[str, Source] | None = None) -> tuple[Manifest, list[list]]:
+                 columns: Mapping[str, Source] | None = None,
+                 drop_out_of_range: bool | None = None) -> tuple[Manifest, list[list]]:
     """:func:`prepare_dataset`'s work: the dataset, and the ``[row, id, reason, detail]`` of each
     galaxy left out (``skip_bad``). ``listing`` is named in the error's hint.
     ``labelled=False`` (for predicting) ignores any ``z_spec`` column: every row gets the
     placeholder ``bins.z_min``. ``task`` names the work on the progress line; ``table`` is the
     catalogue as :func:`~zray.data.catalog.read_catalog` read it, where the caller has it already
-    (else it is read with ``columns``)."""
+    (else it is read with ``columns``). ``drop_out_of_range``: leave out the galaxies whose
+    ``z_spec`` lies outside ``bins`` (None: the command has no such option, nor ``--z-max``)."""
     catalog = Path(catalog)
     images_dir = Path(images_dir)
     check_size(size)
@@ -279,9 +284,13 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     ids = id_column(table, catalog)
     if labelled:
         z = numeric_column(table, "z_spec", catalog, ids)
-        check_redshifts(z, bins, catalog, ids, name=label(table, "z_spec"))
+        outside = np.flatnonzero(~check_redshifts(z, bins, catalog, ids, name=label(table, "z_spec"),
+                                                  drop=drop_out_of_range))
     else:
-        z = np.full(len(ids), bins.z_min, dtype=np.float64)
+        z, outside = np.full(len(ids), bins.z_min, dtype=np.float64), np.zeros(0, dtype=np.int64)
+    if outside.size == len(ids):
+        raise ZrayError(f"{catalog}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
+                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins (--z-max widens them)")
     ebv = ebv_column(table, catalog, ids)
     extra = magnitude_columns(table, catalog, ids, BANDS)
     hint = "--skip-bad leaves out the galaxies whose cutouts cannot be used" + (
@@ -291,7 +300,8 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
         first = min(left_out)
         others = f" ({len(left_out)} of the {len(ids)} galaxies have no file)" if len(left_out) > 1 else ""
         raise ZrayError(f"{left_out[first]}{others}; {hint}")
-    todo = np.array([i for i in range(len(ids)) if i not in left_out], dtype=np.int64)
+    out_of_range = set(outside.tolist())
+    todo = np.array([i for i in range(len(ids)) if i not in left_out and i not in out_of_range], dtype=np.int64)
     warn_repeats([("no file", i) if i in left_out else tuple(os.path.normpath(p) for p in paths)
                   for i, paths in enumerate(files)], catalog, ids, "their FITS file(s)")
     bar = Progress(task, len(todo), enabled=progress)
@@ -319,12 +329,17 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
                 writer.add(ids[rows], np.stack(images), z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()},
                            rows=rows + 1)  # counted from 1, as the catalogue's own messages
             bar.update(len(order[start: start + BATCH]))
-        if left_out and len(left_out) == len(ids):
+        if left_out and len(set(left_out) | out_of_range) == len(ids):
             first = str(left_out[min(left_out)]).removeprefix(f"{catalog}: ")
             raise ZrayError(f"{catalog}: none of its {len(ids)} galaxies has a cutout that can be used "
                             f"({skipped_list.reasons(e.reason for e in left_out.values())}; the first: {first})")
         if skip_bad:
             writer.source["skipped"] = len(left_out)
+        if out_of_range:
+            writer.source["out_of_range"] = len(out_of_range)
+    if out_of_range:
+        LOG.info(f"{catalog}: left out {len(out_of_range)} of its {len(ids)} galaxies whose {label(table, 'z_spec')} "
+                 f"lies outside {bins.z_min} <= z < {bins.z_max} (--drop-out-of-range)")
     listed = [[i + 1, int(ids[i]), left_out[i].reason, str(left_out[i]).removeprefix(f"{catalog}: {where(i, ids)}: ")]
               for i in sorted(left_out)]
     return writer.manifest, listed

@@ -99,6 +99,7 @@ OFF_FRAMES = "off every frame"
 MISSING_BAND = "band missing"
 ON_EDGE = "on a frame edge"
 BAD_PIXELS = "bad pixels"
+OUT_OF_RANGE = "z_spec out of range"
 
 
 # --- the tangent plane ----------------------------------------------------------------------
@@ -228,21 +229,28 @@ class Catalogue:
     ebv: np.ndarray
     ebv_given: bool
     extra: dict
+    in_bins: np.ndarray | None = None  # whether each z_spec lies inside the dataset's bins (None: all do)
 
 
-def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None) -> Catalogue:
+def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None,
+                        drop_out_of_range: bool = False) -> Catalogue:
     """The catalogue ``zray cutouts`` takes, checked with the same rules as ``zray prepare``'s;
-    ``columns`` (:func:`~zray.data.catalog.parse_columns`) names its columns that hold zray's."""
+    ``columns`` (:func:`~zray.data.catalog.parse_columns`) names its columns that hold zray's;
+    ``drop_out_of_range``: a z_spec outside ``bins`` is marked (``in_bins``), not refused."""
     path = Path(path)
     table = read_catalog(path, ("id", "ra", "dec", "z_spec"), columns)
     ids = id_column(table, path)
     ra, dec = sky_columns(table, path, ids)
     z = numeric_column(table, "z_spec", path, ids)
-    check_redshifts(z, bins, path, ids, name=label(table, "z_spec"))
+    in_bins = check_redshifts(z, bins, path, ids, name=label(table, "z_spec"), drop=drop_out_of_range)
+    if not in_bins.any():
+        raise ZrayError(f"{path}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
+                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins (--z-max widens them)")
     ebv = ebv_column(table, path, ids)
     extra = magnitude_columns(table, path, ids, BANDS)
     warn_repeats(list(zip(np.round(ra, 7), np.round(dec, 7))), path, ids, "their ra and dec")
-    return Catalogue(path, ids, ra, dec, z, np.zeros(len(ids)) if ebv is None else ebv, ebv is not None, extra)
+    return Catalogue(path, ids, ra, dec, z, np.zeros(len(ids)) if ebv is None else ebv, ebv is not None, extra,
+                     in_bins)
 
 
 # --- the frames ---------------------------------------------------------------------------
@@ -585,12 +593,14 @@ def make_cutouts(
     progress: bool = True,
     stop_after_tasks: int | None = None,
     columns=None,
+    drop_out_of_range: bool = False,
 ) -> CutoutReport:
     """Cut the catalogue's galaxies from the frames into a dataset at ``out`` (module docstring).
 
     ``stop_after_tasks`` is a test instrument: the run stops as if interrupted (KeyboardInterrupt)
     once that many tasks are saved, leaving them for the next run. ``columns`` names the catalogue's
-    columns that hold zray's (``--column``)."""
+    columns that hold zray's (``--column``); ``drop_out_of_range``: a galaxy whose z_spec lies
+    outside ``bins`` is skipped (counted and listed) instead of stopping the run."""
     from zray.atomic import check_output
     from zray.console import LOG
     from zray.data.writer import DatasetWriter
@@ -599,7 +609,7 @@ def make_cutouts(
     check_size(size)
     if not 0 <= float(max_bad) < 1:
         raise ZrayError(f"--max-bad must be a fraction of a cutout's pixels in [0, 1), but got {max_bad!r}")
-    cat = read_survey_catalog(catalog, bins, columns)
+    cat = read_survey_catalog(catalog, bins, columns, drop_out_of_range)
     frames = read_frames(frames_dir, catalog)
     inputs = (catalog, frames_dir)
     check_output(out, kind="dataset", overwrite=overwrite, inputs=inputs)
@@ -614,6 +624,8 @@ def make_cutouts(
                     "so give it (e.g. from the SFD dust map) unless your images are corrected for extinction")
 
     plan = plan_cutouts(frames, cat.ra, cat.dec, size)
+    for i in np.flatnonzero(~cat.in_bins) if cat.in_bins is not None else []:
+        plan.reason[i] = (OUT_OF_RANGE, f"z_spec {cat.z[i]:.4g} lies outside {bins.z_min} <= z < {bins.z_max}")
     ref = BANDS.index(REFERENCE_BAND)
     todo = [i for i in range(len(cat.ids)) if plan.reason[i] is None]
     groups: dict[int, list[int]] = {}
