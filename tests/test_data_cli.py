@@ -55,10 +55,12 @@ def test_inspect_missing_directory(tmp_path):
 
 def test_prepare_reports_bad_catalogue(tmp_path):
     (tmp_path / "img").mkdir()
-    pcsv.write_csv(pa.table({"id": [1], "z_spec": [0.1], "file": ["a.fits"]}), tmp_path / "cat.csv")
+    pcsv.write_csv(pa.table({"id": [1], "z_spec": [0.1], "extinction_r": [0.08], "file": ["a.fits"]}),
+                   tmp_path / "cat.csv")
     result = _run("prepare", tmp_path / "cat.csv", "--images", tmp_path / "img", "--out", tmp_path / "out")
     assert result.exit_code == 1
-    assert "cat.csv: missing column(s) ebv" in result.output
+    assert "cat.csv: missing column(s) ebv; expected columns id, z_spec, ebv" in result.output
+    assert "--column ebv=extinction_r/2.751 if 'extinction_r' is SDSS's A_r" in result.output
     assert not (tmp_path / "out").exists()
 
 

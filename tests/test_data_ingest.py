@@ -559,11 +559,14 @@ def test_unreadable_fits_file(tmp_path, damage):
     _expect_error(tmp_path, r"row 3 \(id 102\): .*g2.fits is not a readable FITS file")
 
 
-def test_missing_catalogue_columns(tmp_path):
+def test_missing_catalogue_columns(tmp_path, caplog):
     rows = _single_file_setup(tmp_path)
     del rows["ebv"]
     _write_catalog(tmp_path / "cat.csv", rows)
-    _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; expected columns id, z_spec, ebv")
+    # No ebv, and nothing like it (an extinction under another name is asked for below): 0, said so.
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "noebv", size=SIZE, progress=False)
+    assert set(_values(tmp_path / "noebv", "ebv").values()) == {0.0}
+    assert "cat.csv has no ebv column: E(B-V) is 0 for every galaxy" in caplog.text
     del rows["file"]
     rows["ebv"] = [0.0] * 6
     _write_catalog(tmp_path / "cat.csv", rows)
@@ -583,9 +586,10 @@ def test_missing_catalogue_columns(tmp_path):
                                           "file": sdss["file"]})
     _expect_error(tmp_path, r"\); zray's column names are lower case: --column z_spec=Z_SPEC --column ebv=EBV; "
                   r"--column id=objID if 'objID' is a unique integer per galaxy$")
-    _write_catalog(tmp_path / "cat.csv", {"id": rows["id"], "z_spec": rows["z_spec"], "file": sdss["file"]})
-    _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; .*\); ebv is each galaxy's Galactic E\(B-V\), from a "
-                  r"dust map such as SFD's \(0 where the cutouts are corrected for extinction already\)$")
+    _write_catalog(tmp_path / "cat.csv", {"id": rows["id"], "z_spec": rows["z_spec"], "file": sdss["file"],
+                                          "extinction_r": [0.08] * 6})
+    _expect_error(tmp_path, r"cat.csv: missing column\(s\) ebv; expected columns id, z_spec, ebv \(found .*\); "
+                  r"--column ebv=extinction_r/2.751 if 'extinction_r' is SDSS's A_r \(E\(B-V\) is A_r / 2.751\)$")
 
 
 def test_duplicate_ids_and_bad_redshift(tmp_path):

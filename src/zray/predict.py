@@ -218,7 +218,7 @@ def open_input(source, *, images=None, bundle=None, progress: bool = True, skip_
     from zray.data.catalog import column_hints, id_column, read_catalog
     from zray.data.ingest import write_shards
 
-    table = read_catalog(source, ("id", "ebv"), columns)
+    table = read_catalog(source, ("id",), columns, hinted=("ebv",))
     known = None
     if "z_spec" in table.column_names:
         try:

@@ -183,7 +183,7 @@ def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, bins, drop_
 
     CATALOG is CSV, Parquet, a FITS table (.fits, .fits.gz: its first
     table, column names in any case), a VOTable (.vot, .xml, as TAP services
-    and TOPCAT write them) or ECSV, with columns id, z_spec, ebv and either
+    and TOPCAT write them) or ECSV, with columns id, z_spec, ebv (else 0, with a warning) and either
     `file` (one FITS with all five bands: a cube with header keywords
     BAND1..BAND5, or five image HDUs each with a FILTER keyword) or
     file_u..file_z (one FITS per band). Where the catalogue names them

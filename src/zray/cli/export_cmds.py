@@ -125,7 +125,7 @@ def predict_cmd(bundle, source, out, images, splits, fmt, no_pdf, batch_size, wo
     """Photometric redshifts for every galaxy of INPUT with a bundle.
 
     INPUT is a shard folder (from `zray simulate` or `zray prepare`) or a
-    catalogue (CSV, Parquet, FITS table, VOTable or ECSV with id, ebv and FITS
+    catalogue (CSV, Parquet, FITS table, VOTable or ECSV with id, ebv (else 0) and FITS
     file columns, as `zray prepare` takes, --column naming them) with --images. Writes per galaxy: id, z_spec when
     known, z_mean, z_median, z_mode, z_std, the central 68.27% and 95%
     intervals (z_lo68, z_hi68, z_lo95, z_hi95), odds (the probability within

@@ -107,9 +107,13 @@ def _positive_number(text: str) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] | None = None) -> pa.Table:
+def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] | None = None,
+                 hinted: tuple[str, ...] = ()) -> pa.Table:
     """Read a CSV, Parquet, FITS-table, VOTable or ECSV catalogue and check the ``required``
-    columns exist; ``columns`` (:func:`parse_columns`) names where the catalogue keeps zray's."""
+    columns exist; ``columns`` (:func:`parse_columns`) names where the catalogue keeps zray's.
+    A ``hinted`` column may be missing, unless the catalogue seems to hold it under another name
+    (SDSS's ``extinction_r`` for ``ebv``): then it is missing as a required one is, with the
+    ``--column`` that reads it."""
     path = Path(path)
     if not path.is_file():
         raise ZrayError(f"{path}: catalogue file not found")
@@ -136,12 +140,13 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
     table = pa.Table.from_arrays(table.columns, names=table.column_names)
     if columns:
         table = _renamed(table, columns, path, left_out)
-    missing = [c for c in required if c not in table.column_names]
+    missing = [c for c in required if c not in table.column_names] + [
+        c for c in hinted if c not in table.column_names and _elsewhere(c, table.column_names)]
     if missing:
         found = [repr(c) for c in table.column_names] + [f"{c!r} ({why})" for c, why in left_out]
         raise ZrayError(
             f"{path}: missing column(s) {', '.join(missing)}; expected columns "
-            f"{', '.join(required)} (found {', '.join(found) or 'none'})"
+            f"{', '.join((*required, *(c for c in hinted if c in missing)))} (found {', '.join(found) or 'none'})"
             f"{column_hints(missing, table.column_names)}"
         )
     if table.num_rows == 0:
@@ -162,6 +167,12 @@ OTHER_NAMES = {
 MEANING = {"id": "a unique integer per galaxy", "z_spec": "the spectroscopic redshift",
            "ebv": "the Galactic E(B-V)", "ra": "the right ascension in degrees",
            "dec": "the declination in degrees", **{f"mag_{b}": f"the dereddened {b} magnitude" for b in "ugriz"}}
+
+
+def _elsewhere(column: str, names: list[str]) -> bool:
+    """Whether the catalogue seems to hold zray's ``column`` under another of its ``names``."""
+    return any(n.lower() == column or _plain(n) in OTHER_NAMES.get(column, ()) for n in names) or (
+        column == "ebv" and any(_plain(n) == "extinctionr" for n in names))
 
 
 def _plain(name: str) -> str:
@@ -186,9 +197,6 @@ def column_hints(missing: list[str], names: list[str]) -> str:
         elif column == "ebv" and extinction:
             hints.append(f"--column ebv={shlex.quote(extinction[0] + '/2.751')} if {extinction[0]!r} is SDSS's A_r "
                          "(E(B-V) is A_r / 2.751)")
-        elif column == "ebv":
-            hints.append("ebv is each galaxy's Galactic E(B-V), from a dust map such as SFD's "
-                         "(0 where the cutouts are corrected for extinction already)")
     return f"; {'; '.join(hints)}" if hints else ""
 
 
@@ -612,6 +620,20 @@ def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z
 
 #: The largest ``--z-max`` the data commands take: beyond the most distant galaxies known.
 MAX_Z = 15.0
+
+
+def ebv_or_zero(table: pa.Table, path, ids) -> np.ndarray:
+    """The ``ebv`` column, or 0 for every galaxy with a warning where the catalogue has none
+    (read with ``hinted=("ebv",)``: one holding it under another name was refused)."""
+    ebv = ebv_column(table, path, ids)
+    if ebv is None:
+        from zray.console import LOG
+
+        LOG.warning(f"{path} has no ebv column: E(B-V) is 0 for every galaxy; the networks take it as an input, "
+                    "so give it (each galaxy's Galactic E(B-V), from a dust map such as SFD's) unless your images "
+                    "are corrected for extinction")
+        ebv = np.zeros(len(ids))
+    return ebv
 
 
 def ebv_column(table: pa.Table, path, ids) -> np.ndarray | None:

@@ -40,7 +40,7 @@ from zray.data import skipped as skipped_list
 from zray.data.catalog import (
     Source,
     check_redshifts,
-    ebv_column,
+    ebv_or_zero,
     id_column,
     label,
     magnitude_columns,
@@ -279,7 +279,7 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     if not images_dir.is_dir():
         raise ZrayError(f"{images_dir}: --images directory not found")
     if table is None:
-        table = read_catalog(catalog, ("id", "z_spec", "ebv") if labelled else ("id", "ebv"), columns)
+        table = read_catalog(catalog, ("id", "z_spec") if labelled else ("id",), columns, hinted=("ebv",))
     per_band = _layout(table.column_names, catalog)
     ids = id_column(table, catalog)
     if labelled:
@@ -291,7 +291,7 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     if outside.size == len(ids):
         raise ZrayError(f"{catalog}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
                         f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins (--z-max widens them)")
-    ebv = ebv_column(table, catalog, ids)
+    ebv = ebv_or_zero(table, catalog, ids)
     extra = magnitude_columns(table, catalog, ids, BANDS)
     hint = "--skip-bad leaves out the galaxies whose cutouts cannot be used" + (
         f" and lists them in {listing}" if listing is not None else "")

@@ -69,7 +69,7 @@ from zray.data import skipped as skipped_list
 from zray.data.catalog import (
     PLAIN_FITS,
     check_redshifts,
-    ebv_column,
+    ebv_or_zero,
     id_column,
     label,
     magnitude_columns,
@@ -238,7 +238,7 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None,
     ``columns`` (:func:`~zray.data.catalog.parse_columns`) names its columns that hold zray's;
     ``drop_out_of_range``: a z_spec outside ``bins`` is marked (``in_bins``), not refused."""
     path = Path(path)
-    table = read_catalog(path, ("id", "ra", "dec", "z_spec"), columns)
+    table = read_catalog(path, ("id", "ra", "dec", "z_spec"), columns, hinted=("ebv",))
     ids = id_column(table, path)
     ra, dec = sky_columns(table, path, ids)
     z = numeric_column(table, "z_spec", path, ids)
@@ -246,10 +246,10 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None,
     if not in_bins.any():
         raise ZrayError(f"{path}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
                         f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins (--z-max widens them)")
-    ebv = ebv_column(table, path, ids)
+    ebv = ebv_or_zero(table, path, ids)
     extra = magnitude_columns(table, path, ids, BANDS)
     warn_repeats(list(zip(np.round(ra, 7), np.round(dec, 7))), path, ids, "their ra and dec")
-    return Catalogue(path, ids, ra, dec, z, np.zeros(len(ids)) if ebv is None else ebv, ebv is not None, extra,
+    return Catalogue(path, ids, ra, dec, z, ebv, "ebv" in table.column_names, extra,
                      in_bins)
 
 
@@ -619,9 +619,6 @@ def make_cutouts(
         raise ZrayError(f"{out}: lies inside the --frames folder {frames_dir}; expected the dataset outside it")
     check_output(listing, kind="list of skipped galaxies", overwrite=overwrite,
                  inputs=inputs, ours=skipped_list.is_list)
-    if not cat.ebv_given:
-        LOG.warning(f"{catalog} has no ebv column: E(B-V) is 0 for every galaxy; the networks take it as an input, "
-                    "so give it (e.g. from the SFD dust map) unless your images are corrected for extinction")
 
     plan = plan_cutouts(frames, cat.ra, cat.dec, size)
     for i in np.flatnonzero(~cat.in_bins) if cat.in_bins is not None else []:
