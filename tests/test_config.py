@@ -202,6 +202,21 @@ def test_default_hyperparameters_use_defaults_inside_the_space(tmp_path):
     assert params["dense_units"] == 64  # model default 256 not a choice: first choice
 
 
+def test_nothing_searched_is_one_trial_unless_asked_and_then_said(tmp_path):
+    """With no search section every trial would train one configuration with one seed: one
+    trial by default; more only where asked for, and `zray validate` says what they are."""
+    fixed = write(tmp_path, {k: v for k, v in GOOD.items() if k not in ("search", "tune")}, "fixed.yaml")
+    assert config.load(fixed).tune.num_samples == 1
+    assert config.load(write(tmp_path, GOOD)).tune.num_samples == 2  # a search keeps its own
+    assert config.load(fixed, ["tune.num_samples=3"]).tune.num_samples == 3
+    result = CliRunner().invoke(main, ["validate", str(fixed), "--set", "tune.num_samples=3"])
+    assert result.exit_code == 0 and f"ok  {fixed}: model cnn, 3 trials, searching nothing" in result.output
+    assert (f"zray: warning: {fixed}: nothing is searched, so the 3 trials train one configuration with one seed "
+            "(tune.seed) and differ by chance alone; tune.num_samples: 1 trains it once") in result.output
+    quiet = CliRunner().invoke(main, ["validate", str(fixed)])
+    assert "1 trials" in quiet.output and "warning" not in quiet.output
+
+
 def test_validate_cli_exit_codes_and_no_traceback(tmp_path):
     bad = write(tmp_path, with_change("tune.mode", "sideways"), "bad.yaml")
     good = write(tmp_path, GOOD, "good.yaml")

@@ -93,6 +93,8 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             f"ok  {path}: model {space.model}, {space.tune.num_samples} trials, "
             f"searching {searched}"
         )
+        for warning in space.warnings():
+            click.echo(f"zray: warning: {path}: {warning}", err=True)
     if failed:
         click.echo(f"{failed} of {len(files)} files failed validation", err=True)
         sys.exit(1)

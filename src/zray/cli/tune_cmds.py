@@ -63,6 +63,8 @@ def tune(file, overrides, resume, name, storage, address, warm_start, skip_corru
         f"searching {', '.join(space.search) or 'nothing'}"
         + (f", warm-started from {warm_start}" if warm_start and not resume else "")
     )
+    for warning in space.warnings():
+        click.echo(f"zray: warning: {file}: {warning}", err=True)
     summary = search.run(
         space, runs_dir=storage, name=name, resume=resume, address=address,
         on_check=lambda line: click.echo(f"zray: {line}"), dashboard_host=dashboard_host,

@@ -296,6 +296,25 @@ class SearchSpace(_Strict):
             raise _KeyedError("name", problem)
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_trial_when_nothing_is_searched(cls, data: Any) -> Any:
+        """With no ``search`` section every trial trains one configuration with one seed
+        (``tune.seed``): ``tune.num_samples`` then defaults to 1, not 10."""
+        if isinstance(data, dict) and not data.get("search"):
+            tune = data.get("tune", {})
+            if isinstance(tune, dict) and "num_samples" not in tune:
+                data = {**data, "tune": {**tune, "num_samples": 1}}
+        return data
+
+    def warnings(self) -> list[str]:
+        """What is allowed but likely a mistake, for ``zray validate`` and ``zray tune`` to say."""
+        said = []
+        if not self.search and self.tune.num_samples > 1:
+            said.append(f"nothing is searched, so the {self.tune.num_samples} trials train one configuration with "
+                        "one seed (tune.seed) and differ by chance alone; tune.num_samples: 1 trains it once")
+        return said
+
     def hyperparameter_defaults(self) -> dict[str, Any]:
         """Every hyperparameter this experiment's model and training take, with defaults."""
         from zray.models import model_hyperparameters
