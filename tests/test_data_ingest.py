@@ -246,6 +246,23 @@ def test_a_spectroscopic_catalogue_with_stars_and_quasars_goes_in_with_its_redsh
     assert not (tmp_path / "c").exists()
 
 
+def test_a_dataset_too_small_to_train_on_is_said_so_when_written(tmp_path):
+    """One galaxy lands in one split: the summary notes the empty split(s) training needs."""
+    from click.testing import CliRunner
+
+    from zray.cli import main
+    from zray.data.shards import read_manifest
+
+    _single_file_setup(tmp_path, n=1)
+    result = CliRunner().invoke(main, ["prepare", str(tmp_path / "cat.csv"), "--images", str(tmp_path / "img"),
+                                       "--out", str(tmp_path / "out"), "--size", str(SIZE)])
+    assert result.exit_code == 0, result.output
+    rows = read_manifest(tmp_path / "out").rows
+    empty = [s for s in ("train", "val") if rows[s] == 0]
+    assert empty and (f"note: the {' and '.join(empty)} split" in result.output), result.output
+    assert "zray train and tune need galaxies in both" in result.output
+
+
 def test_votable_and_ecsv_catalogues_as_services_and_astropy_write_them(tmp_path):
     """A VOTable as a TAP service returns one (FIELDs with IDs other than their names, text of any
     length, ids above 2**63 - 1 as text, an empty cell in a column zray does not read, a column

@@ -59,6 +59,15 @@ def _split_summary(manifest) -> str:
     return ", ".join(f"{s} {manifest.rows[s]}" for s in manifest.splits)
 
 
+def _empty_splits(manifest) -> None:
+    """A note where training would find no galaxies to learn from or to validate on."""
+    empty = [s for s in ("train", "val") if manifest.rows.get(s, 0) == 0]
+    if empty:
+        click.echo(f"note: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty "
+                   f"({manifest.total_rows} galaxies are too few for the split fractions): zray train and tune need "
+                   "galaxies in both; zray predict and evaluate --split all take the dataset as it is", err=True)
+
+
 def _percentiles(z) -> str:
     import numpy as np
 
@@ -209,6 +218,7 @@ def prepare_cmd(catalog, images, out, size, seed, skip_bad, columns, bins, drop_
         f"wrote {manifest.total_rows}{of} galaxies ({_split_summary(manifest)}) of {size}x{size} "
         f"pixels to {out} in {time.perf_counter() - start:.0f} s; next: zray inspect {out}"
     )
+    _empty_splits(manifest)
 
 
 @click.command("cutouts")
@@ -266,6 +276,7 @@ def cutouts_cmd(catalog, frames_dir, out, size, max_bad, seed, workers, columns,
     if report.skipped:
         click.echo(f"skipped {len(report.skipped)}: {count_line(report.counts)}")
     click.echo(f"not written, with reasons: {report.skipped_path}; next: zray inspect {out}")
+    _empty_splits(m)
 
 
 @click.command("inspect")
