@@ -22,6 +22,28 @@ def test_sim_data_is_valid_and_complete(sim_data):
     assert {"id", "z", "type", "mag_u", "mag_z", "r50_arcsec", "ebv"} <= set(cat.column_names)
 
 
+def test_a_network_smaller_than_the_cutouts_is_said_to_crop_them(sim_data, caplog):
+    """32x32 cutouts for a 16-pixel network: the run says what part of each it sees; a network
+    larger than the cutouts is refused."""
+    import logging
+    from pathlib import Path
+
+    from zray import config
+    from zray.data.source import ensure_data
+    from zray.errors import ZrayError
+
+    quickstart = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    with caplog.at_level(logging.INFO, logger="zray"):
+        ensure_data(config.load(quickstart, [f"data.path={sim_data}", "data.image_size=16"]))
+    assert f"{sim_data}: its 32x32 cutouts are cropped to their central 16x16 pixels (6.3\" across)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="zray"):
+        ensure_data(config.load(quickstart, [f"data.path={sim_data}", "data.image_size=32"]))
+    assert "cropped" not in caplog.text
+    with pytest.raises(ZrayError, match="images are 32x32 pixels but data.image_size is 48"):
+        ensure_data(config.load(quickstart, [f"data.path={sim_data}", "data.image_size=48"]))
+
+
 def test_same_seed_gives_identical_shards_whatever_the_workers(tmp_path, sim_data):
     again = simulate(tmp_path / "a", 300, size=32, seed=0, workers=2, rows_per_shard=100, progress=False)
     assert again.hash == read_manifest(sim_data).hash

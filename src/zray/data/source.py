@@ -36,4 +36,8 @@ def ensure_data(space) -> Manifest:
             f"{root}: images are {size}x{size} pixels but data.image_size is {data.image_size}; "
             f"expected data.image_size <= {size} (larger cutouts are centre-cropped)"
         )
+    if size > data.image_size:
+        LOG.info(f"{root}: its {size}x{size} cutouts are cropped to their central {data.image_size}x"
+                 f"{data.image_size} pixels ({data.image_size * manifest.pixel_scale:.1f}\" across) for this "
+                 "network (data.image_size)")
     return manifest
