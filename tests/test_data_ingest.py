@@ -246,6 +246,32 @@ def test_a_spectroscopic_catalogue_with_stars_and_quasars_goes_in_with_its_redsh
     assert not (tmp_path / "c").exists()
 
 
+def test_cutouts_in_other_units_or_at_another_pixel_scale_are_warned_about(tmp_path, caplog):
+    """Cutouts in counts (BUNIT DN) at DECam's 0.262" pixels: written, and both said; SDSS's
+    own (nanomaggies, 0.396") and cutouts with no such cards are not remarked on."""
+    rows = _single_file_setup(tmp_path, n=3)
+    for i in range(3):
+        with fits.open(tmp_path / "img" / f"g{i}.fits", mode="update") as hdul:
+            header = hdul[0].header
+            header["BUNIT"] = "DN" if i == 0 else "nanomaggy"
+            header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+            header["CRVAL1"], header["CRVAL2"], header["CRPIX1"], header["CRPIX2"] = 150.0, 2.0, 10.0, 10.0
+            scale = (0.262 if i == 0 else 0.396) / 3600
+            header["CDELT1"], header["CDELT2"] = -scale, scale
+    _write_catalog(tmp_path / "cat.csv", rows)  # g0 first: the one galaxy whose files the check reads
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "dn", size=SIZE, progress=False)
+    assert "g0.fits: BUNIT is 'DN', not nanomaggies" in caplog.text
+    assert "g0.fits: its WCS gives pixels of 0.262\", not SDSS's 0.396\"" in caplog.text
+    caplog.clear()
+    _write_catalog(tmp_path / "cat.csv", {k: v[1:] for k, v in rows.items()})
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "sdss", size=SIZE, progress=False)
+    assert "BUNIT" not in caplog.text and "pixels of" not in caplog.text
+    shutil.rmtree(tmp_path / "img")
+    _single_file_setup(tmp_path, n=3)  # no BUNIT, no WCS: nothing to say
+    prepare_dataset(tmp_path / "cat.csv", tmp_path / "img", tmp_path / "plain", size=SIZE, progress=False)
+    assert "BUNIT" not in caplog.text and "pixels of" not in caplog.text
+
+
 def test_a_dataset_too_small_to_train_on_is_said_so_when_written(tmp_path):
     """One galaxy lands in one split: the summary notes the empty split(s) training needs."""
     from click.testing import CliRunner

@@ -196,6 +196,40 @@ def _crop(image: np.ndarray, size: int, label: str) -> np.ndarray:
         raise BadCutout(str(exc), TOO_SMALL, fits=min(image.shape[-2:])) from None
 
 
+def check_units_and_scale(files: list[Path], catalog: Path) -> None:
+    """Warn where a cutout's header says its pixels are not what the networks learn from: a BUNIT
+    other than nanomaggies, or a WCS whose pixels are not SDSS's 0.396". One galaxy's files are
+    read, as one tool writes all of a catalogue's cutouts alike; a file that cannot be read is left
+    to the reading proper, which names it."""
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyWarning
+    from astropy.wcs import WCS
+
+    from zray.data.shards import PIXEL_SCALE
+    from zray.data.survey import SCALE_TOLERANCE, UNITS
+
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                hdul = fits.open(path, memmap=False)
+            with hdul:
+                hdu = next(h for h in hdul if h.data is not None and getattr(h, "is_image", False))
+                unit = str(hdu.header.get("BUNIT", "")).strip()
+                wcs = WCS(hdu.header, naxis=2)
+                scale = float(np.sqrt(wcs.proj_plane_pixel_area().to_value("arcsec2"))) if wcs.has_celestial else None
+        except Exception:  # noqa: BLE001 - unreadable here is named by the reading proper
+            continue
+        if unit and unit.lower() not in UNITS:
+            LOG.warning(f"{path}: BUNIT is {unit!r}, not nanomaggies (as {catalog}'s other cutouts, likely); the "
+                        "networks learn from pixels in nanomaggies, sky subtracted: calibrate the cutouts first")
+        if scale and np.isfinite(scale) and abs(scale / PIXEL_SCALE - 1) > SCALE_TOLERANCE:
+            LOG.warning(f"{path}: its WCS gives pixels of {scale:.3f}\", not SDSS's {PIXEL_SCALE}\" (as {catalog}'s "
+                        f"other cutouts, likely); the networks learn from {PIXEL_SCALE}\" pixels: resample the cutouts "
+                        "(zray cutouts does, from survey frames)")
+        return
+
+
 def _cutout(files: list[Path], per_band: bool, size: int, label: str) -> np.ndarray:
     """One galaxy's (5, size, size) cutout, or :class:`BadCutout` saying why it cannot be used.
 
@@ -304,6 +338,8 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
     todo = np.array([i for i in range(len(ids)) if i not in left_out and i not in out_of_range], dtype=np.int64)
     warn_repeats([("no file", i) if i in left_out else tuple(os.path.normpath(p) for p in paths)
                   for i, paths in enumerate(files)], catalog, ids, "their FITS file(s)")
+    if todo.size:
+        check_units_and_scale(files[todo[0]], catalog)
     bar = Progress(task, len(todo), enabled=progress)
     source = {"kind": "prepare", "catalog": str(catalog), "images": str(images_dir), "size": int(size),
               **source_record(columns)}
