@@ -530,6 +530,35 @@ def test_careless_frames_are_one_sentence_and_nothing_written(tiny, kind):
     assert sorted(p.relative_to(tiny) for p in tiny.rglob("*")) == before  # nothing written
 
 
+def test_the_files_sdss_keeps_beside_its_frames_are_left_out_and_counted(tiny):
+    """An SDSS download folder holds psField and fpM tables beside the frames, and other tools leave
+    images that name no band (a weight map): left out, counted in a warning, and the galaxy cut
+    as from the frames alone; a folder of nothing but such files is one sentence."""
+    from astropy.table import Table
+
+    frames = tiny / "frames"
+    alone = _run("cutouts", tiny / "cat.csv", "--frames", frames, "--out", tiny / "alone", "--size", 16)
+    assert alone.exit_code == 0 and "left out" not in alone.output, alone.output
+    run = frames / "301" / "3704"
+    run.mkdir(parents=True)
+    Table({"psp_status": [0], "psf_width": [1.2]}).write(run / "psField-003704-3-0091.fit")
+    Table({"mask": [1]}).write(run / "fpM-003704-r3-0091.fit")
+    fits.PrimaryHDU(np.ones((48, 48), np.float32)).writeto(frames / "weight.fits")
+    result = _run("cutouts", tiny / "cat.csv", "--frames", frames, "--out", tiny / "mine", "--size", 16,
+                  "--workers", 1)
+    assert result.exit_code == 0 and "wrote 1 of 1 galaxies" in result.output, result.output
+    said = " ".join(result.output.split())
+    assert (f"{frames}: left out 3 FITS files that are not frames: 2 hold no 2-D image (tables) (such as "
+            "301/3704/fpM-003704-r3-0091.fit), 1 name no band in FILTER or BAND (such as weight.fits)") in said, said
+    assert np.array_equal(_shards(tiny / "mine")[1], _shards(tiny / "alone")[1])
+    for b in BANDS:
+        (frames / f"f-{b}.fits").unlink()
+    result = _run("cutouts", tiny / "cat.csv", "--frames", frames, "--out", tiny / "none", "--size", 16)
+    assert result.exit_code == 1 and result.output.count("zray: error:") == 1, result.output
+    assert f"{frames}: holds no frames among its 3 FITS files (2 hold no 2-D image" in " ".join(result.output.split())
+    assert not (tiny / "none").exists()
+
+
 def test_tiny_frames_bz2_and_nothing_left_when_none_is_cut(tiny):
     """SDSS's frames come as .fits.bz2; a run that cuts no galaxy leaves only its list of reasons."""
     import bz2

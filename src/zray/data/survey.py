@@ -100,6 +100,9 @@ MISSING_BAND = "band missing"
 ON_EDGE = "on a frame edge"
 BAD_PIXELS = "bad pixels"
 OUT_OF_RANGE = "z_spec out of range"
+# FITS files under --frames that are no frame, as the warning counts them
+NO_IMAGE = "hold no 2-D image (tables)"
+NO_BAND = "name no band in FILTER or BAND"
 
 
 # --- the tangent plane ----------------------------------------------------------------------
@@ -286,8 +289,9 @@ def fits_files(folder: Path, catalog: Path | None = None) -> list[Path]:
 def read_frames(folder, catalog: Path | None = None) -> list[Frame]:
     """Every FITS frame under ``folder`` (searched recursively; not ``catalog``), checked from the
     headers: a whole 2-D image naming its band (FILTER or BAND) with an RA/Dec WCS (ICRS or FK5, the
-    catalogue's ra and dec), all frames at one pixel scale. Anything else is one sentence naming the
-    file."""
+    catalogue's ra and dec), all frames at one pixel scale. A FITS file that is no frame (a table, as
+    SDSS's psField and fpM files beside its frames; an image naming no band) is left out, counted in
+    a warning; a frame that is damaged or cannot be placed is one sentence naming the file."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -301,6 +305,7 @@ def read_frames(folder, catalog: Path | None = None) -> list[Frame]:
         raise ZrayError(f"{folder}: holds no FITS frames ({', '.join('*' + s for s in FITS_SUFFIXES[:2])}); "
                         "expected one FITS image per band and field")
     frames, scales, units = [], [], {}
+    not_frames: dict[str, list[str]] = {}  # why -> the files left out for it
     for path in files:
         name = path.relative_to(folder).as_posix()
         try:
@@ -312,15 +317,16 @@ def read_frames(folder, catalog: Path | None = None) -> list[Frame]:
         except Exception as exc:  # astropy raises many types for corrupt files
             raise ZrayError(f"{path}: is not a readable FITS file ({first_line(exc, 120)})") from None
         if not found:
-            raise ZrayError(f"{path}: holds no 2-D image; expected a frame of one band")
+            not_frames.setdefault(NO_IMAGE, []).append(name)
+            continue
         k, header, end = found[0]
         if path.name.lower().endswith(PLAIN_FITS) and path.stat().st_size < end:
             raise ZrayError(f"{path}: is {path.stat().st_size} bytes, shorter than its header says ({end}); "
                             "expected a whole FITS file (an interrupted download?)")
         band = header_band(header, str(path))
         if band is None:
-            raise ZrayError(f"{path}: header has no FILTER or BAND keyword; expected each frame to name its "
-                            "band (u,g,r,i,z)")
+            not_frames.setdefault(NO_BAND, []).append(name)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -351,10 +357,16 @@ def read_frames(folder, catalog: Path | None = None) -> list[Frame]:
             units.setdefault(unit, name)
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
         frames.append(Frame(path, name, band, k, shape, wcs.to_header(relax=True).tostring()))
+    said = ", ".join(f"{len(names)} {why} (such as {names[0]})" for why, names in not_frames.items())
+    if not frames:
+        raise ZrayError(f"{folder}: holds no frames among its {len(files)} FITS files ({said}); expected one "
+                        "FITS image per band and field, naming its band in FILTER or BAND")
+    from zray.console import LOG
+
+    if not_frames:
+        LOG.warning(f"{folder}: left out {sum(map(len, not_frames.values()))} FITS files that are not frames: {said}")
     _check_scales(frames, np.array(scales))
     if units:
-        from zray.console import LOG
-
         unit, name = next(iter(units.items()))
         LOG.warning(f"{folder / name}: BUNIT is {unit!r}, not nanomaggies; the cutouts keep the frames' pixel "
                     "values as they are, so calibrate the frames first unless every frame is in the same unit")
