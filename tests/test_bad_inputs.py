@@ -311,7 +311,7 @@ CASES = {
     "catalog-space-separated": (
         lambda t, d: ((t / "cat.txt").write_text("id z\n"), ["prepare", str(t / "cat.txt"), "--images", str(t),
                                                              "--out", str(t / "out")])[1],
-        "cat.txt: missing column(s) id, z_spec; expected columns id, z_spec"),
+        "cat.txt: its header is one column, 'id z', its names apart by spaces; expected them apart by commas"),
     "catalog-misspelt-column-after-a-space": (
         lambda t, d: ((t / "cat.csv").write_text("id, zspec, ebv, file\n1, 0.1, 0.03, a.fits\n"),
                       ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],

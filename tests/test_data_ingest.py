@@ -127,6 +127,36 @@ def test_a_hand_written_catalogue_with_spaces_and_text_ids_beside_its_fits(tmp_p
     _check_roundtrip(out, [100, 101, 102])
 
 
+def test_tab_separated_and_gzipped_text_catalogues_as_vizier_and_topcat_give_them(tmp_path):
+    """VizieR and TOPCAT write tab-separated text (.tsv), downloads come gzipped: read as they are,
+    a comment header and all; names apart by semicolons or spaces are one sentence saying so, and
+    a gzip file cut short is unreadable, not a traceback."""
+    import bz2
+    import gzip
+
+    rows = _single_file_setup(tmp_path, n=4)
+    ids = rows["id"]
+    text = "".join(f"{i}\t{z}\t{e}\t{f}\n" for i, z, e, f in zip(ids, rows["z_spec"], rows["ebv"], rows["file"]))
+    tsv = "#\n# VizieR Astronomical Server\n#\nid\tz_spec\tebv\tfile\n" + text
+    (tmp_path / "cat.tsv").write_text(tsv)
+    (tmp_path / "cat.tsv.gz").write_bytes(gzip.compress(tsv.encode()))
+    csv_text = (tmp_path / "cat.csv").read_bytes()
+    (tmp_path / "cat.csv.gz").write_bytes(gzip.compress(csv_text))
+    (tmp_path / "cat.csv.bz2").write_bytes(bz2.compress(csv_text))
+    for name in ("cat.tsv", "cat.tsv.gz", "cat.csv.gz", "cat.csv.bz2"):
+        prepare_dataset(tmp_path / name, tmp_path / "img", tmp_path / name.replace(".", "_"), size=SIZE,
+                        progress=False)
+        _check_roundtrip(tmp_path / name.replace(".", "_"), ids)
+    for sep, said in ((";", "semicolons"), (" ", "spaces")):
+        (tmp_path / "sep.csv").write_text(f"id{sep}z_spec{sep}ebv{sep}file\n100{sep}0.1{sep}0.03{sep}g0.fits\n")
+        _expect_error(tmp_path, f"sep.csv: its header is one column, 'id{sep}z_spec{sep}ebv{sep}file', its names "
+                                f"apart by {said}; expected them apart by commas", catalog="sep.csv")
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(csv_text * 50)[:60])
+    _expect_error(tmp_path, r"cut.csv.gz: not a readable catalogue \(", catalog="cut.csv.gz")
+    (tmp_path / "cat.json.gz").write_bytes(gzip.compress(b"{}"))
+    _expect_error(tmp_path, r"cat.json.gz: unknown catalogue format '.json.gz'", catalog="cat.json.gz")
+
+
 def test_sdss_spec_obj_ids_beyond_the_signed_range_in_csv_and_fits_catalogues(tmp_path):
     """SDSS's specObjIDs from plate 8192 on are above 2**63 - 1: a catalogue of them, sorted by id
     as SDSS sorts it, as text in a CSV and as the unsigned column astropy writes in a FITS table
@@ -649,7 +679,8 @@ def test_duplicate_ids_and_bad_redshift(tmp_path):
 def test_unknown_catalogue_format(tmp_path):
     _single_file_setup(tmp_path)
     (tmp_path / "cat.json").write_text("{}")
-    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'; expected .csv, .parquet, a FITS table \(.fits\), a VOTable",
+    _expect_error(tmp_path, r"cat.json: unknown catalogue format '.json'; expected .csv \(or tab-separated .tsv; "
+                  r"either gzipped\), .parquet, a FITS table \(.fits\), a VOTable",
                   catalog="cat.json")
 
 

@@ -26,22 +26,25 @@ from zray.errors import ZrayError, first_line
 PLAIN_FITS = (".fits", ".fit", ".fts")
 #: What a catalogue's name ends with, by format: VOTables are what TAP services (SDSS's
 #: SkyServer, VizieR, Astro Data Lab) and TOPCAT write; ECSV is astropy's own text table.
-SUFFIXES = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".txt"), "fits": PLAIN_FITS,
+SUFFIXES = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".txt", ".tsv"), "fits": PLAIN_FITS,
             "votable": (".vot", ".votable", ".xml"), "ecsv": (".ecsv",)}
+#: Compressed as downloads often are: read as they are (FITS tables and text tables).
+COMPRESSED = (".gz", ".bz2")
 
 
 def catalog_format(path: Path) -> str:
     """``parquet``, ``csv``, ``fits``, ``votable`` or ``ecsv``, from the file's name; anything else
     is refused."""
     name = path.name.lower()
-    if name.endswith((".gz", ".bz2")) and name.rsplit(".", 1)[0].endswith(PLAIN_FITS):
-        return "fits"
-    suffix = Path(name).suffix
+    packed = name.endswith(COMPRESSED)
+    suffix = Path(name.rsplit(".", 1)[0] if packed else name).suffix
     for kind, suffixes in SUFFIXES.items():
-        if suffix in suffixes:
+        if suffix in suffixes and (not packed or kind in ("fits", "csv")):
             return kind
-    raise ZrayError(f"{path}: unknown catalogue format {suffix!r}; expected .csv, .parquet, a FITS table (.fits), "
-                    "a VOTable (.vot, .xml) or .ecsv")
+    shown = "".join(Path(name).suffixes[-2:]) if packed else suffix
+    raise ZrayError(f"{path}: unknown catalogue format {shown!r}; expected .csv "
+                    "(or tab-separated .tsv; either gzipped), .parquet, a FITS table (.fits), a VOTable (.vot, .xml) "
+                    "or .ecsv")
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
             table, left_out = _read_fits(path)
         else:
             table, left_out = _read_astropy(path, kind)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, EOFError, pa.ArrowException) as exc:  # EOFError: a gzip or bz2 file cut short
         raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
@@ -446,22 +449,29 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
     import pyarrow.csv as pcsv
 
     comments = _comment_lines(path)
+    bare = path.name.lower().removesuffix(".gz").removesuffix(".bz2")
+    parse = pcsv.ParseOptions(delimiter="\t" if bare.endswith(".tsv") else ",")
     skip = pcsv.ReadOptions(skip_rows=len(comments))
-    table = pcsv.read_csv(path, read_options=skip)
+    table = pcsv.read_csv(path, read_options=skip, parse_options=parse)  # .gz and .bz2 unpacked as read
     # numpy.savetxt(..., header="id,z_spec") writes the header itself as the last comment
-    header = [name.strip() for name in comments[-1].lstrip("#").split(",")] if comments else []
+    header = [name.strip() for name in comments[-1].lstrip("#").split(parse.delimiter)] if comments else []
     if id_name in header and id_name not in (name.strip() for name in table.column_names):
         skip = pcsv.ReadOptions(skip_rows=len(comments), column_names=header)
-        table = pcsv.read_csv(path, read_options=skip)
+        table = pcsv.read_csv(path, read_options=skip, parse_options=parse)
     names = [name.strip() for name in table.column_names]
+    if len(names) == 1 and re.search(r"[;|\s]", names[0]):
+        other = "tabs" if "\t" in names[0] else "semicolons" if ";" in names[0] else "bars" if "|" in names[0] \
+            else "spaces"
+        raise ZrayError(f"{path}: its header is one column, {names[0]!r}, its names apart by {other}; expected "
+                        "them apart by commas (a .tsv for tabs): save it as CSV (TOPCAT, pandas.to_csv)")
     table = table.rename_columns(names)
     for i, name in enumerate(names):
         if pa.types.is_string(table.column(i).type):
             table = table.set_column(i, name, pc.utf8_trim_whitespace(table.column(i)))
     id_name = _matching(id_name, names) or id_name  # --column id=specObjID: as the user knows it
     if names.count(id_name) == 1 and not pa.types.is_integer(table.column(id_name).type):
-        raw = pcsv.read_csv(path, read_options=skip).column_names[names.index(id_name)]
-        text = pcsv.read_csv(path, read_options=skip, convert_options=pcsv.ConvertOptions(
+        raw = pcsv.read_csv(path, read_options=skip, parse_options=parse).column_names[names.index(id_name)]
+        text = pcsv.read_csv(path, read_options=skip, parse_options=parse, convert_options=pcsv.ConvertOptions(
             include_columns=[raw], column_types={raw: pa.string()})).column(0)
         table = table.set_column(names.index(id_name), id_name, pc.utf8_trim_whitespace(text))
     return table
@@ -470,8 +480,12 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
 def _comment_lines(path: Path) -> list[str]:
     """The lines at the top of the file that are comments (``#``, as many tools write a
     provenance header), to skip before the header row."""
+    import bz2
+    import gzip
+
     lines = []
-    with open(path, "rb") as fh:
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix.lower(), open)
+    with opener(path, "rb") as fh:
         for line in fh:
             line = line.lstrip(b"\xef\xbb\xbf")
             if not line.startswith(b"#"):
