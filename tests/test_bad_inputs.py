@@ -424,7 +424,20 @@ CASES = {
     "fits-missing-file": (lambda t, d: fits_setup(t, damage=lambda img: (img / "g1.fits").unlink()),
                           "row 2 (id 101): FITS file"),
     "fits-not-fits": (lambda t, d: fits_setup(t, damage=lambda img: (img / "g2.fits").write_bytes(b"garbage" * 100)),
-                      "g2.fits is not a readable FITS file"),
+                      # without astropy's advice to its Python callers (ignore_missing_simple=True)
+                      "g2.fits is not a readable FITS file (No SIMPLE card found, this file does not appear to be "
+                      "a valid FITS file.); --skip-bad"),
+    "catalog-word-among-numbers": (lambda t, d: fits_setup(t, rows={"z_spec": ["0.1", "0.2z", "0.2"]}),
+                                   "cat.csv: row 2 (id 101): z_spec '0.2z' is not a number; expected numbers"),
+    "catalog-header-only-with-column-options": (
+        lambda t, d: ((t / "cat.csv").write_text("objID,z,extinction_r,file\n"),
+                      ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out"),
+                       "--column", "id=objID", "--column", "z_spec=z", "--column", "ebv=extinction_r/2.751"])[1],
+        "cat.csv: catalogue has no rows"),
+    "catalog-ragged-line": (
+        lambda t, d: ((t / "cat.csv").write_text("# from a script\nid,z_spec,ebv,file\n1,0.1,0.03,a.fits\n2,0.2\n"),
+                      ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],
+        "cat.csv: line 4 has 2 values ('2,0.2') but the header has 4; expected as many on every line"),
     "fits-wrong-band-count": (lambda t, d: fits_setup(t, image=np.ones((4, 20, 20), np.float32)),
                               "g0.fits holds 4 bands; expected 5 (u,g,r,i,z)"),
     "fits-nan-pixels": (lambda t, d: fits_setup(t, image=np.full((5, 20, 20), np.nan, np.float32)),

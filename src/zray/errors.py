@@ -1,5 +1,6 @@
 """The one exception type that reaches the user as a sentence, not a traceback."""
 
+import re
 import reprlib
 
 
@@ -25,9 +26,15 @@ def shown(value: object) -> str:
     return _SHOWN.repr(value)
 
 
+#: Advice libraries give their Python callers, meaningless on zray's command line (astropy's, for
+#: a file that is not FITS: "If this is really a FITS file, try with ignore_missing_simple=True").
+_PYTHON_ADVICE = re.compile(r"\s*If this is really a FITS file, try with \w+=True\.?")
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, for quoting inside a sentence."""
-    text = str(exc).strip()
+    """The first line of an exception's message, for quoting inside a sentence (without advice
+    meant for a Python caller)."""
+    text = _PYTHON_ADVICE.sub("", str(exc)).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 

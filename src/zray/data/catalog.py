@@ -141,6 +141,8 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
         raise ZrayError(f"{path}: column {twice[0]!r} appears more than once; expected each column once")
     # without what the file's own schema says of its columns: only --column marks them (label)
     table = pa.Table.from_arrays(table.columns, names=table.column_names)
+    if table.num_rows == 0:
+        raise ZrayError(f"{path}: catalogue has no rows")
     if columns:
         table = _renamed(table, columns, path, left_out)
     missing = [c for c in required if c not in table.column_names] + [
@@ -152,8 +154,6 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
             f"{', '.join((*required, *(c for c in hinted if c in missing)))} (found {', '.join(found) or 'none'})"
             f"{column_hints(missing, table.column_names)}"
         )
-    if table.num_rows == 0:
-        raise ZrayError(f"{path}: catalogue has no rows")
     return table
 
 
@@ -452,12 +452,12 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
     bare = path.name.lower().removesuffix(".gz").removesuffix(".bz2")
     parse = pcsv.ParseOptions(delimiter="\t" if bare.endswith(".tsv") else ",")
     skip = pcsv.ReadOptions(skip_rows=len(comments))
-    table = pcsv.read_csv(path, read_options=skip, parse_options=parse)  # .gz and .bz2 unpacked as read
+    table = _csv_table(path, skip, parse)  # .gz and .bz2 unpacked as read
     # numpy.savetxt(..., header="id,z_spec") writes the header itself as the last comment
     header = [name.strip() for name in comments[-1].lstrip("#").split(parse.delimiter)] if comments else []
     if id_name in header and id_name not in (name.strip() for name in table.column_names):
         skip = pcsv.ReadOptions(skip_rows=len(comments), column_names=header)
-        table = pcsv.read_csv(path, read_options=skip, parse_options=parse)
+        table = _csv_table(path, skip, parse)
     names = [name.strip() for name in table.column_names]
     if len(names) == 1 and re.search(r"[;|\s]", names[0]):
         other = "tabs" if "\t" in names[0] else "semicolons" if ";" in names[0] else "bars" if "|" in names[0] \
@@ -475,6 +475,29 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
             include_columns=[raw], column_types={raw: pa.string()})).column(0)
         table = table.set_column(names.index(id_name), id_name, pc.utf8_trim_whitespace(text))
     return table
+
+
+def _csv_table(path: Path, read_options, parse_options) -> pa.Table:
+    """``pyarrow.csv.read_csv``; a line with more or fewer values than the header is named by its
+    number (read again on one thread, where pyarrow counts the lines)."""
+    import pyarrow.csv as pcsv
+
+    try:
+        return pcsv.read_csv(path, read_options=read_options, parse_options=parse_options)
+    except pa.ArrowInvalid as exc:
+        if "Expected" not in str(exc):
+            raise
+        one = pcsv.ReadOptions(use_threads=False, skip_rows=read_options.skip_rows,
+                               column_names=read_options.column_names or [])
+        try:
+            pcsv.read_csv(path, read_options=one, parse_options=parse_options)
+        except pa.ArrowInvalid as again:
+            found = re.search(r"Row #(\d+): Expected (\d+) columns, got (\d+): (.*)", str(again))
+            if found:
+                line, want, got, text = found.groups()
+                raise ZrayError(f"{path}: line {line} has {got} values ({text[:60]!r}) but the header has {want}; "
+                                "expected as many on every line") from None
+        raise
 
 
 def _comment_lines(path: Path) -> list[str]:
@@ -511,6 +534,13 @@ def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
     try:
         values = col.to_numpy(zero_copy_only=False).astype(np.float64)
     except (ValueError, TypeError, pa.ArrowException):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):  # a CSV with a word among numbers
+            for i, text in enumerate(col.to_pylist()):
+                try:
+                    float(text if text is not None else "nan")
+                except ValueError:
+                    raise ZrayError(f"{path}: {where(i, ids)}: {label(table, name)} {text!r} is not a number; "
+                                    "expected numbers (a missing value as an empty field)") from None
         raise ZrayError(f"{path}: column {label(table, name)!r} has type {col.type}; expected numbers") from None
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
