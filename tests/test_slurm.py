@@ -49,6 +49,21 @@ def _refused(result, new_files) -> str:
     return errors[0].removeprefix("zray: error: ")
 
 
+def test_nodes_share_the_concurrent_trials_and_idle_ones_are_warned_about(tmp_path, monkeypatch):
+    """Four nodes for a search of one trial at a time: three would sit idle, said so; with eight
+    concurrent trials each node is asked for two trials' CPUs (2 x (0.9 + 0.1) + 1 for Ray Data),
+    not all eight's."""
+    result, out, _ = _slurm(tmp_path, monkeypatch, "--nodes", "4")
+    assert result.exit_code == 0, result.output
+    assert ("zray: warning: tune.max_concurrent is 1: at most 1 trial(s) run at once, so 3 of the 4 nodes would "
+            "sit idle; --set tune.max_concurrent=4 (or a multiple) uses them all") in result.output
+    result, out, _ = _slurm(tmp_path, monkeypatch, "--nodes", "4", "--set", "tune.max_concurrent=8", "--overwrite")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert "#SBATCH --cpus-per-task=3\n" in out.read_text() and "4 node(s), 3 CPUs each" in result.output
+    result, out, _ = _slurm(tmp_path, monkeypatch, "--set", "tune.max_concurrent=8", "--overwrite")
+    assert "#SBATCH --cpus-per-task=9\n" in out.read_text()  # one node holds all eight
+
+
 def test_a_newline_in_time_is_refused(tmp_path, monkeypatch):
     result, out, new = _slurm(tmp_path, monkeypatch, "--time", "1:00\nrm -rf ~")
     assert _refused(result, new) == (

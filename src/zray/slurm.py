@@ -47,7 +47,7 @@ from pathlib import Path
 
 from zray.errors import ZrayError
 
-__all__ = ["batch_script", "check_shared", "check_syntax", "check_venv", "node_resources", "write"]
+__all__ = ["batch_script", "check_shared", "check_syntax", "check_venv", "idle_nodes", "node_resources", "write"]
 
 # SLURM's time-limit formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _TIME = re.compile(r"[0-9]+(:[0-9]+){0,2}|[0-9]+-[0-9]+(:[0-9]+){0,2}|infinite|unlimited", re.IGNORECASE)
@@ -57,13 +57,23 @@ _PARTITION = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
 _SBATCH_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
 
-def node_resources(space) -> tuple[int, int]:
-    """(CPUs, GPUs) a node needs to host the search's concurrent trials plus Ray Data."""
+def node_resources(space, nodes: int = 1) -> tuple[int, int]:
+    """(CPUs, GPUs) each of ``nodes`` needs to host its share of the search's concurrent trials
+    (``tune.max_concurrent`` spread over the nodes, at least one whole trial) plus Ray Data."""
     r = space.resources
-    trials = space.tune.max_concurrent
+    trials = math.ceil(space.tune.max_concurrent / max(int(nodes), 1))
     cpus = math.ceil(trials * (r.num_workers * r.cpus_per_worker + r.trial_cpus)) + 1
     gpus = math.ceil(trials * r.num_workers * r.gpus_per_worker)
     return cpus, gpus
+
+
+def idle_nodes(space, nodes: int) -> str | None:
+    """A warning where more nodes are asked for than the search's concurrent trials can use."""
+    trials = space.tune.max_concurrent
+    if nodes <= trials:
+        return None
+    return (f"tune.max_concurrent is {trials}: at most {trials} trial(s) run at once, so {nodes - trials} of the "
+            f"{nodes} nodes would sit idle; --set tune.max_concurrent={nodes} (or a multiple) uses them all")
 
 
 def batch_script(space, space_file: str, *, nodes: int = 1, shared: str, venv: str, workdir: str,
@@ -74,7 +84,7 @@ def batch_script(space, space_file: str, *, nodes: int = 1, shared: str, venv: s
     _check_values(space_file=space_file, shared=shared, venv=venv, workdir=workdir, time_limit=time_limit,
                   partition=partition, port=port, dashboard_port=dashboard_port, overrides=overrides)
     ray_flags = " ".join(shlex.quote(flag) for flag in split_ray_args(ray_args))
-    need_cpus, need_gpus = node_resources(space)
+    need_cpus, need_gpus = node_resources(space, nodes)
     cpus, gpus = cpus or need_cpus, need_gpus if gpus is None else gpus
     q = shlex.quote
     sets = " ".join(f"--set {q(o)}" for o in overrides)

@@ -42,8 +42,10 @@ def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard
     Ray's SLURM pattern: a Ray head on the first node, a Ray worker on each
     other node, then `zray tune FILE --address HEAD` on the head node with
     results in SHARED/runs. CPUs and GPUs per node come from FILE's
-    resources (concurrent trials x their Train workers, plus one CPU for Ray
-    Data). Run it from the repository root, which every node must see.
+    resources (its share of the concurrent trials, tune.max_concurrent over
+    --nodes, x their Train workers, plus one CPU for Ray Data); more nodes
+    than concurrent trials is a warning. Run it from the repository root,
+    which every node must see.
 
     Every value is checked (SLURM's time and partition syntax, ports) and
     quoted in the script; a --venv or --shared missing on this machine is
@@ -51,7 +53,8 @@ def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard
 
     \b
     Example:
-      zray slurm search_spaces/inception.yaml --nodes 4 --shared /scratch/$USER/zray --out tune.sbatch
+      zray slurm search_spaces/inception.yaml --nodes 4 --set tune.max_concurrent=4 \\
+          --set resources.gpus_per_worker=0.5 --shared /scratch/$USER/zray --out tune.sbatch
       sbatch tune.sbatch
     """
     import sys
@@ -65,11 +68,11 @@ def slurm(file, out, shared, nodes, venv, time_limit, partition, port, dashboard
                               time_limit=time_limit, partition=partition, port=port,
                               dashboard_port=dashboard_port, ray_args=ray_args, overrides=tuple(overrides))
     # Both checked before anything is printed or written; a missing folder may exist on the nodes only.
-    warnings = [w for w in (batch.check_venv(venv), batch.check_shared(shared)) if w]
+    warnings = [w for w in (batch.check_venv(venv), batch.check_shared(shared), batch.idle_nodes(space, nodes)) if w]
     for warning in warnings:
         click.echo(f"zray: warning: {warning}", err=True)
     batch.write(out, text, overwrite=overwrite, inputs=(Path(file),))
-    cpus, gpus = batch.node_resources(space)
+    cpus, gpus = batch.node_resources(space, nodes)
     click.echo(f"zray: wrote {out}: {nodes} node(s), {cpus} CPUs" + (f" and {gpus} GPUs" if gpus else "")
                + f" each; results in {shared}/runs/{space.name}")
     click.echo(f"submit it with: sbatch {out}")
