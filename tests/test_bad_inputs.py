@@ -328,6 +328,10 @@ CASES = {
                                    "cat.csv: row 2 (id 101): mag_r -9999 is not a galaxy's apparent magnitude"),
     "catalog-fractional-id-in-csv": (lambda t, d: fits_setup(t, rows={"id": [100, 101.5, 102]}),
                                      "cat.csv: row 2: id '101.5' is not written as an integer; expected integer ids"),
+    "catalog-id-a-name": (lambda t, d: fits_setup(t, rows={"id": ["J100021+020011", "J100022+020012", "J1"]}),
+                          "cat.csv: row 1: id 'J100021+020011' is not written as an integer; expected integer ids "
+                          "(a catalogue that names its galaxies needs a column of whole numbers beside the names, "
+                          "its row numbers will do: --column id= names it)"),
     "simulate-catalog-sentinel-magnitude": (
         lambda t, d: ((t / "cat.csv").write_text("id,z,mag_u,mag_g,mag_r,mag_i,mag_z\n7,0.1,19,18,17.5,17,16.8\n"
                                                   "8,0.2,-9999,19,18,17.6,17.4\n"),

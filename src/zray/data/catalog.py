@@ -604,8 +604,11 @@ def _text_ids(col, path, name: str = "id") -> pa.ChunkedArray:
         if text is None or text == "":
             raise ZrayError(f"{path}: row {i + 1}: {name} is missing; expected an integer")
         if not _INTEGER.fullmatch(text.strip()):  # not Python's int(): "1_000" or other scripts' digits
+            names = "" if re.fullmatch(r"[+-]?[0-9.eE_+-]+", text.strip()) else (
+                " (a catalogue that names its galaxies needs a column of whole numbers beside the names, its row "
+                "numbers will do: --column id= names it)")
             raise ZrayError(f"{path}: row {i + 1}: {name} {text!r} is not written as an integer; "
-                            "expected integer ids")
+                            f"expected integer ids{names}")
         value = int(text)
         if value > MAX_UNSIGNED_ID:
             raise ZrayError(f"{path}: row {i + 1}: id {value} is larger than {MAX_UNSIGNED_ID}; "
