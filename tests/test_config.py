@@ -217,6 +217,24 @@ def test_nothing_searched_is_one_trial_unless_asked_and_then_said(tmp_path):
     assert "1 trials" in quiet.output and "warning" not in quiet.output
 
 
+def test_validate_checks_the_dataset_a_space_names_without_simulating(sim_data, tmp_path):
+    """A network larger than the dataset's cutouts fails validation (a run would stop there after
+    starting Ray); a data.path with no dataset yet is said; one the space simulates is not."""
+    quickstart = str(ROOT / "search_spaces" / "quickstart.yaml")
+    big = CliRunner().invoke(main, ["validate", quickstart, "--set", f"data.path={sim_data}",
+                                    "--set", "data.image_size=48"])
+    assert big.exit_code == 1 and "ok  " not in big.output
+    assert f"{sim_data}: images are 32x32 pixels but data.image_size is 48" in big.output
+    fits = CliRunner().invoke(main, ["validate", quickstart, "--set", f"data.path={sim_data}"])
+    assert fits.exit_code == 0 and "warning" not in fits.output, fits.output
+    space = write(tmp_path, {**GOOD, "data": {"path": str(tmp_path / "none"), "image_size": 32}})
+    missing = CliRunner().invoke(main, ["validate", str(space)])
+    assert missing.exit_code == 0 and f"{tmp_path / 'none'}: no dataset there yet" in missing.output
+    simulated = CliRunner().invoke(main, ["validate", quickstart, "--set", f"data.path={tmp_path / 'sim'}",
+                                          "--set", "data.simulate.n=50"])
+    assert simulated.exit_code == 0 and "warning" not in simulated.output and not (tmp_path / "sim").exists()
+
+
 def test_validate_cli_exit_codes_and_no_traceback(tmp_path):
     bad = write(tmp_path, with_change("tune.mode", "sideways"), "bad.yaml")
     good = write(tmp_path, GOOD, "good.yaml")

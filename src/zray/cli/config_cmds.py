@@ -71,7 +71,9 @@ def with_skip(overrides: tuple[str, ...], skip_corrupt: bool, drop_out_of_range:
 def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Check search-space YAML files against the schema; no Ray is started.
 
-    Each problem is reported as FILE: key.path: what was expected.
+    Each problem is reported as FILE: key.path: what was expected. Where
+    data.path holds a dataset, its cutouts must be at least data.image_size
+    pixels; where it holds none (and nothing simulates one), that is said.
 
     \b
     Example:
@@ -79,13 +81,16 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
       zray validate search_spaces/inception.yaml --set tune.num_samples=4
     """
     from zray import config
+    from zray.data.source import data_note
 
     failed = 0
     for path in files:
         try:
             space = config.load(path, overrides)
+            note = data_note(space)  # the dataset's cutouts against the network's size, where there is one
         except ZrayError as exc:
-            click.echo(f"zray: error: {exc}", err=True)
+            click.echo(f"zray: error: {exc}" if str(exc).startswith(str(path)) else f"zray: error: {path}: {exc}",
+                       err=True)
             failed += 1
             continue
         searched = ", ".join(space.search) or "nothing"
@@ -93,7 +98,7 @@ def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             f"ok  {path}: model {space.model}, {space.tune.num_samples} trials, "
             f"searching {searched}"
         )
-        for warning in space.warnings():
+        for warning in [*space.warnings(), *([note] if note else [])]:
             click.echo(f"zray: warning: {path}: {warning}", err=True)
     if failed:
         click.echo(f"{failed} of {len(files)} files failed validation", err=True)
