@@ -7,7 +7,9 @@ import click
 
 @click.command("models")
 @click.option("--image-size", default=64, show_default=True, type=click.IntRange(min=8), help="Cutout side in pixels.")
-@click.option("--bands", default=5, show_default=True, type=click.IntRange(min=1), help="Number of photometric bands.")
+@click.option("--bands", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Bands to size the networks for, to count their parameters only: zray's datasets are always "
+                   "u,g,r,i,z, five bands.")
 @click.option("--n-bins", default=180, show_default=True, type=click.IntRange(min=2),
               help="Redshift bins over 0 <= z < 0.4.")
 def models_cmd(image_size: int, bands: int, n_bins: int) -> None:
