@@ -311,7 +311,7 @@ CASES = {
     "catalog-space-separated": (
         lambda t, d: ((t / "cat.txt").write_text("id z\n"), ["prepare", str(t / "cat.txt"), "--images", str(t),
                                                              "--out", str(t / "out")])[1],
-        "cat.txt: its header is one column, 'id z', its names apart by spaces; expected them apart by commas"),
+        "cat.txt: its header's names stand apart by spaces, 'id z'; expected them apart by commas"),
     "catalog-misspelt-column-after-a-space": (
         lambda t, d: ((t / "cat.csv").write_text("id, zspec, ebv, file\n1, 0.1, 0.03, a.fits\n"),
                       ["prepare", str(t / "cat.csv"), "--images", str(t), "--out", str(t / "out")])[1],
@@ -431,7 +431,8 @@ CASES = {
                       # without astropy's advice to its Python callers (ignore_missing_simple=True)
                       "g2.fits is not a readable FITS file (No SIMPLE card found, this file does not appear to be "
                       "a valid FITS file.); --skip-bad"),
-    "catalog-word-among-numbers": (lambda t, d: fits_setup(t, rows={"z_spec": ["0.1", "0.2z", "0.2"]}),
+    "catalog-word-among-numbers": (lambda t, d: fits_setup(t, rows={"z_spec": [None, "0.2z", "0.2"]}),
+                                   # the empty field above it is a missing value, not the word
                                    "cat.csv: row 2 (id 101): z_spec '0.2z' is not a number; expected numbers"),
     "catalog-header-only-with-column-options": (
         lambda t, d: ((t / "cat.csv").write_text("objID,z,extinction_r,file\n"),

@@ -202,19 +202,20 @@ def test_default_hyperparameters_use_defaults_inside_the_space(tmp_path):
     assert params["dense_units"] == 64  # model default 256 not a choice: first choice
 
 
-def test_nothing_searched_is_one_trial_unless_asked_and_then_said(tmp_path):
-    """With no search section every trial would train one configuration with one seed: one
-    trial by default; more only where asked for, and `zray validate` says what they are."""
+def test_nothing_searched_in_several_trials_is_said(tmp_path):
+    """With no search section every trial trains one configuration with one seed: `zray validate`
+    (and `zray tune`) say so where more than one trial would run. The default stays 10: a search
+    started from such a file before resumes with the same space."""
     fixed = write(tmp_path, {k: v for k, v in GOOD.items() if k not in ("search", "tune")}, "fixed.yaml")
-    assert config.load(fixed).tune.num_samples == 1
-    assert config.load(write(tmp_path, GOOD)).tune.num_samples == 2  # a search keeps its own
-    assert config.load(fixed, ["tune.num_samples=3"]).tune.num_samples == 3
+    assert config.load(fixed).tune.num_samples == 10
     result = CliRunner().invoke(main, ["validate", str(fixed), "--set", "tune.num_samples=3"])
     assert result.exit_code == 0 and f"ok  {fixed}: model cnn, 3 trials, searching nothing" in result.output
     assert (f"zray: warning: {fixed}: nothing is searched, so the 3 trials train one configuration with one seed "
             "(tune.seed) and differ by chance alone; tune.num_samples: 1 trains it once") in result.output
-    quiet = CliRunner().invoke(main, ["validate", str(fixed)])
-    assert "1 trials" in quiet.output and "warning" not in quiet.output
+    quiet = CliRunner().invoke(main, ["validate", str(fixed), "--set", "tune.num_samples=1"])
+    assert "1 trials" in quiet.output and "nothing is searched" not in quiet.output
+    searched = CliRunner().invoke(main, ["validate", str(write(tmp_path, GOOD))])
+    assert searched.exit_code == 0 and "nothing is searched" not in searched.output
 
 
 def test_validate_checks_the_dataset_a_space_names_without_simulating(sim_data, tmp_path):

@@ -128,31 +128,43 @@ def test_a_hand_written_catalogue_with_spaces_and_text_ids_beside_its_fits(tmp_p
 
 
 def test_tab_separated_and_gzipped_text_catalogues_as_vizier_and_topcat_give_them(tmp_path):
-    """VizieR and TOPCAT write tab-separated text (.tsv), downloads come gzipped: read as they are,
-    a comment header and all; names apart by semicolons or spaces are one sentence saying so, and
-    a gzip file cut short is unreadable, not a traceback."""
+    """VizieR writes tab-separated text (.tsv): a block of # lines with a blank line in it, the
+    header, a line of units and a line of dashes; downloads come gzipped or bzip2'd, some with the
+    name in capitals: read as they are. Names apart by another separator than the file's are one
+    sentence saying which (a semicolon file with decimal commas too), and a compressed file cut
+    short or damaged is unreadable, not a traceback."""
     import bz2
     import gzip
 
     rows = _single_file_setup(tmp_path, n=4)
     ids = rows["id"]
     text = "".join(f"{i}\t{z}\t{e}\t{f}\n" for i, z, e, f in zip(ids, rows["z_spec"], rows["ebv"], rows["file"]))
-    tsv = "#\n# VizieR Astronomical Server\n#\nid\tz_spec\tebv\tfile\n" + text
+    tsv = ("#\n#   VizieR Astronomical Server vizier.cds.unistra.fr\n#\n#Coosys\tJ2000:\teq_FK5 J2000\n\n"
+           "#RESOURCE=yCat_5154\n#Table\tV_154_sdss16:\n\nid\tz_spec\tebv\tfile\n\t\tmag\t\n---\t---\t---\t---\n"
+           + text)
     (tmp_path / "cat.tsv").write_text(tsv)
     (tmp_path / "cat.tsv.gz").write_bytes(gzip.compress(tsv.encode()))
     csv_text = (tmp_path / "cat.csv").read_bytes()
-    (tmp_path / "cat.csv.gz").write_bytes(gzip.compress(csv_text))
+    (tmp_path / "CAT.CSV.GZ").write_bytes(gzip.compress(csv_text))
     (tmp_path / "cat.csv.bz2").write_bytes(bz2.compress(csv_text))
-    for name in ("cat.tsv", "cat.tsv.gz", "cat.csv.gz", "cat.csv.bz2"):
+    for name in ("cat.tsv", "cat.tsv.gz", "CAT.CSV.GZ", "cat.csv.bz2"):
         prepare_dataset(tmp_path / name, tmp_path / "img", tmp_path / name.replace(".", "_"), size=SIZE,
                         progress=False)
         _check_roundtrip(tmp_path / name.replace(".", "_"), ids)
-    for sep, said in ((";", "semicolons"), (" ", "spaces")):
-        (tmp_path / "sep.csv").write_text(f"id{sep}z_spec{sep}ebv{sep}file\n100{sep}0.1{sep}0.03{sep}g0.fits\n")
-        _expect_error(tmp_path, f"sep.csv: its header is one column, 'id{sep}z_spec{sep}ebv{sep}file', its names "
-                                f"apart by {said}; expected them apart by commas", catalog="sep.csv")
+    for name, header, by, wanted in (("sep.csv", "id;z_spec;ebv;file", "semicolons", "commas"),
+                                     ("sep.csv", "id z_spec ebv file", "spaces", "commas"),
+                                     ("sep.tsv", "id,z_spec,ebv,file", "commas", "tabs: name it .csv")):
+        (tmp_path / name).write_text(f"{header}\n100;0,1;0,03;g0.fits\n")  # decimal commas
+        _expect_error(tmp_path, f"{name}: its header's names stand apart by {by}, '{header}'; expected them apart "
+                                f"by {wanted}", catalog=name)
+    (tmp_path / "gap.csv").write_text("id,z_spec,ebv,file\n100,0.02,0.03,g0.fits\n\n\n101,0.07\n")
+    _expect_error(tmp_path, r"gap.csv: line 5 has 2 values \('101,0.07'\) but the header has 4", catalog="gap.csv")
     (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(csv_text * 50)[:60])
     _expect_error(tmp_path, r"cut.csv.gz: not a readable catalogue \(", catalog="cut.csv.gz")
+    damaged = bytearray(gzip.compress(csv_text * 50))
+    damaged[20:40] = bytes(b ^ 0xFF for b in damaged[20:40])
+    (tmp_path / "bad.csv.gz").write_bytes(bytes(damaged))
+    _expect_error(tmp_path, r"bad.csv.gz: not a readable catalogue \(", catalog="bad.csv.gz")
     (tmp_path / "cat.json.gz").write_bytes(gzip.compress(b"{}"))
     _expect_error(tmp_path, r"cat.json.gz: unknown catalogue format '.json.gz'", catalog="cat.json.gz")
 
@@ -252,10 +264,11 @@ def test_a_spectroscopic_catalogue_with_stars_and_quasars_goes_in_with_its_redsh
             "expected 0.0 <= z < 0.4: --z-max 1.94 widens the bins to hold the 2 above 0.4, or --drop-out-of-range "
             "leaves them out") in " ".join(refused.output.split()), refused.output
 
+    (tmp_path / "img" / "g2.fits").unlink()  # the star's cutout: never looked for once it is left out
     dropped = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "a"), "--drop-out-of-range"])
     assert dropped.exit_code == 0, dropped.output
     assert re.search(r"left out 3 of its 8 galaxies whose z_spec lies outside 0.0 <= z < 0.4", dropped.output)
-    assert "wrote 5 of 8 galaxies" in dropped.output
+    assert "wrote 5 of 8 galaxies" in dropped.output and "no file" not in dropped.output
     assert _values(tmp_path / "a", "z_spec") == pytest.approx({100: 0.1, 101: 0.25, 104: 0.3, 106: 0.05, 107: 0.0})
     assert read_manifest(tmp_path / "a").source["out_of_range"] == 3
 

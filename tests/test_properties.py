@@ -1433,3 +1433,18 @@ def test_path_arguments(command, path, second):
         }[command]
         declared = {"export": [q], "prepare": ["out"], "predict": ["pz.parquet"], "evaluate": ["report"]}
         run(sb, argv, outputs=[o for o in declared.get(command, []) if not o.startswith(str(sb.root / "data"))])
+
+
+@budget(2000)
+@given(z=st.one_of(st.floats(min_value=-0.5, max_value=15.0), st.floats(min_value=0, max_value=15, width=32),
+                   st.integers(min_value=0, max_value=1500).map(lambda k: k / 100)))
+@example(z=0.57)  # 0.57 * 100 is 56.99999999999999: a floor of it gave back 0.57
+def test_the_bin_edges_hints_suggest_hold_the_redshift(z):
+    """`--z-max` and `--set data.z_max` / `data.z_min` hints: following them holds the galaxy."""
+    from zray.bins import edge_above, edge_below
+
+    above = edge_above(float(z))
+    assert float(z) < above <= float(z) + 0.02 and above == round(above, 2)
+    if z >= 0:
+        below = edge_below(float(z))
+        assert below <= float(z) and float(z) - below <= 0.02 and below == round(below, 2)

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def edge_above(z: float) -> float:
+    """The smallest upper bin edge in hundredths that holds ``z`` (``z < edge``), for a hint:
+    0.57 gives 0.58 (0.57 * 100 is 56.99999999999999 in floating point: a floor of it would give
+    back 0.57, which does not hold 0.57)."""
+    edge = math.floor(round(z * 100, 6)) / 100 + 0.01
+    while edge <= z:  # the float32 a shard keeps can sit a hair above its decimal
+        edge = round(edge + 0.01, 2)
+    return round(edge, 2)
+
+
+def edge_below(z: float) -> float:
+    """The largest lower bin edge in hundredths, at least 0, that holds ``z`` (``edge <= z``)."""
+    edge = math.floor(round(z * 100, 6)) / 100
+    while edge > z:
+        edge = round(edge - 0.01, 2)
+    return max(round(edge, 2), 0.0)
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,8 @@ class ReturnWorkerGroups(Callback):
             self.reclaim(now - self.grace_s)
             self.sweep(now, pending=True)
             job = self.seen
+            if sweeping and job is None and self.actors_before is None:
+                break  # no state API here (it did not answer at the start either): nothing to wait on
             quiet = not self._left() and (not sweeping or (
                 job is not None and not job.new_actors and not set(job.groups) - set(self.removed)))
             if quiet:

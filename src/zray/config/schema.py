@@ -296,17 +296,6 @@ class SearchSpace(_Strict):
             raise _KeyedError("name", problem)
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_trial_when_nothing_is_searched(cls, data: Any) -> Any:
-        """With no ``search`` section every trial trains one configuration with one seed
-        (``tune.seed``): ``tune.num_samples`` then defaults to 1, not 10."""
-        if isinstance(data, dict) and not data.get("search"):
-            tune = data.get("tune", {})
-            if isinstance(tune, dict) and "num_samples" not in tune:
-                data = {**data, "tune": {**tune, "num_samples": 1}}
-        return data
-
     def warnings(self) -> list[str]:
         """What is allowed but likely a mistake, for ``zray validate`` and ``zray tune`` to say."""
         said = []

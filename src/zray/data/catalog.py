@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from zray.bins import RedshiftBins
+from zray.bins import RedshiftBins, edge_above
 from zray.errors import ZrayError, first_line
 
 #: Names of uncompressed FITS files (a catalogue may add .gz or .bz2, which astropy reads too).
@@ -134,7 +135,7 @@ def read_catalog(path, required: tuple[str, ...], columns: Mapping[str, Source] 
             table, left_out = _read_fits(path)
         else:
             table, left_out = _read_astropy(path, kind)
-    except (OSError, EOFError, pa.ArrowException) as exc:  # EOFError: a gzip or bz2 file cut short
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as exc:  # a gzip or bz2 file cut short or damaged
         raise ZrayError(f"{path}: not a readable catalogue ({first_line(exc)})") from None
     twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if twice:
@@ -352,7 +353,7 @@ def _stream_size(path: Path) -> int:
         with opener(path, "rb") as stream:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise ZrayError(f"{path}: not a readable FITS table ({first_line(exc)}); expected a whole FITS file") from None
     return size
 
@@ -440,81 +441,137 @@ def _with_pandas_index(table: pa.Table) -> pa.Table:
 
 
 def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
-    """A CSV catalogue, read as written by hand or by tools that put a space after each comma
-    (``id, z_spec, ebv``) or ``#`` comment lines above the header: names and text values lose
-    the spaces around them, numbers never had them. An id column (``id_name``) that is not whole
-    numbers is read again as text, so that :func:`id_column` can name the row (pyarrow
-    reads ids beyond 64 bits as rounded floats)."""
+    """A CSV (or tab-separated .tsv) catalogue, read as written by hand or by tools that put a space
+    after each comma (``id, z_spec, ebv``) or ``#`` comment lines above the header (blank lines
+    among them, and VizieR's units and dashes lines under it, as VizieR writes a .tsv): names and
+    text values lose the spaces around them, numbers never had them. An id column (``id_name``)
+    that is not whole numbers is read again as text, so that :func:`id_column` can name the row
+    (pyarrow reads ids beyond 64 bits as rounded floats)."""
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    comments = _comment_lines(path)
     bare = path.name.lower().removesuffix(".gz").removesuffix(".bz2")
     parse = pcsv.ParseOptions(delimiter="\t" if bare.endswith(".tsv") else ",")
-    skip = pcsv.ReadOptions(skip_rows=len(comments))
-    table = _csv_table(path, skip, parse)  # .gz and .bz2 unpacked as read
+    layout = _text_layout(path, parse.delimiter)
+    skip = pcsv.ReadOptions(skip_rows=layout.before, skip_rows_after_names=layout.after)
+    table = _csv_table(path, skip, parse, layout)  # .gz and .bz2 unpacked as read
     # numpy.savetxt(..., header="id,z_spec") writes the header itself as the last comment
-    header = [name.strip() for name in comments[-1].lstrip("#").split(parse.delimiter)] if comments else []
+    header = [n.strip() for n in layout.comments[-1].lstrip("#").split(parse.delimiter)] if layout.comments else []
     if id_name in header and id_name not in (name.strip() for name in table.column_names):
-        skip = pcsv.ReadOptions(skip_rows=len(comments), column_names=header)
-        table = _csv_table(path, skip, parse)
+        skip = pcsv.ReadOptions(skip_rows=layout.before, column_names=header)
+        table = _csv_table(path, skip, parse, layout)
     names = [name.strip() for name in table.column_names]
-    if len(names) == 1 and re.search(r"[;|\s]", names[0]):
-        other = "tabs" if "\t" in names[0] else "semicolons" if ";" in names[0] else "bars" if "|" in names[0] \
-            else "spaces"
-        raise ZrayError(f"{path}: its header is one column, {names[0]!r}, its names apart by {other}; expected "
-                        "them apart by commas (a .tsv for tabs): save it as CSV (TOPCAT, pandas.to_csv)")
     table = table.rename_columns(names)
     for i, name in enumerate(names):
         if pa.types.is_string(table.column(i).type):
             table = table.set_column(i, name, pc.utf8_trim_whitespace(table.column(i)))
     id_name = _matching(id_name, names) or id_name  # --column id=specObjID: as the user knows it
     if names.count(id_name) == 1 and not pa.types.is_integer(table.column(id_name).type):
-        raw = pcsv.read_csv(path, read_options=skip, parse_options=parse).column_names[names.index(id_name)]
-        text = pcsv.read_csv(path, read_options=skip, parse_options=parse, convert_options=pcsv.ConvertOptions(
-            include_columns=[raw], column_types={raw: pa.string()})).column(0)
+        raw = pcsv.read_csv(_unpacked(path), read_options=skip,
+                            parse_options=parse).column_names[names.index(id_name)]
+        as_text = pcsv.ConvertOptions(include_columns=[raw], column_types={raw: pa.string()})
+        text = pcsv.read_csv(_unpacked(path), read_options=skip, parse_options=parse,
+                             convert_options=as_text).column(0)
         table = table.set_column(names.index(id_name), id_name, pc.utf8_trim_whitespace(text))
     return table
 
 
-def _csv_table(path: Path, read_options, parse_options) -> pa.Table:
-    """``pyarrow.csv.read_csv``; a line with more or fewer values than the header is named by its
-    number (read again on one thread, where pyarrow counts the lines)."""
-    import pyarrow.csv as pcsv
+@dataclass(frozen=True)
+class _Layout:
+    """Where a text table's header is: ``before`` lines above it (``comments``, the ``#`` lines,
+    and blank ones), the ``header`` line itself, and ``after`` lines under it that hold no data
+    (VizieR's units line and its line of dashes)."""
 
-    try:
-        return pcsv.read_csv(path, read_options=read_options, parse_options=parse_options)
-    except pa.ArrowInvalid as exc:
-        if "Expected" not in str(exc):
-            raise
-        one = pcsv.ReadOptions(use_threads=False, skip_rows=read_options.skip_rows,
-                               column_names=read_options.column_names or [])
-        try:
-            pcsv.read_csv(path, read_options=one, parse_options=parse_options)
-        except pa.ArrowInvalid as again:
-            found = re.search(r"Row #(\d+): Expected (\d+) columns, got (\d+): (.*)", str(again))
-            if found:
-                line, want, got, text = found.groups()
-                raise ZrayError(f"{path}: line {line} has {got} values ({text[:60]!r}) but the header has {want}; "
-                                "expected as many on every line") from None
-        raise
+    comments: list[str]
+    before: int
+    header: str
+    after: int
 
 
-def _comment_lines(path: Path) -> list[str]:
-    """The lines at the top of the file that are comments (``#``, as many tools write a
-    provenance header), to skip before the header row."""
+_SEPARATORS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "bars"}
+
+
+def _text_layout(path: Path, delimiter: str) -> _Layout:
+    """The file's :class:`_Layout`; a header whose names stand apart by another separator than
+    ``delimiter`` is refused, saying which (before a semicolon file with decimal commas is read as
+    rows of the wrong length)."""
     import bz2
     import gzip
 
-    lines = []
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix.lower(), open)
+    comments, before, header, under = [], 0, "", []
+    opener = {"gzip": gzip.open, "bz2": bz2.open}.get(_packing(path), open)
     with opener(path, "rb") as fh:
-        for line in fh:
-            line = line.lstrip(b"\xef\xbb\xbf")
-            if not line.startswith(b"#"):
+        for raw in fh:
+            text = raw.lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace").strip("\r\n")
+            if not header:
+                if text.startswith("#") or not text.strip():
+                    comments += [text.strip()] if text.startswith("#") else []
+                    before += 1
+                    continue
+                header = text
+                continue
+            under.append(text.strip())
+            if len(under) == 2:
                 break
-            lines.append(line.decode("utf-8", "replace").strip())
-    return lines
+    if header and delimiter not in header:
+        other = next((name for sep, name in _SEPARATORS.items() if sep != delimiter and sep in header), None)
+        other = other or ("spaces" if len(header.split()) > 1 else None)
+        if other:
+            wanted = _SEPARATORS[delimiter]
+            way = (" (a .tsv for tabs): save it as CSV (TOPCAT, pandas.to_csv)" if delimiter == "," else
+                   ": name it .csv if it is a CSV" if other == "commas" else ": save it as TSV or CSV (TOPCAT)")
+            raise ZrayError(f"{path}: its header's names stand apart by {other}, {header.strip()[:60]!r}; expected "
+                            f"them apart by {wanted}{way}")
+
+    def dashes(line: str) -> bool:
+        return bool(line) and set(line.replace(delimiter, "").replace(" ", "")) == {"-"}
+
+    after = 1 if under and dashes(under[0]) else 2 if len(under) == 2 and dashes(under[1]) else 0
+    return _Layout(comments, before, header, after)
+
+
+def _csv_table(path: Path, read_options, parse_options, layout: _Layout) -> pa.Table:
+    """``pyarrow.csv.read_csv``; a line with more or fewer values than the header is named by its
+    number in the file (pyarrow's row count leaves out blank lines: the line is found by its text)."""
+    import pyarrow.csv as pcsv
+
+    try:
+        return pcsv.read_csv(_unpacked(path), read_options=read_options, parse_options=parse_options)
+    except pa.ArrowInvalid as exc:
+        found = re.search(r"Expected (\d+) columns, got (\d+): (.*)", str(exc))
+        if not found:
+            raise
+        want, got, text = found.groups()
+        line = _line_number(path, text, layout.before + 1)
+        where = f"line {line}" if line else "a line"
+        raise ZrayError(f"{path}: {where} has {got} values ({text[:60]!r}) but the header has {want}; "
+                        "expected as many on every line") from None
+
+
+def _line_number(path: Path, text: str, header_line: int) -> int | None:
+    """The number of the first line below the header (line ``header_line``) reading ``text``."""
+    import bz2
+    import gzip
+
+    opener = {"gzip": gzip.open, "bz2": bz2.open}.get(_packing(path), open)
+    with opener(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number > header_line and raw.decode("utf-8", "replace").rstrip("\r\n") == text:
+                return number
+    return None
+
+
+def _packing(path: Path) -> str | None:
+    """``gzip``, ``bz2`` or None (plain), from the file's first bytes: a name in capitals
+    (``CAT.CSV.GZ``) or without the suffix is read as what it is."""
+    with open(path, "rb") as handle:
+        magic = handle.read(3)
+    return "gzip" if magic[:2] == b"\x1f\x8b" else "bz2" if magic == b"BZh" else None
+
+
+def _unpacked(path: Path):
+    """A stream of the file's bytes, unpacked as read (pyarrow's own guess goes by the name's case)."""
+    return pa.input_stream(str(path), compression=_packing(path))
 
 
 #: Arrow field metadata naming the catalogue's own column behind one of zray's (``--column``).
@@ -537,7 +594,7 @@ def numeric_column(table: pa.Table, name: str, path, ids=None) -> np.ndarray:
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):  # a CSV with a word among numbers
             for i, text in enumerate(col.to_pylist()):
                 try:
-                    float(text if text is not None else "nan")
+                    float(text if text not in (None, "") else "nan")  # empty: missing, named below
                 except ValueError:
                     raise ZrayError(f"{path}: {where(i, ids)}: {label(table, name)} {text!r} is not a number; "
                                     "expected numbers (a missing value as an empty field)") from None
@@ -654,9 +711,9 @@ def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z
         above = z[~inside][z[~inside] >= bins.z_max]
         top = float(above.max(initial=-math.inf))
         if above.size == bad.size and top < MAX_Z:
-            ways = f": --z-max {math.floor(top * 100 + 1) / 100:g} widens the bins to hold them"
+            ways = f": --z-max {edge_above(top):g} widens the bins to hold them"
         elif above.size and top < MAX_Z:
-            ways = (f": --z-max {math.floor(top * 100 + 1) / 100:g} widens the bins to hold the {above.size} "
+            ways = (f": --z-max {edge_above(top):g} widens the bins to hold the {above.size} "
                     f"above {bins.z_max}")
         ways = f"{ways}{', or' if ways else ':'} --drop-out-of-range leaves them out"
     raise ZrayError(

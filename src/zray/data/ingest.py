@@ -324,20 +324,24 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
         z, outside = np.full(len(ids), bins.z_min, dtype=np.float64), np.zeros(0, dtype=np.int64)
     if outside.size == len(ids):
         raise ZrayError(f"{catalog}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
-                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins (--z-max widens them)")
+                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins"
+                        f"{' (--z-max widens them)' if (z >= bins.z_max).any() else ''}")
+    out_of_range = set(outside.tolist())  # left out before their files are looked for
     ebv = ebv_or_zero(table, catalog, ids)
     extra = magnitude_columns(table, catalog, ids, BANDS)
     hint = "--skip-bad leaves out the galaxies whose cutouts cannot be used" + (
         f" and lists them in {listing}" if listing is not None else "")
     files, left_out = _file_lists(table, per_band, images_dir, catalog, ids)
+    left_out = {i: e for i, e in left_out.items() if i not in out_of_range}
+    wanted = len(ids) - len(out_of_range)
     if left_out and not skip_bad:
         first = min(left_out)
-        others = f" ({len(left_out)} of the {len(ids)} galaxies have no file)" if len(left_out) > 1 else ""
+        others = f" ({len(left_out)} of the {wanted} galaxies have no file)" if len(left_out) > 1 else ""
         raise ZrayError(f"{left_out[first]}{others}; {hint}")
-    out_of_range = set(outside.tolist())
     todo = np.array([i for i in range(len(ids)) if i not in left_out and i not in out_of_range], dtype=np.int64)
-    warn_repeats([("no file", i) if i in left_out else tuple(os.path.normpath(p) for p in paths)
-                  for i, paths in enumerate(files)], catalog, ids, "their FITS file(s)")
+    warn_repeats([("left out", i) if i in left_out or i in out_of_range else
+                  tuple(os.path.normpath(p) for p in paths) for i, paths in enumerate(files)],
+                 catalog, ids, "their FITS file(s)")
     if todo.size:
         check_units_and_scale(files[todo[0]], catalog)
     bar = Progress(task, len(todo), enabled=progress)
@@ -365,10 +369,12 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
                 writer.add(ids[rows], np.stack(images), z[rows], ebv[rows], {k: v[rows] for k, v in extra.items()},
                            rows=rows + 1)  # counted from 1, as the catalogue's own messages
             bar.update(len(order[start: start + BATCH]))
-        if left_out and len(set(left_out) | out_of_range) == len(ids):
+        if left_out and len(left_out) == wanted:
             first = str(left_out[min(left_out)]).removeprefix(f"{catalog}: ")
+            beyond = f", {len(out_of_range)} z_spec out of range" if out_of_range else ""
             raise ZrayError(f"{catalog}: none of its {len(ids)} galaxies has a cutout that can be used "
-                            f"({skipped_list.reasons(e.reason for e in left_out.values())}; the first: {first})")
+                            f"({skipped_list.reasons(e.reason for e in left_out.values())}{beyond}; the first: "
+                            f"{first})")
         if skip_bad:
             writer.source["skipped"] = len(left_out)
         if out_of_range:

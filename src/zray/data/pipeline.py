@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zray.bins import edge_above, edge_below
 from zray.console import LOG
 from zray.data.shards import BASE_COLUMNS, column_problems, id_dtype, read_manifest
 from zray.errors import ZrayError, first_line
@@ -172,8 +173,8 @@ class ShardCheck:
             return
         counts = ", ".join(f"{n} of {split}" for split, n in self.out_of_range.items() if n)
         if not drop:
-            sets = ([f"--set data.z_max={math.floor(top * 100 + 1) / 100:g}"] if top >= hi else []) + (
-                [f"--set data.z_min={max(math.floor(bottom * 100) / 100, 0.0):g}"] if bottom < lo else [])
+            sets = ([f"--set data.z_max={edge_above(top):g}"] if top >= hi else []) + (
+                [f"--set data.z_min={edge_below(bottom):g}"] if bottom < lo and edge_below(bottom) < lo else [])
             wider = f" ({' '.join(sets)})" if sets else ""
             raise ZrayError(
                 f"{self.root}: {total} galaxies ({counts}) have z_spec outside the bins {lo:g} <= z < {hi:g}; "

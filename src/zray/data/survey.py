@@ -248,7 +248,8 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None,
     in_bins = check_redshifts(z, bins, path, ids, name=label(table, "z_spec"), drop=drop_out_of_range)
     if not in_bins.any():
         raise ZrayError(f"{path}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
-                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins (--z-max widens them)")
+                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins"
+                        f"{' (--z-max widens them)' if (z >= bins.z_max).any() else ''}")
     ebv = ebv_or_zero(table, path, ids)
     extra = magnitude_columns(table, path, ids, BANDS)
     warn_repeats(list(zip(np.round(ra, 7), np.round(dec, 7))), path, ids, "their ra and dec")
