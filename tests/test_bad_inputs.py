@@ -398,6 +398,10 @@ CASES = {
     "column-mapped-value-missing": (
         lambda t, d: [*fits_setup(t, rows={"extinction_r": [0.08, None, 0.08]}), "--column", "ebv=extinction_r/2.751"],
         "cat.csv: row 2 (id 101): ebv (your extinction_r/2.751) is missing or not finite; expected a number"),
+    "drop-out-of-range-leaves-nothing": (
+        lambda t, d: [*fits_setup(t, rows={"z_spec": [0.5, 0.9, 1.2]}), "--drop-out-of-range"],
+        "cat.csv: every one of its 3 galaxies has z_spec outside 0.0 <= z < 0.4; expected some inside the bins "
+        "(--z-max widens them)"),
     "column-mapped-z-out-of-range": (
         lambda t, d: [*fits_setup(t, rows={"z": [0.1, 0.9, 0.2]}), "--column", "z_spec=z"],
         "cat.csv: row 2 (id 101): z_spec (your z) 0.9 is outside the binning range; expected 0.0 <= z < 0.4"),

@@ -283,6 +283,12 @@ def test_a_spectroscopic_catalogue_with_stars_and_quasars_goes_in_with_its_redsh
     with pytest.raises(ZrayError, match=r"2 galaxies \(.*\) have z_spec outside the bins 0 <= z < 0.4; .*"
                                         r"--set data.z_max=1.93"):  # 1.93 held as float32, just below
         shards.check_labels(DEFAULT_BINS, drop=False)
+    # Nothing but stars: left out, nothing is left, and a wider --z-max would not help (not offered).
+    _write_catalog(tmp_path / "stars.csv", {**rows, "z_spec": [-0.001] * 8})
+    with pytest.raises(ZrayError, match=r"stars.csv: every one of its 8 galaxies has z_spec outside 0.0 <= z < 0.4; "
+                                        r"expected some inside the bins$"):
+        prepare_dataset(tmp_path / "stars.csv", tmp_path / "img", tmp_path / "c", size=SIZE, progress=False,
+                        drop_out_of_range=True)
     for bad, said in (("nan", "nan"), ("0", "0.0"), ("-1", "-1.0"), ("20", "20.0")):
         out = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "c"), "--z-max", bad])
         assert out.exit_code == 1 and f"--z-max must be a redshift above 0 and at most 15, but got {said}" in out.output

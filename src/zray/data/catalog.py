@@ -340,17 +340,11 @@ def _stream_size(path: Path) -> int:
     """The FITS file's length in bytes, decompressed for a gzip or bzip2 file, known by its first
     bytes as astropy knows it (a stream cut short or damaged is refused here: astropy stops
     quietly where it ends)."""
-    import bz2
-    import gzip
-
-    with open(path, "rb") as handle:
-        magic = handle.read(3)
-    opener = gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic == b"BZh" else None
-    if opener is None:
+    if _packing(path) is None:
         return path.stat().st_size
     size = 0
     try:
-        with opener(path, "rb") as stream:
+        with _open_unpacked(path) as stream:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
@@ -479,12 +473,11 @@ def _read_csv(path: Path, id_name: str = "id") -> pa.Table:
 @dataclass(frozen=True)
 class _Layout:
     """Where a text table's header is: ``before`` lines above it (``comments``, the ``#`` lines,
-    and blank ones), the ``header`` line itself, and ``after`` lines under it that hold no data
-    (VizieR's units line and its line of dashes)."""
+    and blank ones), and ``after`` lines under it that hold no data (VizieR's units line and its
+    line of dashes)."""
 
     comments: list[str]
     before: int
-    header: str
     after: int
 
 
@@ -495,12 +488,8 @@ def _text_layout(path: Path, delimiter: str) -> _Layout:
     """The file's :class:`_Layout`; a header whose names stand apart by another separator than
     ``delimiter`` is refused, saying which (before a semicolon file with decimal commas is read as
     rows of the wrong length)."""
-    import bz2
-    import gzip
-
     comments, before, header, under = [], 0, "", []
-    opener = {"gzip": gzip.open, "bz2": bz2.open}.get(_packing(path), open)
-    with opener(path, "rb") as fh:
+    with _open_unpacked(path) as fh:
         for raw in fh:
             text = raw.lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace").strip("\r\n")
             if not header:
@@ -527,7 +516,7 @@ def _text_layout(path: Path, delimiter: str) -> _Layout:
         return bool(line) and set(line.replace(delimiter, "").replace(" ", "")) == {"-"}
 
     after = 1 if under and dashes(under[0]) else 2 if len(under) == 2 and dashes(under[1]) else 0
-    return _Layout(comments, before, header, after)
+    return _Layout(comments, before, after)
 
 
 def _csv_table(path: Path, read_options, parse_options, layout: _Layout) -> pa.Table:
@@ -550,11 +539,7 @@ def _csv_table(path: Path, read_options, parse_options, layout: _Layout) -> pa.T
 
 def _line_number(path: Path, text: str, header_line: int) -> int | None:
     """The number of the first line below the header (line ``header_line``) reading ``text``."""
-    import bz2
-    import gzip
-
-    opener = {"gzip": gzip.open, "bz2": bz2.open}.get(_packing(path), open)
-    with opener(path, "rb") as fh:
+    with _open_unpacked(path) as fh:
         for number, raw in enumerate(fh, start=1):
             if number > header_line and raw.decode("utf-8", "replace").rstrip("\r\n") == text:
                 return number
@@ -567,6 +552,14 @@ def _packing(path: Path) -> str | None:
     with open(path, "rb") as handle:
         magic = handle.read(3)
     return "gzip" if magic[:2] == b"\x1f\x8b" else "bz2" if magic == b"BZh" else None
+
+
+def _open_unpacked(path: Path):
+    """The file opened for reading its bytes (lines), unpacked as read where it is gzip or bzip2."""
+    import bz2
+    import gzip
+
+    return {"gzip": gzip.open, "bz2": bz2.open}.get(_packing(path), open)(path, "rb")
 
 
 def _unpacked(path: Path):
@@ -699,9 +692,15 @@ def check_redshifts(z: np.ndarray, bins: RedshiftBins, path, ids, name: str = "z
     """Which rows' redshifts lie inside ``bins`` (a boolean mask). Where some do not, the run stops
     naming the first, how many, and the ways forward: ``--z-max`` to widen the dataset's bins and
     ``--drop-out-of-range`` to leave them out, for the commands that have them (``drop`` not None);
-    with ``drop`` True the mask is returned for the caller to leave them out."""
+    with ``drop`` True the mask is returned for the caller to leave them out (where it leaves any)."""
     inside = bins.contains(z)
-    if inside.all() or drop:
+    if inside.all():
+        return inside
+    if drop:
+        if not inside.any():
+            raise ZrayError(f"{path}: every one of its {len(z)} galaxies has {name} outside {bins.z_min} <= z < "
+                            f"{bins.z_max}; expected some inside the bins"
+                            f"{' (--z-max widens them)' if (z >= bins.z_max).any() else ''}")
         return inside
     bad = np.flatnonzero(~inside)
     i = int(bad[0])

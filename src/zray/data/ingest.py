@@ -322,10 +322,6 @@ def write_shards(catalog, images_dir, out, *, size: int, seed: int = 0, rows_per
                                                   drop=drop_out_of_range))
     else:
         z, outside = np.full(len(ids), bins.z_min, dtype=np.float64), np.zeros(0, dtype=np.int64)
-    if outside.size == len(ids):
-        raise ZrayError(f"{catalog}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
-                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins"
-                        f"{' (--z-max widens them)' if (z >= bins.z_max).any() else ''}")
     out_of_range = set(outside.tolist())  # left out before their files are looked for
     ebv = ebv_or_zero(table, catalog, ids)
     extra = magnitude_columns(table, catalog, ids, BANDS)

@@ -230,9 +230,8 @@ class Catalogue:
     dec: np.ndarray
     z: np.ndarray
     ebv: np.ndarray
-    ebv_given: bool
     extra: dict
-    in_bins: np.ndarray | None = None  # whether each z_spec lies inside the dataset's bins (None: all do)
+    in_bins: np.ndarray  # whether each z_spec lies inside the dataset's bins
 
 
 def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None,
@@ -246,15 +245,10 @@ def read_survey_catalog(path, bins: RedshiftBins = DEFAULT_BINS, columns=None,
     ra, dec = sky_columns(table, path, ids)
     z = numeric_column(table, "z_spec", path, ids)
     in_bins = check_redshifts(z, bins, path, ids, name=label(table, "z_spec"), drop=drop_out_of_range)
-    if not in_bins.any():
-        raise ZrayError(f"{path}: every one of its {len(ids)} galaxies has {label(table, 'z_spec')} outside "
-                        f"{bins.z_min} <= z < {bins.z_max}; expected some inside the bins"
-                        f"{' (--z-max widens them)' if (z >= bins.z_max).any() else ''}")
     ebv = ebv_or_zero(table, path, ids)
     extra = magnitude_columns(table, path, ids, BANDS)
     warn_repeats(list(zip(np.round(ra, 7), np.round(dec, 7))), path, ids, "their ra and dec")
-    return Catalogue(path, ids, ra, dec, z, ebv, "ebv" in table.column_names, extra,
-                     in_bins)
+    return Catalogue(path, ids, ra, dec, z, ebv, extra, in_bins)
 
 
 # --- the frames ---------------------------------------------------------------------------
@@ -634,7 +628,7 @@ def make_cutouts(
                  inputs=inputs, ours=skipped_list.is_list)
 
     plan = plan_cutouts(frames, cat.ra, cat.dec, size)
-    for i in np.flatnonzero(~cat.in_bins) if cat.in_bins is not None else []:
+    for i in np.flatnonzero(~cat.in_bins):
         plan.reason[i] = (OUT_OF_RANGE, f"z_spec {cat.z[i]:.4g} lies outside {bins.z_min} <= z < {bins.z_max}")
     ref = BANDS.index(REFERENCE_BAND)
     todo = [i for i in range(len(cat.ids)) if plan.reason[i] is None]
